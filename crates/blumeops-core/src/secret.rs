@@ -1,0 +1,289 @@
+//! Secrets given on the command line as `env:NAME`, `file:PATH` or `cmd:COMMAND`.
+//!
+//! A [`Secret`] never shows its value through `Debug` or `Display`, and no error here
+//! carries it: errors name the source (`env:ZOT_CI_API_KEY`), never what it held.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// The forms a secret source can take, shown in errors.
+pub const ACCEPTED_FORMS: &str = "env:NAME, file:PATH or cmd:COMMAND";
+
+/// Errors from parsing or reading a secret.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The text is not one of the accepted forms. The text itself is not repeated: it may be
+    /// the secret pasted by mistake.
+    #[error("invalid secret source: expected {ACCEPTED_FORMS}")]
+    InvalidSource,
+    /// `env:` named an empty variable name.
+    #[error("invalid secret source `{kind}:`: {kind}: needs a value after the colon")]
+    EmptySource {
+        /// `env`, `file` or `cmd`.
+        kind: &'static str,
+    },
+    /// The environment variable is not set.
+    #[error("environment variable `{name}` is not set (secret source `env:{name}`)")]
+    EnvNotSet {
+        /// Variable name.
+        name: String,
+    },
+    /// The environment variable is not UTF-8.
+    #[error("environment variable `{name}` is not valid UTF-8 (secret source `env:{name}`)")]
+    EnvNotUnicode {
+        /// Variable name.
+        name: String,
+    },
+    /// The file could not be read.
+    #[error("failed to read secret file `{}`", path.display())]
+    ReadFile {
+        /// File path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not UTF-8.
+    #[error("secret file `{}` is not valid UTF-8", path.display())]
+    FileNotUnicode {
+        /// File path.
+        path: PathBuf,
+    },
+    /// The command could not be started.
+    #[error("failed to run secret command `{command}`")]
+    SpawnCommand {
+        /// The command line (what the user wrote, not its output).
+        command: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The command exited unsuccessfully. Its output is not shown: it may hold the secret.
+    #[error("secret command `{command}` failed with {status}")]
+    CommandFailed {
+        /// The command line.
+        command: String,
+        /// Exit status.
+        status: std::process::ExitStatus,
+    },
+    /// The command printed something that is not UTF-8.
+    #[error("secret command `{command}` printed output that is not valid UTF-8")]
+    CommandNotUnicode {
+        /// The command line.
+        command: String,
+    },
+    /// The secret resolved to an empty string.
+    #[error("secret from `{source_desc}` is empty")]
+    Empty {
+        /// Where it came from, e.g. `env:ZOT_CI_API_KEY`.
+        source_desc: String,
+    },
+}
+
+/// Where a secret comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An environment variable of this process.
+    Env(String),
+    /// A file; one trailing newline is dropped.
+    File(PathBuf),
+    /// A command run with `sh -c`; its stdout, less one trailing newline.
+    Cmd(String),
+}
+
+impl SecretSource {
+    /// Read the secret.
+    pub fn resolve(&self) -> Result<Secret, Error> {
+        let value = match self {
+            Self::Env(name) => match std::env::var(name) {
+                Ok(v) => v,
+                Err(std::env::VarError::NotPresent) => {
+                    return Err(Error::EnvNotSet { name: name.clone() });
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(Error::EnvNotUnicode { name: name.clone() });
+                }
+            },
+            Self::File(path) => {
+                let bytes = std::fs::read(path).map_err(|source| Error::ReadFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| Error::FileNotUnicode { path: path.clone() })?;
+                strip_one_newline(text)
+            }
+            Self::Cmd(command) => {
+                let output = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(command)
+                    .stdin(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::inherit())
+                    .output()
+                    .map_err(|source| Error::SpawnCommand {
+                        command: command.clone(),
+                        source,
+                    })?;
+                if !output.status.success() {
+                    return Err(Error::CommandFailed {
+                        command: command.clone(),
+                        status: output.status,
+                    });
+                }
+                let text = String::from_utf8(output.stdout).map_err(|_| Error::CommandNotUnicode {
+                    command: command.clone(),
+                })?;
+                strip_one_newline(text)
+            }
+        };
+        if value.is_empty() {
+            return Err(Error::Empty {
+                source_desc: self.to_string(),
+            });
+        }
+        Ok(Secret::new(value))
+    }
+}
+
+fn strip_one_newline(mut text: String) -> String {
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    text
+}
+
+impl FromStr for SecretSource {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, rest) = s.split_once(':').ok_or(Error::InvalidSource)?;
+        let kind: &'static str = match kind {
+            "env" => "env",
+            "file" => "file",
+            "cmd" => "cmd",
+            _ => return Err(Error::InvalidSource),
+        };
+        if rest.is_empty() {
+            return Err(Error::EmptySource { kind });
+        }
+        Ok(match kind {
+            "env" => Self::Env(rest.to_owned()),
+            "file" => Self::File(PathBuf::from(rest)),
+            _ => Self::Cmd(rest.to_owned()),
+        })
+    }
+}
+
+impl fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Env(name) => write!(f, "env:{name}"),
+            Self::File(path) => write!(f, "file:{}", path.display()),
+            Self::Cmd(cmd) => write!(f, "cmd:{cmd}"),
+        }
+    }
+}
+
+impl fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretSource({self})")
+    }
+}
+
+/// A secret value. Its `Debug` and `Display` print `<redacted>`; read it with
+/// [`Secret::expose`] only where it is sent (an `Authorization` header, a step's environment).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case("env:ZOT_CI_API_KEY", SecretSource::Env("ZOT_CI_API_KEY".into()))]
+    #[case("file:/run/secrets/key", SecretSource::File("/run/secrets/key".into()))]
+    #[case("cmd:op read x", SecretSource::Cmd("op read x".into()))]
+    fn parses_accepted_forms(#[case] input: &str, #[case] expected: SecretSource) {
+        assert_eq!(input.parse::<SecretSource>().unwrap(), expected);
+    }
+
+    #[rstest]
+    #[case("zak_0123456789abcdef")]
+    #[case("ZOT_CI_API_KEY")]
+    #[case("vault:secret")]
+    fn rejects_other_forms_without_echoing_them(#[case] input: &str) {
+        let err = input.parse::<SecretSource>().unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("env:NAME, file:PATH or cmd:COMMAND"), "{msg}");
+        assert!(!msg.contains(input), "{msg} repeats the input");
+    }
+
+    #[test]
+    fn empty_name_is_rejected() {
+        let err = "env:".parse::<SecretSource>().unwrap_err();
+        assert!(err.to_string().contains("env:"), "{err}");
+    }
+
+    #[test]
+    fn unset_env_names_the_variable() {
+        let src = SecretSource::Env("BLUMEOPS_TEST_SURELY_UNSET_VARIABLE".into());
+        let err = src.resolve().unwrap_err();
+        assert!(err.to_string().contains("BLUMEOPS_TEST_SURELY_UNSET_VARIABLE"), "{err}");
+    }
+
+    #[test]
+    fn file_and_cmd_sources_strip_one_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "zak_file\n").unwrap();
+        assert_eq!(SecretSource::File(path).resolve().unwrap().expose(), "zak_file");
+        let cmd = SecretSource::Cmd("printf 'zak_cmd\\n'".into());
+        assert_eq!(cmd.resolve().unwrap().expose(), "zak_cmd");
+    }
+
+    #[test]
+    fn failing_command_does_not_show_its_output() {
+        let err = SecretSource::Cmd("printf 'zak_%s' leaked; exit 3".into()).resolve().unwrap_err();
+        let msg = err.to_string();
+        assert!(!msg.contains("zak_leaked"), "{msg}");
+        assert!(msg.contains("exit status: 3"), "{msg}");
+    }
+
+    #[test]
+    fn debug_and_display_are_redacted() {
+        let s = Secret::new("zak_supersecret");
+        assert_eq!(format!("{s}"), "<redacted>");
+        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
+        assert_eq!(format!("{:?}", Some(&s)), "Some(Secret(<redacted>))");
+    }
+}

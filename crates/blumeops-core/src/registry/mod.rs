@@ -1,87 +1,58 @@
 //! Registry client: pull into the store, push from the store, with zot's rules in mind.
 //!
-//! (Skeleton: signatures are final, bodies are being written.)
+//! - Loopback registries (and every registry with [`ClientOptions::plain_http`]) are spoken to
+//!   over plain HTTP, others over HTTPS.
+//! - Requests go out anonymously first. A 401 is answered from its `WWW-Authenticate`
+//!   challenge: `Basic` with the configured credentials (sent up front from then on), `Bearer`
+//!   with a token from the challenge's realm, cached per host and scope. A 401 after
+//!   credentials were sent, and any 403, are reported, never retried.
+//! - Blobs stream: downloads are hashed while written to the store and committed only when
+//!   the digest and size match; uploads read the store file with a bounded buffer and a
+//!   known `Content-Length`. The manifest goes last, after every blob is in place.
+//! - A push first checks the tag: the same digest means nothing is pushed at all (zot refuses
+//!   a create-only account even an identical manifest PUT to an existing tag).
 
-use std::collections::HashMap;
+mod auth;
+mod credentials;
+mod error;
+mod pull;
+mod push;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
+use url::Url;
 
 use crate::image::StoredImage;
 use crate::reference::{Digest, ImageRef, Platform};
-use crate::secret::Secret;
 use crate::store::Store;
 
-/// Errors from talking to a registry.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// Placeholder until the client lands.
-    #[error("registry client not implemented for {reference}")]
-    NotImplemented {
-        /// Reference.
-        reference: String,
-    },
-}
+use auth::{AuthCache, Challenge};
+pub use credentials::{Credential, Credentials};
+pub use error::{Error, ErrorKind, Operation, ServerError};
 
-impl Error {
-    /// How the CLI should classify this failure.
-    pub fn kind(&self) -> ErrorKind {
-        ErrorKind::Other
-    }
-}
-
-/// Broad classes of registry failures, for exit codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// 401: credentials missing or refused.
-    Unauthorized,
-    /// 403: logged in but not allowed.
-    Denied,
-    /// The tag exists with another digest.
-    TagConflict,
-    /// Connection refused, DNS failure, timeout.
-    Unreachable,
-    /// Digest or size did not match.
-    Integrity,
-    /// The reference or manifest was not found.
-    NotFound,
-    /// Anything else.
-    Other,
-}
-
-/// A username and password (zot API key) for one registry.
-#[derive(Clone, Debug)]
-pub struct Credential {
-    /// Username, e.g. `zot-ci`.
-    pub username: String,
-    /// Password or API key.
-    pub password: Secret,
-}
-
-/// Where credentials come from: explicit ones per registry host, then docker `config.json`
-/// and containers `auth.json`.
-#[derive(Clone, Debug, Default)]
-pub struct Credentials {
-    explicit: HashMap<String, Credential>,
-}
-
-impl Credentials {
-    /// Credentials from the config files only.
-    pub fn from_config_files() -> Self {
-        Self::default()
-    }
-
-    /// Use `credential` for `registry` (host[:port] as written in references).
-    #[must_use]
-    pub fn with_registry(mut self, registry: &str, credential: Credential) -> Self {
-        self.explicit.insert(registry.to_owned(), credential);
-        self
-    }
-
-    /// The credential for `registry`, if any.
-    pub fn lookup(&self, registry: &str) -> Option<Credential> {
-        self.explicit.get(registry).cloned()
-    }
-}
+/// Default number of parallel blob uploads (zot has a global storage lock: a few help).
+pub const DEFAULT_MAX_PARALLEL_UPLOADS: usize = 3;
+/// Default number of parallel blob downloads.
+pub const DEFAULT_MAX_PARALLEL_DOWNLOADS: usize = 3;
+/// How long to wait for a TCP (and TLS) connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time limit for a whole request that carries no blob (manifests, HEADs, tokens).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a blob download may go without receiving a byte.
+pub const BLOB_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// A blob upload may take this long plus [`UPLOAD_MIN_BYTES_PER_SEC`]-paced time for its size.
+const UPLOAD_BASE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Slowest upload rate tolerated before an upload is called stuck.
+const UPLOAD_MIN_BYTES_PER_SEC: u64 = 64 * 1024;
+/// Read buffer for streamed uploads.
+const UPLOAD_BUFFER: usize = 256 * 1024;
+/// Largest manifest or index accepted (zot's own limit is 4 MiB).
+const MAX_MANIFEST_BYTES: u64 = 8 * 1024 * 1024;
+/// Largest error or token body read.
+const MAX_SMALL_BODY_BYTES: u64 = 64 * 1024;
 
 /// Client settings.
 #[derive(Clone, Debug)]
@@ -92,10 +63,11 @@ pub struct ClientOptions {
     pub plain_http: bool,
     /// Blob uploads at once.
     pub max_parallel_uploads: usize,
+    /// Blob downloads at once.
+    pub max_parallel_downloads: usize,
+    /// Time limit for a whole request without a blob body (manifests, HEADs, tokens).
+    pub request_timeout: Duration,
 }
-
-/// Default number of parallel blob uploads (zot has a global storage lock: a few help).
-pub const DEFAULT_MAX_PARALLEL_UPLOADS: usize = 3;
 
 impl Default for ClientOptions {
     fn default() -> Self {
@@ -103,6 +75,8 @@ impl Default for ClientOptions {
             credentials: Credentials::default(),
             plain_http: false,
             max_parallel_uploads: DEFAULT_MAX_PARALLEL_UPLOADS,
+            max_parallel_downloads: DEFAULT_MAX_PARALLEL_DOWNLOADS,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -145,12 +119,81 @@ pub struct PulledImage {
 #[derive(Clone, Debug)]
 pub struct RegistryClient {
     options: ClientOptions,
+    http: reqwest::Client,
+    auth: Arc<Mutex<AuthCache>>,
+}
+
+/// The access a request needs, as a token scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Pull,
+    Push,
+}
+
+/// One repository on one registry, as the client addresses it.
+#[derive(Debug)]
+struct Repo {
+    /// Registry as written in the reference: for credentials and messages.
+    registry: String,
+    /// Host requests go to (`registry-1.docker.io` for Docker Hub).
+    host: String,
+    /// `scheme://host/`.
+    base: Url,
+    /// Repository path.
+    repository: String,
+    /// Token scope, e.g. `repository:blumeops/hello:pull,push`.
+    scope: String,
+}
+
+impl Repo {
+    /// `base` + `path` (no leading slash).
+    fn url(&self, path: &str) -> Result<Url, Error> {
+        self.base.join(path).map_err(|source| Error::InvalidUrl {
+            url: format!("{}{path}", self.base),
+            source,
+        })
+    }
+}
+
+/// How long a request may take.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    /// The whole request, body included.
+    Total(Duration),
+    /// Until the response headers; the caller bounds each body read itself.
+    Headers(Duration),
+}
+
+/// One request's context, for auth and error messages.
+struct Call<'a> {
+    repo: &'a Repo,
+    operation: Operation,
+    target: &'a str,
+    url: &'a Url,
+    limit: Limit,
+}
+
+/// The auth a request went out with.
+enum Sent {
+    Anonymous,
+    Basic(String),
+    Bearer { fresh: bool },
 }
 
 impl RegistryClient {
     /// A client with these options.
     pub fn new(options: ClientOptions) -> Result<Self, Error> {
-        Ok(Self { options })
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("blumeops/", env!("CARGO_PKG_VERSION")))
+            .tcp_keepalive(Duration::from_secs(30))
+            .build()
+            .map_err(|source| Error::BuildClient { source })?;
+        Ok(Self {
+            options,
+            http,
+            auth: Arc::default(),
+        })
     }
 
     /// Resolve `reference` (an index is narrowed to `platform`), and fetch the manifest,
@@ -161,17 +204,13 @@ impl RegistryClient {
         platform: &Platform,
         store: &Store,
     ) -> Result<PulledImage, Error> {
-        let _ = (platform, store, &self.options);
-        Err(Error::NotImplemented {
-            reference: reference.to_string(),
-        })
+        self.pull_image_impl(reference, platform, store).await
     }
 
     /// The digest the tag currently points at, or `None` if the tag does not exist.
     pub async fn head_manifest(&self, reference: &ImageRef) -> Result<Option<Digest>, Error> {
-        Err(Error::NotImplemented {
-            reference: reference.to_string(),
-        })
+        let repo = self.repo(reference, Access::Pull)?;
+        self.head_manifest_in(&repo, reference).await
     }
 
     /// Push `image` (all blobs in `store`) to `target` under the tag policy.
@@ -182,9 +221,395 @@ impl RegistryClient {
         store: &Store,
         policy: TagPolicy,
     ) -> Result<PushReport, Error> {
-        let _ = (image, store, policy);
-        Err(Error::NotImplemented {
-            reference: target.to_string(),
+        self.push_image_impl(target, image, store, policy).await
+    }
+
+    fn repo(&self, reference: &ImageRef, access: Access) -> Result<Repo, Error> {
+        let scheme = if self.options.plain_http || reference.is_loopback() {
+            "http"
+        } else {
+            "https"
+        };
+        let base_text = format!("{scheme}://{}/", reference.api_host());
+        let base = Url::parse(&base_text).map_err(|source| Error::InvalidUrl {
+            url: base_text,
+            source,
+        })?;
+        let repository = reference.repository().to_owned();
+        let scope = match access {
+            Access::Pull => format!("repository:{repository}:pull"),
+            Access::Push => format!("repository:{repository}:pull,push"),
+        };
+        Ok(Repo {
+            registry: reference.registry().to_owned(),
+            host: reference.api_host().to_owned(),
+            base,
+            repository,
+            scope,
         })
+    }
+
+    fn credential(&self, repo: &Repo) -> Result<Option<Credential>, Error> {
+        self.options.credentials.try_lookup(&repo.registry)
+    }
+
+    fn auth_cache(&self) -> std::sync::MutexGuard<'_, AuthCache> {
+        // A panic while holding the lock cannot leave the cache inconsistent: use it anyway.
+        self.auth
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Send a request built by `build`, answering auth challenges. `build` is called again
+    /// for each retry, so a streamed body is re-created (re-opened) each time.
+    async fn send<F>(&self, call: &Call<'_>, build: F) -> Result<reqwest::Response, Error>
+    where
+        F: Fn() -> Result<reqwest::RequestBuilder, Error>,
+    {
+        let repo = call.repo;
+        for _ in 0..4 {
+            let (builder, sent) = self.authorize(call, build()?).await?;
+            let response = self.execute(call, builder).await?;
+            match response.status() {
+                StatusCode::UNAUTHORIZED => {}
+                StatusCode::FORBIDDEN => {
+                    let username = match &sent {
+                        Sent::Basic(u) => Some(u.clone()),
+                        Sent::Bearer { .. } => {
+                            self.credential(repo).ok().flatten().map(|c| c.username)
+                        }
+                        Sent::Anonymous => None,
+                    };
+                    return Err(Error::Denied {
+                        operation: call.operation,
+                        target: call.target.to_owned(),
+                        registry: repo.registry.clone(),
+                        repository: repo.repository.clone(),
+                        username,
+                        server: error_body(response).await,
+                    });
+                }
+                _ => return Ok(response),
+            }
+            let challenges = challenges(response.headers());
+            let server = error_body(response).await;
+            match sent {
+                Sent::Basic(username) => return Err(self.unauthorized(call, username, server)),
+                Sent::Bearer { fresh: true } => {
+                    return Err(match self.credential(repo)? {
+                        Some(c) => self.unauthorized(call, c.username, server),
+                        None => self.auth_required(call),
+                    });
+                }
+                Sent::Bearer { fresh: false } => {
+                    // The cached token expired: fetch a new one.
+                    self.auth_cache().forget_token(&repo.host, &repo.scope);
+                }
+                Sent::Anonymous => {
+                    let bearer = challenges.iter().find_map(|c| match c {
+                        Challenge::Bearer(b) => Some(b.clone()),
+                        Challenge::Basic => None,
+                    });
+                    if let Some(bearer) = bearer {
+                        self.auth_cache().set_bearer_challenge(&repo.host, bearer);
+                    } else if self.credential(repo)?.is_some() {
+                        // Basic (or no usable challenge): answer with the credentials.
+                        self.auth_cache().set_basic(&repo.host);
+                    } else {
+                        return Err(self.auth_required(call));
+                    }
+                }
+            }
+        }
+        Err(self.auth_required(call))
+    }
+
+    fn unauthorized(
+        &self,
+        call: &Call<'_>,
+        username: String,
+        server: Option<Box<ServerError>>,
+    ) -> Error {
+        Error::Unauthorized {
+            operation: call.operation,
+            target: call.target.to_owned(),
+            registry: call.repo.registry.clone(),
+            username,
+            server,
+        }
+    }
+
+    fn auth_required(&self, call: &Call<'_>) -> Error {
+        Error::AuthRequired {
+            operation: call.operation,
+            target: call.target.to_owned(),
+            registry: call.repo.registry.clone(),
+        }
+    }
+
+    /// Add what is known to work for this host: a cached token, Basic credentials, or a token
+    /// fetched now from a realm learned earlier.
+    async fn authorize(
+        &self,
+        call: &Call<'_>,
+        builder: reqwest::RequestBuilder,
+    ) -> Result<(reqwest::RequestBuilder, Sent), Error> {
+        let repo = call.repo;
+        let (token, basic, bearer) = {
+            let cache = self.auth_cache();
+            (
+                cache.token(&repo.host, &repo.scope),
+                cache.wants_basic(&repo.host),
+                cache.bearer_challenge(&repo.host),
+            )
+        };
+        if let Some(token) = token {
+            return Ok((
+                builder.bearer_auth(token.expose()),
+                Sent::Bearer { fresh: false },
+            ));
+        }
+        if basic && let Some(c) = self.credential(repo)? {
+            let builder = builder.basic_auth(&c.username, Some(c.password.expose()));
+            return Ok((builder, Sent::Basic(c.username)));
+        }
+        if let Some(challenge) = bearer {
+            let token = self.fetch_token(call, &challenge).await?;
+            self.auth_cache()
+                .set_token(&repo.host, &repo.scope, token.clone());
+            return Ok((
+                builder.bearer_auth(token.expose()),
+                Sent::Bearer { fresh: true },
+            ));
+        }
+        Ok((builder, Sent::Anonymous))
+    }
+
+    /// Ask the challenge's realm for a token for the call's scope, with Basic credentials
+    /// when there are any.
+    async fn fetch_token(
+        &self,
+        call: &Call<'_>,
+        challenge: &auth::BearerChallenge,
+    ) -> Result<crate::secret::Secret, Error> {
+        let repo = call.repo;
+        let mut url = Url::parse(&challenge.realm).map_err(|source| Error::InvalidUrl {
+            url: challenge.realm.clone(),
+            source,
+        })?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(service) = &challenge.service {
+                query.append_pair("service", service);
+            }
+            query.append_pair("scope", &repo.scope);
+        }
+        let credential = self.credential(repo)?;
+        let mut builder = self.http.get(url.clone());
+        if let Some(c) = &credential {
+            builder = builder.basic_auth(&c.username, Some(c.password.expose()));
+        }
+        let token_call = Call {
+            repo,
+            operation: Operation::FetchToken,
+            target: &repo.scope,
+            url: &url,
+            limit: Limit::Total(self.options.request_timeout),
+        };
+        let response = self.execute(&token_call, builder).await?;
+        let status = response.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            let server = error_body(response).await;
+            return Err(match credential {
+                Some(c) if status == StatusCode::UNAUTHORIZED => {
+                    self.unauthorized(call, c.username, server)
+                }
+                Some(c) => Error::Denied {
+                    operation: call.operation,
+                    target: call.target.to_owned(),
+                    registry: repo.registry.clone(),
+                    repository: repo.repository.clone(),
+                    username: Some(c.username),
+                    server,
+                },
+                None => self.auth_required(call),
+            });
+        }
+        if !status.is_success() {
+            return Err(status_error(&token_call, response).await);
+        }
+        let body = read_limited(&token_call, response, MAX_SMALL_BODY_BYTES).await?;
+        let parsed: auth::TokenResponse =
+            serde_json::from_slice(&body).map_err(|source| Error::InvalidJson {
+                what: "bearer token response",
+                url: url.to_string(),
+                source,
+            })?;
+        parsed.into_token().ok_or(Error::MissingHeader {
+            operation: Operation::FetchToken,
+            target: repo.scope.clone(),
+            url: url.to_string(),
+            header: "token",
+        })
+    }
+
+    /// Send one request under the call's time limit, mapping transport failures.
+    async fn execute(
+        &self,
+        call: &Call<'_>,
+        builder: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, Error> {
+        let result = match call.limit {
+            Limit::Total(limit) => builder.timeout(limit).send().await,
+            Limit::Headers(limit) => match tokio::time::timeout(limit, builder.send()).await {
+                Ok(result) => result,
+                Err(_) => return Err(timeout_error(call, limit)),
+            },
+        };
+        result.map_err(|e| transport_error(call, e))
+    }
+}
+
+fn timeout_error(call: &Call<'_>, limit: Duration) -> Error {
+    Error::Timeout {
+        operation: call.operation,
+        target: call.target.to_owned(),
+        url: call.url.to_string(),
+        seconds: limit.as_secs(),
+    }
+}
+
+fn transport_error(call: &Call<'_>, source: reqwest::Error) -> Error {
+    if source.is_connect() {
+        Error::Unreachable {
+            operation: call.operation,
+            target: call.target.to_owned(),
+            registry: call.repo.registry.clone(),
+            url: match source.url() {
+                // A token realm or a redirect target may be another host than the registry.
+                Some(u) if u.host_str() != call.repo.base.host_str() => {
+                    format!("{}://{}/", u.scheme(), host_port(u))
+                }
+                _ => call.repo.base.to_string(),
+            },
+            source,
+        }
+    } else if source.is_timeout() {
+        let seconds = match call.limit {
+            Limit::Total(d) | Limit::Headers(d) => d.as_secs(),
+        };
+        Error::Timeout {
+            operation: call.operation,
+            target: call.target.to_owned(),
+            url: call.url.to_string(),
+            seconds,
+        }
+    } else {
+        Error::Request {
+            operation: call.operation,
+            target: call.target.to_owned(),
+            url: call.url.to_string(),
+            source,
+        }
+    }
+}
+
+fn host_port(u: &Url) -> String {
+    match (u.host_str(), u.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_owned(),
+        _ => String::new(),
+    }
+}
+
+/// Every challenge in every `WWW-Authenticate` header.
+fn challenges(headers: &HeaderMap) -> Vec<Challenge> {
+    headers
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(auth::parse_challenges)
+        .collect()
+}
+
+/// The server's error, if its body holds one (read with a size and time limit).
+async fn error_body(mut response: reqwest::Response) -> Option<Box<ServerError>> {
+    let read = async {
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            body.extend_from_slice(&chunk);
+            if body.len() as u64 > MAX_SMALL_BODY_BYTES {
+                break;
+            }
+        }
+        body
+    };
+    let body = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .ok()?;
+    ServerError::parse(&body).map(Box::new)
+}
+
+/// An error for an unexpected status, with the server's error body.
+async fn status_error(call: &Call<'_>, response: reqwest::Response) -> Error {
+    let status = response.status();
+    Error::Status {
+        operation: call.operation,
+        target: call.target.to_owned(),
+        url: call.url.to_string(),
+        status,
+        server: error_body(response).await,
+    }
+}
+
+/// Read a whole body, refusing more than `limit` bytes.
+async fn read_limited(
+    call: &Call<'_>,
+    mut response: reqwest::Response,
+    limit: u64,
+) -> Result<Vec<u8>, Error> {
+    let too_large = || Error::TooLarge {
+        operation: call.operation,
+        target: call.target.to_owned(),
+        url: call.url.to_string(),
+        limit,
+    };
+    if response.content_length().is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport_error(call, e))?
+    {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A `Docker-Content-Digest` header, if present and a sha256 digest.
+fn header_digest(headers: &HeaderMap) -> Option<Digest> {
+    headers
+        .get("docker-content-digest")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Run blocking work (file I/O) off the async worker threads.
+async fn blocking<T, F>(f: F) -> T
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }

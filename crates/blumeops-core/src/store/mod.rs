@@ -178,7 +178,7 @@ impl Store {
             return Ok(digest);
         }
         let mut w = self.blob_writer()?;
-        w.write_all(bytes).map_err(io_err("write", &w.path().to_owned()))?;
+        w.write_all(bytes).map_err(io_err("write", w.path()))?;
         w.commit(Some(&digest))?;
         Ok(digest)
     }

@@ -1,1 +1,67 @@
-fn main() {}
+//! `blumeops`: build blumeops container images without a Docker daemon and publish them to
+//! zot. See the README for the exit codes.
+
+mod cli;
+mod commands;
+mod containers;
+mod progress;
+
+use std::process::ExitCode;
+
+use blumeops_core::ErrorKind;
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+/// Exit codes (documented in the README).
+mod exit {
+    pub const FAILURE: u8 = 1;
+    pub const INVALID_INPUT: u8 = 2;
+    pub const AUTH: u8 = 3;
+    pub const TAG_CONFLICT: u8 = 4;
+    pub const UNREACHABLE: u8 = 5;
+    pub const INTEGRITY: u8 = 6;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: failed to start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Publish(args) => commands::publish::run(args).await,
+            Command::Build(args) => commands::build::run(args).await,
+            Command::ContainerVersion(args) => commands::container_version::run(args),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => report(&err),
+    }
+}
+
+/// Print the error chain once, a hint if there is one, and pick the exit code.
+fn report(err: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {err}");
+    for cause in err.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    let core = err.chain().find_map(|e| e.downcast_ref::<blumeops_core::Error>());
+    if let Some(hint) = core.and_then(blumeops_core::Error::hint) {
+        eprintln!("hint: {hint}");
+    }
+    let code = match core.map(blumeops_core::Error::kind) {
+        Some(ErrorKind::InvalidInput) => exit::INVALID_INPUT,
+        Some(ErrorKind::Auth) => exit::AUTH,
+        Some(ErrorKind::TagConflict) => exit::TAG_CONFLICT,
+        Some(ErrorKind::Unreachable) => exit::UNREACHABLE,
+        Some(ErrorKind::Integrity) => exit::INTEGRITY,
+        _ => exit::FAILURE,
+    };
+    ExitCode::from(code)
+}

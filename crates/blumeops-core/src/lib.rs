@@ -1,21 +1,65 @@
 //! blumeops-core: build OCI images in steps without a Docker daemon, and publish them to a
 //! registry (zot) with API-key auth.
+//!
+//! ```no_run
+//! use blumeops_core::{Container, Engine, EngineOptions, ImageRef, Store, TagPolicy};
+//!
+//! # async fn run() -> Result<(), blumeops_core::Error> {
+//! let engine = Engine::new(EngineOptions::new(Store::open_default()?))?;
+//! let hello = Container::from("docker.io/library/busybox:1.37")
+//!     .with_new_file("/usr/local/bin/hello", "#!/bin/sh\necho hello\n", 0o755)
+//!     .with_default_args(["/usr/local/bin/hello"]);
+//! let target: ImageRef = "registry.ops.eblu.me/blumeops/hello:v1.0.0".parse()?;
+//! let published = hello.publish(&engine, &target, TagPolicy::CreateOnly).await?;
+//! println!("{published}");
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
 
+mod definition;
+mod epoch;
+mod error;
+mod export;
 mod image;
+mod layer;
+mod pipeline;
 mod reference;
 mod registry;
 mod secret;
 mod store;
 
-pub use image::{BlobRef, ManifestBlob, StoredImage, media_types};
+pub use definition::{
+    BuildArgs, ContainerDefinition, DefinitionInput, file_container_names, file_container_version,
+    normalize_version,
+};
+pub use definition::Error as DefinitionError;
+pub use epoch::{EpochSource, SOURCE_DATE_EPOCH, resolve as resolve_epoch, rfc3339};
+pub use epoch::Error as EpochError;
+pub use error::{Error, ErrorKind};
+pub use export::{ExportTarget, REF_NAME_ANNOTATION};
+pub use export::Error as ExportError;
+pub use image::{
+    BlobRef, Descriptor, History, ImageConfig, ImageIndex, ImageManifest, ManifestBlob, RootFs,
+    RuntimeConfig, StoredImage, media_types,
+};
+pub use layer::{
+    Compression, Entry, EntryKind, FileData, GZIP_LEVEL, HostCopy, Layer, LayerBuilder, Owner,
+    normalize_path,
+};
+pub use layer::Error as LayerError;
+pub use pipeline::{BuiltImage, Container, Engine, EngineOptions, Event, ProgressFn, Published};
 pub use reference::{Digest, DigestWriter, ImageRef, Platform, is_loopback_host};
 pub use reference::Error as ReferenceError;
 pub use registry::{
-    ClientOptions, Credential, Credentials, DEFAULT_MAX_PARALLEL_UPLOADS, ErrorKind, PulledImage,
-    PushReport, RegistryClient, TagPolicy,
+    BLOB_STALL_TIMEOUT, CONNECT_TIMEOUT, ClientOptions, Credential, Credentials,
+    DEFAULT_MAX_PARALLEL_DOWNLOADS, DEFAULT_MAX_PARALLEL_UPLOADS, DEFAULT_REQUEST_TIMEOUT,
+    PulledImage, PushReport, RegistryClient, TagPolicy,
 };
+pub use registry::Operation as RegistryOperation;
+pub use registry::ServerError as RegistryServerError;
 pub use registry::Error as RegistryError;
+pub use registry::ErrorKind as RegistryErrorKind;
 pub use secret::{ACCEPTED_FORMS as SECRET_FORMS, Secret, SecretSource};
 pub use secret::Error as SecretError;
 pub use store::{BlobWriter, CACHE_DIR_ENV, Store};

@@ -103,3 +103,9 @@ impl StoredImage {
         std::iter::once(&self.config).chain(self.layers.iter())
     }
 }
+
+mod config;
+mod manifest;
+
+pub use config::{History, ImageConfig, RootFs, RuntimeConfig};
+pub use manifest::{Descriptor, ImageIndex, ImageManifest};

@@ -1,0 +1,104 @@
+//! Command-line flags (raw, as clap parses them). Commands turn them into typed values.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Default target registry.
+pub const DEFAULT_REGISTRY: &str = "registry.ops.eblu.me";
+/// Default registry user (zot's create-only CI account).
+pub const DEFAULT_REGISTRY_USERNAME: &str = "zot-ci";
+/// Repository namespace images are published under.
+pub const NAMESPACE: &str = "blumeops";
+
+/// Build blumeops container images without a Docker daemon and publish them to zot.
+#[derive(Debug, Parser)]
+#[command(name = "blumeops", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build a container and push it to the registry as REGISTRY/blumeops/NAME:VERSION-SHA.
+    ///
+    /// Prints `REF@sha256:DIGEST` as the last line of stdout. Re-publishing the same image
+    /// to an existing tag pushes nothing and succeeds; a different image for an existing tag
+    /// fails unless --allow-overwrite is given.
+    Publish(PublishArgs),
+    /// Build a container into a local OCI layout directory or docker archive.
+    Build(BuildArgs),
+    /// Print a container's version (e.g. `v1.0.0`).
+    ContainerVersion(VersionArgs),
+}
+
+/// Flags shared by `build` and `publish`.
+#[derive(Debug, Args)]
+pub struct BuildFlags {
+    /// Source checkout: containers/ is looked up here, and its git HEAD gives the commit
+    /// sha and the timestamp.
+    #[arg(long, default_value = ".")]
+    pub src: PathBuf,
+    /// Container to build, e.g. `hello`.
+    #[arg(long)]
+    pub container_name: String,
+    /// Version for the tag [default: the container's version].
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Commit sha for the tag [default: first 7 characters of `git -C SRC rev-parse HEAD`].
+    #[arg(long)]
+    pub commit_sha: Option<String>,
+    /// Build argument passed to the definition, KEY=VALUE (repeatable).
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_args: Vec<String>,
+    /// Platform to build for, e.g. linux/arm64 [default: the host's linux platform].
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Target registry (also used, with the credentials below, to pull base images from it).
+    #[arg(long, default_value = DEFAULT_REGISTRY)]
+    pub registry: String,
+    /// Username for the target registry.
+    #[arg(long, default_value = DEFAULT_REGISTRY_USERNAME)]
+    pub registry_username: String,
+    /// Password or API key for the target registry: env:NAME, file:PATH or cmd:COMMAND.
+    #[arg(long, value_name = "SOURCE")]
+    pub registry_password: Option<String>,
+    /// Use plain HTTP for every registry (loopback registries always use it).
+    #[arg(long)]
+    pub plain_http: bool,
+}
+
+/// `publish` flags.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    /// Build flags.
+    pub build: BuildFlags,
+    /// Replace an existing tag that points at a different image (needs update permission).
+    #[arg(long)]
+    pub allow_overwrite: bool,
+}
+
+/// `build` flags.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    /// Build flags.
+    pub build: BuildFlags,
+    /// Where to write the image: oci:DIR or docker-archive:FILE.
+    #[arg(long, value_name = "oci:DIR|docker-archive:FILE")]
+    pub output: String,
+}
+
+/// `container-version` flags.
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// Container name.
+    pub name: String,
+    /// Source checkout to look for containers/NAME/{Dockerfile,default.nix}.
+    #[arg(long, default_value = ".")]
+    pub src: PathBuf,
+}

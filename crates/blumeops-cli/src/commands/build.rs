@@ -1,0 +1,25 @@
+//! `blumeops build`.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use blumeops_core::ExportTarget;
+
+use super::prepare;
+use crate::cli::BuildArgs;
+
+pub async fn run(args: BuildArgs) -> Result<ExitCode> {
+    let output: ExportTarget = args.output.parse().map_err(blumeops_core::Error::from)?;
+    let prepared = prepare(&args.build)?;
+    let tag = prepared.tag();
+    let repo_tag = format!("{}:{tag}", prepared.repository);
+    let target = output.named(&tag, &repo_tag);
+    let built = prepared
+        .container
+        .export(&prepared.engine, &target)
+        .await
+        .with_context(|| format!("failed to build {}", args.output))?;
+    eprintln!("wrote {} to {}", repo_tag, args.output);
+    println!("{repo_tag}@{}", built.image.manifest.digest);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,13 @@
+//! The natively defined containers this binary knows.
+
+use blumeops_core::ContainerDefinition;
+
+/// Every native definition, by name.
+pub fn native() -> Vec<&'static dyn ContainerDefinition> {
+    vec![&blumeops_container_hello::Hello]
+}
+
+/// The native definition called `name`.
+pub fn find(name: &str) -> Option<&'static dyn ContainerDefinition> {
+    native().into_iter().find(|d| d.name() == name)
+}

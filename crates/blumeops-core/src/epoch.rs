@@ -1,0 +1,108 @@
+//! The build's timestamp: `SOURCE_DATE_EPOCH`, else the commit time of the source's git
+//! HEAD, else 0. It becomes the image's `created` and every file mtime, so builds of the
+//! same inputs give the same digest.
+
+use std::path::Path;
+
+/// The variable that pins the timestamp (reproducible-builds.org convention).
+pub const SOURCE_DATE_EPOCH: &str = "SOURCE_DATE_EPOCH";
+
+/// Errors from resolving the epoch.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `SOURCE_DATE_EPOCH` is set but not a non-negative integer.
+    #[error("invalid SOURCE_DATE_EPOCH `{value}`: expected seconds since 1970 as a non-negative integer")]
+    Invalid {
+        /// What it held.
+        value: String,
+    },
+}
+
+/// Where an epoch came from (for progress output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpochSource {
+    /// The `SOURCE_DATE_EPOCH` variable.
+    Env,
+    /// The commit time of git HEAD in the source directory.
+    GitHead,
+    /// Neither was available: 0 (1970-01-01).
+    Zero,
+}
+
+/// Resolve the epoch for a build whose sources are in `src`.
+pub fn resolve(src: &Path) -> Result<(u64, EpochSource), Error> {
+    if let Ok(value) = std::env::var(SOURCE_DATE_EPOCH)
+        && !value.is_empty()
+    {
+        let secs = value.trim().parse::<u64>().map_err(|_| Error::Invalid { value })?;
+        return Ok((secs, EpochSource::Env));
+    }
+    if let Some(secs) = git_head_time(src) {
+        return Ok((secs, EpochSource::GitHead));
+    }
+    Ok((0, EpochSource::Zero))
+}
+
+fn git_head_time(src: &Path) -> Option<u64> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(src)
+        .args(["log", "-1", "--format=%ct", "HEAD"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+}
+
+/// Format seconds since 1970 as RFC 3339 UTC, e.g. `1970-01-01T00:00:00Z`.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case(0, "1970-01-01T00:00:00Z")]
+    #[case(951_782_400, "2000-02-29T00:00:00Z")]
+    #[case(1_700_000_000, "2023-11-14T22:13:20Z")]
+    #[case(4_102_444_799, "2099-12-31T23:59:59Z")]
+    fn formats_rfc3339(#[case] secs: u64, #[case] expected: &str) {
+        assert_eq!(rfc3339(secs), expected);
+    }
+
+    #[test]
+    fn non_git_dir_gives_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(git_head_time(dir.path()), None);
+    }
+}

@@ -1,0 +1,123 @@
+//! The crate's error: one variant per module, plus build-level failures.
+
+use crate::{definition, epoch, export, layer, reference, registry, secret, store};
+
+/// Any blumeops failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A reference, digest or platform did not parse.
+    #[error(transparent)]
+    Reference(#[from] reference::Error),
+    /// A secret could not be read.
+    #[error(transparent)]
+    Secret(#[from] secret::Error),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// A layer could not be written.
+    #[error(transparent)]
+    Layer(#[from] layer::Error),
+    /// A registry request failed.
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+    /// The build timestamp could not be resolved.
+    #[error(transparent)]
+    Epoch(#[from] epoch::Error),
+    /// An export failed.
+    #[error(transparent)]
+    Export(#[from] export::Error),
+    /// A container definition failed.
+    #[error(transparent)]
+    Definition(#[from] definition::Error),
+    /// A build step failed.
+    #[error("step {index} failed: {step}")]
+    Step {
+        /// 1-based step number.
+        index: usize,
+        /// The step's description.
+        step: String,
+        /// Cause.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A base image's config is not valid JSON of the expected shape.
+    #[error("failed to parse the config of base image {reference}")]
+    BaseConfig {
+        /// The base image.
+        reference: String,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A base image's manifest and config disagree on the number of layers.
+    #[error("base image {reference} is inconsistent: {layers} layers but {diff_ids} diff_ids")]
+    BaseLayerCount {
+        /// The base image.
+        reference: String,
+        /// Layers in the manifest.
+        layers: usize,
+        /// diff_ids in the config.
+        diff_ids: usize,
+    },
+    /// Serializing a document failed.
+    #[error("failed to serialize image document")]
+    Serialize(#[source] serde_json::Error),
+    /// A background task panicked.
+    #[error("a build task panicked")]
+    TaskPanicked,
+}
+
+/// Broad classes of failure, for exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Bad input from the user: a flag, reference, secret source, definition name.
+    InvalidInput,
+    /// Credentials missing or refused (401), or permission denied (403).
+    Auth,
+    /// The tag exists with another digest.
+    TagConflict,
+    /// The registry could not be reached.
+    Unreachable,
+    /// Data did not match its digest or size.
+    Integrity,
+    /// Anything else.
+    Other,
+}
+
+impl Error {
+    /// The class of this failure (looking through step wrappers).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Step { source, .. } => source.kind(),
+            Self::Reference(_) | Self::Secret(_) | Self::Epoch(_) | Self::Definition(_) => {
+                ErrorKind::InvalidInput
+            }
+            Self::Export(export::Error::InvalidTarget(_)) => ErrorKind::InvalidInput,
+            Self::Layer(layer::Error::InvalidPath { .. } | layer::Error::Pattern { .. }) => {
+                ErrorKind::InvalidInput
+            }
+            Self::Store(store::Error::DigestMismatch { .. } | store::Error::SizeMismatch { .. }) => {
+                ErrorKind::Integrity
+            }
+            Self::Registry(e) => match e.kind() {
+                registry::ErrorKind::Unauthorized | registry::ErrorKind::Denied => ErrorKind::Auth,
+                registry::ErrorKind::TagConflict => ErrorKind::TagConflict,
+                registry::ErrorKind::Unreachable => ErrorKind::Unreachable,
+                registry::ErrorKind::Integrity => ErrorKind::Integrity,
+                _ => ErrorKind::Other,
+            },
+            _ => ErrorKind::Other,
+        }
+    }
+
+    /// A hint for the user, when there is one.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::Step { source, .. } => source.hint(),
+            Self::Registry(_) => None,
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! Copying host files and directories into a layer.
+
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::str::FromStr;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use super::{Entry, EntryKind, Error, FileData, LayerBuilder};
+
+/// Numeric owner of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+impl Owner {
+    /// `0:0`.
+    pub const ROOT: Self = Self { uid: 0, gid: 0 };
+}
+
+impl Default for Owner {
+    fn default() -> Self {
+        Self::ROOT
+    }
+}
+
+/// Error for an owner that is not `UID` or `UID:GID`.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid owner `{0}`: expected UID or UID:GID, e.g. 1000:1000")]
+pub struct OwnerParseError(String);
+
+impl FromStr for Owner {
+    type Err = OwnerParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || OwnerParseError(s.to_owned());
+        let (u, g) = s.split_once(':').unwrap_or((s, s));
+        Ok(Self {
+            uid: u.parse().map_err(|_| err())?,
+            gid: g.parse().map_err(|_| err())?,
+        })
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
+}
+
+/// Options for copying from the host: owner, file mode and include/exclude globs (matched
+/// against paths relative to the copied directory, e.g. `src/**/*.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct HostCopy {
+    /// Owner of every copied entry (default `0:0`).
+    pub owner: Option<Owner>,
+    /// Permission bits for copied regular files (default: the host file's).
+    pub mode: Option<u32>,
+    /// Only paths matching one of these are copied (empty: everything).
+    pub include: Vec<String>,
+    /// Paths matching one of these are skipped, directories with everything below them.
+    pub exclude: Vec<String>,
+}
+
+impl HostCopy {
+    /// Set the owner.
+    #[must_use]
+    pub fn with_owner(mut self, owner: Owner) -> Self {
+        self.owner = Some(owner);
+        self
+    }
+
+    /// Set the file mode.
+    #[must_use]
+    pub fn with_mode(mut self, mode: u32) -> Self {
+        self.mode = Some(mode);
+        self
+    }
+
+    /// Add an include pattern.
+    #[must_use]
+    pub fn with_include(mut self, pattern: impl Into<String>) -> Self {
+        self.include.push(pattern.into());
+        self
+    }
+
+    /// Add an exclude pattern.
+    #[must_use]
+    pub fn with_exclude(mut self, pattern: impl Into<String>) -> Self {
+        self.exclude.push(pattern.into());
+        self
+    }
+}
+
+fn globset(which: &'static str, patterns: &[String]) -> Result<GlobSet, Error> {
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        let glob = Glob::new(p.trim_end_matches('/')).map_err(|source| Error::Pattern {
+            which,
+            pattern: p.clone(),
+            source,
+        })?;
+        b.add(glob);
+    }
+    b.build().map_err(|source| Error::Pattern {
+        which,
+        pattern: patterns.join(", "),
+        source,
+    })
+}
+
+fn host_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Host {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl LayerBuilder {
+    /// Add the host file `src` at `dest`.
+    pub fn add_host_file(&mut self, dest: &str, src: &Path, opts: &HostCopy) -> Result<(), Error> {
+        let meta = std::fs::metadata(src).map_err(host_err("read", src))?;
+        if !meta.is_file() {
+            return Err(Error::Host {
+                action: "copy (not a regular file)",
+                path: src.to_owned(),
+                source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            });
+        }
+        self.add(
+            dest,
+            Entry {
+                kind: EntryKind::File(FileData::Host(src.to_owned())),
+                mode: opts.mode.unwrap_or(meta.permissions().mode() & 0o7777),
+                owner: opts.owner.unwrap_or_default(),
+            },
+        )
+    }
+
+    /// Add the contents of the host directory `src` under `dest`. Symlinks are copied as
+    /// symlinks; sockets, fifos and devices are refused.
+    pub fn add_host_dir(&mut self, dest: &str, src: &Path, opts: &HostCopy) -> Result<(), Error> {
+        let include = globset("include", &opts.include)?;
+        let exclude = globset("exclude", &opts.exclude)?;
+        let meta = std::fs::metadata(src).map_err(host_err("read", src))?;
+        if !meta.is_dir() {
+            return Err(Error::Host {
+                action: "copy (not a directory)",
+                path: src.to_owned(),
+                source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            });
+        }
+        let owner = opts.owner.unwrap_or_default();
+        let dest_norm = super::normalize_path(dest)?;
+        self.add(
+            &dest_norm,
+            Entry {
+                kind: EntryKind::Dir,
+                mode: meta.permissions().mode() & 0o7777,
+                owner,
+            },
+        )?;
+        let walk = Walk {
+            include: &include,
+            exclude: &exclude,
+            filter_includes: !opts.include.is_empty(),
+            opts,
+            owner,
+        };
+        walk.dir(self, src, "", &dest_norm)
+    }
+}
+
+struct Walk<'a> {
+    include: &'a GlobSet,
+    exclude: &'a GlobSet,
+    filter_includes: bool,
+    opts: &'a HostCopy,
+    owner: Owner,
+}
+
+impl Walk<'_> {
+    fn dir(&self, layer: &mut LayerBuilder, dir: &Path, rel: &str, dest: &str) -> Result<(), Error> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(host_err("read directory", dir))? {
+            let entry = entry.map_err(host_err("read directory", dir))?;
+            names.push(entry.file_name());
+        }
+        names.sort();
+        for name in names {
+            let host = dir.join(&name);
+            let name = name.to_str().ok_or_else(|| Error::Host {
+                action: "copy (file name is not UTF-8)",
+                path: host.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+            })?;
+            let rel = if rel.is_empty() { name.to_owned() } else { format!("{rel}/{name}") };
+            if self.exclude.is_match(&rel) {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&host).map_err(host_err("read", &host))?;
+            let target = format!("{dest}/{rel}");
+            let ft = meta.file_type();
+            let included = !self.filter_includes || self.include.is_match(&rel);
+            let mode = meta.permissions().mode() & 0o7777;
+            if ft.is_dir() {
+                if included {
+                    layer.add(&target, Entry { kind: EntryKind::Dir, mode, owner: self.owner })?;
+                }
+                self.dir(layer, &host, &rel, dest)?;
+            } else if !included {
+                continue;
+            } else if ft.is_symlink() {
+                let link = std::fs::read_link(&host).map_err(host_err("read link", &host))?;
+                let link = link.to_str().ok_or_else(|| Error::Host {
+                    action: "copy (link target is not UTF-8)",
+                    path: host.clone(),
+                    source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+                })?;
+                layer.add(&target, Entry { kind: EntryKind::Symlink(link.to_owned()), mode: 0o777, owner: self.owner })?;
+            } else if ft.is_file() {
+                layer.add(
+                    &target,
+                    Entry {
+                        kind: EntryKind::File(FileData::Host(host.clone())),
+                        mode: self.opts.mode.unwrap_or(mode),
+                        owner: self.owner,
+                    },
+                )?;
+            } else {
+                return Err(Error::Host {
+                    action: "copy (sockets, fifos and devices are not supported)",
+                    path: host,
+                    source: std::io::Error::from(std::io::ErrorKind::Unsupported),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::Compression;
+    use crate::store::Store;
+    use std::io::Read;
+
+    fn list(store: &Store, layer: &crate::layer::Layer) -> Vec<(String, u32, u64)> {
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(store.open_blob(&layer.blob.digest).unwrap())
+            .read_to_end(&mut raw)
+            .unwrap();
+        tar::Archive::new(&raw[..])
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().to_string_lossy().into_owned(),
+                    e.header().mode().unwrap(),
+                    e.header().uid().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn copies_directory_with_include_exclude_owner_and_mode() {
+        let src = tempfile::tempdir().unwrap();
+        let root = src.path();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::create_dir_all(root.join("target")).unwrap();
+        std::fs::write(root.join("a/b/keep.txt"), "k").unwrap();
+        std::fs::write(root.join("a/skip.log"), "s").unwrap();
+        std::fs::write(root.join("target/big"), "t").unwrap();
+        std::os::unix::fs::symlink("b/keep.txt", root.join("a/link")).unwrap();
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(store_dir.path()).unwrap();
+        let mut b = LayerBuilder::new();
+        let opts = HostCopy::default()
+            .with_exclude("target")
+            .with_exclude("**/*.log")
+            .with_owner("1000:1001".parse().unwrap())
+            .with_mode(0o640);
+        b.add_host_dir("/app", root, &opts).unwrap();
+        let layer = b.write(&store, Compression::Gzip, 0).unwrap();
+        let entries = list(&store, &layer);
+        let paths: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(paths, ["app/", "app/a/", "app/a/b/", "app/a/b/keep.txt", "app/a/link"]);
+        let keep = entries.iter().find(|e| e.0 == "app/a/b/keep.txt").unwrap();
+        assert_eq!((keep.1, keep.2), (0o640, 1000));
+    }
+
+    #[test]
+    fn include_limits_files() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(src.path().join("x")).unwrap();
+        std::fs::write(src.path().join("x/a.rs"), "a").unwrap();
+        std::fs::write(src.path().join("x/b.md"), "b").unwrap();
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(store_dir.path()).unwrap();
+        let mut b = LayerBuilder::new();
+        b.add_host_dir("src", src.path(), &HostCopy::default().with_include("**/*.rs")).unwrap();
+        let layer = b.write(&store, Compression::Gzip, 0).unwrap();
+        let paths: Vec<String> = list(&store, &layer).into_iter().map(|e| e.0).collect();
+        assert_eq!(paths, ["src/", "src/x/", "src/x/a.rs"]);
+    }
+
+    #[test]
+    fn bad_owner_and_missing_source_are_clear() {
+        let err = "bob".parse::<Owner>().unwrap_err().to_string();
+        assert!(err.contains("bob") && err.contains("UID:GID"), "{err}");
+        let mut b = LayerBuilder::new();
+        let err = b
+            .add_host_file("x", Path::new("/nonexistent/blumeops-file"), &HostCopy::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/blumeops-file"), "{err}");
+    }
+}

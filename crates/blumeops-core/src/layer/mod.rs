@@ -1,0 +1,373 @@
+//! Layers: a deterministic tar writer whose output is compressed and hashed in one pass
+//! straight into the store.
+//!
+//! Determinism rules (so two builds give the same digest): entries sorted by path, every
+//! mtime set to the build's epoch, owner names empty, device numbers zero, GNU headers,
+//! gzip with a pinned level, no file name and a zero header mtime.
+
+mod compress;
+mod host;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use compress::{Compression, GZIP_LEVEL};
+pub use host::{HostCopy, Owner};
+
+use crate::image::BlobRef;
+use crate::reference::{Digest, DigestWriter};
+use crate::store::{self, Store};
+
+/// Errors from building a layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A path inside the image is not acceptable.
+    #[error("invalid path `{path}` in image: {reason}")]
+    InvalidPath {
+        /// The path as given.
+        path: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// Reading a host file or directory failed.
+    #[error("failed to {action} `{}`", path.display())]
+    Host {
+        /// What was being done.
+        action: &'static str,
+        /// Host path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// An include or exclude pattern is not a valid glob.
+    #[error("invalid {which} pattern `{pattern}`")]
+    Pattern {
+        /// "include" or "exclude".
+        which: &'static str,
+        /// The pattern.
+        pattern: String,
+        /// Cause.
+        #[source]
+        source: globset::Error,
+    },
+    /// Writing the layer into the store failed.
+    #[error("failed to write layer")]
+    Write(#[source] io::Error),
+    /// The store refused the blob.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+/// What a tar entry is.
+#[derive(Clone)]
+pub enum EntryKind {
+    /// A directory.
+    Dir,
+    /// A regular file with its contents.
+    File(FileData),
+    /// A symbolic link to the target.
+    Symlink(String),
+}
+
+/// Where a regular file's bytes come from.
+#[derive(Clone)]
+pub enum FileData {
+    /// Bytes held in memory.
+    Bytes(Arc<[u8]>),
+    /// A host file, read while the layer is written.
+    Host(PathBuf),
+}
+
+/// One entry of a layer.
+#[derive(Clone)]
+pub struct Entry {
+    /// Kind and content.
+    pub kind: EntryKind,
+    /// Permission bits (including setuid/setgid/sticky).
+    pub mode: u32,
+    /// Owner.
+    pub owner: Owner,
+}
+
+/// A layer finished into the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    /// The compressed blob.
+    pub blob: BlobRef,
+    /// sha256 of the uncompressed tar (the config's `rootfs.diff_ids`).
+    pub diff_id: Digest,
+}
+
+/// Collects entries, then writes them as one deterministic layer.
+#[derive(Clone, Default)]
+pub struct LayerBuilder {
+    entries: BTreeMap<String, Entry>,
+}
+
+/// Turn an absolute or relative image path into the tar form: no leading `/`, no `.` or
+/// empty components, no `..`.
+pub fn normalize_path(path: &str) -> Result<String, Error> {
+    let invalid = |reason| Error::InvalidPath {
+        path: path.to_owned(),
+        reason,
+    };
+    if path.contains('\0') {
+        return Err(invalid("it contains a NUL byte"));
+    }
+    let mut parts = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(invalid("`..` is not allowed")),
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        return Err(invalid("it names the root directory"));
+    }
+    Ok(parts.join("/"))
+}
+
+impl LayerBuilder {
+    /// An empty layer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Add `entry` at `path` (normalised), with its parent directories (mode 0755, root)
+    /// unless they were added already.
+    pub fn add(&mut self, path: &str, entry: Entry) -> Result<(), Error> {
+        let path = normalize_path(path)?;
+        let mut parent = path.as_str();
+        while let Some((p, _)) = parent.rsplit_once('/') {
+            self.entries.entry(p.to_owned()).or_insert(Entry {
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                owner: Owner::ROOT,
+            });
+            parent = p;
+        }
+        self.entries.insert(path, entry);
+        Ok(())
+    }
+
+    /// Add a file with the given bytes.
+    pub fn add_bytes(&mut self, path: &str, bytes: impl Into<Arc<[u8]>>, mode: u32, owner: Owner) -> Result<(), Error> {
+        self.add(
+            path,
+            Entry {
+                kind: EntryKind::File(FileData::Bytes(bytes.into())),
+                mode,
+                owner,
+            },
+        )
+    }
+
+    /// Write the layer into `store`: tar, compress and hash in one pass. Every mtime is `epoch`.
+    /// Blocking: call from a blocking thread.
+    pub fn write(&self, store: &Store, compression: Compression, epoch: u64) -> Result<Layer, Error> {
+        let blob = store.blob_writer()?;
+        let mut tee = TeeDiff {
+            diff: DigestWriter::new(),
+            inner: compression.encoder(blob).map_err(Error::Write)?,
+        };
+        {
+            let mut tar = tar::Builder::new(&mut tee);
+            tar.mode(tar::HeaderMode::Deterministic);
+            for (path, entry) in &self.entries {
+                append_entry(&mut tar, path, entry, epoch)?;
+            }
+            tar.finish().map_err(Error::Write)?;
+        }
+        let diff_id = tee.diff.finish();
+        let blob = tee.inner.finish().map_err(Error::Write)?;
+        let (digest, size) = blob.commit(None)?;
+        Ok(Layer {
+            blob: BlobRef {
+                digest,
+                size,
+                media_type: compression.media_type().to_owned(),
+            },
+            diff_id,
+        })
+    }
+}
+
+fn header(kind: tar::EntryType, entry: &Entry, epoch: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(entry.mode & 0o7777);
+    h.set_uid(entry.owner.uid.into());
+    h.set_gid(entry.owner.gid.into());
+    h.set_mtime(epoch);
+    h.set_size(0);
+    h
+}
+
+fn append_entry<W: Write>(tar: &mut tar::Builder<W>, path: &str, entry: &Entry, epoch: u64) -> Result<(), Error> {
+    match &entry.kind {
+        EntryKind::Dir => {
+            let mut h = header(tar::EntryType::Directory, entry, epoch);
+            tar.append_data(&mut h, format!("{path}/"), io::empty())
+                .map_err(Error::Write)
+        }
+        EntryKind::Symlink(target) => {
+            let mut h = header(tar::EntryType::Symlink, entry, epoch);
+            tar.append_link(&mut h, path, target).map_err(Error::Write)
+        }
+        EntryKind::File(FileData::Bytes(bytes)) => {
+            let mut h = header(tar::EntryType::Regular, entry, epoch);
+            h.set_size(bytes.len() as u64);
+            tar.append_data(&mut h, path, &bytes[..]).map_err(Error::Write)
+        }
+        EntryKind::File(FileData::Host(src)) => {
+            let file = File::open(src).map_err(|source| Error::Host {
+                action: "open",
+                path: src.clone(),
+                source,
+            })?;
+            let len = file
+                .metadata()
+                .map_err(|source| Error::Host {
+                    action: "stat",
+                    path: src.clone(),
+                    source,
+                })?
+                .len();
+            let mut h = header(tar::EntryType::Regular, entry, epoch);
+            h.set_size(len);
+            // A file that changes size while it is read would corrupt the tar: read exactly
+            // `len` bytes and fail if fewer arrive.
+            let reader = ExactReader {
+                inner: file.take(len),
+                remaining: len,
+                path: src,
+            };
+            tar.append_data(&mut h, path, reader).map_err(|source| Error::Host {
+                action: "read",
+                path: src.clone(),
+                source,
+            })
+        }
+    }
+}
+
+struct ExactReader<'a, R> {
+    inner: R,
+    remaining: u64,
+    path: &'a Path,
+}
+
+impl<R: Read> Read for ExactReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && self.remaining > 0 && !buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} shrank while it was being read", self.path.display()),
+            ));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Hashes the uncompressed tar stream on its way into the compressor.
+struct TeeDiff<W> {
+    diff: DigestWriter,
+    inner: W,
+}
+
+impl<W: Write> Write for TeeDiff<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.diff.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(dir: &Path) -> (Store, LayerBuilder) {
+        let store = Store::open(dir).unwrap();
+        let mut b = LayerBuilder::new();
+        b.add_bytes("/usr/local/bin/hello", b"#!/bin/sh\necho hi\n".to_vec(), 0o755, Owner::ROOT)
+            .unwrap();
+        b.add_bytes("etc/motd", b"welcome".to_vec(), 0o644, Owner { uid: 1000, gid: 1000 })
+            .unwrap();
+        let long = format!("opt/{}/file", "d".repeat(120));
+        b.add_bytes(&long, b"long".to_vec(), 0o600, Owner::ROOT).unwrap();
+        b.add("bin/sh-link", Entry { kind: EntryKind::Symlink("/bin/busybox".into()), mode: 0o777, owner: Owner::ROOT })
+            .unwrap();
+        (store, b)
+    }
+
+    #[test]
+    fn same_entries_give_same_digest_on_separate_stores() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (s1, b1) = sample(d1.path());
+        let (s2, b2) = sample(d2.path());
+        let l1 = b1.write(&s1, Compression::Gzip, 0).unwrap();
+        let l2 = b2.write(&s2, Compression::Gzip, 0).unwrap();
+        assert_eq!(l1, l2);
+        let l3 = b1.write(&s1, Compression::Gzip, 42).unwrap();
+        assert_ne!(l1.blob.digest, l3.blob.digest, "epoch must reach the headers");
+    }
+
+    #[test]
+    fn layer_reads_back_sorted_with_parents_and_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, b) = sample(dir.path());
+        let layer = b.write(&store, Compression::Gzip, 1_700_000_000).unwrap();
+        assert_eq!(layer.blob.size, store.blob_size(&layer.blob.digest).unwrap());
+        let gz = flate2::read::GzDecoder::new(store.open_blob(&layer.blob.digest).unwrap());
+        let mut raw = Vec::new();
+        { let mut gz = gz; gz.read_to_end(&mut raw).unwrap(); }
+        assert_eq!(Digest::of(&raw), layer.diff_id);
+        let mut ar = tar::Archive::new(&raw[..]);
+        let mut seen = Vec::new();
+        for e in ar.entries().unwrap() {
+            let e = e.unwrap();
+            assert_eq!(e.header().mtime().unwrap(), 1_700_000_000);
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            if path == "etc/motd" {
+                assert_eq!((e.header().uid().unwrap(), e.header().gid().unwrap()), (1000, 1000));
+            }
+            if path == "usr/local/bin/hello" {
+                assert_eq!(e.header().mode().unwrap(), 0o755);
+            }
+            seen.push(path);
+        }
+        let mut sorted = seen.clone();
+        sorted.sort();
+        assert_eq!(seen, sorted);
+        for p in ["usr/", "usr/local/", "usr/local/bin/", "usr/local/bin/hello", "etc/", "bin/sh-link"] {
+            assert!(seen.iter().any(|s| s == p), "{p} missing from {seen:?}");
+        }
+        assert!(seen.iter().any(|s| s.len() > 120), "long path lost: {seen:?}");
+    }
+
+    #[test]
+    fn rejects_dotdot_and_root() {
+        assert!(normalize_path("../etc/passwd").is_err());
+        assert!(normalize_path("/a/../../b").is_err());
+        assert!(normalize_path("/").is_err());
+        assert_eq!(normalize_path("//usr/./bin/").unwrap(), "usr/bin");
+    }
+}

@@ -1,0 +1,257 @@
+//! The Dagger-style `Container`: an immutable, lazy chain of operations. Nothing runs until
+//! it is evaluated by [`Container::build`], [`Container::publish`] or [`Container::export`].
+
+mod engine;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use engine::{BuiltImage, Engine, EngineOptions, Event, ProgressFn, Published};
+
+use crate::layer::{HostCopy, Owner};
+
+/// One operation in a container's chain.
+#[derive(Clone, Debug)]
+pub(crate) enum Op {
+    From(String),
+    Scratch,
+    NewFile {
+        path: String,
+        contents: Arc<[u8]>,
+        mode: u32,
+        owner: Owner,
+    },
+    HostFile {
+        path: String,
+        src: PathBuf,
+        opts: HostCopy,
+    },
+    HostDirectory {
+        path: String,
+        src: PathBuf,
+        opts: HostCopy,
+    },
+    Env(String, String),
+    Workdir(String),
+    User(String),
+    Label(String, String),
+    Annotation(String, String),
+    ExposedPort(u16, String),
+    Entrypoint(Vec<String>),
+    DefaultArgs(Vec<String>),
+}
+
+impl Op {
+    /// What progress output and history say about this step.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Self::From(r) => format!("from {r}"),
+            Self::Scratch => "from scratch".to_owned(),
+            Self::NewFile { path, mode, owner, contents } => {
+                format!("with_new_file {path} ({} bytes, mode {mode:04o}, owner {owner})", contents.len())
+            }
+            Self::HostFile { path, src, .. } => format!("with_file {path} from {}", src.display()),
+            Self::HostDirectory { path, src, .. } => {
+                format!("with_directory {path} from {}", src.display())
+            }
+            Self::Env(k, v) => format!("with_env_variable {k}={v}"),
+            Self::Workdir(p) => format!("with_workdir {p}"),
+            Self::User(u) => format!("with_user {u}"),
+            Self::Label(k, v) => format!("with_label {k}={v}"),
+            Self::Annotation(k, v) => format!("with_annotation {k}={v}"),
+            Self::ExposedPort(p, proto) => format!("with_exposed_port {p}/{proto}"),
+            Self::Entrypoint(a) => format!("with_entrypoint {a:?}"),
+            Self::DefaultArgs(a) => format!("with_default_args {a:?}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Node {
+    parent: Option<Arc<Node>>,
+    op: Op,
+}
+
+/// A container image being defined. Cheap to clone; every `with_*` returns a new value and
+/// leaves the original untouched, so one value can be the base of several others.
+///
+/// ```
+/// use blumeops_core::Container;
+///
+/// let hello = Container::from("docker.io/library/busybox:1.37")
+///     .with_new_file("/usr/local/bin/hello", "#!/bin/sh\necho hello\n", 0o755)
+///     .with_label("org.opencontainers.image.title", "hello")
+///     .with_default_args(["/usr/local/bin/hello"]);
+/// assert_eq!(hello.steps().len(), 4);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Container {
+    node: Arc<Node>,
+}
+
+impl Container {
+    fn root(op: Op) -> Self {
+        Self {
+            node: Arc::new(Node { parent: None, op }),
+        }
+    }
+
+    fn push(&self, op: Op) -> Self {
+        Self {
+            node: Arc::new(Node {
+                parent: Some(self.node.clone()),
+                op,
+            }),
+        }
+    }
+
+    /// Start from an image in a registry, e.g. `docker.io/library/busybox:1.37` or
+    /// `busybox` (Docker's defaults apply). The reference is checked when the container is
+    /// evaluated.
+    pub fn from(reference: impl Into<String>) -> Self {
+        Self::root(Op::From(reference.into()))
+    }
+
+    /// Start from an empty image.
+    pub fn scratch() -> Self {
+        Self::root(Op::Scratch)
+    }
+
+    /// Write a file with `contents` and permission bits `mode` (owned by root).
+    #[must_use]
+    pub fn with_new_file(&self, path: impl Into<String>, contents: impl AsRef<[u8]>, mode: u32) -> Self {
+        self.with_new_file_owned(path, contents, mode, Owner::ROOT)
+    }
+
+    /// Write a file with `contents`, `mode` and `owner`.
+    #[must_use]
+    pub fn with_new_file_owned(
+        &self,
+        path: impl Into<String>,
+        contents: impl AsRef<[u8]>,
+        mode: u32,
+        owner: Owner,
+    ) -> Self {
+        self.push(Op::NewFile {
+            path: path.into(),
+            contents: Arc::from(contents.as_ref()),
+            mode,
+            owner,
+        })
+    }
+
+    /// Copy the host file `src` to `path` (owner and mode from `opts`).
+    #[must_use]
+    pub fn with_file(&self, path: impl Into<String>, src: impl Into<PathBuf>, opts: HostCopy) -> Self {
+        self.push(Op::HostFile {
+            path: path.into(),
+            src: src.into(),
+            opts,
+        })
+    }
+
+    /// Copy the contents of the host directory `src` to `path` (owner, mode,
+    /// include/exclude from `opts`).
+    #[must_use]
+    pub fn with_directory(&self, path: impl Into<String>, src: impl Into<PathBuf>, opts: HostCopy) -> Self {
+        self.push(Op::HostDirectory {
+            path: path.into(),
+            src: src.into(),
+            opts,
+        })
+    }
+
+    /// Set an environment variable in the image config.
+    #[must_use]
+    pub fn with_env_variable(&self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.push(Op::Env(name.into(), value.into()))
+    }
+
+    /// Set the working directory (relative paths are joined to the current one).
+    #[must_use]
+    pub fn with_workdir(&self, path: impl Into<String>) -> Self {
+        self.push(Op::Workdir(path.into()))
+    }
+
+    /// Set the user (`name`, `uid`, `uid:gid`).
+    #[must_use]
+    pub fn with_user(&self, user: impl Into<String>) -> Self {
+        self.push(Op::User(user.into()))
+    }
+
+    /// Set a config label.
+    #[must_use]
+    pub fn with_label(&self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.push(Op::Label(name.into(), value.into()))
+    }
+
+    /// Set a manifest annotation.
+    #[must_use]
+    pub fn with_annotation(&self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.push(Op::Annotation(name.into(), value.into()))
+    }
+
+    /// Expose a TCP port.
+    #[must_use]
+    pub fn with_exposed_port(&self, port: u16) -> Self {
+        self.with_exposed_port_protocol(port, "tcp")
+    }
+
+    /// Expose a port with a protocol (`tcp`, `udp`, `sctp`).
+    #[must_use]
+    pub fn with_exposed_port_protocol(&self, port: u16, protocol: impl Into<String>) -> Self {
+        self.push(Op::ExposedPort(port, protocol.into()))
+    }
+
+    /// Set the entrypoint.
+    #[must_use]
+    pub fn with_entrypoint<I, S>(&self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.push(Op::Entrypoint(args.into_iter().map(Into::into).collect()))
+    }
+
+    /// Set the default arguments (`Cmd`).
+    #[must_use]
+    pub fn with_default_args<I, S>(&self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.push(Op::DefaultArgs(args.into_iter().map(Into::into).collect()))
+    }
+
+    /// The steps, in order, as they are described in progress output.
+    pub fn steps(&self) -> Vec<String> {
+        self.ops().iter().map(|op| op.describe()).collect()
+    }
+
+    /// Operations from the root to this container.
+    pub(crate) fn ops(&self) -> Vec<&Op> {
+        let mut ops = Vec::new();
+        let mut node = Some(&self.node);
+        while let Some(n) = node {
+            ops.push(&n.op);
+            node = n.parent.as_ref();
+        }
+        ops.reverse();
+        ops
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chaining_is_immutable() {
+        let base = Container::from("busybox");
+        let a = base.with_env_variable("A", "1");
+        let b = base.with_env_variable("B", "2");
+        assert_eq!(base.steps(), ["from busybox"]);
+        assert_eq!(a.steps(), ["from busybox", "with_env_variable A=1"]);
+        assert_eq!(b.steps(), ["from busybox", "with_env_variable B=2"]);
+    }
+}

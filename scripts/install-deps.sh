@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install what building, running and testing blumeops needs on Debian/Ubuntu:
+# the registry, image tools and busybox used by the tests and the demo.
+# The Rust toolchain itself comes from rustup (rust-toolchain.toml pins the version).
+set -euo pipefail
+
+packages=(
+    docker-registry  # the CNCF distribution registry the tests and the demo push to
+    skopeo           # independent check of what was pushed
+    umoci            # builds the busybox base image, unpacks results
+    buildah          # independent builder, for comparisons
+    busybox-static   # the base image's only binary
+    apache2-utils    # htpasswd, for the registry's users
+    ca-certificates
+    git
+    file
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "install-deps: all packages present"
+    exit 0
+fi
+
+sudo=()
+[[ $(id -u) -eq 0 ]] || sudo=(sudo)
+echo "install-deps: installing ${missing[*]}"
+"${sudo[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"

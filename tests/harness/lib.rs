@@ -1,1 +1,24 @@
-//! harness
+//! End-to-end test harness for blumeops.
+//!
+//! - [`TestRegistry`]: a real CNCF distribution registry (`docker-registry`) behind
+//!   [`ZotProxy`], a strict proxy that answers like zot (see `ZOT.md`) and records requests.
+//! - [`BaseImage`]: the busybox base from `scripts/busybox-base.sh`, built once per process
+//!   and pushed with skopeo.
+//! - [`tools`]: skopeo/umoci wrappers for checking results independently of blumeops.
+//! - [`cli`]: running the `blumeops` binary (build it first: `cargo build -p blumeops-cli`,
+//!   or point `BLUMEOPS_BIN` at it).
+//!
+//! Set `BLUMEOPS_E2E_KEEP=1` to keep temporary directories (registry storage and logs).
+
+mod base_image;
+pub mod cli;
+mod registry;
+pub mod tools;
+mod util;
+pub mod zot_proxy;
+
+pub use base_image::{BASE_TAG, BaseImage, PushedImage};
+pub use cli::{CliOutput, blumeops_bin, isolated_cache, run_cli, run_cli_with};
+pub use registry::{ADMIN_USER, CI_USER, READER_USER, TestRegistry, UPSTREAM_USER};
+pub use util::{free_port, random_hex, sha256_digest, tempdir, workspace_root};
+pub use zot_proxy::{Action, RequestLog, RequestRecord, ZotProxy};

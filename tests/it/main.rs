@@ -1,1 +1,4 @@
+//! End-to-end tests: the harness itself, then the blumeops CLI.
 
+mod cli_publish;
+mod harness;

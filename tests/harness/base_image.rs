@@ -1,0 +1,104 @@
+//! The busybox base image (`scripts/busybox-base.sh`), built once per process.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use crate::registry::{ADMIN_USER, TestRegistry};
+use crate::tools::{skopeo_inspect_raw, skopeo_push};
+use crate::util::{random_hex, sha256_digest, target_dir, workspace_root};
+
+/// Tag of the base image.
+pub const BASE_TAG: &str = "1.37";
+
+/// An image pushed to a test registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushedImage {
+    /// `ADDR/REPO:TAG`.
+    pub reference: String,
+    /// Manifest digest, `sha256:...`.
+    pub digest: String,
+}
+
+/// The busybox base image as an OCI layout.
+#[derive(Debug)]
+pub struct BaseImage;
+
+impl BaseImage {
+    /// The OCI layout directory (tag [`BASE_TAG`]), built on first use. The script is
+    /// reproducible, so the layout is cached under the target directory, keyed by the
+    /// script and the busybox binary.
+    pub fn layout() -> &'static Path {
+        static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
+        LAYOUT.get_or_init(build_layout)
+    }
+
+    /// `oci:DIR:1.37`, for skopeo.
+    pub fn oci_reference() -> String {
+        format!("oci:{}:{BASE_TAG}", Self::layout().display())
+    }
+
+    /// Push to `library/busybox:1.37` as `admin`.
+    pub fn push(registry: &TestRegistry) -> PushedImage {
+        Self::push_to(registry, "library/busybox")
+    }
+
+    /// Push to `REPO:1.37` as `admin`; panics if skopeo fails.
+    pub fn push_to(registry: &TestRegistry, repo: &str) -> PushedImage {
+        let reference = format!("{}/{repo}:{BASE_TAG}", registry.addr());
+        let output = skopeo_push(
+            &Self::oci_reference(),
+            &reference,
+            ADMIN_USER,
+            registry.admin_password(),
+        );
+        assert!(
+            output.status.success(),
+            "skopeo push of the base image to {reference} failed:\n{}\nproxy log:\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            registry.log_summary(),
+        );
+        let digest = sha256_digest(&skopeo_inspect_raw(&reference));
+        PushedImage { reference, digest }
+    }
+}
+
+fn build_layout() -> PathBuf {
+    let script = workspace_root().join("scripts/busybox-base.sh");
+    let mut key = std::fs::read(&script)
+        .unwrap_or_else(|e| panic!("failed to read {}: {e}", script.display()));
+    key.extend(std::fs::read("/bin/busybox").unwrap_or_default());
+    let key = sha256_digest(&key);
+    let cache = target_dir().join("tmp/blumeops-e2e");
+    let dest = cache.join(format!("busybox-{BASE_TAG}-{}", &key[7..23]));
+    if dest.join("index.json").exists() {
+        return dest;
+    }
+    std::fs::create_dir_all(&cache)
+        .unwrap_or_else(|e| panic!("failed to create {}: {e}", cache.display()));
+    let staging = cache.join(format!("staging-{}", random_hex(8)));
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg(&staging)
+        .arg(BASE_TAG)
+        .env("SOURCE_DATE_EPOCH", "0")
+        .output()
+        .unwrap_or_else(|e| panic!("failed to run {}: {e}", script.display()));
+    assert!(
+        output.status.success(),
+        "{} failed with {}:\n{}",
+        script.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Another test process may have won the race; the content is the same.
+    if std::fs::rename(&staging, &dest).is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    assert!(
+        dest.join("index.json").exists(),
+        "no layout at {}",
+        dest.display()
+    );
+    dest
+}

@@ -613,3 +613,7 @@ where
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;

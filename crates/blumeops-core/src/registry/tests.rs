@@ -222,6 +222,29 @@ async fn bearer_pull_and_push_use_scoped_tokens() {
         .count();
     assert_eq!(tokens, 1, "the token is cached per scope");
 
+    // An index (Docker manifest list) is narrowed to the platform.
+    let list = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[
+            {{"mediaType":"{}","digest":"{}","size":{},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
+        media_types::DOCKER_MANIFEST_LIST,
+        media_types::OCI_MANIFEST,
+        img.manifest.digest,
+        img.manifest.bytes.len()
+    );
+    fake.put_manifest("multi", list.as_bytes(), media_types::DOCKER_MANIFEST_LIST);
+    let multi: ImageRef = format!("{}/r:multi", fake.addr).parse().unwrap();
+    let c = client(&fake, None);
+    let pulled = c
+        .pull_image(&multi, &"linux/amd64".parse().unwrap(), &dest)
+        .await
+        .unwrap();
+    assert_eq!(pulled.image, img);
+    let err = c
+        .pull_image(&multi, &"linux/s390x".parse().unwrap(), &dest)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("available: linux/amd64"), "{err}");
+
     // Push needs a pull,push token, which needs credentials.
     let target: ImageRef = format!("{}/r:v2", fake.addr).parse().unwrap();
     let err = client(&fake, None)

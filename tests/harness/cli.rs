@@ -164,21 +164,21 @@ impl std::fmt::Display for CliOutput {
 
 /// Run `blumeops ARGS` in the workspace root with `envs` added (after clearing the
 /// variables blumeops reads), with [`DEFAULT_TIMEOUT`].
-pub fn run_cli(args: &[&str], envs: &[(&str, &str)]) -> CliOutput {
+pub fn run_cli<S: AsRef<str>>(args: &[S], envs: &[(&str, &str)]) -> CliOutput {
     run_cli_with(args, envs, &workspace_root(), DEFAULT_TIMEOUT)
 }
 
 /// [`run_cli`] with a working directory and a timeout; a run past the timeout is killed and
 /// the test panics with what it printed.
-pub fn run_cli_with(
-    args: &[&str],
+pub fn run_cli_with<S: AsRef<str>>(
+    args: &[S],
     envs: &[(&str, &str)],
     cwd: &Path,
     timeout: Duration,
 ) -> CliOutput {
     let mut command = Command::new(blumeops_bin());
     command
-        .args(args)
+        .args(args.iter().map(AsRef::as_ref))
         .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -215,7 +215,7 @@ pub fn run_cli_with(
         std::thread::sleep(Duration::from_millis(20));
     };
     let output = CliOutput {
-        args: args.iter().map(|a| (*a).to_owned()).collect(),
+        args: args.iter().map(|a| a.as_ref().to_owned()).collect(),
         status,
         stdout: String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned(),
         stderr: String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned(),

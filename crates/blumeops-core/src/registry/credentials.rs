@@ -164,7 +164,7 @@ impl Credentials {
         }
     }
 
-    /// Use `credential` for `registry` (host[:port] as written in references).
+    /// Use `credential` for `registry` (`host[:port]` as written in references).
     #[must_use]
     pub fn with_registry(mut self, registry: &str, credential: Credential) -> Self {
         let key = normalize_registry(registry).unwrap_or_else(|| registry.to_owned());

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::reference::{Digest, Platform};
 
-/// What the client was doing when something failed; shown as "failed to <operation> ...".
+/// What the client was doing when something failed; shown as `failed to <operation> ...`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Operation {

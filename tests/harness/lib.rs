@@ -10,6 +10,8 @@
 //!
 //! Set `BLUMEOPS_E2E_KEEP=1` to keep temporary directories (registry storage and logs).
 
+#![deny(missing_docs)]
+
 mod base_image;
 pub mod cli;
 mod registry;

@@ -214,6 +214,23 @@ fn republish_of_the_same_image_pushes_nothing() {
 }
 
 #[test]
+fn republish_from_a_fresh_cache_pushes_nothing() {
+    let fx = Fixture::new();
+    let first = fx.publish(isolated_cache().path(), fx.registry.ci_password(), &[]);
+    first.assert_success();
+
+    fx.registry.clear_log();
+    let second = fx.publish(isolated_cache().path(), fx.registry.ci_password(), &[]);
+    second.assert_success();
+    assert_eq!(second.last_line(), first.last_line());
+    assert!(
+        fx.registry.manifest_puts().is_empty() && fx.registry.blob_uploads().is_empty(),
+        "a rebuild from scratch pushed again:\n{}",
+        fx.registry.log_summary()
+    );
+}
+
+#[test]
 fn different_image_for_an_existing_tag_exits_4_and_keeps_the_tag() {
     let fx = Fixture::new();
     let first = fx.publish(

@@ -38,7 +38,10 @@ if command -v file >/dev/null 2>&1 && file -L "$busybox" | grep -q 'dynamically 
     die "$busybox is dynamically linked; install busybox-static"
 fi
 [[ $epoch =~ ^[0-9]+$ ]] || die "SOURCE_DATE_EPOCH must be an integer, got '$epoch'"
-[[ -e $out ]] && [[ -n "$(ls -A "$out" 2>/dev/null)" ]] && die "$out exists and is not empty"
+if [[ -e $out ]]; then
+    [[ -d $out && -z "$(ls -A "$out")" ]] || die "$out exists and is not an empty directory"
+    rmdir "$out" # umoci init wants to create it
+fi
 
 case "$(uname -m)" in
     x86_64 | amd64) arch=amd64 ;;

@@ -116,7 +116,7 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Self::Step { source, .. } => source.hint(),
-            Self::Registry(_) => None,
+            Self::Registry(e) => e.hint(),
             _ => None,
         }
     }

@@ -266,6 +266,19 @@ impl FromStr for ImageRef {
         let parsed: oci_client::Reference = s.parse().map_err(|e: oci_client::ParseError| {
             invalid(&e.to_string().to_lowercase())
         })?;
+        // The distribution spec's repository grammar: lowercase components separated by
+        // `/`, each made of [a-z0-9] joined by `.`, `_`, `__` or runs of `-`.
+        let repo_ok = parsed.repository().split('/').all(|c| {
+            !c.is_empty()
+                && c.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+                && c.as_bytes()[0].is_ascii_alphanumeric()
+                && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
+        });
+        if !repo_ok {
+            return Err(invalid(
+                "repository names must be lowercase letters, digits and separators (. _ -)",
+            ));
+        }
         let digest = match parsed.digest() {
             Some(d) => Some(d.parse::<Digest>().map_err(|_| invalid("only sha256 digests are supported"))?),
             None => None,

@@ -581,11 +581,42 @@ async fn process(
         )
     })?;
     let mut response = rewrite_response(state, upstream, &method, &route, record);
+    let manifest_error = method == Method::PUT
+        && matches!(route, Route::Manifest { .. })
+        && response.status() == StatusCode::BAD_REQUEST;
+    if manifest_error {
+        response = zot_manifest_error(response).await;
+    }
     if anonymous_ping {
         // zot's 200 on /v2/ carries a realm for clients that look for one; not a challenge.
         challenge(&mut response);
     }
     Ok(response)
+}
+
+/// distribution answers a manifest referencing a missing blob with `MANIFEST_BLOB_UNKNOWN`
+/// and a digest mismatch with `DIGEST_INVALID`; zot says `MANIFEST_INVALID` for both.
+async fn zot_manifest_error(response: Response<ProxyBody>) -> Response<ProxyBody> {
+    let status = response.status();
+    // Small JSON from our own upstream: no need for a limit.
+    let body = match response.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    manifest_invalid(status, &body)
+}
+
+fn manifest_invalid(status: StatusCode, upstream_body: &[u8]) -> Response<ProxyBody> {
+    let code = serde_json::from_slice::<serde_json::Value>(upstream_body)
+        .ok()
+        .and_then(|v| v.pointer("/errors/0/code").cloned())
+        .unwrap_or_default();
+    error_list(
+        status,
+        "MANIFEST_INVALID",
+        "manifest invalid",
+        serde_json::json!({ "upstreamCode": code }),
+    )
 }
 
 /// zot's protocol rules; a manifest body is read here (bounded) and put back.

@@ -550,3 +550,31 @@ fn ci_user_cannot_delete_and_reader_cannot_upload() {
         registry.log_summary()
     );
 }
+
+#[test]
+fn manifest_with_a_missing_blob_is_manifest_invalid() {
+    let registry = TestRegistry::start();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": sha256_digest(b"missing config"),
+            "size": 14,
+        },
+        "layers": [],
+    });
+    let reply = send(
+        &registry,
+        request(
+            &registry,
+            Method::PUT,
+            "/v2/blumeops/x/manifests/missing",
+            ci(&registry),
+        )
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest.to_string()),
+    );
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.json()["errors"][0]["code"], "MANIFEST_INVALID");
+}

@@ -95,6 +95,18 @@ fn build_layout() -> PathBuf {
     if std::fs::rename(&staging, &dest).is_err() {
         let _ = std::fs::remove_dir_all(&staging);
     }
+    // Layouts from older versions of the script are dead weight.
+    let prefix = format!("busybox-{BASE_TAG}-");
+    for entry in std::fs::read_dir(&cache).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let stale = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&prefix));
+        if stale && path != dest {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
     assert!(
         dest.join("index.json").exists(),
         "no layout at {}",

@@ -12,37 +12,16 @@ echo "== building blumeops"
 cargo build --locked -p blumeops-cli
 blumeops=$repo/target/debug/blumeops
 
+source scripts/lib/registry.sh
 work=$(mktemp -d)
-registry_pid=
-cleanup() {
-    [[ -n $registry_pid ]] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
-    rm -rf "$work"
-}
-trap cleanup EXIT
+trap 'stop_registry; rm -rf "$work"' EXIT
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-addr=127.0.0.1:$port
 key="zak_$(head -c16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-htpasswd -Bbn zot-ci "$key" >"$work/htpasswd"
-cat >"$work/registry.yml" <<YAML
-version: 0.1
-log: {level: warn}
-storage: {filesystem: {rootdirectory: $work/storage}}
-http: {addr: $addr}
-auth: {htpasswd: {realm: blumeops-demo, path: $work/htpasswd}}
-YAML
-echo "== starting a throwaway registry on $addr"
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-registry_pid=$!
-for _ in $(seq 50); do
-    curl -s -o /dev/null "http://$addr/v2/" && break
-    sleep 0.1
-done
-
+start_registry "$work" zot-ci "$key"
+addr=$REGISTRY_ADDR
+echo "== started a throwaway registry on $addr"
 echo "== making a busybox base image from Debian's busybox-static"
-scripts/busybox-base.sh "$work/base" 1.37 >/dev/null
-skopeo copy -q --dest-tls-verify=false --dest-creds "zot-ci:$key" \
-    "oci:$work/base:1.37" "docker://$addr/library/busybox:1.37"
+push_busybox_base "$work" zot-ci "$key"
 
 echo "== blumeops publish"
 export ZOT_CI_API_KEY=$key

@@ -25,7 +25,10 @@ mod exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: failed to start the async runtime: {e}");
@@ -51,7 +54,9 @@ fn report(err: &anyhow::Error) -> ExitCode {
     for cause in err.chain().skip(1) {
         eprintln!("  caused by: {cause}");
     }
-    let core = err.chain().find_map(|e| e.downcast_ref::<blumeops_core::Error>());
+    let core = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<blumeops_core::Error>());
     if let Some(hint) = core.and_then(blumeops_core::Error::hint) {
         eprintln!("hint: {hint}");
     }

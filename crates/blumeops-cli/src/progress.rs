@@ -15,11 +15,8 @@ pub fn stderr() -> ProgressFn {
         Event::StepFinished {
             index,
             elapsed,
-            detail,
-        } => match detail {
-            Some(d) => eprintln!("[{index}] done in {:.2}s: {d}", elapsed.as_secs_f64()),
-            None => {}
-        },
+            detail: Some(d),
+        } => eprintln!("[{index}] done in {:.2}s: {d}", elapsed.as_secs_f64()),
         Event::PushStarted { target } => eprintln!("pushing {target}"),
         Event::PushFinished { report, elapsed } => {
             if report.unchanged {

@@ -19,15 +19,20 @@ pub fn run(args: VersionArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         None => {
-            let mut known: Vec<String> = containers::native().iter().map(|d| d.name().to_owned()).collect();
+            let mut known: Vec<String> = containers::native()
+                .iter()
+                .map(|d| d.name().to_owned())
+                .collect();
             known.extend(file_container_names(&args.src));
             known.sort();
             known.dedup();
-            Err(blumeops_core::Error::from(DefinitionError::UnknownContainer {
-                name: args.name,
-                known,
-            })
-            .into())
+            Err(
+                blumeops_core::Error::from(DefinitionError::UnknownContainer {
+                    name: args.name,
+                    known,
+                })
+                .into(),
+            )
         }
     }
 }

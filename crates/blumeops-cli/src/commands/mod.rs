@@ -44,7 +44,10 @@ impl Prepared {
 /// Turn raw build flags into an engine and a container.
 pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
     let definition = containers::find(&flags.container_name).ok_or_else(|| {
-        let mut known: Vec<String> = containers::native().iter().map(|d| d.name().to_owned()).collect();
+        let mut known: Vec<String> = containers::native()
+            .iter()
+            .map(|d| d.name().to_owned())
+            .collect();
         known.extend(blumeops_core::file_container_names(&flags.src));
         known.sort();
         known.dedup();
@@ -101,10 +104,12 @@ pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
         .clone()
         .unwrap_or_else(|| definition.version().to_owned());
     if version.is_empty() {
-        bail!(blumeops_core::Error::from(blumeops_core::DefinitionError::Invalid {
-            name: flags.container_name.clone(),
-            message: "--version must not be empty".to_owned(),
-        }));
+        bail!(blumeops_core::Error::from(
+            blumeops_core::DefinitionError::Invalid {
+                name: flags.container_name.clone(),
+                message: "--version must not be empty".to_owned(),
+            }
+        ));
     }
     let commit_sha = match &flags.commit_sha {
         Some(sha) => Some(sha.clone()),

@@ -249,7 +249,7 @@ pub enum Error {
         new: Digest,
     },
     /// Content did not hash to its digest.
-    #[error("failed to verify {object} {expected} from {url}: the content hashes to {actual}")]
+    #[error("digest mismatch for {object} {expected} from {url}: the content hashes to {actual}")]
     DigestMismatch {
         /// `manifest` or `blob`.
         object: &'static str,
@@ -262,7 +262,7 @@ pub enum Error {
     },
     /// Content had another size than its descriptor says.
     #[error(
-        "failed to verify {object} {digest} from {url}: expected {expected} bytes, got {actual}"
+        "size mismatch for {object} {digest} from {url}: expected {expected} bytes, got {actual}"
     )]
     SizeMismatch {
         /// `manifest` or `blob`.

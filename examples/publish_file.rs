@@ -26,7 +26,8 @@ async fn run(args: &[String]) -> Result<String, Box<dyn std::error::Error>> {
     if std::env::var_os("REGISTRY_PASSWORD").is_some() {
         let password = "env:REGISTRY_PASSWORD".parse::<SecretSource>()?.resolve()?;
         let username = rest.first().cloned().unwrap_or_else(|| "zot-ci".to_owned());
-        credentials = credentials.with_registry(target.registry(), Credential { username, password });
+        credentials =
+            credentials.with_registry(target.registry(), Credential { username, password });
     }
     let engine = Engine::new(EngineOptions {
         registry: ClientOptions {
@@ -37,13 +38,21 @@ async fn run(args: &[String]) -> Result<String, Box<dyn std::error::Error>> {
     })?;
 
     let container = Container::from(base.as_str())
-        .with_file("/data/payload", file.as_str(), HostCopy::default().with_mode(0o644))
+        .with_file(
+            "/data/payload",
+            file.as_str(),
+            HostCopy::default().with_mode(0o644),
+        )
         .with_label("org.opencontainers.image.title", "payload")
         .with_default_args(["ls", "-l", "/data"]);
-    let published = container.publish(&engine, &target, TagPolicy::CreateOnly).await?;
+    let published = container
+        .publish(&engine, &target, TagPolicy::CreateOnly)
+        .await?;
     eprintln!(
         "uploaded {} blobs ({} bytes), skipped {}",
-        published.report.blobs_uploaded, published.report.bytes_uploaded, published.report.blobs_skipped
+        published.report.blobs_uploaded,
+        published.report.bytes_uploaded,
+        published.report.blobs_skipped
     );
     Ok(published.to_string())
 }

@@ -45,7 +45,10 @@ impl ContainerDefinition for Hello {
                 "A greeting from the blumeops build tool",
             )
             .with_label("org.opencontainers.image.version", VERSION)
-            .with_label("org.opencontainers.image.source", "https://forge.ops.eblu.me/eblume/blumeops")
+            .with_label(
+                "org.opencontainers.image.source",
+                "https://forge.ops.eblu.me/eblume/blumeops",
+            )
             .with_label("org.opencontainers.image.base.name", base)
             .with_default_args([SCRIPT_PATH]))
     }
@@ -68,8 +71,14 @@ mod tests {
         let c = Hello.container(&input(BuildArgs::new())).unwrap();
         let steps = c.steps();
         assert_eq!(steps[0], "from docker.io/library/busybox:1.37");
-        assert!(steps[1].starts_with("with_new_file /usr/local/bin/hello"), "{steps:?}");
-        assert_eq!(steps.last().unwrap(), "with_default_args [\"/usr/local/bin/hello\"]");
+        assert!(
+            steps[1].starts_with("with_new_file /usr/local/bin/hello"),
+            "{steps:?}"
+        );
+        assert_eq!(
+            steps.last().unwrap(),
+            "with_default_args [\"/usr/local/bin/hello\"]"
+        );
     }
 
     #[test]

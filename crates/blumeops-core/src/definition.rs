@@ -158,7 +158,11 @@ pub fn file_container_version(src: &Path, name: &str) -> Result<Option<String>, 
     if nix.is_file() {
         let text = read(&nix)?;
         let version = text.lines().find_map(|line| {
-            let rest = line.trim().strip_prefix("version")?.trim_start().strip_prefix('=')?;
+            let rest = line
+                .trim()
+                .strip_prefix("version")?
+                .trim_start()
+                .strip_prefix('=')?;
             let rest = rest.trim().strip_prefix('"')?;
             Some(rest.split('"').next()?.to_owned())
         });
@@ -219,9 +223,21 @@ mod tests {
         let src = tempfile::tempdir().unwrap();
         let c = src.path().join("containers");
         for (name, file, text) in [
-            ("withv", "Dockerfile", "FROM x\nARG CONTAINER_APP_VERSION=v1.2.3\n"),
-            ("nov", "Dockerfile", "ARG CONTAINER_APP_VERSION=2.0.0\nFROM x\n"),
-            ("nixy", "default.nix", "{ pkgs }:\nlet\n  version = \"3.4.5\";\nin pkgs.x\n"),
+            (
+                "withv",
+                "Dockerfile",
+                "FROM x\nARG CONTAINER_APP_VERSION=v1.2.3\n",
+            ),
+            (
+                "nov",
+                "Dockerfile",
+                "ARG CONTAINER_APP_VERSION=2.0.0\nFROM x\n",
+            ),
+            (
+                "nixy",
+                "default.nix",
+                "{ pkgs }:\nlet\n  version = \"3.4.5\";\nin pkgs.x\n",
+            ),
             ("broken", "Dockerfile", "FROM x\n"),
         ] {
             std::fs::create_dir_all(c.join(name)).unwrap();
@@ -233,7 +249,13 @@ mod tests {
         assert_eq!(v("nixy").unwrap().as_deref(), Some("v3.4.5"));
         assert_eq!(v("missing").unwrap(), None);
         let err = v("broken").unwrap_err().to_string();
-        assert!(err.contains("CONTAINER_APP_VERSION") && err.contains("broken"), "{err}");
-        assert_eq!(file_container_names(src.path()), ["broken", "nixy", "nov", "withv"]);
+        assert!(
+            err.contains("CONTAINER_APP_VERSION") && err.contains("broken"),
+            "{err}"
+        );
+        assert_eq!(
+            file_container_names(src.path()),
+            ["broken", "nixy", "nov", "withv"]
+        );
     }
 }

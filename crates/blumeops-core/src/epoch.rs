@@ -12,7 +12,9 @@ pub const SOURCE_DATE_EPOCH: &str = "SOURCE_DATE_EPOCH";
 #[non_exhaustive]
 pub enum Error {
     /// `SOURCE_DATE_EPOCH` is set but not a non-negative integer.
-    #[error("invalid SOURCE_DATE_EPOCH `{value}`: expected seconds since 1970 as a non-negative integer")]
+    #[error(
+        "invalid SOURCE_DATE_EPOCH `{value}`: expected seconds since 1970 as a non-negative integer"
+    )]
     Invalid {
         /// What it held.
         value: String,
@@ -35,7 +37,10 @@ pub fn resolve(src: &Path) -> Result<(u64, EpochSource), Error> {
     if let Ok(value) = std::env::var(SOURCE_DATE_EPOCH)
         && !value.is_empty()
     {
-        let secs = value.trim().parse::<u64>().map_err(|_| Error::Invalid { value })?;
+        let secs = value
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| Error::Invalid { value })?;
         return Ok((secs, EpochSource::Env));
     }
     if let Some(secs) = git_head_time(src) {

@@ -98,9 +98,9 @@ impl Error {
             Self::Layer(layer::Error::InvalidPath { .. } | layer::Error::Pattern { .. }) => {
                 ErrorKind::InvalidInput
             }
-            Self::Store(store::Error::DigestMismatch { .. } | store::Error::SizeMismatch { .. }) => {
-                ErrorKind::Integrity
-            }
+            Self::Store(
+                store::Error::DigestMismatch { .. } | store::Error::SizeMismatch { .. },
+            ) => ErrorKind::Integrity,
             Self::Registry(e) => match e.kind() {
                 registry::ErrorKind::Unauthorized | registry::ErrorKind::Denied => ErrorKind::Auth,
                 registry::ErrorKind::TagConflict => ErrorKind::TagConflict,

@@ -29,40 +29,40 @@ mod registry;
 mod secret;
 mod store;
 
+pub use definition::Error as DefinitionError;
 pub use definition::{
     BuildArgs, ContainerDefinition, DefinitionInput, file_container_names, file_container_version,
     normalize_version,
 };
-pub use definition::Error as DefinitionError;
-pub use epoch::{EpochSource, SOURCE_DATE_EPOCH, resolve as resolve_epoch, rfc3339};
 pub use epoch::Error as EpochError;
+pub use epoch::{EpochSource, SOURCE_DATE_EPOCH, resolve as resolve_epoch, rfc3339};
 pub use error::{Error, ErrorKind};
-pub use export::{ExportTarget, REF_NAME_ANNOTATION};
 pub use export::Error as ExportError;
+pub use export::{ExportTarget, REF_NAME_ANNOTATION};
 pub use image::{
     BlobRef, Descriptor, History, ImageConfig, ImageIndex, ImageManifest, ManifestBlob, RootFs,
     RuntimeConfig, StoredImage, media_types,
 };
+pub use layer::Error as LayerError;
 pub use layer::{
     Compression, Entry, EntryKind, FileData, GZIP_LEVEL, HostCopy, Layer, LayerBuilder, Owner,
     normalize_path,
 };
-pub use layer::Error as LayerError;
 pub use pipeline::{BuiltImage, Container, Engine, EngineOptions, Event, ProgressFn, Published};
-pub use reference::{Digest, DigestWriter, ImageRef, Platform, is_loopback_host};
 pub use reference::Error as ReferenceError;
+pub use reference::{Digest, DigestWriter, ImageRef, Platform, is_loopback_host};
+pub use registry::Error as RegistryError;
+pub use registry::ErrorKind as RegistryErrorKind;
+pub use registry::Operation as RegistryOperation;
+pub use registry::ServerError as RegistryServerError;
 pub use registry::{
     BLOB_STALL_TIMEOUT, CONNECT_TIMEOUT, ClientOptions, Credential, Credentials,
     DEFAULT_MAX_PARALLEL_DOWNLOADS, DEFAULT_MAX_PARALLEL_UPLOADS, DEFAULT_REQUEST_TIMEOUT,
     PulledImage, PushReport, RegistryClient, TagPolicy,
 };
-pub use registry::Operation as RegistryOperation;
-pub use registry::ServerError as RegistryServerError;
-pub use registry::Error as RegistryError;
-pub use registry::ErrorKind as RegistryErrorKind;
-pub use secret::{ACCEPTED_FORMS as SECRET_FORMS, Secret, SecretSource};
 pub use secret::Error as SecretError;
-pub use store::{BlobWriter, CACHE_DIR_ENV, Store};
+pub use secret::{ACCEPTED_FORMS as SECRET_FORMS, Secret, SecretSource};
 pub use store::Error as StoreError;
+pub use store::{BlobWriter, CACHE_DIR_ENV, Store};
 
 pub use oci_spec;

@@ -25,7 +25,9 @@ pub enum Error {
         input: String,
     },
     /// The text is not `os/arch[/variant]`.
-    #[error("invalid platform `{input}`: expected `os/arch` or `os/arch/variant`, e.g. `linux/amd64`")]
+    #[error(
+        "invalid platform `{input}`: expected `os/arch` or `os/arch/variant`, e.g. `linux/amd64`"
+    )]
     InvalidPlatform {
         /// What was given.
         input: String,
@@ -263,14 +265,15 @@ impl FromStr for ImageRef {
         if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(invalid("it contains whitespace"));
         }
-        let parsed: oci_client::Reference = s.parse().map_err(|e: oci_client::ParseError| {
-            invalid(&e.to_string().to_lowercase())
-        })?;
+        let parsed: oci_client::Reference = s
+            .parse()
+            .map_err(|e: oci_client::ParseError| invalid(&e.to_string().to_lowercase()))?;
         // The distribution spec's repository grammar: lowercase components separated by
         // `/`, each made of [a-z0-9] joined by `.`, `_`, `__` or runs of `-`.
         let repo_ok = parsed.repository().split('/').all(|c| {
             !c.is_empty()
-                && c.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+                && c.bytes()
+                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
                 && c.as_bytes()[0].is_ascii_alphanumeric()
                 && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
         });
@@ -280,7 +283,10 @@ impl FromStr for ImageRef {
             ));
         }
         let digest = match parsed.digest() {
-            Some(d) => Some(d.parse::<Digest>().map_err(|_| invalid("only sha256 digests are supported"))?),
+            Some(d) => Some(
+                d.parse::<Digest>()
+                    .map_err(|_| invalid("only sha256 digests are supported"))?,
+            ),
             None => None,
         };
         // oci-client fills in `latest` when neither tag nor digest is given; keep the tag
@@ -392,7 +398,8 @@ impl FromStr for Platform {
             input: s.to_owned(),
         };
         let parts: Vec<&str> = s.split('/').collect();
-        let ok = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let ok =
+            |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !(2..=3).contains(&parts.len()) || !parts.iter().all(ok) {
             return Err(invalid());
         }
@@ -426,12 +433,48 @@ mod tests {
     use rstest::rstest;
 
     #[rstest]
-    #[case("busybox", "docker.io", "library/busybox", Some("latest"), "docker.io/library/busybox:latest")]
-    #[case("busybox:1.37", "docker.io", "library/busybox", Some("1.37"), "docker.io/library/busybox:1.37")]
-    #[case("docker.io/library/busybox:1.37", "docker.io", "library/busybox", Some("1.37"), "docker.io/library/busybox:1.37")]
-    #[case("ghcr.io/org/app:v1", "ghcr.io", "org/app", Some("v1"), "ghcr.io/org/app:v1")]
-    #[case("127.0.0.1:5000/blumeops/hello:v1.0.0-abc1234", "127.0.0.1:5000", "blumeops/hello", Some("v1.0.0-abc1234"), "127.0.0.1:5000/blumeops/hello:v1.0.0-abc1234")]
-    #[case("localhost:5000/x", "localhost:5000", "x", Some("latest"), "localhost:5000/x:latest")]
+    #[case(
+        "busybox",
+        "docker.io",
+        "library/busybox",
+        Some("latest"),
+        "docker.io/library/busybox:latest"
+    )]
+    #[case(
+        "busybox:1.37",
+        "docker.io",
+        "library/busybox",
+        Some("1.37"),
+        "docker.io/library/busybox:1.37"
+    )]
+    #[case(
+        "docker.io/library/busybox:1.37",
+        "docker.io",
+        "library/busybox",
+        Some("1.37"),
+        "docker.io/library/busybox:1.37"
+    )]
+    #[case(
+        "ghcr.io/org/app:v1",
+        "ghcr.io",
+        "org/app",
+        Some("v1"),
+        "ghcr.io/org/app:v1"
+    )]
+    #[case(
+        "127.0.0.1:5000/blumeops/hello:v1.0.0-abc1234",
+        "127.0.0.1:5000",
+        "blumeops/hello",
+        Some("v1.0.0-abc1234"),
+        "127.0.0.1:5000/blumeops/hello:v1.0.0-abc1234"
+    )]
+    #[case(
+        "localhost:5000/x",
+        "localhost:5000",
+        "x",
+        Some("latest"),
+        "localhost:5000/x:latest"
+    )]
     fn parses_with_docker_defaults(
         #[case] input: &str,
         #[case] registry: &str,
@@ -502,7 +545,12 @@ mod tests {
     #[rstest]
     #[case("linux/amd64", "linux", "amd64", None)]
     #[case("linux/arm64/v8", "linux", "arm64", Some("v8"))]
-    fn parses_platforms(#[case] s: &str, #[case] os: &str, #[case] arch: &str, #[case] variant: Option<&str>) {
+    fn parses_platforms(
+        #[case] s: &str,
+        #[case] os: &str,
+        #[case] arch: &str,
+        #[case] variant: Option<&str>,
+    ) {
         let p: Platform = s.parse().unwrap();
         assert_eq!((p.os(), p.architecture(), p.variant()), (os, arch, variant));
         assert_eq!(p.to_string(), s);

@@ -132,9 +132,10 @@ impl SecretSource {
                         status: output.status,
                     });
                 }
-                let text = String::from_utf8(output.stdout).map_err(|_| Error::CommandNotUnicode {
-                    command: command.clone(),
-                })?;
+                let text =
+                    String::from_utf8(output.stdout).map_err(|_| Error::CommandNotUnicode {
+                        command: command.clone(),
+                    })?;
                 strip_one_newline(text)
             }
         };
@@ -258,7 +259,11 @@ mod tests {
     fn unset_env_names_the_variable() {
         let src = SecretSource::Env("BLUMEOPS_TEST_SURELY_UNSET_VARIABLE".into());
         let err = src.resolve().unwrap_err();
-        assert!(err.to_string().contains("BLUMEOPS_TEST_SURELY_UNSET_VARIABLE"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("BLUMEOPS_TEST_SURELY_UNSET_VARIABLE"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -266,14 +271,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");
         std::fs::write(&path, "zak_file\n").unwrap();
-        assert_eq!(SecretSource::File(path).resolve().unwrap().expose(), "zak_file");
+        assert_eq!(
+            SecretSource::File(path).resolve().unwrap().expose(),
+            "zak_file"
+        );
         let cmd = SecretSource::Cmd("printf 'zak_cmd\\n'".into());
         assert_eq!(cmd.resolve().unwrap().expose(), "zak_cmd");
     }
 
     #[test]
     fn failing_command_does_not_show_its_output() {
-        let err = SecretSource::Cmd("printf 'zak_%s' leaked; exit 3".into()).resolve().unwrap_err();
+        let err = SecretSource::Cmd("printf 'zak_%s' leaked; exit 3".into())
+            .resolve()
+            .unwrap_err();
         let msg = err.to_string();
         assert!(!msg.contains("zak_leaked"), "{msg}");
         assert!(msg.contains("exit status: 3"), "{msg}");

@@ -145,13 +145,20 @@ fn copy_blob(store: &Store, digest: &Digest, blobs: &Path) -> Result<(), Error> 
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err("create temporary file in", dir))?;
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(io_err("create temporary file in", dir))?;
     tmp.write_all(bytes).map_err(io_err("write", path))?;
-    tmp.persist(path).map_err(|e| io_err("write", path)(e.error))?;
+    tmp.persist(path)
+        .map_err(|e| io_err("write", path)(e.error))?;
     Ok(())
 }
 
-fn write_oci_layout(store: &Store, image: &StoredImage, dir: &Path, tag: Option<&str>) -> Result<(), Error> {
+fn write_oci_layout(
+    store: &Store,
+    image: &StoredImage,
+    dir: &Path,
+    tag: Option<&str>,
+) -> Result<(), Error> {
     let blobs = dir.join("blobs").join("sha256");
     fs::create_dir_all(&blobs).map_err(io_err("create directory", &blobs))?;
     for blob in image.blobs() {
@@ -161,14 +168,19 @@ fn write_oci_layout(store: &Store, image: &StoredImage, dir: &Path, tag: Option<
     if !manifest_path.is_file() {
         write_atomic(&manifest_path, &image.manifest.bytes)?;
     }
-    write_atomic(&dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    write_atomic(
+        &dir.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
 
     let index_path = dir.join("index.json");
     let mut index = match fs::read(&index_path) {
-        Ok(bytes) => serde_json::from_slice::<ImageIndex>(&bytes).map_err(|source| Error::BadIndex {
-            path: index_path.clone(),
-            source,
-        })?,
+        Ok(bytes) => {
+            serde_json::from_slice::<ImageIndex>(&bytes).map_err(|source| Error::BadIndex {
+                path: index_path.clone(),
+                source,
+            })?
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => ImageIndex {
             schema_version: 2,
             media_type: Some(media_types::OCI_INDEX.to_owned()),
@@ -183,7 +195,8 @@ fn write_oci_layout(store: &Store, image: &StoredImage, dir: &Path, tag: Option<
         annotations: Default::default(),
     };
     if let Some(tag) = tag {
-        desc.annotations.insert(REF_NAME_ANNOTATION.to_owned(), tag.to_owned());
+        desc.annotations
+            .insert(REF_NAME_ANNOTATION.to_owned(), tag.to_owned());
         index
             .manifests
             .retain(|m| m.annotations.get(REF_NAME_ANNOTATION).map(String::as_str) != Some(tag));
@@ -203,12 +216,18 @@ struct ArchiveManifest<'a> {
     layers: Vec<String>,
 }
 
-fn write_docker_archive(store: &Store, image: &StoredImage, path: &Path, repo_tag: Option<&str>) -> Result<(), Error> {
+fn write_docker_archive(
+    store: &Store,
+    image: &StoredImage,
+    path: &Path,
+    repo_tag: Option<&str>,
+) -> Result<(), Error> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err("create temporary file in", dir))?;
+    let tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(io_err("create temporary file in", dir))?;
     let blob_name = |d: &Digest| format!("blobs/sha256/{}", d.hex());
     {
         let mut tar = tar::Builder::new(io::BufWriter::new(tmp.as_file()));
@@ -225,7 +244,8 @@ fn write_docker_archive(store: &Store, image: &StoredImage, path: &Path, repo_ta
             h.set_mode(0o644);
             h.set_size(size);
             h.set_mtime(0);
-            tar.append_data(&mut h, name, data).map_err(io_err("write", path))
+            tar.append_data(&mut h, name, data)
+                .map_err(io_err("write", path))
         };
         for dir_name in ["blobs/", "blobs/sha256/"] {
             let mut h = tar::Header::new_gnu();
@@ -233,7 +253,8 @@ fn write_docker_archive(store: &Store, image: &StoredImage, path: &Path, repo_ta
             h.set_mode(0o755);
             h.set_mtime(0);
             h.set_size(0);
-            tar.append_data(&mut h, dir_name, io::empty()).map_err(io_err("write", path))?;
+            tar.append_data(&mut h, dir_name, io::empty())
+                .map_err(io_err("write", path))?;
         }
         let mut written = std::collections::BTreeSet::new();
         for blob in image.blobs() {
@@ -243,11 +264,19 @@ fn write_docker_archive(store: &Store, image: &StoredImage, path: &Path, repo_ta
             let mut file = store.open_blob(&blob.digest)?;
             append(&mut tar, &blob_name(&blob.digest), blob.size, &mut file)?;
         }
-        append(&mut tar, "manifest.json", manifest.len() as u64, &mut &manifest[..])?;
+        append(
+            &mut tar,
+            "manifest.json",
+            manifest.len() as u64,
+            &mut &manifest[..],
+        )?;
         let inner = tar.into_inner().map_err(io_err("write", path))?;
-        inner.into_inner().map_err(|e| io_err("write", path)(e.into_error()))?;
+        inner
+            .into_inner()
+            .map_err(|e| io_err("write", path)(e.into_error()))?;
     }
-    tmp.persist(path).map_err(|e| io_err("write", path)(e.error))?;
+    tmp.persist(path)
+        .map_err(|e| io_err("write", path)(e.error))?;
     Ok(())
 }
 
@@ -259,11 +288,17 @@ mod tests {
     fn parses_targets() {
         assert_eq!(
             "oci:./out".parse::<ExportTarget>().unwrap(),
-            ExportTarget::OciLayout { dir: "./out".into(), tag: None }
+            ExportTarget::OciLayout {
+                dir: "./out".into(),
+                tag: None
+            }
         );
         assert_eq!(
             "docker-archive:/tmp/x.tar".parse::<ExportTarget>().unwrap(),
-            ExportTarget::DockerArchive { path: "/tmp/x.tar".into(), repo_tag: None }
+            ExportTarget::DockerArchive {
+                path: "/tmp/x.tar".into(),
+                repo_tag: None
+            }
         );
         for bad in ["oci:", "tar:x", "out"] {
             let err = bad.parse::<ExportTarget>().unwrap_err().to_string();

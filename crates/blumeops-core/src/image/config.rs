@@ -66,10 +66,18 @@ pub struct RuntimeConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// Ports, e.g. `4533/tcp`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "null_as_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "null_as_default"
+    )]
     pub exposed_ports: BTreeMap<String, Empty>,
     /// `NAME=value` entries.
-    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_as_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_default"
+    )]
     pub env: Vec<String>,
     /// Entrypoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -78,13 +86,21 @@ pub struct RuntimeConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<Vec<String>>,
     /// Volumes.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "null_as_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "null_as_default"
+    )]
     pub volumes: BTreeMap<String, Empty>,
     /// Working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
     /// Labels.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "null_as_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "null_as_default"
+    )]
     pub labels: BTreeMap<String, String>,
     /// Stop signal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -113,7 +129,11 @@ impl RuntimeConfig {
     pub fn set_env(&mut self, name: &str, value: &str) {
         let entry = format!("{name}={value}");
         let prefix = format!("{name}=");
-        match self.env.iter_mut().find(|e| e.starts_with(&prefix) || *e == name) {
+        match self
+            .env
+            .iter_mut()
+            .find(|e| e.starts_with(&prefix) || *e == name)
+        {
             Some(e) => *e = entry,
             None => self.env.push(entry),
         }
@@ -160,7 +180,10 @@ mod tests {
         assert_eq!(c.config.env, ["PATH=/bin"]);
         assert_eq!(c.config.entrypoint, None);
         assert!(c.config.labels.is_empty());
-        assert_eq!(c.config.other.get("ArgsEscaped"), Some(&serde_json::Value::Bool(true)));
+        assert_eq!(
+            c.config.other.get("ArgsEscaped"),
+            Some(&serde_json::Value::Bool(true))
+        );
         assert_eq!(c.rootfs.diff_ids.len(), 1);
     }
 

@@ -186,7 +186,13 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
-    fn dir(&self, layer: &mut LayerBuilder, dir: &Path, rel: &str, dest: &str) -> Result<(), Error> {
+    fn dir(
+        &self,
+        layer: &mut LayerBuilder,
+        dir: &Path,
+        rel: &str,
+        dest: &str,
+    ) -> Result<(), Error> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(host_err("read directory", dir))? {
             let entry = entry.map_err(host_err("read directory", dir))?;
@@ -200,7 +206,11 @@ impl Walk<'_> {
                 path: host.clone(),
                 source: std::io::Error::from(std::io::ErrorKind::InvalidData),
             })?;
-            let rel = if rel.is_empty() { name.to_owned() } else { format!("{rel}/{name}") };
+            let rel = if rel.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{rel}/{name}")
+            };
             if self.exclude.is_match(&rel) {
                 continue;
             }
@@ -211,7 +221,14 @@ impl Walk<'_> {
             let mode = meta.permissions().mode() & 0o7777;
             if ft.is_dir() {
                 if included {
-                    layer.add(&target, Entry { kind: EntryKind::Dir, mode, owner: self.owner })?;
+                    layer.add(
+                        &target,
+                        Entry {
+                            kind: EntryKind::Dir,
+                            mode,
+                            owner: self.owner,
+                        },
+                    )?;
                 }
                 self.dir(layer, &host, &rel, dest)?;
             } else if !included {
@@ -223,7 +240,14 @@ impl Walk<'_> {
                     path: host.clone(),
                     source: std::io::Error::from(std::io::ErrorKind::InvalidData),
                 })?;
-                layer.add(&target, Entry { kind: EntryKind::Symlink(link.to_owned()), mode: 0o777, owner: self.owner })?;
+                layer.add(
+                    &target,
+                    Entry {
+                        kind: EntryKind::Symlink(link.to_owned()),
+                        mode: 0o777,
+                        owner: self.owner,
+                    },
+                )?;
             } else if ft.is_file() {
                 layer.add(
                     &target,
@@ -293,7 +317,16 @@ mod tests {
         let layer = b.write(&store, Compression::Gzip, 0).unwrap();
         let entries = list(&store, &layer);
         let paths: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
-        assert_eq!(paths, ["app/", "app/a/", "app/a/b/", "app/a/b/keep.txt", "app/a/link"]);
+        assert_eq!(
+            paths,
+            [
+                "app/",
+                "app/a/",
+                "app/a/b/",
+                "app/a/b/keep.txt",
+                "app/a/link"
+            ]
+        );
         let keep = entries.iter().find(|e| e.0 == "app/a/b/keep.txt").unwrap();
         assert_eq!((keep.1, keep.2), (0o640, 1000));
     }
@@ -307,7 +340,12 @@ mod tests {
         let store_dir = tempfile::tempdir().unwrap();
         let store = Store::open(store_dir.path()).unwrap();
         let mut b = LayerBuilder::new();
-        b.add_host_dir("src", src.path(), &HostCopy::default().with_include("**/*.rs")).unwrap();
+        b.add_host_dir(
+            "src",
+            src.path(),
+            &HostCopy::default().with_include("**/*.rs"),
+        )
+        .unwrap();
         let layer = b.write(&store, Compression::Gzip, 0).unwrap();
         let paths: Vec<String> = list(&store, &layer).into_iter().map(|e| e.0).collect();
         assert_eq!(paths, ["src/", "src/x/", "src/x/a.rs"]);
@@ -319,7 +357,11 @@ mod tests {
         assert!(err.contains("bob") && err.contains("UID:GID"), "{err}");
         let mut b = LayerBuilder::new();
         let err = b
-            .add_host_file("x", Path::new("/nonexistent/blumeops-file"), &HostCopy::default())
+            .add_host_file(
+                "x",
+                Path::new("/nonexistent/blumeops-file"),
+                &HostCopy::default(),
+            )
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/blumeops-file"), "{err}");

@@ -162,7 +162,13 @@ impl LayerBuilder {
     }
 
     /// Add a file with the given bytes.
-    pub fn add_bytes(&mut self, path: &str, bytes: impl Into<Arc<[u8]>>, mode: u32, owner: Owner) -> Result<(), Error> {
+    pub fn add_bytes(
+        &mut self,
+        path: &str,
+        bytes: impl Into<Arc<[u8]>>,
+        mode: u32,
+        owner: Owner,
+    ) -> Result<(), Error> {
         self.add(
             path,
             Entry {
@@ -175,7 +181,12 @@ impl LayerBuilder {
 
     /// Write the layer into `store`: tar, compress and hash in one pass. Every mtime is `epoch`.
     /// Blocking: call from a blocking thread.
-    pub fn write(&self, store: &Store, compression: Compression, epoch: u64) -> Result<Layer, Error> {
+    pub fn write(
+        &self,
+        store: &Store,
+        compression: Compression,
+        epoch: u64,
+    ) -> Result<Layer, Error> {
         let blob = store.blob_writer()?;
         let mut tee = TeeDiff {
             diff: DigestWriter::new(),
@@ -214,7 +225,12 @@ fn header(kind: tar::EntryType, entry: &Entry, epoch: u64) -> tar::Header {
     h
 }
 
-fn append_entry<W: Write>(tar: &mut tar::Builder<W>, path: &str, entry: &Entry, epoch: u64) -> Result<(), Error> {
+fn append_entry<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    entry: &Entry,
+    epoch: u64,
+) -> Result<(), Error> {
     match &entry.kind {
         EntryKind::Dir => {
             let mut h = header(tar::EntryType::Directory, entry, epoch);
@@ -228,7 +244,8 @@ fn append_entry<W: Write>(tar: &mut tar::Builder<W>, path: &str, entry: &Entry, 
         EntryKind::File(FileData::Bytes(bytes)) => {
             let mut h = header(tar::EntryType::Regular, entry, epoch);
             h.set_size(bytes.len() as u64);
-            tar.append_data(&mut h, path, &bytes[..]).map_err(Error::Write)
+            tar.append_data(&mut h, path, &bytes[..])
+                .map_err(Error::Write)
         }
         EntryKind::File(FileData::Host(src)) => {
             let file = File::open(src).map_err(|source| Error::Host {
@@ -253,11 +270,12 @@ fn append_entry<W: Write>(tar: &mut tar::Builder<W>, path: &str, entry: &Entry, 
                 remaining: len,
                 path: src,
             };
-            tar.append_data(&mut h, path, reader).map_err(|source| Error::Host {
-                action: "read",
-                path: src.clone(),
-                source,
-            })
+            tar.append_data(&mut h, path, reader)
+                .map_err(|source| Error::Host {
+                    action: "read",
+                    path: src.clone(),
+                    source,
+                })
         }
     }
 }
@@ -307,14 +325,35 @@ mod tests {
     fn sample(dir: &Path) -> (Store, LayerBuilder) {
         let store = Store::open(dir).unwrap();
         let mut b = LayerBuilder::new();
-        b.add_bytes("/usr/local/bin/hello", b"#!/bin/sh\necho hi\n".to_vec(), 0o755, Owner::ROOT)
-            .unwrap();
-        b.add_bytes("etc/motd", b"welcome".to_vec(), 0o644, Owner { uid: 1000, gid: 1000 })
-            .unwrap();
+        b.add_bytes(
+            "/usr/local/bin/hello",
+            b"#!/bin/sh\necho hi\n".to_vec(),
+            0o755,
+            Owner::ROOT,
+        )
+        .unwrap();
+        b.add_bytes(
+            "etc/motd",
+            b"welcome".to_vec(),
+            0o644,
+            Owner {
+                uid: 1000,
+                gid: 1000,
+            },
+        )
+        .unwrap();
         let long = format!("opt/{}/file", "d".repeat(120));
-        b.add_bytes(&long, b"long".to_vec(), 0o600, Owner::ROOT).unwrap();
-        b.add("bin/sh-link", Entry { kind: EntryKind::Symlink("/bin/busybox".into()), mode: 0o777, owner: Owner::ROOT })
+        b.add_bytes(&long, b"long".to_vec(), 0o600, Owner::ROOT)
             .unwrap();
+        b.add(
+            "bin/sh-link",
+            Entry {
+                kind: EntryKind::Symlink("/bin/busybox".into()),
+                mode: 0o777,
+                owner: Owner::ROOT,
+            },
+        )
+        .unwrap();
         (store, b)
     }
 
@@ -327,7 +366,10 @@ mod tests {
         let l2 = b2.write(&s2, Compression::Gzip, 0).unwrap();
         assert_eq!(l1, l2);
         let l3 = b1.write(&s1, Compression::Gzip, 42).unwrap();
-        assert_ne!(l1.blob.digest, l3.blob.digest, "epoch must reach the headers");
+        assert_ne!(
+            l1.blob.digest, l3.blob.digest,
+            "epoch must reach the headers"
+        );
     }
 
     #[test]
@@ -335,10 +377,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, b) = sample(dir.path());
         let layer = b.write(&store, Compression::Gzip, 1_700_000_000).unwrap();
-        assert_eq!(layer.blob.size, store.blob_size(&layer.blob.digest).unwrap());
+        assert_eq!(
+            layer.blob.size,
+            store.blob_size(&layer.blob.digest).unwrap()
+        );
         let gz = flate2::read::GzDecoder::new(store.open_blob(&layer.blob.digest).unwrap());
         let mut raw = Vec::new();
-        { let mut gz = gz; gz.read_to_end(&mut raw).unwrap(); }
+        {
+            let mut gz = gz;
+            gz.read_to_end(&mut raw).unwrap();
+        }
         assert_eq!(Digest::of(&raw), layer.diff_id);
         let mut ar = tar::Archive::new(&raw[..]);
         let mut seen = Vec::new();
@@ -347,7 +395,10 @@ mod tests {
             assert_eq!(e.header().mtime().unwrap(), 1_700_000_000);
             let path = e.path().unwrap().to_string_lossy().into_owned();
             if path == "etc/motd" {
-                assert_eq!((e.header().uid().unwrap(), e.header().gid().unwrap()), (1000, 1000));
+                assert_eq!(
+                    (e.header().uid().unwrap(), e.header().gid().unwrap()),
+                    (1000, 1000)
+                );
             }
             if path == "usr/local/bin/hello" {
                 assert_eq!(e.header().mode().unwrap(), 0o755);
@@ -357,10 +408,20 @@ mod tests {
         let mut sorted = seen.clone();
         sorted.sort();
         assert_eq!(seen, sorted);
-        for p in ["usr/", "usr/local/", "usr/local/bin/", "usr/local/bin/hello", "etc/", "bin/sh-link"] {
+        for p in [
+            "usr/",
+            "usr/local/",
+            "usr/local/bin/",
+            "usr/local/bin/hello",
+            "etc/",
+            "bin/sh-link",
+        ] {
             assert!(seen.iter().any(|s| s == p), "{p} missing from {seen:?}");
         }
-        assert!(seen.iter().any(|s| s.len() > 120), "long path lost: {seen:?}");
+        assert!(
+            seen.iter().any(|s| s.len() > 120),
+            "long path lost: {seen:?}"
+        );
     }
 
     #[test]

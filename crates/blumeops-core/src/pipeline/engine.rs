@@ -226,7 +226,11 @@ impl Container {
     }
 
     /// Build, then write the image to `target` (an OCI layout or a docker archive).
-    pub async fn export(&self, engine: &Engine, target: &ExportTarget) -> Result<BuiltImage, Error> {
+    pub async fn export(
+        &self,
+        engine: &Engine,
+        target: &ExportTarget,
+    ) -> Result<BuiltImage, Error> {
         let built = self.build(engine).await?;
         let store = engine.store.clone();
         let image = built.image.clone();
@@ -338,7 +342,12 @@ async fn apply_op(
         Op::NewFile { .. } | Op::HostFile { .. } | Op::HostDirectory { .. } => {
             let mut builder = LayerBuilder::new();
             match op {
-                Op::NewFile { path, contents, mode, owner } => {
+                Op::NewFile {
+                    path,
+                    contents,
+                    mode,
+                    owner,
+                } => {
                     builder.add_bytes(path, contents.clone(), *mode, *owner)?;
                 }
                 Op::HostFile { path, src, opts } => builder.add_host_file(path, src, opts)?,
@@ -347,9 +356,10 @@ async fn apply_op(
             }
             let store = engine.store.clone();
             let (compression, epoch) = (engine.compression, engine.epoch);
-            let layer = tokio::task::spawn_blocking(move || builder.write(&store, compression, epoch))
-                .await
-                .map_err(|_| Error::TaskPanicked)??;
+            let layer =
+                tokio::task::spawn_blocking(move || builder.write(&store, compression, epoch))
+                    .await
+                    .map_err(|_| Error::TaskPanicked)??;
             let detail = format!("layer {} ({} bytes)", layer.blob.digest, layer.blob.size);
             state.config.rootfs.diff_ids.push(layer.diff_id);
             state.layers.push(layer.blob);
@@ -378,7 +388,8 @@ async fn apply_op(
             state.annotations.insert(k.clone(), v.clone());
         }
         Op::ExposedPort(p, proto) => {
-            rc.exposed_ports.insert(format!("{p}/{proto}"), Default::default());
+            rc.exposed_ports
+                .insert(format!("{p}/{proto}"), Default::default());
         }
         Op::Entrypoint(a) => {
             rc.entrypoint = Some(a.clone());

@@ -47,8 +47,16 @@ impl Op {
         match self {
             Self::From(r) => format!("from {r}"),
             Self::Scratch => "from scratch".to_owned(),
-            Self::NewFile { path, mode, owner, contents } => {
-                format!("with_new_file {path} ({} bytes, mode {mode:04o}, owner {owner})", contents.len())
+            Self::NewFile {
+                path,
+                mode,
+                owner,
+                contents,
+            } => {
+                format!(
+                    "with_new_file {path} ({} bytes, mode {mode:04o}, owner {owner})",
+                    contents.len()
+                )
             }
             Self::HostFile { path, src, .. } => format!("with_file {path} from {}", src.display()),
             Self::HostDirectory { path, src, .. } => {
@@ -119,7 +127,12 @@ impl Container {
 
     /// Write a file with `contents` and permission bits `mode` (owned by root).
     #[must_use]
-    pub fn with_new_file(&self, path: impl Into<String>, contents: impl AsRef<[u8]>, mode: u32) -> Self {
+    pub fn with_new_file(
+        &self,
+        path: impl Into<String>,
+        contents: impl AsRef<[u8]>,
+        mode: u32,
+    ) -> Self {
         self.with_new_file_owned(path, contents, mode, Owner::ROOT)
     }
 
@@ -142,7 +155,12 @@ impl Container {
 
     /// Copy the host file `src` to `path` (owner and mode from `opts`).
     #[must_use]
-    pub fn with_file(&self, path: impl Into<String>, src: impl Into<PathBuf>, opts: HostCopy) -> Self {
+    pub fn with_file(
+        &self,
+        path: impl Into<String>,
+        src: impl Into<PathBuf>,
+        opts: HostCopy,
+    ) -> Self {
         self.push(Op::HostFile {
             path: path.into(),
             src: src.into(),
@@ -153,7 +171,12 @@ impl Container {
     /// Copy the contents of the host directory `src` to `path` (owner, mode,
     /// include/exclude from `opts`).
     #[must_use]
-    pub fn with_directory(&self, path: impl Into<String>, src: impl Into<PathBuf>, opts: HostCopy) -> Self {
+    pub fn with_directory(
+        &self,
+        path: impl Into<String>,
+        src: impl Into<PathBuf>,
+        opts: HostCopy,
+    ) -> Self {
         self.push(Op::HostDirectory {
             path: path.into(),
             src: src.into(),

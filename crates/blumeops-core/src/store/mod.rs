@@ -308,6 +308,9 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let d = Digest::of(b"nope");
         let msg = store.read_blob(&d).unwrap_err().to_string();
-        assert!(msg.contains(&d.to_string()) && msg.contains(d.hex()), "{msg}");
+        assert!(
+            msg.contains(&d.to_string()) && msg.contains(d.hex()),
+            "{msg}"
+        );
     }
 }

@@ -63,6 +63,12 @@ pub enum Error {
     /// Serializing a document failed.
     #[error("failed to serialize image document")]
     Serialize(#[source] serde_json::Error),
+    /// The step needs a part of the engine that this build does not have yet.
+    #[error("`{step}` is not supported by this version of blumeops")]
+    Unsupported {
+        /// The step.
+        step: String,
+    },
     /// A background task panicked.
     #[error("a build task panicked")]
     TaskPanicked,

@@ -48,7 +48,10 @@ pub use layer::{
     Compression, Entry, EntryKind, FileData, GZIP_LEVEL, HostCopy, Layer, LayerBuilder, Owner,
     normalize_path,
 };
-pub use pipeline::{BuiltImage, Container, Engine, EngineOptions, Event, ProgressFn, Published};
+pub use pipeline::{
+    BuiltImage, CacheVolume, Container, CopyOptions, Engine, EngineOptions, Event, ExecOptions,
+    Expect, Network, ProgressFn, Published, SecretVariable,
+};
 pub use reference::Error as ReferenceError;
 pub use reference::{Digest, DigestWriter, ImageRef, Platform, is_loopback_host};
 pub use registry::Error as RegistryError;

@@ -397,6 +397,15 @@ async fn apply_op(
             rc.cmd = None;
         }
         Op::DefaultArgs(a) => rc.cmd = Some(a.clone()),
+        Op::Exec { .. }
+        | Op::MountCache { .. }
+        | Op::SecretVariable(_)
+        | Op::CopyFrom { .. }
+        | Op::Remove { .. } => {
+            return Err(Error::Unsupported {
+                step: description.to_owned(),
+            });
+        }
     }
     Ok(None)
 }

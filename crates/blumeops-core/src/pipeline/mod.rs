@@ -2,16 +2,22 @@
 //! it is evaluated by [`Container::build`], [`Container::publish`] or [`Container::export`].
 
 mod engine;
+mod exec;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use engine::{BuiltImage, Engine, EngineOptions, Event, ProgressFn, Published};
+pub use exec::{CacheVolume, CopyOptions, ExecOptions, Expect, Network, SecretVariable};
 
 use crate::layer::{HostCopy, Owner};
 
 /// One operation in a container's chain.
 #[derive(Clone, Debug)]
+#[expect(
+    dead_code,
+    reason = "exec, copy-from and remove steps are evaluated once the sandbox lands"
+)]
 pub(crate) enum Op {
     From(String),
     Scratch,
@@ -39,6 +45,26 @@ pub(crate) enum Op {
     ExposedPort(u16, String),
     Entrypoint(Vec<String>),
     DefaultArgs(Vec<String>),
+    Exec {
+        args: Vec<String>,
+        opts: ExecOptions,
+    },
+    MountCache {
+        path: String,
+        volume: CacheVolume,
+    },
+    SecretVariable(SecretVariable),
+    CopyFrom {
+        path: String,
+        source: Container,
+        src_path: String,
+        opts: CopyOptions,
+        directory: bool,
+    },
+    Remove {
+        path: String,
+        directory: bool,
+    },
 }
 
 impl Op {
@@ -70,6 +96,33 @@ impl Op {
             Self::ExposedPort(p, proto) => format!("with_exposed_port {p}/{proto}"),
             Self::Entrypoint(a) => format!("with_entrypoint {a:?}"),
             Self::DefaultArgs(a) => format!("with_default_args {a:?}"),
+            Self::Exec { args, .. } => format!("with_exec {}", shell_words(args)),
+            Self::MountCache { path, volume } => {
+                format!("with_mounted_cache {path} (volume {})", volume.name())
+            }
+            // Only the name: the value never reaches progress output or history.
+            Self::SecretVariable(v) => format!("with_secret_variable {}", v.name),
+            Self::CopyFrom {
+                path,
+                src_path,
+                directory,
+                ..
+            } => format!(
+                "{} {path} from another container's {src_path}",
+                if *directory {
+                    "with_directory"
+                } else {
+                    "with_file"
+                }
+            ),
+            Self::Remove { path, directory } => format!(
+                "{} {path}",
+                if *directory {
+                    "without_directory"
+                } else {
+                    "without_file"
+                }
+            ),
         }
     }
 }
@@ -246,6 +299,105 @@ impl Container {
         self.push(Op::DefaultArgs(args.into_iter().map(Into::into).collect()))
     }
 
+    /// Run a command in the container; the files it changes become a new layer.
+    #[must_use]
+    pub fn with_exec<I, S>(&self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.with_exec_opts(args, ExecOptions::default())
+    }
+
+    /// Run a command with options (expected exit codes, stdin, extra env, network).
+    #[must_use]
+    pub fn with_exec_opts<I, S>(&self, args: I, opts: ExecOptions) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.push(Op::Exec {
+            args: args.into_iter().map(Into::into).collect(),
+            opts,
+        })
+    }
+
+    /// Mount the cache volume at `path` for every later `with_exec`.
+    #[must_use]
+    pub fn with_mounted_cache(&self, path: impl Into<String>, volume: CacheVolume) -> Self {
+        self.push(Op::MountCache {
+            path: path.into(),
+            volume,
+        })
+    }
+
+    /// Expose `secret` as the environment variable `name` to every later `with_exec`.
+    #[must_use]
+    pub fn with_secret_variable(
+        &self,
+        name: impl Into<String>,
+        secret: crate::secret::Secret,
+    ) -> Self {
+        self.push(Op::SecretVariable(SecretVariable {
+            name: name.into(),
+            secret,
+        }))
+    }
+
+    /// Copy the file `src_path` of `source` (another container) to `path`.
+    #[must_use]
+    pub fn with_file_from(
+        &self,
+        path: impl Into<String>,
+        source: &Container,
+        src_path: impl Into<String>,
+        opts: CopyOptions,
+    ) -> Self {
+        self.push(Op::CopyFrom {
+            path: path.into(),
+            source: source.clone(),
+            src_path: src_path.into(),
+            opts,
+            directory: false,
+        })
+    }
+
+    /// Copy the directory `src_path` of `source` (another container) to `path`.
+    #[must_use]
+    pub fn with_directory_from(
+        &self,
+        path: impl Into<String>,
+        source: &Container,
+        src_path: impl Into<String>,
+        opts: CopyOptions,
+    ) -> Self {
+        self.push(Op::CopyFrom {
+            path: path.into(),
+            source: source.clone(),
+            src_path: src_path.into(),
+            opts,
+            directory: true,
+        })
+    }
+
+    /// Remove a file.
+    #[must_use]
+    pub fn without_file(&self, path: impl Into<String>) -> Self {
+        self.push(Op::Remove {
+            path: path.into(),
+            directory: false,
+        })
+    }
+
+    /// Remove a directory and everything in it.
+    #[must_use]
+    pub fn without_directory(&self, path: impl Into<String>) -> Self {
+        self.push(Op::Remove {
+            path: path.into(),
+            directory: true,
+        })
+    }
+
     /// The steps, in order, as they are described in progress output.
     pub fn steps(&self) -> Vec<String> {
         self.ops().iter().map(|op| op.describe()).collect()
@@ -264,6 +416,23 @@ impl Container {
     }
 }
 
+/// Arguments joined for display, quoting those with spaces or shell characters.
+fn shell_words(args: &[String]) -> String {
+    args.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,5 +445,16 @@ mod tests {
         assert_eq!(base.steps(), ["from busybox"]);
         assert_eq!(a.steps(), ["from busybox", "with_env_variable A=1"]);
         assert_eq!(b.steps(), ["from busybox", "with_env_variable B=2"]);
+    }
+
+    #[test]
+    fn exec_and_secret_descriptions() {
+        let c = Container::from("busybox")
+            .with_secret_variable("TOKEN", crate::secret::Secret::new("s3cr3t"))
+            .with_exec(["sh", "-c", "echo $TOKEN > /dev/null"]);
+        let steps = c.steps();
+        assert_eq!(steps[1], "with_secret_variable TOKEN");
+        assert_eq!(steps[2], "with_exec sh -c 'echo $TOKEN > /dev/null'");
+        assert!(!format!("{c:?}").contains("s3cr3t"));
     }
 }

@@ -2,3 +2,5 @@
 
 mod cli_publish;
 mod harness;
+mod registry_client;
+mod test_images;

@@ -613,7 +613,3 @@ where
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
-#[cfg(test)]
-mod fake;
-#[cfg(test)]
-mod tests;

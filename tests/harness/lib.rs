@@ -15,6 +15,7 @@
 mod base_image;
 pub mod cli;
 mod registry;
+pub mod token_auth;
 pub mod tools;
 mod util;
 pub mod zot_proxy;

@@ -1,5 +1,6 @@
 //! End-to-end tests: the harness itself, then the blumeops CLI.
 
+mod bearer;
 mod cli_publish;
 mod harness;
 mod registry_client;

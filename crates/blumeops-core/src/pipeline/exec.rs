@@ -30,6 +30,20 @@ impl Expect {
     }
 }
 
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Success => f.write_str("0"),
+            Self::Failure => f.write_str("non-zero"),
+            Self::Any => f.write_str("any"),
+            Self::Codes(c) => {
+                let c: Vec<String> = c.iter().map(i32::to_string).collect();
+                write!(f, "one of {}", c.join(", "))
+            }
+        }
+    }
+}
+
 /// Network access of a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Network {

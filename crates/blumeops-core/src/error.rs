@@ -1,6 +1,6 @@
 //! The crate's error: one variant per module, plus build-level failures.
 
-use crate::{definition, epoch, export, layer, reference, registry, secret, store};
+use crate::{definition, epoch, export, layer, reference, registry, sandbox, secret, store};
 
 /// Any blumeops failure.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,9 @@ pub enum Error {
     /// A container definition failed.
     #[error(transparent)]
     Definition(#[from] definition::Error),
+    /// A sandboxed command could not be set up or run.
+    #[error(transparent)]
+    Sandbox(#[from] sandbox::Error),
     /// A build step failed.
     #[error("step {index} failed: {step}")]
     Step {

@@ -26,6 +26,7 @@ mod layer;
 mod pipeline;
 mod reference;
 mod registry;
+mod sandbox;
 mod secret;
 mod store;
 
@@ -62,6 +63,12 @@ pub use registry::{
     BLOB_STALL_TIMEOUT, CONNECT_TIMEOUT, ClientOptions, Credential, Credentials,
     DEFAULT_MAX_PARALLEL_DOWNLOADS, DEFAULT_MAX_PARALLEL_UPLOADS, DEFAULT_REQUEST_TIMEOUT,
     PulledImage, PushReport, RegistryClient, TagPolicy,
+};
+pub use sandbox::Error as SandboxError;
+pub use sandbox::{
+    BindMount, CancelToken, DEFAULT_HOSTNAME, DEFAULT_PATH, Requirement as SandboxRequirement,
+    RunOutcome, RunSpec, SetupStep as SandboxSetupStep, Stream, TAIL_LINES,
+    check_support as check_sandbox_support, run as run_sandboxed,
 };
 pub use secret::Error as SecretError;
 pub use secret::{ACCEPTED_FORMS as SECRET_FORMS, Secret, SecretSource};

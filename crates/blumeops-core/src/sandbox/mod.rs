@@ -1,0 +1,530 @@
+//! The exec sandbox: run one build step's command in new mount, PID, IPC and UTS namespaces
+//! (plus a network namespace with only `lo` for [`Network::None`]) on an overlayfs rootfs
+//! whose upper directory becomes the step's layer.
+//!
+//! [`run`] is synchronous and blocks until the command ends: call it from a blocking thread
+//! (`tokio::task::spawn_blocking`), never on an async worker.
+//!
+//! Inside the sandbox the command finds: the layers merged with overlayfs, a fresh /proc, a
+//! read-only /sys, a tmpfs /dev with null, zero, full, random, urandom, tty, /dev/pts
+//! (new devpts instance), /dev/shm and the fd/stdin/stdout/stderr links, read-only
+//! /etc/hosts and /etc/resolv.conf (host copies; only localhost and no DNS servers without
+//! network), the cache volumes, the hostname, and the capabilities of Docker's default set.
+//! None of those mountpoints end up in the upper directory; see the `plan` module for how.
+//!
+//! Output: `stdout_path` receives stdout byte for byte. `log_path` receives stdout and
+//! stderr combined, line by line in the order the lines complete, without prefixes (a line
+//! longer than 64 KiB is cut); setup and exec failures are added there as a final
+//! `blumeops: ...` line. `on_line` gets each line (without its `\n` or `\r\n`).
+//!
+//! The upper directory holds plain files, overlay whiteouts (character devices 0/0) and
+//! opaque directories (`trusted.overlay.opaque=y`): the overlay is mounted with
+//! `metacopy=off,redirect_dir=off`.
+
+mod child;
+mod error;
+mod output;
+mod plan;
+#[cfg(test)]
+mod tests;
+mod user;
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{Pid, pipe2};
+
+pub use error::{Error, Requirement, SetupStep};
+pub use plan::{DEFAULT_HOSTNAME, DEFAULT_PATH};
+
+use crate::Network;
+use child::{ChildFds, RECORD, Report};
+use output::Sink;
+use plan::Plan;
+
+/// Lines of output kept in [`RunOutcome::output_tail`].
+pub const TAIL_LINES: usize = 200;
+
+/// A host directory mounted into the sandbox (a cache volume).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// Host directory.
+    pub source: PathBuf,
+    /// Absolute path in the container; created (outside the layer) if missing.
+    pub target: String,
+    /// Mount read-only.
+    pub read_only: bool,
+}
+
+/// What to run and on which layers.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// Unpacked layer directories, bottom (base layer) first; may be empty (scratch).
+    pub lowers: Vec<PathBuf>,
+    /// Empty directory: the overlay upper directory, which becomes the step's diff.
+    pub upper: PathBuf,
+    /// Empty directory on the same file system as `upper`: the overlay work directory.
+    pub work: PathBuf,
+    /// The command; `args[0]` is searched in the environment's PATH if it has no `/`.
+    pub args: Vec<String>,
+    /// `NAME=value` entries; a later entry replaces an earlier one of the same name. PATH
+    /// defaults to [`DEFAULT_PATH`]; HOME defaults to the user's home (or `/`).
+    pub env: Vec<String>,
+    /// Absolute working directory in the container, created (0755, root) in the layer if
+    /// missing.
+    pub cwd: String,
+    /// `name`, `uid`, `name:group` or `uid:gid`, resolved with the image's /etc/passwd and
+    /// /etc/group; `None` is root.
+    pub user: Option<String>,
+    /// Hostname ([`DEFAULT_HOSTNAME`] when empty).
+    pub hostname: String,
+    /// Network access.
+    pub network: Network,
+    /// Cache volumes, mounted in this order.
+    pub mounts: Vec<BindMount>,
+    /// Bytes fed to stdin; `None` means /dev/null.
+    pub stdin: Option<Vec<u8>>,
+    /// Combined stdout and stderr, line by line.
+    pub log_path: PathBuf,
+    /// Stdout alone, as written.
+    pub stdout_path: PathBuf,
+}
+
+/// How the command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunOutcome {
+    /// Exit code, or 128 + signal number when killed by a signal.
+    pub exit_code: i32,
+    /// The signal that killed the command.
+    pub signal: Option<i32>,
+    /// Wall time from starting the sandbox to the command's end.
+    pub duration: Duration,
+    /// The last [`TAIL_LINES`] lines of combined output (each cut at 4 KiB).
+    pub output_tail: Vec<String>,
+}
+
+/// Which output stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    /// Standard output.
+    Stdout = 0,
+    /// Standard error.
+    Stderr = 1,
+}
+
+/// Cancels a running step: the sandbox's PID 1 gets SIGKILL, which takes its whole PID
+/// namespace down, and [`run`] returns [`Error::Cancelled`].
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token not cancelled yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancel every run watching this token (now or later).
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+fn userns_available() -> bool {
+    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_owned());
+    let clone_ok = read("/proc/sys/kernel/unprivileged_userns_clone").map_or(true, |v| v != "0");
+    let max_ok = read("/proc/sys/user/max_user_namespaces").is_ok_and(|v| v != "0");
+    clone_ok && max_ok
+}
+
+fn require_root() -> Result<(), Error> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(Error::Unsupported(Requirement::Root {
+            userns_available: userns_available(),
+        }))
+    }
+}
+
+/// Check that this host can run sandboxed steps: root, overlayfs and the namespaces.
+pub fn check_support() -> Result<(), Error> {
+    require_root()?;
+    for ns in ["mnt", "pid", "ipc", "uts", "net"] {
+        if !std::path::Path::new("/proc/self/ns").join(ns).exists() {
+            return Err(Error::Unsupported(Requirement::Namespace(ns)));
+        }
+    }
+    let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !filesystems
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("overlay"))
+    {
+        // The module may still load on first mount; only refuse when it is not there.
+        let module = std::path::Path::new("/sys/module/overlay").exists();
+        if !module {
+            return Err(Error::Unsupported(Requirement::Overlayfs));
+        }
+    }
+    Ok(())
+}
+
+fn setup_error(step: SetupStep, path: impl Into<PathBuf>, errno: nix::errno::Errno) -> Error {
+    Error::Setup {
+        step,
+        path: path.into(),
+        source: std::io::Error::from_raw_os_error(errno as i32),
+    }
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> Result<(), Error> {
+    fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+        .map(drop)
+        .map_err(|e| setup_error(SetupStep::Pipe, "/", e))
+}
+
+/// Run `spec` in a new sandbox and wait for it. Lines of output go to `on_line` as they
+/// arrive. Blocking: call it from a blocking thread.
+///
+/// Returns the outcome whatever the exit code; errors are failures to set up or to start
+/// the command ([`Error::CommandNotFound`] for a command missing from PATH, see
+/// [`Error::exit_code`]) and [`Error::Cancelled`].
+pub fn run(
+    spec: &RunSpec,
+    cancel: &CancelToken,
+    on_line: &mut dyn FnMut(Stream, &str),
+) -> Result<RunOutcome, Error> {
+    require_root()?;
+    let mut plan = Plan::new(spec)?;
+    let mut sink = Sink::new(&spec.log_path, &spec.stdout_path, TAIL_LINES, on_line)?;
+    let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|e| setup_error(SetupStep::Pipe, &spec.upper, e));
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (rep_r, rep_w) = pipe()?;
+    let (in_r, in_w): (OwnedFd, Option<OwnedFd>) = match &spec.stdin {
+        Some(_) => {
+            let (r, w) = pipe()?;
+            (r, Some(w))
+        }
+        None => (
+            File::open("/dev/null")
+                .map_err(|source| Error::Io {
+                    action: "open",
+                    path: "/dev/null".into(),
+                    source,
+                })?
+                .into(),
+            None,
+        ),
+    };
+    for fd in [&out_r, &err_r, &rep_r].into_iter().chain(in_w.as_ref()) {
+        set_nonblocking(fd)?;
+    }
+    let started = Instant::now();
+    let helper = child::spawn(
+        &mut plan,
+        &ChildFds {
+            stdin: in_r.as_raw_fd(),
+            stdout: out_w.as_raw_fd(),
+            stderr: err_w.as_raw_fd(),
+            report: rep_w.as_raw_fd(),
+        },
+    )
+    .map_err(|source| Error::Setup {
+        step: SetupStep::Fork,
+        path: plan.merged_path.clone(),
+        source,
+    })?;
+    let helper = Pid::from_raw(helper);
+    drop((out_w, err_w, rep_w, in_r));
+
+    let pumped = pump(
+        &mut sink,
+        cancel,
+        helper,
+        [out_r, err_r, rep_r],
+        in_w,
+        spec.stdin.as_deref().unwrap_or_default(),
+    );
+    // Always reap the helper, even when pumping failed (it is dead or being killed then).
+    if pumped.is_err() {
+        let _ = kill(helper, Signal::SIGKILL);
+    }
+    let helper_status = loop {
+        match waitpid(helper, None) {
+            Err(nix::errno::Errno::EINTR) => {}
+            other => break other,
+        }
+    };
+    let duration = started.elapsed();
+    let pumped = pumped?;
+    if pumped.cancelled {
+        let _ = sink.note("step cancelled");
+        sink.finish()?;
+        return Err(Error::Cancelled);
+    }
+    let failure = pumped
+        .reports
+        .iter()
+        .find(|r| !matches!(r.kind, child::STARTED | child::EXITED));
+    if let Some(report) = failure {
+        let error = plan_error(&plan, report);
+        sink.note(&error_chain(&error))?;
+        sink.finish()?;
+        return Err(error);
+    }
+    let Some(status) = pumped
+        .reports
+        .iter()
+        .find(|r| r.kind == child::EXITED)
+        .map(|r| r.extra)
+    else {
+        let status = match helper_status {
+            Ok(WaitStatus::Exited(_, code)) => format!("exit code {code}"),
+            Ok(WaitStatus::Signaled(_, sig, _)) => format!("killed by {sig}"),
+            Ok(other) => format!("{other:?}"),
+            Err(e) => e.to_string(),
+        };
+        let error = Error::HelperDied { status };
+        sink.note(&error.to_string())?;
+        sink.finish()?;
+        return Err(error);
+    };
+    let (exit_code, signal) = if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        (128 + sig, Some(sig))
+    } else {
+        (libc::WEXITSTATUS(status), None)
+    };
+    Ok(RunOutcome {
+        exit_code,
+        signal,
+        duration,
+        output_tail: sink.finish()?,
+    })
+}
+
+fn error_chain(error: &Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Turn a failure record from the children into an error.
+fn plan_error(plan: &Plan, r: &Report) -> Error {
+    let os = || std::io::Error::from_raw_os_error(r.errno);
+    match r.kind {
+        child::OP_FAILED => match plan.ops.get(r.index as usize) {
+            Some(op) => Error::Setup {
+                step: op.step,
+                path: op.path.clone(),
+                source: os(),
+            },
+            None => Error::HelperDied {
+                status: format!("bad report {r:?}"),
+            },
+        },
+        child::STEP_FAILED => {
+            let step = child::STEPS
+                .get(r.index as usize)
+                .copied()
+                .unwrap_or(SetupStep::Wait);
+            let path = match step {
+                SetupStep::ReadUserDb if r.extra == 1 => PathBuf::from("/etc/group"),
+                SetupStep::ReadUserDb => PathBuf::from("/etc/passwd"),
+                SetupStep::CreateWorkdir | SetupStep::EnterWorkdir => {
+                    PathBuf::from(&plan.cwd_display)
+                }
+                SetupStep::SetHostname => PathBuf::from(plan.hostname.to_string_lossy().as_ref()),
+                SetupStep::PivotRoot => plan.merged_path.clone(),
+                _ => PathBuf::from(&plan.command),
+            };
+            Error::Setup {
+                step,
+                path,
+                source: os(),
+            }
+        }
+        child::UNKNOWN_USER | child::UNKNOWN_GROUP => {
+            let name = |id: Option<&user::Id>| match id {
+                Some(user::Id::Name(n)) => String::from_utf8_lossy(n).into_owned(),
+                Some(user::Id::Num(n)) => n.to_string(),
+                None => String::new(),
+            };
+            if r.kind == child::UNKNOWN_USER {
+                Error::UnknownUser {
+                    user: name(Some(&plan.user.user)),
+                }
+            } else {
+                Error::UnknownGroup {
+                    group: name(plan.user.group.as_ref()),
+                }
+            }
+        }
+        child::EXEC_FAILED => {
+            let candidate = plan
+                .candidates
+                .get(r.index as usize)
+                .map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_else(|| plan.command.clone());
+            let exists = r.extra == 1;
+            if r.errno == libc::ENOENT && exists {
+                Error::Exec {
+                    command: candidate,
+                    detail: ": its interpreter (#! line) or dynamic loader is missing",
+                    source: os(),
+                }
+            } else if r.errno == libc::ENOENT && !plan.command.contains('/') {
+                Error::CommandNotFound {
+                    command: plan.command.clone(),
+                    path: plan.path_var.clone(),
+                }
+            } else {
+                Error::Exec {
+                    command: candidate,
+                    detail: "",
+                    source: os(),
+                }
+            }
+        }
+        _ => Error::HelperDied {
+            status: format!("bad report {r:?}"),
+        },
+    }
+}
+
+/// What the output pump saw.
+struct Pumped {
+    reports: Vec<Report>,
+    cancelled: bool,
+}
+
+/// Move output to the sink and stdin to the command until stdout, stderr and the report
+/// pipe all reach EOF; watch for cancellation.
+fn pump(
+    sink: &mut Sink<'_>,
+    cancel: &CancelToken,
+    helper: Pid,
+    fds: [OwnedFd; 3],
+    mut stdin: Option<OwnedFd>,
+    mut input: &[u8],
+) -> Result<Pumped, Error> {
+    let mut open = [true; 3];
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut reports = Vec::new();
+    let mut init: Option<Pid> = None;
+    let mut killed = false;
+    if input.is_empty() {
+        stdin = None;
+    }
+    while open.iter().any(|o| *o) {
+        if cancel.is_cancelled() && !killed {
+            match init {
+                Some(pid) => {
+                    let _ = kill(pid, Signal::SIGKILL);
+                    killed = true;
+                }
+                // Not started yet: the init's PID arrives first thing; the helper dies too
+                // so an init that never reports cannot outlive us.
+                None if !open[2] => {
+                    let _ = kill(helper, Signal::SIGKILL);
+                    killed = true;
+                }
+                None => {}
+            }
+        }
+        let mut ids: Vec<usize> = Vec::with_capacity(4);
+        let mut pfds: Vec<PollFd<'_>> = Vec::with_capacity(4);
+        for (i, fd) in fds.iter().enumerate().filter(|(i, _)| open[*i]) {
+            ids.push(i);
+            pfds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(w) = &stdin {
+            ids.push(3);
+            pfds.push(PollFd::new(w.as_fd(), PollFlags::POLLOUT));
+        }
+        match poll(&mut pfds, PollTimeout::from(50u16)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(setup_error(SetupStep::Wait, "/", e)),
+        }
+        let ready: Vec<usize> = ids
+            .iter()
+            .zip(&pfds)
+            .filter(|(_, p)| p.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(i, _)| *i)
+            .collect();
+        drop(pfds);
+        for i in ready {
+            if i == 3 {
+                let Some(w) = &stdin else { continue };
+                match nix::unistd::write(w, &input[..input.len().min(64 * 1024)]) {
+                    Ok(n) => input = &input[n..],
+                    Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                    Err(_) => input = &[],
+                }
+                if input.is_empty() {
+                    stdin = None;
+                }
+                continue;
+            }
+            match nix::unistd::read(&fds[i], &mut buf) {
+                Ok(0) => {
+                    open[i] = false;
+                    if i < 2 {
+                        sink.finish_stream(if i == 0 {
+                            Stream::Stdout
+                        } else {
+                            Stream::Stderr
+                        })?;
+                    }
+                }
+                Ok(n) if i == 2 => {
+                    pending.extend_from_slice(&buf[..n]);
+                    while pending.len() >= RECORD {
+                        let record: [u8; RECORD] =
+                            pending[..RECORD].try_into().unwrap_or([0; RECORD]);
+                        pending.drain(..RECORD);
+                        let r = Report::decode(&record);
+                        if r.kind == child::STARTED {
+                            init = Some(Pid::from_raw(r.extra));
+                        }
+                        reports.push(r);
+                    }
+                }
+                Ok(n) => {
+                    let stream = if i == 0 {
+                        Stream::Stdout
+                    } else {
+                        Stream::Stderr
+                    };
+                    sink.push(stream, &buf[..n])?;
+                }
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(setup_error(SetupStep::Wait, "/", e)),
+            }
+        }
+    }
+    Ok(Pumped {
+        reports,
+        cancelled: killed || cancel.is_cancelled() && init.is_none(),
+    })
+}

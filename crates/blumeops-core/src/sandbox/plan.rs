@@ -1,0 +1,883 @@
+//! Everything the sandbox's child processes need, prepared in the parent before the fork:
+//! the scaffold layer, the host copies of /etc/hosts and /etc/resolv.conf, the list of
+//! mounts as C strings, argv/envp, the exec candidates and buffers for the user lookup.
+//!
+//! # Keeping mountpoints out of the upper directory
+//!
+//! The sandbox mounts /proc, /sys, /dev, /etc/hosts, /etc/resolv.conf and the cache volumes
+//! on top of the overlay. Mounting over an existing path does not copy it up, but creating a
+//! missing mountpoint in the merged view would create it in the upper directory, i.e. in the
+//! step's layer. So mountpoints are never created in the overlay: for every mount target the
+//! layers are searched (following overlayfs rules: whiteouts, opaque directories). When the
+//! target already exists with the right type nothing is done; otherwise the target and its
+//! parents are created in a per-run *scaffold* directory that is mounted as the topmost lower
+//! layer. Scaffold directories that also exist in the image copy their mode and owner (the
+//! topmost lower decides a merged directory's attributes), the scaffold root copies the
+//! image root's. The scaffold is deleted after the run; the upper directory only ever gets
+//! what the command itself wrote (plus the working directory when it had to be created).
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use libc::c_ulong;
+use tempfile::TempDir;
+
+use super::error::SetupStep;
+use super::user::UserSpec;
+use super::{Error, RunSpec};
+use crate::Network;
+
+/// Used when the spec's hostname is empty.
+pub const DEFAULT_HOSTNAME: &str = "blumeops";
+/// The PATH searched (and set) when the environment has none, as Docker and BuildKit do.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Largest /etc/passwd and /etc/group the user lookup reads.
+pub(super) const MAX_USERDB: usize = 512 * 1024;
+/// Most supplementary groups set.
+pub(super) const MAX_GROUPS: usize = 256;
+/// Longest HOME value set from /etc/passwd.
+const MAX_HOME: usize = 4096;
+/// Overlay mount data must fit in one page, NUL included.
+const MOUNT_DATA_LIMIT: usize = 4095;
+
+/// One operation the init process performs before switching root.
+pub(super) enum Op {
+    Chdir {
+        path: CString,
+    },
+    Mount {
+        source: Option<CString>,
+        target: CString,
+        fstype: Option<CString>,
+        flags: c_ulong,
+        data: Option<CString>,
+    },
+    Mkdir {
+        path: CString,
+        mode: libc::mode_t,
+    },
+    /// mknod, or (when mknod is refused) an empty file with the host's node bind-mounted.
+    Device {
+        path: CString,
+        host: CString,
+        dev: libc::dev_t,
+    },
+    Symlink {
+        target: CString,
+        link: CString,
+    },
+}
+
+/// An operation with what to say if it fails.
+pub(super) struct PlannedOp {
+    pub(super) op: Op,
+    pub(super) step: SetupStep,
+    pub(super) path: PathBuf,
+}
+
+/// Everything prepared for one run.
+pub(super) struct Plan {
+    pub(super) ops: Vec<PlannedOp>,
+    pub(super) merged: CString,
+    pub(super) merged_path: PathBuf,
+    pub(super) hostname: CString,
+    pub(super) network_none: bool,
+    /// The working directory, NUL-terminated, mutated in place by `mkdir -p`.
+    pub(super) cwd: Vec<u8>,
+    pub(super) cwd_display: String,
+    pub(super) user: UserSpec,
+    pub(super) userdb: Vec<u8>,
+    pub(super) groups: Vec<libc::gid_t>,
+    pub(super) argv: Vec<CString>,
+    pub(super) envp: Vec<CString>,
+    /// Filled by the child right before exec (capacity reserved here).
+    pub(super) argv_ptrs: Vec<*const libc::c_char>,
+    pub(super) envp_ptrs: Vec<*const libc::c_char>,
+    /// `HOME=...\0` written by the child when the environment has no HOME.
+    pub(super) home_env: Vec<u8>,
+    pub(super) needs_home: bool,
+    pub(super) candidates: Vec<CString>,
+    pub(super) command: String,
+    pub(super) path_var: String,
+    /// Holds the scaffold, the merged mountpoint and the /etc files; removed on drop.
+    _dir: TempDir,
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn cstring(field: &'static str, value: impl Into<Vec<u8>>) -> Result<CString, Error> {
+    CString::new(value).map_err(|e| Error::InvalidSpec {
+        field,
+        value: String::from_utf8_lossy(&e.into_vec()).into_owned(),
+        reason: "contains a NUL byte",
+    })
+}
+
+fn path_cstring(path: &Path) -> Result<CString, Error> {
+    cstring("path", path.as_os_str().as_bytes())
+}
+
+/// Lexically clean an absolute container path into its components (`..` pops).
+pub(super) fn container_components(field: &'static str, path: &str) -> Result<Vec<String>, Error> {
+    let invalid = |reason| Error::InvalidSpec {
+        field,
+        value: path.to_owned(),
+        reason,
+    };
+    if !path.starts_with('/') {
+        return Err(invalid("must be an absolute path"));
+    }
+    if path.contains('\0') {
+        return Err(invalid("contains a NUL byte"));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c.to_owned()),
+        }
+    }
+    Ok(out)
+}
+
+/// What a path is in the merged view of the layers.
+#[derive(Debug)]
+enum Found {
+    Missing,
+    Dir(Metadata),
+    File,
+    Other,
+    /// Component `index` of the path is not a directory (a symlink when `symlink`).
+    AncestorNotDir {
+        index: usize,
+        symlink: bool,
+    },
+}
+
+fn is_whiteout(meta: &Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+#[expect(unsafe_code, reason = "lgetxattr has no safe wrapper in std or nix")]
+fn is_opaque(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut value = [0u8; 4];
+    [c"trusted.overlay.opaque", c"user.overlay.opaque"]
+        .iter()
+        .any(|name| {
+            // SAFETY: both strings are NUL-terminated and `value` is writable for its length.
+            let n = unsafe {
+                libc::lgetxattr(
+                    c.as_ptr(),
+                    name.as_ptr(),
+                    value.as_mut_ptr().cast(),
+                    value.len(),
+                )
+            };
+            n == 1 && value[0] == b'y'
+        })
+}
+
+/// Look `components` up through `layers` (top first) as overlayfs would.
+fn lookup(layers: &[PathBuf], components: &[String]) -> Result<Found, Error> {
+    let mut visible: Vec<&Path> = layers.iter().map(PathBuf::as_path).collect();
+    let mut prefix = PathBuf::new();
+    for (i, comp) in components.iter().enumerate() {
+        prefix.push(comp);
+        let last = i + 1 == components.len();
+        let mut next = Vec::new();
+        let mut top: Option<Metadata> = None;
+        for layer in &visible {
+            let path = layer.join(&prefix);
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(io_err("inspect layer path", &path)(e)),
+            };
+            if is_whiteout(&meta) {
+                break;
+            }
+            let is_dir = meta.is_dir();
+            if top.is_none() {
+                top = Some(meta);
+            }
+            if !is_dir {
+                break;
+            }
+            next.push(*layer);
+            if is_opaque(&path) {
+                break;
+            }
+        }
+        match top {
+            None => return Ok(Found::Missing),
+            Some(m) if m.is_dir() => {
+                if last {
+                    return Ok(Found::Dir(m));
+                }
+                visible = next;
+            }
+            Some(m) if !last => {
+                return Ok(Found::AncestorNotDir {
+                    index: i,
+                    symlink: m.file_type().is_symlink(),
+                });
+            }
+            Some(m) if m.is_file() => return Ok(Found::File),
+            Some(_) => return Ok(Found::Other),
+        }
+    }
+    Ok(Found::Missing)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+}
+
+/// The per-run scaffold layer.
+struct Scaffold<'a> {
+    root: PathBuf,
+    layers: &'a [PathBuf],
+}
+
+impl Scaffold<'_> {
+    /// Make sure `target` can be mounted on: return whether the scaffold had to provide it.
+    fn provide(&self, target: &str, components: &[String], kind: Kind) -> Result<(), Error> {
+        let found = lookup(self.layers, components)?;
+        let ready = match (&found, kind) {
+            (Found::AncestorNotDir { index, symlink }, _) => {
+                return Err(Error::MountTarget {
+                    target: target.to_owned(),
+                    component: format!("/{}", components[..=*index].join("/")),
+                    reason: if *symlink {
+                        "is a symbolic link"
+                    } else {
+                        "is not a directory"
+                    },
+                });
+            }
+            (Found::Dir(_), Kind::Dir) | (Found::File, Kind::File) => true,
+            _ => false,
+        };
+        if ready {
+            return Ok(());
+        }
+        let mut path = self.root.clone();
+        for (i, comp) in components.iter().enumerate() {
+            path.push(comp);
+            let last = i + 1 == components.len();
+            if last && kind == Kind::File {
+                fs::File::create(&path).map_err(io_err("create scaffold file", &path))?;
+                break;
+            }
+            if path.is_dir() {
+                continue;
+            }
+            fs::DirBuilder::new()
+                .mode(0o755)
+                .create(&path)
+                .map_err(io_err("create scaffold directory", &path))?;
+            if !last && let Found::Dir(meta) = lookup(self.layers, &components[..=i])? {
+                copy_attributes(&path, &meta)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn copy_attributes(path: &Path, meta: &Metadata) -> Result<(), Error> {
+    fs::set_permissions(path, fs::Permissions::from_mode(meta.mode() & 0o7777))
+        .map_err(io_err("set mode of scaffold directory", path))?;
+    std::os::unix::fs::lchown(path, Some(meta.uid()), Some(meta.gid()))
+        .map_err(io_err("set owner of scaffold directory", path))
+}
+
+/// Escape a path for the overlay option string.
+fn escape_overlay(out: &mut Vec<u8>, path: &Path) {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() {
+        out.push(b'.');
+    }
+    for &b in bytes {
+        if matches!(b, b'\\' | b':' | b',') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+}
+
+fn canonical_dir(what: &'static str, path: &Path) -> Result<PathBuf, Error> {
+    let canonical = fs::canonicalize(path).map_err(io_err(what, path))?;
+    if !canonical.is_dir() {
+        return Err(Error::Io {
+            action: what,
+            path: path.to_owned(),
+            source: io::Error::from(io::ErrorKind::NotADirectory),
+        });
+    }
+    Ok(canonical)
+}
+
+fn common_ancestor(paths: &[&Path]) -> PathBuf {
+    let mut common: Vec<Component<'_>> = paths[0].components().collect();
+    for p in &paths[1..] {
+        let n = common
+            .iter()
+            .zip(p.components())
+            .take_while(|(a, b)| **a == *b)
+            .count();
+        common.truncate(n);
+    }
+    common.iter().collect()
+}
+
+/// Build the overlay option string relative to a common ancestor directory.
+fn overlay_data(
+    scaffold: &Path,
+    lowers_top_first: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+) -> Result<(PathBuf, Vec<u8>), Error> {
+    let mut all: Vec<&Path> = vec![scaffold, upper, work];
+    all.extend(lowers_top_first.iter().map(PathBuf::as_path));
+    let base = common_ancestor(&all);
+    let rel = |p: &Path| p.strip_prefix(&base).unwrap_or(p).to_owned();
+    let mut data = b"lowerdir=".to_vec();
+    escape_overlay(&mut data, &rel(scaffold));
+    for lower in lowers_top_first {
+        data.push(b':');
+        escape_overlay(&mut data, &rel(lower));
+    }
+    data.extend_from_slice(b",upperdir=");
+    escape_overlay(&mut data, &rel(upper));
+    data.extend_from_slice(b",workdir=");
+    escape_overlay(&mut data, &rel(work));
+    // Plain upper directories only: no metacopy-only files, no redirect xattrs, so the
+    // layer diff sees whole files, whiteouts and opaque directories.
+    data.extend_from_slice(b",index=off,metacopy=off,redirect_dir=off");
+    if data.len() > MOUNT_DATA_LIMIT {
+        return Err(Error::TooManyLayers {
+            layers: lowers_top_first.len(),
+            length: data.len(),
+            limit: MOUNT_DATA_LIMIT,
+        });
+    }
+    Ok((base, data))
+}
+
+/// Environment with later duplicates replacing earlier ones, and PATH defaulted.
+fn environment(env: &[String]) -> Result<(Vec<(String, String)>, String), Error> {
+    let mut order: Vec<String> = Vec::new();
+    let mut values: BTreeMap<String, String> = BTreeMap::new();
+    for entry in env {
+        let Some((name, value)) = entry.split_once('=') else {
+            return Err(Error::InvalidSpec {
+                field: "environment entry",
+                value: entry.split(['\0']).next().unwrap_or_default().to_owned(),
+                reason: "must be NAME=value",
+            });
+        };
+        if name.is_empty() {
+            return Err(Error::InvalidSpec {
+                field: "environment entry",
+                value: String::new(),
+                reason: "has an empty name",
+            });
+        }
+        if values.insert(name.to_owned(), value.to_owned()).is_none() {
+            order.push(name.to_owned());
+        }
+    }
+    if !values.contains_key("PATH") {
+        values.insert("PATH".to_owned(), DEFAULT_PATH.to_owned());
+        order.push("PATH".to_owned());
+    }
+    let path = values["PATH"].clone();
+    let pairs = order
+        .into_iter()
+        .map(|n| {
+            let v = values.remove(&n).unwrap_or_default();
+            (n, v)
+        })
+        .collect();
+    Ok((pairs, path))
+}
+
+fn host_file(path: &str) -> Vec<u8> {
+    fs::read(path).unwrap_or_default()
+}
+
+impl Plan {
+    pub(super) fn new(spec: &RunSpec) -> Result<Self, Error> {
+        let Some(command) = spec.args.first() else {
+            return Err(Error::InvalidSpec {
+                field: "command",
+                value: String::new(),
+                reason: "is empty",
+            });
+        };
+        let user = UserSpec::parse(spec.user.as_deref())?;
+        let hostname = if spec.hostname.is_empty() {
+            DEFAULT_HOSTNAME
+        } else {
+            &spec.hostname
+        };
+        if hostname.len() > 64 || hostname.contains(['\0', '/', ' ', '\n']) {
+            return Err(Error::InvalidSpec {
+                field: "hostname",
+                value: hostname.to_owned(),
+                reason: "must be at most 64 characters without spaces or slashes",
+            });
+        }
+        let cwd_parts = container_components("working directory", &spec.cwd)?;
+        let cwd_display = format!("/{}", cwd_parts.join("/"));
+
+        // Host directories.
+        let upper = canonical_dir("use upper directory", &spec.upper)?;
+        let work = canonical_dir("use overlay work directory", &spec.work)?;
+        check_upper_fs(&upper, &work)?;
+        let lowers_top_first = spec
+            .lowers
+            .iter()
+            .rev()
+            .map(|l| canonical_dir("use layer directory", l))
+            .collect::<Result<Vec<_>, _>>()?;
+        let parent = upper.parent().unwrap_or(Path::new("/"));
+        let dir = tempfile::Builder::new()
+            .prefix(".sandbox-")
+            .tempdir_in(parent)
+            .map_err(io_err("create sandbox directory in", parent))?;
+        let scaffold_root = dir.path().join("scaffold");
+        let merged = dir.path().join("merged");
+        let files = dir.path().join("files");
+        for d in [&scaffold_root, &merged, &files] {
+            fs::create_dir(d).map_err(io_err("create sandbox directory", d))?;
+        }
+        match lowers_top_first.first() {
+            Some(top) => {
+                let meta = fs::metadata(top).map_err(io_err("inspect layer directory", top))?;
+                copy_attributes(&scaffold_root, &meta)?;
+            }
+            None => fs::set_permissions(&scaffold_root, fs::Permissions::from_mode(0o755))
+                .map_err(io_err("set mode of scaffold directory", &scaffold_root))?,
+        }
+
+        // /etc/hosts and /etc/resolv.conf for the container.
+        let (hosts, resolv) = match spec.network {
+            Network::Host => {
+                let mut hosts = host_file("/etc/hosts");
+                if !hosts.is_empty() && !hosts.ends_with(b"\n") {
+                    hosts.push(b'\n');
+                }
+                hosts.extend_from_slice(format!("127.0.1.1\t{hostname}\n").as_bytes());
+                (hosts, host_file("/etc/resolv.conf"))
+            }
+            Network::None => (
+                format!(
+                    "127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                )
+                .into_bytes(),
+                Vec::new(),
+            ),
+        };
+        let hosts_file = files.join("hosts");
+        let resolv_file = files.join("resolv.conf");
+        for (path, data) in [(&hosts_file, &hosts), (&resolv_file, &resolv)] {
+            fs::write(path, data).map_err(io_err("write", path))?;
+            fs::set_permissions(path, fs::Permissions::from_mode(0o644))
+                .map_err(io_err("set mode of", path))?;
+        }
+
+        // Mount targets, in the scaffold when the image lacks them.
+        let scaffold = Scaffold {
+            root: scaffold_root.clone(),
+            layers: &lowers_top_first,
+        };
+        let standard: [(&str, Kind); 5] = [
+            ("/proc", Kind::Dir),
+            ("/sys", Kind::Dir),
+            ("/dev", Kind::Dir),
+            ("/etc/hosts", Kind::File),
+            ("/etc/resolv.conf", Kind::File),
+        ];
+        for (target, kind) in standard {
+            let comps = container_components("mount target", target)?;
+            scaffold.provide(target, &comps, kind)?;
+        }
+        let mut caches = Vec::with_capacity(spec.mounts.len());
+        for m in &spec.mounts {
+            let comps = container_components("cache mount target", &m.target)?;
+            if comps.is_empty() {
+                return Err(Error::InvalidSpec {
+                    field: "cache mount target",
+                    value: m.target.clone(),
+                    reason: "cannot be the root directory",
+                });
+            }
+            let source = canonical_dir("use cache directory", &m.source)?;
+            scaffold.provide(&m.target, &comps, Kind::Dir)?;
+            caches.push((source, comps, m.read_only));
+        }
+
+        let (base, data) = overlay_data(&scaffold_root, &lowers_top_first, &upper, &work)?;
+        let in_merged = |rel: &str| merged.join(rel);
+        let mut ops = Vec::new();
+        let mut push = |op: Op, step: SetupStep, path: PathBuf| {
+            ops.push(PlannedOp { op, step, path });
+        };
+        let root = Path::new("/");
+        push(
+            mount_op(None, root, None, libc::MS_REC | libc::MS_PRIVATE, None)?,
+            SetupStep::MakePrivate,
+            root.to_owned(),
+        );
+        push(
+            Op::Chdir {
+                path: path_cstring(&base)?,
+            },
+            SetupStep::EnterLayerDir,
+            base.clone(),
+        );
+        push(
+            Op::Mount {
+                source: Some(c"overlay".to_owned()),
+                target: path_cstring(&merged)?,
+                fstype: Some(c"overlay".to_owned()),
+                flags: 0,
+                data: Some(cstring("overlay options", data)?),
+            },
+            SetupStep::MountOverlay,
+            merged.clone(),
+        );
+        let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        let proc = in_merged("proc");
+        push(
+            mount_op(Some("proc"), &proc, Some("proc"), nosuid_nodev_noexec, None)?,
+            SetupStep::MountProc,
+            proc,
+        );
+        let sys = in_merged("sys");
+        push(
+            mount_op(
+                Some("sysfs"),
+                &sys,
+                Some("sysfs"),
+                nosuid_nodev_noexec | libc::MS_RDONLY,
+                None,
+            )?,
+            SetupStep::MountSys,
+            sys,
+        );
+        let dev = in_merged("dev");
+        push(
+            mount_op(
+                Some("tmpfs"),
+                &dev,
+                Some("tmpfs"),
+                libc::MS_NOSUID | libc::MS_STRICTATIME,
+                Some("mode=755,size=65536k"),
+            )?,
+            SetupStep::MountTmpfs,
+            dev.clone(),
+        );
+        for (name, major, minor) in [
+            ("null", 1, 3),
+            ("zero", 1, 5),
+            ("full", 1, 7),
+            ("random", 1, 8),
+            ("urandom", 1, 9),
+            ("tty", 5, 0),
+        ] {
+            let path = dev.join(name);
+            push(
+                Op::Device {
+                    path: path_cstring(&path)?,
+                    host: cstring("device", format!("/dev/{name}"))?,
+                    dev: libc::makedev(major, minor),
+                },
+                SetupStep::CreateDevice,
+                path,
+            );
+        }
+        for (name, mode) in [("pts", 0o755), ("shm", 0o1777)] {
+            let path = dev.join(name);
+            push(
+                Op::Mkdir {
+                    path: path_cstring(&path)?,
+                    mode,
+                },
+                SetupStep::CreateDevDir,
+                path,
+            );
+        }
+        let pts = dev.join("pts");
+        push(
+            mount_op(
+                Some("devpts"),
+                &pts,
+                Some("devpts"),
+                libc::MS_NOSUID | libc::MS_NOEXEC,
+                Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+            )?,
+            SetupStep::MountDevpts,
+            pts,
+        );
+        let shm = dev.join("shm");
+        push(
+            mount_op(
+                Some("shm"),
+                &shm,
+                Some("tmpfs"),
+                nosuid_nodev_noexec,
+                Some("mode=1777,size=65536k"),
+            )?,
+            SetupStep::MountTmpfs,
+            shm,
+        );
+        for (name, target) in [
+            ("ptmx", "pts/ptmx"),
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            let link = dev.join(name);
+            push(
+                Op::Symlink {
+                    target: cstring("symlink", target)?,
+                    link: path_cstring(&link)?,
+                },
+                SetupStep::CreateSymlink,
+                link,
+            );
+        }
+        let mut bind = |source: &Path,
+                        target: PathBuf,
+                        read_only: bool,
+                        step: SetupStep|
+         -> Result<(), Error> {
+            push(
+                Op::Mount {
+                    source: Some(path_cstring(source)?),
+                    target: path_cstring(&target)?,
+                    fstype: None,
+                    flags: libc::MS_BIND | libc::MS_REC,
+                    data: None,
+                },
+                step,
+                target.clone(),
+            );
+            if read_only {
+                push(
+                    Op::Mount {
+                        source: None,
+                        target: path_cstring(&target)?,
+                        fstype: None,
+                        flags: libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                        data: None,
+                    },
+                    SetupStep::RemountReadOnly,
+                    target,
+                );
+            }
+            Ok(())
+        };
+        bind(
+            &hosts_file,
+            in_merged("etc/hosts"),
+            true,
+            SetupStep::BindEtcFile,
+        )?;
+        bind(
+            &resolv_file,
+            in_merged("etc/resolv.conf"),
+            true,
+            SetupStep::BindEtcFile,
+        )?;
+        for (source, comps, read_only) in &caches {
+            bind(
+                source,
+                in_merged(&comps.join("/")),
+                *read_only,
+                SetupStep::BindCache,
+            )?;
+        }
+
+        // The command.
+        let (env, path_var) = environment(&spec.env)?;
+        let needs_home = !env.iter().any(|(n, _)| n == "HOME");
+        let envp = env
+            .iter()
+            .map(|(n, v)| cstring("environment entry", format!("{n}={v}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let argv = spec
+            .args
+            .iter()
+            .map(|a| cstring("argument", a.as_str()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let candidates = if command.contains('/') {
+            vec![cstring("command", command.as_str())?]
+        } else {
+            path_var
+                .split(':')
+                .map(|d| {
+                    let d = if d.is_empty() { "." } else { d };
+                    cstring("command", format!("{}/{command}", d.trim_end_matches('/')))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let mut cwd = cwd_display.clone().into_bytes();
+        cwd.push(0);
+
+        Ok(Self {
+            ops,
+            merged: path_cstring(&merged)?,
+            merged_path: merged,
+            hostname: cstring("hostname", hostname)?,
+            network_none: spec.network == Network::None,
+            cwd,
+            cwd_display,
+            user,
+            userdb: vec![0; 2 * MAX_USERDB],
+            groups: Vec::with_capacity(MAX_GROUPS),
+            argv_ptrs: Vec::with_capacity(argv.len() + 1),
+            envp_ptrs: Vec::with_capacity(envp.len() + 2),
+            argv,
+            envp,
+            home_env: vec![0; MAX_HOME + 6],
+            needs_home,
+            candidates,
+            command: command.clone(),
+            path_var,
+            _dir: dir,
+        })
+    }
+}
+
+fn mount_op(
+    source: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: c_ulong,
+    data: Option<&str>,
+) -> Result<Op, Error> {
+    Ok(Op::Mount {
+        source: source.map(|s| cstring("mount source", s)).transpose()?,
+        target: path_cstring(target)?,
+        fstype: fstype.map(|s| cstring("file system type", s)).transpose()?,
+        flags,
+        data: data.map(|s| cstring("mount options", s)).transpose()?,
+    })
+}
+
+const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+
+fn check_upper_fs(upper: &Path, work: &Path) -> Result<(), Error> {
+    let statfs = nix::sys::statfs::statfs(upper).map_err(|e| Error::Io {
+        action: "inspect file system of",
+        path: upper.to_owned(),
+        source: e.into(),
+    })?;
+    if statfs.filesystem_type().0 == OVERLAYFS_SUPER_MAGIC {
+        return Err(Error::Unsupported(super::Requirement::UpperNotOnOverlay));
+    }
+    let dev = |p: &Path| {
+        fs::metadata(p)
+            .map(|m| m.dev())
+            .map_err(io_err("inspect", p))
+    };
+    if dev(upper)? != dev(work)? {
+        return Err(Error::InvalidSpec {
+            field: "overlay work directory",
+            value: work.display().to_string(),
+            reason: "must be on the same file system as the upper directory",
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleans_container_paths() {
+        assert_eq!(
+            container_components("x", "/a/./b//../c/").unwrap(),
+            ["a", "c"]
+        );
+        assert!(container_components("x", "/").unwrap().is_empty());
+        assert!(container_components("x", "rel").is_err());
+    }
+
+    #[test]
+    fn environment_dedupes_and_defaults_path() {
+        let (env, path) = environment(&["A=1".into(), "B=2".into(), "A=3".into()]).unwrap();
+        assert_eq!(
+            env,
+            [
+                ("A".to_owned(), "3".to_owned()),
+                ("B".to_owned(), "2".to_owned()),
+                ("PATH".to_owned(), DEFAULT_PATH.to_owned())
+            ]
+        );
+        assert_eq!(path, DEFAULT_PATH);
+        assert!(environment(&["NOEQUALS".into()]).is_err());
+    }
+
+    #[test]
+    fn overlay_paths_are_relative_and_escaped() {
+        let lowers = [
+            PathBuf::from("/c/layers/b,2"),
+            PathBuf::from("/c/layers/a:1"),
+        ];
+        let (base, data) = overlay_data(
+            Path::new("/c/tmp/s/scaffold"),
+            &lowers,
+            Path::new("/c/tmp/upper"),
+            Path::new("/c/tmp/work"),
+        )
+        .unwrap();
+        assert_eq!(base, Path::new("/c"));
+        assert_eq!(
+            String::from_utf8(data).unwrap(),
+            "lowerdir=tmp/s/scaffold:layers/b\\,2:layers/a\\:1,upperdir=tmp/upper,\
+             workdir=tmp/work,index=off,metacopy=off,redirect_dir=off"
+        );
+        let many: Vec<PathBuf> = (0..200)
+            .map(|i| PathBuf::from(format!("/l/{i:064}")))
+            .collect();
+        let err =
+            overlay_data(Path::new("/s"), &many, Path::new("/u"), Path::new("/w")).unwrap_err();
+        assert!(
+            matches!(err, Error::TooManyLayers { layers: 200, .. }),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,529 @@
+//! Sandbox tests on a tiny busybox rootfs. They need root; without it they print why and
+//! pass.
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::*;
+
+const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "ls", "id", "mkdir", "hostname", "touch", "rm", "sleep", "env", "pwd",
+    "seq", "wc", "head", "test", "grep", "kill", "stat", "readlink",
+];
+
+fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("skipping: sandbox tests need root");
+    false
+}
+
+/// A busybox base layer and a place for steps.
+struct Fixture {
+    dir: TempDir,
+    base: PathBuf,
+    steps: AtomicUsize,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base");
+        for d in ["bin", "etc", "root", "home/app", "data"] {
+            fs::create_dir_all(base.join(d)).unwrap();
+        }
+        fs::copy("/bin/busybox", base.join("bin/busybox")).unwrap();
+        for applet in APPLETS {
+            symlink("busybox", base.join("bin").join(applet)).unwrap();
+        }
+        fs::write(
+            base.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(
+            base.join("etc/group"),
+            "root:x:0:\nwheel:x:10:app\napp:x:1000:\n",
+        )
+        .unwrap();
+        fs::write(base.join("data/keep.txt"), "keep").unwrap();
+        fs::write(base.join("data/who"), "base").unwrap();
+        std::os::unix::fs::chown(base.join("home/app"), Some(1000), Some(1000)).unwrap();
+        fs::set_permissions(base.join("root"), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::set_permissions(&base, fs::Permissions::from_mode(0o755)).unwrap();
+        Self {
+            dir,
+            base,
+            steps: AtomicUsize::new(0),
+        }
+    }
+
+    /// A layer directory with extra files (path, contents) on top of the base.
+    fn layer(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let root = self.dir.path().join(name);
+        fs::create_dir_all(&root).unwrap();
+        for (path, contents) in files {
+            let p = root.join(path);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, contents).unwrap();
+        }
+        root
+    }
+
+    fn spec(&self, args: &[&str]) -> RunSpec {
+        let n = self.steps.fetch_add(1, Ordering::SeqCst);
+        let step = self.dir.path().join(format!("step{n}"));
+        for d in ["upper", "work"] {
+            fs::create_dir_all(step.join(d)).unwrap();
+        }
+        RunSpec {
+            lowers: vec![self.base.clone()],
+            upper: step.join("upper"),
+            work: step.join("work"),
+            args: args.iter().map(|s| (*s).to_owned()).collect(),
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            user: None,
+            hostname: "sandbox-test".into(),
+            network: Network::None,
+            mounts: Vec::new(),
+            stdin: None,
+            log_path: step.join("log"),
+            stdout_path: step.join("stdout"),
+        }
+    }
+}
+
+struct Ran {
+    outcome: RunOutcome,
+    lines: Vec<(Stream, String)>,
+    stdout: String,
+    log: String,
+}
+
+fn try_run(spec: &RunSpec) -> Result<Ran, Error> {
+    let mut lines = Vec::new();
+    let outcome = run(spec, &CancelToken::new(), &mut |s, l| {
+        lines.push((s, l.to_owned()));
+    })?;
+    Ok(Ran {
+        outcome,
+        lines,
+        stdout: fs::read_to_string(&spec.stdout_path).unwrap(),
+        log: fs::read_to_string(&spec.log_path).unwrap(),
+    })
+}
+
+fn run_ok(spec: &RunSpec) -> Ran {
+    let ran = try_run(spec).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    assert_eq!(ran.outcome.exit_code, 0, "log:\n{}", ran.log);
+    ran
+}
+
+/// Every path in `dir`, relative, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            out.push(path.strip_prefix(root).unwrap().display().to_string());
+            if fs::symlink_metadata(&path).unwrap().is_dir() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+fn no_sandbox_leftovers(spec: &RunSpec) {
+    let parent = spec.upper.parent().unwrap();
+    for entry in fs::read_dir(parent).unwrap() {
+        let name = entry.unwrap().file_name();
+        assert!(
+            !name.to_string_lossy().starts_with(".sandbox-"),
+            "sandbox directory left in {}",
+            parent.display()
+        );
+    }
+}
+
+#[test]
+fn reports_exit_codes() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let ran = try_run(&fx.spec(&["sh", "-c", "exit 3"])).unwrap();
+    assert_eq!((ran.outcome.exit_code, ran.outcome.signal), (3, None));
+    assert_eq!(run_ok(&fx.spec(&["sh", "-c", "true"])).outcome.exit_code, 0);
+    // A child killed by a signal: the shell reports 128 + 9.
+    let ran = try_run(&fx.spec(&["sh", "-c", "sh -c 'kill -9 $$'; exit $?"])).unwrap();
+    assert_eq!(ran.outcome.exit_code, 137);
+}
+
+#[test]
+fn reports_a_kill_from_outside_as_a_signal() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let spec = fx.spec(&["sleep", "1002"]);
+    let ran = std::thread::scope(|s| {
+        s.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Some(pid) = pids_with("1002").first() {
+                    let _ = kill(*pid, Signal::SIGKILL);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        try_run(&spec).unwrap()
+    });
+    assert_eq!((ran.outcome.exit_code, ran.outcome.signal), (137, Some(9)));
+}
+
+#[test]
+fn captures_stdout_stderr_and_the_log() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let spec = fx.spec(&["sh", "-c", "echo out1; echo err1 >&2; sleep 0.1; echo out2"]);
+    let ran = run_ok(&spec);
+    assert_eq!(ran.stdout, "out1\nout2\n");
+    assert_eq!(
+        ran.lines,
+        [
+            (Stream::Stdout, "out1".to_owned()),
+            (Stream::Stderr, "err1".to_owned()),
+            (Stream::Stdout, "out2".to_owned()),
+        ]
+    );
+    let mut log: Vec<&str> = ran.log.lines().collect();
+    log.sort_unstable();
+    assert_eq!(log, ["err1", "out1", "out2"]);
+    assert_eq!(ran.outcome.output_tail.len(), 3);
+    no_sandbox_leftovers(&spec);
+}
+
+#[test]
+fn sets_env_and_creates_the_workdir_in_the_layer() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let mut spec = fx.spec(&["sh", "-c", "echo $FOO; pwd; echo $HOME; echo $PATH"]);
+    spec.env = vec!["FOO=one".into(), "PATH=/bin".into(), "FOO=bar".into()];
+    spec.cwd = "/work/dir".into();
+    let ran = run_ok(&spec);
+    assert_eq!(ran.stdout, "bar\n/work/dir\n/root\n/bin\n");
+    let created = spec.upper.join("work/dir");
+    assert!(created.is_dir());
+    assert_eq!(fs::metadata(created).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(tree(&spec.upper), ["work", "work/dir"]);
+}
+
+#[test]
+fn runs_as_the_image_user() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let mut spec = fx.spec(&["sh", "-c", "id -u; id -g; id -G; echo $HOME"]);
+    spec.user = Some("app".into());
+    assert_eq!(run_ok(&spec).stdout, "1000\n1000\n1000 10\n/home/app\n");
+
+    let mut spec = fx.spec(&["sh", "-c", "id -u; id -G"]);
+    spec.user = Some("1000:10".into());
+    assert_eq!(run_ok(&spec).stdout, "1000\n10\n");
+
+    let mut spec = fx.spec(&["id", "-u"]);
+    spec.user = Some("nobody".into());
+    let err = try_run(&spec).err().unwrap();
+    assert!(matches!(err, Error::UnknownUser { .. }), "{err}");
+    assert!(
+        fs::read_to_string(&spec.log_path)
+            .unwrap()
+            .contains("nobody")
+    );
+}
+
+#[test]
+fn isolates_pids_hostname_and_network() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let mut spec = fx.spec(&[
+        "sh",
+        "-c",
+        "echo $$; hostname; grep -c '^ *[a-z0-9]*:' /proc/net/dev; grep -o 'lo:' /proc/net/dev; \
+         grep sandbox-test /etc/hosts >/dev/null && echo hosts-ok",
+    ]);
+    spec.hostname = "sandbox-test".into();
+    let ran = run_ok(&spec);
+    assert_eq!(ran.stdout, "1\nsandbox-test\n1\nlo:\nhosts-ok\n");
+    let ls = run_ok(&fx.spec(&["sh", "-c", "ls /proc | grep -c '^[0-9]'"]));
+    // The shell and ls (and perhaps grep): only this sandbox's processes.
+    assert!(
+        ls.stdout.trim().parse::<u32>().unwrap() <= 3,
+        "{}",
+        ls.stdout
+    );
+}
+
+#[test]
+fn writes_go_to_upper_and_deletions_become_whiteouts() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let top = fx.layer("top", &[("data/who", "top")]);
+    let mut spec = fx.spec(&[
+        "sh",
+        "-c",
+        "cat /data/who; echo hi > /new.txt; rm /data/keep.txt; ls /dev/null /proc/1 >/dev/null; \
+         head -c 4 /dev/zero | wc -c; test -c /dev/null; test -L /dev/fd; test -e /dev/pts/ptmx; \
+         cat /etc/resolv.conf >/dev/null",
+    ]);
+    spec.lowers.push(top.clone());
+    let ran = run_ok(&spec);
+    assert_eq!(ran.stdout, "top4\n");
+    assert_eq!(
+        fs::read_to_string(spec.upper.join("new.txt")).unwrap(),
+        "hi\n"
+    );
+    assert!(!fx.base.join("new.txt").exists());
+    assert!(fx.base.join("data/keep.txt").exists());
+    let whiteout = fs::symlink_metadata(spec.upper.join("data/keep.txt")).unwrap();
+    assert!(whiteout.file_type().is_char_device());
+    assert_eq!(whiteout.rdev(), 0);
+    // Nothing else: no /proc, /dev, /sys, /etc/hosts, /etc/resolv.conf mountpoints.
+    assert_eq!(tree(&spec.upper), ["data", "data/keep.txt", "new.txt"]);
+    no_sandbox_leftovers(&spec);
+}
+
+#[test]
+fn mountpoints_existing_in_the_image_stay_out_of_upper() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let etc = fx.layer(
+        "etc",
+        &[
+            ("etc/hosts", "image hosts\n"),
+            ("proc/.keep", ""),
+            ("dev/null", "fake"),
+        ],
+    );
+    symlink("/run/resolv.conf", etc.join("etc/resolv.conf")).unwrap();
+    let mut spec = fx.spec(&[
+        "sh",
+        "-c",
+        "cat /etc/hosts; test -L /etc/resolv.conf || echo resolv-is-a-file; test -c /dev/null && echo dev-ok",
+    ]);
+    spec.lowers.push(etc);
+    spec.network = Network::Host;
+    let ran = run_ok(&spec);
+    assert!(!ran.stdout.contains("image hosts"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("127.0.1.1\tsandbox-test"),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout.ends_with("resolv-is-a-file\ndev-ok\n"),
+        "{}",
+        ran.stdout
+    );
+    assert!(tree(&spec.upper).is_empty(), "{:?}", tree(&spec.upper));
+}
+
+#[test]
+fn cache_mounts_persist_and_stay_out_of_the_layer() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let cache = fx.dir.path().join("cache");
+    fs::create_dir(&cache).unwrap();
+    let mount = BindMount {
+        source: cache.clone(),
+        target: "/root/.cache/go-build".into(),
+        read_only: false,
+    };
+    let mut first = fx.spec(&["sh", "-c", "echo 1 >> /root/.cache/go-build/count"]);
+    first.mounts.push(mount.clone());
+    run_ok(&first);
+    let mut second = fx.spec(&[
+        "sh",
+        "-c",
+        "cat /root/.cache/go-build/count; stat -c %a /root",
+    ]);
+    second.mounts.push(mount);
+    // The scaffold copies /root's mode.
+    assert_eq!(run_ok(&second).stdout, "1\n700\n");
+    assert_eq!(fs::read_to_string(cache.join("count")).unwrap(), "1\n");
+    assert!(tree(&first.upper).is_empty(), "{:?}", tree(&first.upper));
+    assert!(tree(&second.upper).is_empty());
+
+    let mut ro = fx.spec(&["sh", "-c", "touch /ro/x"]);
+    ro.mounts.push(BindMount {
+        source: cache,
+        target: "/ro".into(),
+        read_only: true,
+    });
+    assert_ne!(try_run(&ro).unwrap().outcome.exit_code, 0);
+}
+
+#[test]
+fn scratch_rootfs_with_a_mounted_busybox() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let mut spec = fx.spec(&["/bin/busybox", "echo", "from scratch"]);
+    spec.lowers.clear();
+    spec.mounts.push(BindMount {
+        source: fx.base.join("bin"),
+        target: "/bin".into(),
+        read_only: true,
+    });
+    assert_eq!(run_ok(&spec).stdout, "from scratch\n");
+    assert!(tree(&spec.upper).is_empty(), "{:?}", tree(&spec.upper));
+}
+
+#[test]
+fn feeds_stdin() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let mut spec = fx.spec(&["cat"]);
+    spec.stdin = Some(b"hello\nworld\n".to_vec());
+    assert_eq!(run_ok(&spec).stdout, "hello\nworld\n");
+
+    let mut spec = fx.spec(&["wc", "-c"]);
+    spec.stdin = Some(vec![b'x'; 3 << 20]);
+    assert_eq!(run_ok(&spec).stdout.trim(), (3 << 20).to_string());
+
+    // Without stdin the command reads /dev/null.
+    assert_eq!(run_ok(&fx.spec(&["wc", "-c"])).stdout.trim(), "0");
+}
+
+#[test]
+fn missing_commands_fail_clearly() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let spec = fx.spec(&["no-such-command", "x"]);
+    let err = try_run(&spec).err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "failed to execute `no-such-command`: not found in PATH=/bin"
+    );
+    assert_eq!(err.exit_code(), Some(127));
+    assert!(
+        fs::read_to_string(&spec.log_path)
+            .unwrap()
+            .contains("not found in PATH")
+    );
+
+    let err = try_run(&fx.spec(&["/data/keep.txt"])).err().unwrap();
+    assert!(matches!(err, Error::Exec { .. }), "{err}");
+    assert_eq!(err.exit_code(), Some(126));
+
+    let mut spec = fx.spec(&["ls"]);
+    spec.cwd = "/data/keep.txt/sub".into();
+    let err = try_run(&spec).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::Setup {
+                step: SetupStep::CreateWorkdir | SetupStep::EnterWorkdir,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// Host PIDs of `sleep <marker>` processes.
+fn pids_with(marker: &str) -> Vec<Pid> {
+    let want = format!("sleep\0{marker}\0");
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+            (cmdline == want.as_bytes()).then(|| Pid::from_raw(pid))
+        })
+        .collect()
+}
+
+#[test]
+fn cancel_kills_the_whole_tree() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let spec = fx.spec(&[
+        "sh",
+        "-c",
+        "sleep 1001 & sleep 1001 & echo started; sleep 1001",
+    ]);
+    let cancel = CancelToken::new();
+    let started = Instant::now();
+    let result = std::thread::scope(|s| {
+        let c = cancel.clone();
+        s.spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            c.cancel();
+        });
+        run(&spec, &cancel, &mut |_, _| {})
+    });
+    assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(pids_with("1001"), []);
+    no_sandbox_leftovers(&spec);
+}
+
+#[test]
+fn long_output_keeps_a_bounded_tail() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let spec = fx.spec(&["seq", "1", "100000"]);
+    let mut count = 0usize;
+    let outcome = run(&spec, &CancelToken::new(), &mut |_, _| count += 1).unwrap();
+    assert_eq!(count, 100_000);
+    assert_eq!(outcome.output_tail.len(), TAIL_LINES);
+    assert_eq!(outcome.output_tail.first().unwrap(), "99801");
+    assert_eq!(outcome.output_tail.last().unwrap(), "100000");
+    assert_eq!(
+        fs::read_to_string(&spec.log_path).unwrap().lines().count(),
+        100_000
+    );
+}
+
+#[test]
+fn check_support_passes_as_root() {
+    if !is_root() {
+        return;
+    }
+    check_support().unwrap();
+}

@@ -1,6 +1,8 @@
 //! The crate's error: one variant per module, plus build-level failures.
 
-use crate::{definition, epoch, export, layer, reference, registry, sandbox, secret, store};
+use crate::{
+    definition, dockerfile, epoch, export, layer, reference, registry, sandbox, secret, store,
+};
 
 /// Any blumeops failure.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,9 @@ pub enum Error {
     /// A container definition failed.
     #[error(transparent)]
     Definition(#[from] definition::Error),
+    /// A Dockerfile could not be read or translated.
+    #[error(transparent)]
+    Dockerfile(#[from] dockerfile::Error),
     /// A sandboxed command could not be set up or run.
     #[error(transparent)]
     Sandbox(#[from] sandbox::Error),
@@ -104,6 +109,7 @@ impl Error {
                 ErrorKind::InvalidInput
             }
             Self::Export(export::Error::InvalidTarget(_)) => ErrorKind::InvalidInput,
+            Self::Dockerfile(_) => ErrorKind::InvalidInput,
             Self::Layer(layer::Error::InvalidPath { .. } | layer::Error::Pattern { .. }) => {
                 ErrorKind::InvalidInput
             }

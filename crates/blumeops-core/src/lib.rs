@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 
 mod definition;
+mod dockerfile;
 mod epoch;
 mod error;
 mod export;
@@ -35,6 +36,8 @@ pub use definition::{
     BuildArgs, ContainerDefinition, DefinitionInput, file_container_names, file_container_version,
     normalize_version,
 };
+pub use dockerfile::Error as DockerfileError;
+pub use dockerfile::{load as load_dockerfile, translate as translate_dockerfile};
 pub use epoch::Error as EpochError;
 pub use epoch::{EpochSource, SOURCE_DATE_EPOCH, resolve as resolve_epoch, rfc3339};
 pub use error::{Error, ErrorKind};
@@ -49,6 +52,7 @@ pub use layer::{
     Compression, Entry, EntryKind, FileData, GZIP_LEVEL, HostCopy, Layer, LayerBuilder, Owner,
     normalize_path,
 };
+pub use pipeline::Healthcheck;
 pub use pipeline::{
     BuiltImage, CacheVolume, Container, CopyOptions, Engine, EngineOptions, Event, ExecOptions,
     Expect, Network, ProgressFn, Published, SecretVariable,

@@ -59,6 +59,9 @@ impl fmt::Display for Owner {
 pub struct HostCopy {
     /// Owner of every copied entry (default `0:0`).
     pub owner: Option<Owner>,
+    /// Owner as `user[:group]` names (or a mix of names and ids), resolved in the image's
+    /// /etc/passwd and /etc/group when the step is evaluated; takes the place of `owner`.
+    pub owner_name: Option<String>,
     /// Permission bits for copied regular files (default: the host file's).
     pub mode: Option<u32>,
     /// Only paths matching one of these are copied (empty: everything).
@@ -72,6 +75,13 @@ impl HostCopy {
     #[must_use]
     pub fn with_owner(mut self, owner: Owner) -> Self {
         self.owner = Some(owner);
+        self
+    }
+
+    /// Set the owner by name (`user`, `user:group`), resolved in the image at evaluation.
+    #[must_use]
+    pub fn with_owner_name(mut self, owner: impl Into<String>) -> Self {
+        self.owner_name = Some(owner.into());
         self
     }
 

@@ -339,6 +339,12 @@ async fn apply_op(
     let rc = &mut state.config.config;
     match op {
         Op::From(_) | Op::Scratch => unreachable!("handled by run_op"),
+        // Owner names need the image's /etc/passwd and /etc/group.
+        Op::HostFile { opts, .. } | Op::HostDirectory { opts, .. } if opts.owner_name.is_some() => {
+            return Err(Error::Unsupported {
+                step: description.to_owned(),
+            });
+        }
         Op::NewFile { .. } | Op::HostFile { .. } | Op::HostDirectory { .. } => {
             let mut builder = LayerBuilder::new();
             match op {
@@ -397,6 +403,37 @@ async fn apply_op(
             rc.cmd = None;
         }
         Op::DefaultArgs(a) => rc.cmd = Some(a.clone()),
+        Op::Volume(p) => {
+            rc.volumes.insert(p.clone(), Default::default());
+        }
+        Op::StopSignal(sig) => rc.stop_signal = Some(sig.clone()),
+        Op::Healthcheck(h) => {
+            rc.other.insert("Healthcheck".to_owned(), h.to_json());
+        }
+        Op::Shell(a) => {
+            rc.other.insert("Shell".to_owned(), serde_json::json!(a));
+        }
+        Op::Author(a) => state.config.author = Some(a.clone()),
+        Op::OnBuild(t) => {
+            let triggers = rc
+                .other
+                .entry("OnBuild".to_owned())
+                .or_insert_with(|| serde_json::json!([]));
+            match triggers.as_array_mut() {
+                Some(list) => list.push(serde_json::json!(t)),
+                None => *triggers = serde_json::json!([t]),
+            }
+        }
+        Op::EnvExpand(k, template) => {
+            let env = |n: &str| rc.env_value(n).map(str::to_owned);
+            let value = crate::dockerfile::expand_env_template(template, &env);
+            rc.set_env(k, &value);
+        }
+        Op::Unmount(_) | Op::CopyPathFrom { .. } | Op::HttpFile { .. } | Op::HostArchive { .. } => {
+            return Err(Error::Unsupported {
+                step: description.to_owned(),
+            });
+        }
         Op::Exec { .. }
         | Op::MountCache { .. }
         | Op::SecretVariable(_)

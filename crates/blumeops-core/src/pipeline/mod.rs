@@ -65,6 +65,31 @@ pub(crate) enum Op {
         path: String,
         directory: bool,
     },
+    Volume(String),
+    StopSignal(String),
+    Healthcheck(Healthcheck),
+    Shell(Vec<String>),
+    Author(String),
+    OnBuild(String),
+    EnvExpand(String, String),
+    Unmount(String),
+    CopyPathFrom {
+        path: String,
+        source: Container,
+        src_path: String,
+        opts: CopyOptions,
+    },
+    HttpFile {
+        path: String,
+        url: String,
+        checksum: Option<crate::reference::Digest>,
+        opts: CopyOptions,
+    },
+    HostArchive {
+        path: String,
+        src: PathBuf,
+        opts: HostCopy,
+    },
 }
 
 impl Op {
@@ -123,6 +148,21 @@ impl Op {
                     "without_file"
                 }
             ),
+            Self::Volume(p) => format!("with_volume {p}"),
+            Self::StopSignal(s) => format!("with_stop_signal {s}"),
+            Self::Healthcheck(h) => format!("with_healthcheck {}", shell_words(&h.test)),
+            Self::Shell(a) => format!("with_shell {a:?}"),
+            Self::Author(a) => format!("with_author {a}"),
+            Self::OnBuild(t) => format!("with_onbuild {t}"),
+            Self::EnvExpand(k, v) => format!("with_env_variable {k}={v} (expanded)"),
+            Self::Unmount(p) => format!("without_mount {p}"),
+            Self::CopyPathFrom { path, src_path, .. } => {
+                format!("with_path {path} from another container's {src_path}")
+            }
+            Self::HttpFile { path, url, .. } => format!("with_http_file {path} from {url}"),
+            Self::HostArchive { path, src, .. } => {
+                format!("with_host_archive {path} from {}", src.display())
+            }
         }
     }
 }
@@ -398,6 +438,120 @@ impl Container {
         })
     }
 
+    /// Declare a volume (`Volumes` in the image config).
+    #[must_use]
+    pub fn with_volume(&self, path: impl Into<String>) -> Self {
+        self.push(Op::Volume(path.into()))
+    }
+
+    /// Set the signal that stops the container, e.g. `SIGTERM` or `15`.
+    #[must_use]
+    pub fn with_stop_signal(&self, signal: impl Into<String>) -> Self {
+        self.push(Op::StopSignal(signal.into()))
+    }
+
+    /// Set the health check (Docker's `Healthcheck` config field).
+    #[must_use]
+    pub fn with_healthcheck(&self, healthcheck: Healthcheck) -> Self {
+        self.push(Op::Healthcheck(healthcheck))
+    }
+
+    /// Set the shell for shell-form commands (Docker's `Shell` config field).
+    #[must_use]
+    pub fn with_shell<I, S>(&self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.push(Op::Shell(args.into_iter().map(Into::into).collect()))
+    }
+
+    /// Set the image author (the config's `author`).
+    #[must_use]
+    pub fn with_author(&self, author: impl Into<String>) -> Self {
+        self.push(Op::Author(author.into()))
+    }
+
+    /// Add a Dockerfile instruction to run when this image is the base of a Docker build
+    /// (Docker's `OnBuild` config field). blumeops records it and does not run it.
+    #[must_use]
+    pub fn with_onbuild(&self, instruction: impl Into<String>) -> Self {
+        self.push(Op::OnBuild(instruction.into()))
+    }
+
+    /// Set an environment variable whose value refers to the image's environment as it is
+    /// when the step is evaluated: `$NAME`, `${NAME}`, `${NAME:-default}`, `${NAME-default}`,
+    /// `${NAME:+alt}` and `${NAME+alt}` are replaced (unset is empty); `\` escapes the
+    /// next character. E.g. `with_env_variable_expand("PATH", "/app/bin:$PATH")`.
+    #[must_use]
+    pub fn with_env_variable_expand(
+        &self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
+        self.push(Op::EnvExpand(name.into(), value.into()))
+    }
+
+    /// Stop mounting whatever [`Container::with_mounted_cache`] mounted at `path` for later
+    /// `with_exec` steps.
+    #[must_use]
+    pub fn without_mount(&self, path: impl Into<String>) -> Self {
+        self.push(Op::Unmount(path.into()))
+    }
+
+    /// Copy `src_path` of `source` (another container), whichever it is, with Docker
+    /// `COPY` rules: a directory's contents go into `path`; a file becomes `path`, or goes
+    /// into `path` when `path` ends with `/`.
+    #[must_use]
+    pub fn with_path_from(
+        &self,
+        path: impl Into<String>,
+        source: &Container,
+        src_path: impl Into<String>,
+        opts: CopyOptions,
+    ) -> Self {
+        self.push(Op::CopyPathFrom {
+            path: path.into(),
+            source: source.clone(),
+            src_path: src_path.into(),
+            opts,
+        })
+    }
+
+    /// Download `url` to the file `path` (mode from `opts`, default 0600 as Docker's `ADD`
+    /// does), checking its digest when `checksum` is given.
+    #[must_use]
+    pub fn with_http_file(
+        &self,
+        path: impl Into<String>,
+        url: impl Into<String>,
+        checksum: Option<crate::reference::Digest>,
+        opts: CopyOptions,
+    ) -> Self {
+        self.push(Op::HttpFile {
+            path: path.into(),
+            url: url.into(),
+            checksum,
+            opts,
+        })
+    }
+
+    /// Extract the host tar archive `src` (plain, gzip, bzip2, xz or zstd) into the
+    /// directory `path`, as Docker's `ADD` does with local archives.
+    #[must_use]
+    pub fn with_host_archive(
+        &self,
+        path: impl Into<String>,
+        src: impl Into<PathBuf>,
+        opts: HostCopy,
+    ) -> Self {
+        self.push(Op::HostArchive {
+            path: path.into(),
+            src: src.into(),
+            opts,
+        })
+    }
+
     /// The steps, in order, as they are described in progress output.
     pub fn steps(&self) -> Vec<String> {
         self.ops().iter().map(|op| op.describe()).collect()
@@ -413,6 +567,76 @@ impl Container {
         }
         ops.reverse();
         ops
+    }
+}
+
+/// A container health check, as Docker's `Healthcheck` config field.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Healthcheck {
+    /// `["NONE"]`, `["CMD", arg...]` or `["CMD-SHELL", command]`.
+    pub test: Vec<String>,
+    /// Time between checks.
+    pub interval: Option<std::time::Duration>,
+    /// Time after which one check counts as failed.
+    pub timeout: Option<std::time::Duration>,
+    /// Start-up time during which failures do not count.
+    pub start_period: Option<std::time::Duration>,
+    /// Time between checks during the start period.
+    pub start_interval: Option<std::time::Duration>,
+    /// Consecutive failures before the container is unhealthy.
+    pub retries: Option<u32>,
+}
+
+impl Healthcheck {
+    /// Disable a health check inherited from the base image.
+    pub fn none() -> Self {
+        Self {
+            test: vec!["NONE".to_owned()],
+            ..Self::default()
+        }
+    }
+
+    /// Run `args` directly.
+    pub fn cmd<I, S>(args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut test = vec!["CMD".to_owned()];
+        test.extend(args.into_iter().map(Into::into));
+        Self {
+            test,
+            ..Self::default()
+        }
+    }
+
+    /// Run `command` with the container's shell.
+    pub fn shell(command: impl Into<String>) -> Self {
+        Self {
+            test: vec!["CMD-SHELL".to_owned(), command.into()],
+            ..Self::default()
+        }
+    }
+
+    /// Docker's JSON form: durations in nanoseconds, unset fields left out.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert("Test".to_owned(), serde_json::json!(self.test));
+        for (key, d) in [
+            ("Interval", self.interval),
+            ("Timeout", self.timeout),
+            ("StartPeriod", self.start_period),
+            ("StartInterval", self.start_interval),
+        ] {
+            if let Some(d) = d.filter(|d| !d.is_zero()) {
+                let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+                m.insert(key.to_owned(), serde_json::json!(nanos));
+            }
+        }
+        if let Some(r) = self.retries.filter(|r| *r > 0) {
+            m.insert("Retries".to_owned(), serde_json::json!(r));
+        }
+        serde_json::Value::Object(m)
     }
 }
 

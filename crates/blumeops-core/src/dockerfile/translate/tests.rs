@@ -1,0 +1,681 @@
+use std::path::Path;
+
+use rstest::rstest;
+
+use crate::definition::BuildArgs;
+use crate::dockerfile::{Error, load, translate};
+use crate::pipeline::{Container, Network, Op};
+
+fn ctx(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, contents) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, contents).unwrap();
+    }
+    dir
+}
+
+fn tr(text: &str) -> Result<Container, Error> {
+    translate(
+        text,
+        "Dockerfile",
+        Path::new("/nonexistent"),
+        &BuildArgs::new(),
+        None,
+    )
+}
+
+fn steps(text: &str) -> Vec<String> {
+    tr(text).unwrap().steps()
+}
+
+fn err(text: &str) -> String {
+    tr(text).unwrap_err().to_string()
+}
+
+/// The container another step copies from.
+fn source_of(c: &Container, index: usize) -> Container {
+    match c.ops()[index] {
+        Op::CopyFrom { source, .. } | Op::CopyPathFrom { source, .. } => source.clone(),
+        other => panic!("step {index} is not a copy from a container: {other:?}"),
+    }
+}
+
+#[test]
+fn multi_stage_copy_from_translates_into_ordered_steps() {
+    let dir = ctx(&[("go.mod", "module x\n"), ("main.go", "package main\n")]);
+    let text = "\
+# syntax=docker/dockerfile:1
+FROM golang:1.22 AS build
+WORKDIR /src
+COPY go.mod main.go ./
+RUN go build -o /out/app .
+
+FROM alpine:3.20 AS unused
+COPY does-not-exist /x
+RUN echo never
+
+FROM scratch
+COPY --from=build /out/app /usr/local/bin/app
+COPY --from=build /src/static/ /srv/
+COPY --from=docker.io/library/busybox:1.37 /bin/busybox /bin/
+ENTRYPOINT [\"/usr/local/bin/app\"]
+";
+    let c = translate(text, "Dockerfile", dir.path(), &BuildArgs::new(), None).unwrap();
+    assert_eq!(
+        c.steps(),
+        [
+            "from scratch",
+            "with_path /usr/local/bin/app from another container's /out/app",
+            "with_directory /srv from another container's /src/static",
+            "with_path /bin/ from another container's /bin/busybox",
+            "with_entrypoint [\"/usr/local/bin/app\"]",
+        ]
+    );
+    let ctx_path = dir.path().display();
+    let build = source_of(&c, 1);
+    assert_eq!(
+        build.steps(),
+        [
+            "from golang:1.22".to_owned(),
+            "with_workdir /src".to_owned(),
+            format!("with_file /src/go.mod from {ctx_path}/go.mod"),
+            format!("with_file /src/main.go from {ctx_path}/main.go"),
+            "with_exec /bin/sh -c 'go build -o /out/app .'".to_owned(),
+        ]
+    );
+    assert_eq!(source_of(&c, 2).steps(), build.steps());
+    assert_eq!(
+        source_of(&c, 3).steps(),
+        ["from docker.io/library/busybox:1.37"]
+    );
+    // The unused stage (with its missing source) was never translated.
+    let all = format!("{c:?}");
+    assert!(
+        !all.contains("echo never") && !all.contains("alpine"),
+        "{all}"
+    );
+    // Copies from another container are owned by root unless --chown says otherwise.
+    match c.ops()[1] {
+        Op::CopyPathFrom { opts, .. } => assert_eq!(opts.owner.as_deref(), Some("0:0")),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn from_a_previous_stage_continues_it() {
+    let s = steps(
+        "FROM alpine AS base\nENV A=1\nFROM base AS next\nUSER app\nFROM next\nCMD [\"x\"]\n",
+    );
+    assert_eq!(
+        s,
+        [
+            "from alpine",
+            "with_env_variable A=1",
+            "with_user app",
+            "with_default_args [\"x\"]"
+        ]
+    );
+}
+
+#[test]
+fn unknown_instruction_names_file_and_line() {
+    assert_eq!(
+        err("FROM scratch\n# comment\nFOO bar\n"),
+        "Dockerfile:3: unknown instruction FOO"
+    );
+    let e = translate(
+        "FROM scratch\n\nRUN\n",
+        "ctx/Dockerfile.dev",
+        Path::new("."),
+        &BuildArgs::new(),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.starts_with("ctx/Dockerfile.dev:3: "), "{e}");
+    assert_eq!(
+        err("ENV A=1\nFROM scratch\n"),
+        "Dockerfile:1: ENV before the first FROM: only ARG may come before FROM"
+    );
+    assert_eq!(err("ARG A=1\n"), "Dockerfile: no FROM instruction");
+}
+
+#[test]
+fn arg_scoping_follows_docker() {
+    let text = "\
+ARG VERSION=1.0
+ARG BASE=alpine
+FROM ${BASE}:3.20 AS a
+ARG VERSION
+ARG LOCAL=local-default
+LABEL v=$VERSION l=$LOCAL
+RUN echo $VERSION
+FROM scratch AS b
+LABEL v=x${VERSION}y
+";
+    let run = |args: &BuildArgs, target| {
+        translate(text, "Dockerfile", Path::new("."), args, target)
+            .unwrap()
+            .steps()
+    };
+    assert_eq!(
+        run(&BuildArgs::new(), Some("a")),
+        [
+            "from alpine:3.20",
+            "with_label v=1.0",
+            "with_label l=local-default",
+            "with_exec /bin/sh -c 'echo $VERSION'"
+        ]
+    );
+    let args = BuildArgs::new()
+        .with("VERSION", "2.0")
+        .with("BASE", "debian")
+        .with("LOCAL", "given");
+    assert_eq!(
+        run(&args, Some("A"))[..3],
+        ["from debian:3.20", "with_label v=2.0", "with_label l=given"]
+    );
+    // A global ARG is not visible in a stage that does not declare it.
+    assert_eq!(run(&args, None), ["from scratch", "with_label v=xy"]);
+    // ARG values reach RUN as step environment, not as image config.
+    let c = translate(text, "Dockerfile", Path::new("."), &args, Some("a")).unwrap();
+    match c.ops()[3] {
+        Op::Exec { opts, .. } => assert_eq!(
+            opts.env,
+            [
+                ("LOCAL".to_owned(), "given".to_owned()),
+                ("VERSION".to_owned(), "2.0".to_owned())
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn env_overrides_arg_and_base_image_variables_are_deferred() {
+    let s = steps(
+        "FROM alpine\nARG A=arg\nENV A=env B=$A\nENV PATH=/app/bin:$PATH C=\"a b\" D=${A}\nLABEL x=$A\nRUN true\n",
+    );
+    assert_eq!(
+        s,
+        [
+            "from alpine",
+            "with_env_variable A=env",
+            // B sees A from before this ENV: the ARG.
+            "with_env_variable B=arg",
+            "with_env_variable PATH=/app/bin:${PATH} (expanded)",
+            "with_env_variable C=a b",
+            "with_env_variable D=env",
+            "with_label x=env",
+            "with_exec /bin/sh -c true",
+        ]
+    );
+    let c = tr("FROM alpine\nARG A=arg\nENV A=env\nRUN true\n").unwrap();
+    match c.ops()[2] {
+        Op::Exec { opts, .. } => assert!(opts.env.is_empty(), "{opts:?}"),
+        other => panic!("{other:?}"),
+    }
+    let e = err("FROM alpine\nWORKDIR $HOME/app\n");
+    assert!(
+        e.starts_with("Dockerfile:2: WORKDIR refers to $HOME")
+            && e.contains("only substituted in ENV"),
+        "{e}"
+    );
+    // From scratch nothing is unknown: an unset variable is empty.
+    assert_eq!(
+        steps("FROM scratch\nWORKDIR /x$HOME\n")[1],
+        "with_workdir /x"
+    );
+    // Legacy `ENV name value`.
+    assert_eq!(
+        steps("FROM scratch\nENV GREETING hello  world\n")[1],
+        "with_env_variable GREETING=hello  world"
+    );
+}
+
+#[test]
+fn target_selection() {
+    let text = "FROM alpine AS one\nRUN a\nFROM busybox AS two\nRUN b\nFROM scratch\n";
+    let t = |target| {
+        translate(
+            text,
+            "Dockerfile",
+            Path::new("."),
+            &BuildArgs::new(),
+            target,
+        )
+    };
+    assert_eq!(
+        t(Some("one")).unwrap().steps(),
+        ["from alpine", "with_exec /bin/sh -c a"]
+    );
+    assert_eq!(
+        t(Some("TWO")).unwrap().steps(),
+        ["from busybox", "with_exec /bin/sh -c b"]
+    );
+    assert_eq!(t(None).unwrap().steps(), ["from scratch"]);
+    let e = t(Some("three")).unwrap_err().to_string();
+    assert_eq!(e, "Dockerfile: no stage named `three`; stages: one, two");
+}
+
+#[rstest]
+#[case("CMD echo hi", "with_default_args [\"/bin/sh\", \"-c\", \"echo hi\"]")]
+#[case("CMD [\"echo\", \"hi\"]", "with_default_args [\"echo\", \"hi\"]")]
+#[case(
+    "ENTRYPOINT exec app --flag",
+    "with_entrypoint [\"/bin/sh\", \"-c\", \"exec app --flag\"]"
+)]
+#[case(
+    "CMD echo $HOME",
+    "with_default_args [\"/bin/sh\", \"-c\", \"echo $HOME\"]"
+)]
+fn cmd_and_entrypoint_forms(#[case] line: &str, #[case] want: &str) {
+    assert_eq!(steps(&format!("FROM alpine\n{line}\n"))[1], want);
+}
+
+#[test]
+fn shell_instruction_changes_later_shell_forms() {
+    let s = steps(
+        "FROM alpine\nSHELL [\"/bin/bash\", \"-eo\", \"pipefail\", \"-c\"]\nRUN a | b\nCMD c\n",
+    );
+    assert_eq!(
+        s[1..],
+        [
+            "with_shell [\"/bin/bash\", \"-eo\", \"pipefail\", \"-c\"]",
+            "with_exec /bin/bash -eo pipefail -c 'a | b'",
+            "with_default_args [\"/bin/bash\", \"-eo\", \"pipefail\", \"-c\", \"c\"]",
+        ]
+    );
+    assert!(err("FROM alpine\nSHELL /bin/bash -c\n").contains("JSON array"));
+}
+
+#[test]
+fn entrypoint_keeps_cmd_of_the_same_stage() {
+    let s = steps("FROM alpine\nCMD [\"--help\"]\nENTRYPOINT [\"app\"]\n");
+    assert_eq!(
+        s[1..],
+        [
+            "with_default_args [\"--help\"]",
+            "with_entrypoint [\"app\"]",
+            "with_default_args [\"--help\"]"
+        ]
+    );
+}
+
+#[test]
+fn healthcheck_conversion() {
+    let c = tr("FROM alpine\nHEALTHCHECK --interval=30s --timeout=3s --start-period=1m30s --retries=3 \\\n  CMD curl -f http://localhost/ || exit 1\n").unwrap();
+    let Op::Healthcheck(h) = c.ops()[1] else {
+        panic!()
+    };
+    assert_eq!(
+        h.to_json(),
+        serde_json::json!({
+            "Test": ["CMD-SHELL", "curl -f http://localhost/ || exit 1"],
+            "Interval": 30_000_000_000u64,
+            "Timeout": 3_000_000_000u64,
+            "StartPeriod": 90_000_000_000u64,
+            "Retries": 3,
+        })
+    );
+    let c =
+        tr("FROM alpine\nHEALTHCHECK CMD [\"/bin/check\", \"-q\"]\nHEALTHCHECK NONE\n").unwrap();
+    assert_eq!(
+        c.steps()[1..],
+        [
+            "with_healthcheck CMD /bin/check -q",
+            "with_healthcheck NONE"
+        ]
+    );
+    let Op::Healthcheck(h) = c.ops()[2] else {
+        panic!()
+    };
+    assert_eq!(h.to_json(), serde_json::json!({"Test": ["NONE"]}));
+    assert!(
+        err("FROM alpine\nHEALTHCHECK --interval=soon CMD x\n")
+            .contains("invalid --interval `soon`")
+    );
+    assert!(err("FROM alpine\nHEALTHCHECK --retries=3 NONE\n").contains("NONE takes no flags"));
+    assert!(err("FROM alpine\nHEALTHCHECK echo\n").contains("NONE or CMD"));
+}
+
+#[rstest]
+#[case("300ms", 300_000_000)]
+#[case("1.5h", 5_400_000_000_000)]
+#[case("2h45m", 9_900_000_000_000)]
+#[case("0", 0)]
+#[case("10us", 10_000)]
+fn go_durations(#[case] s: &str, #[case] nanos: u64) {
+    assert_eq!(
+        super::go_duration(s),
+        Some(std::time::Duration::from_nanos(nanos))
+    );
+}
+
+#[test]
+fn config_instructions() {
+    let s = steps(
+        "FROM alpine\n\
+         LABEL \"org.opencontainers.image.title\"=\"my app\" version=1 \\\n  desc='a \"quoted\" value'\n\
+         EXPOSE 80 53/UDP 8000-8001/tcp\n\
+         VOLUME [\"/data\", \"/logs\"]\n\
+         VOLUME /cache /tmp/x\n\
+         STOPSIGNAL SIGQUIT\n\
+         USER app:app\n\
+         MAINTAINER Jane <jane@example.com>\n\
+         ONBUILD RUN make\n",
+    );
+    assert_eq!(
+        s[1..],
+        [
+            "with_label org.opencontainers.image.title=my app",
+            "with_label version=1",
+            "with_label desc=a \"quoted\" value",
+            "with_exposed_port 80/tcp",
+            "with_exposed_port 53/udp",
+            "with_exposed_port 8000/tcp",
+            "with_exposed_port 8001/tcp",
+            "with_volume /data",
+            "with_volume /logs",
+            "with_volume /cache",
+            "with_volume /tmp/x",
+            "with_stop_signal SIGQUIT",
+            "with_user app:app",
+            "with_author Jane <jane@example.com>",
+            "with_onbuild RUN make",
+        ]
+    );
+    assert!(err("FROM alpine\nEXPOSE 80/xdp\n").contains("invalid port `80/xdp`"));
+    assert!(err("FROM alpine\nONBUILD FROM x\n").contains("isn't allowed as an ONBUILD trigger"));
+    assert!(err("FROM alpine\nONBUILD BOGUS x\n").contains("unknown instruction BOGUS"));
+}
+
+#[test]
+fn workdir_is_relative_to_the_previous_one() {
+    let dir = ctx(&[("a.txt", "a")]);
+    let c = translate(
+        "FROM alpine\nWORKDIR /app\nWORKDIR sub\nCOPY a.txt .\nCOPY a.txt b.txt\nCOPY a.txt ../c/\n",
+        "Dockerfile",
+        dir.path(),
+        &BuildArgs::new(),
+        None,
+    )
+    .unwrap();
+    let p = dir.path().join("a.txt");
+    let p = p.display();
+    assert_eq!(
+        c.steps()[1..],
+        [
+            "with_workdir /app".to_owned(),
+            "with_workdir sub".to_owned(),
+            format!("with_file /app/sub/a.txt from {p}"),
+            format!("with_file /app/sub/b.txt from {p}"),
+            format!("with_file /app/c/a.txt from {p}"),
+        ]
+    );
+    let e = translate(
+        "FROM alpine\nCOPY a.txt .\n",
+        "Dockerfile",
+        dir.path(),
+        &BuildArgs::new(),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("Dockerfile:2: relative path `.` needs a WORKDIR"),
+        "{e}"
+    );
+}
+
+#[test]
+fn copy_applies_dockerignore_globs_and_flags() {
+    let dir = ctx(&[
+        (".dockerignore", "**/*.log\napp/target\nsecret.txt\n"),
+        ("app/main.rs", "fn main() {}"),
+        ("app/notes.log", "x"),
+        ("app/target/debug/big", "x"),
+        ("README.md", "r"),
+        ("CHANGES.md", "c"),
+        ("secret.txt", "s"),
+    ]);
+    let t = |text: &str| translate(text, "Dockerfile", dir.path(), &BuildArgs::new(), None);
+    let c = t("FROM scratch\nCOPY --chown=1000:1000 --chmod=0640 . /src/\nCOPY --chown=app:staff app /app\nCOPY *.md /docs/\n").unwrap();
+    let root = dir.path().display();
+    assert_eq!(
+        c.steps()[1..],
+        [
+            format!("with_directory /src from {root}"),
+            format!("with_directory /app from {root}/app"),
+            format!("with_file /docs/CHANGES.md from {root}/CHANGES.md"),
+            format!("with_file /docs/README.md from {root}/README.md"),
+        ]
+    );
+    let ops = c.ops();
+    let Op::HostDirectory { opts, .. } = ops[1] else {
+        panic!()
+    };
+    assert_eq!(opts.exclude, ["app/notes.log", "app/target", "secret.txt"]);
+    assert_eq!(opts.owner, Some("1000:1000".parse().unwrap()));
+    assert_eq!(opts.mode, Some(0o640));
+    let Op::HostDirectory { opts, .. } = ops[2] else {
+        panic!()
+    };
+    assert_eq!(opts.exclude, ["notes.log", "target"]);
+    assert_eq!(
+        (opts.owner, opts.owner_name.as_deref()),
+        (None, Some("app:staff"))
+    );
+
+    let e = t("FROM scratch\nCOPY secret.txt /\n")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "Dockerfile:2: `secret.txt` is excluded by .dockerignore");
+    let e = t("FROM scratch\nCOPY nope /\n").unwrap_err().to_string();
+    assert_eq!(e, "Dockerfile:2: `nope` not found in the build context");
+    let e = t("FROM scratch\nCOPY *.md /docs\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("needs a destination directory ending in /"),
+        "{e}"
+    );
+    let e = t("FROM scratch\nCOPY *.txt /\n").unwrap_err().to_string();
+    assert_eq!(e, "Dockerfile:2: no build context files match `*.txt`");
+    let e = t("FROM scratch\nCOPY --chmod=999 README.md /\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("invalid --chmod `999`"), "{e}");
+}
+
+#[test]
+fn load_prefers_the_dockerfile_specific_ignore_file() {
+    let dir = ctx(&[
+        (".dockerignore", "a.txt\n"),
+        ("build/app.Dockerfile", "FROM scratch\nCOPY a.txt b.txt /\n"),
+        ("build/app.Dockerfile.dockerignore", "b.txt\n"),
+        ("a.txt", "a"),
+        ("b.txt", "b"),
+    ]);
+    let df = dir.path().join("build/app.Dockerfile");
+    let e = load(&df, dir.path(), &BuildArgs::new(), None)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!("{}:2: `b.txt` is excluded by .dockerignore", df.display())
+    );
+    std::fs::remove_file(dir.path().join("build/app.Dockerfile.dockerignore")).unwrap();
+    let e = load(&df, dir.path(), &BuildArgs::new(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.ends_with("`a.txt` is excluded by .dockerignore"), "{e}");
+    let e = load(
+        &dir.path().join("missing"),
+        dir.path(),
+        &BuildArgs::new(),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("failed to read") && e.contains("missing"),
+        "{e}"
+    );
+}
+
+#[test]
+fn add_urls_and_archives() {
+    let dir = ctx(&[("plain.txt", "hello")]);
+    let mut tar = vec![0u8; 1024];
+    tar[257..262].copy_from_slice(b"ustar");
+    std::fs::write(dir.path().join("rootfs.tar"), &tar).unwrap();
+    std::fs::write(dir.path().join("data.tgz"), [0x1f, 0x8b, 8, 0]).unwrap();
+    let sum = format!("sha256:{}", "a".repeat(64));
+    let text = format!(
+        "FROM scratch\nADD rootfs.tar /\nADD data.tgz /opt/data\nADD plain.txt /etc/\n\
+         ADD --checksum={sum} https://example.com/dl/tool-1.0.tar.gz /tmp/\n\
+         ADD https://example.com/x /usr/bin/x\n"
+    );
+    let c = translate(&text, "Dockerfile", dir.path(), &BuildArgs::new(), None).unwrap();
+    let root = dir.path().display();
+    assert_eq!(
+        c.steps()[1..],
+        [
+            format!("with_host_archive / from {root}/rootfs.tar"),
+            format!("with_host_archive /opt/data from {root}/data.tgz"),
+            format!("with_file /etc/plain.txt from {root}/plain.txt"),
+            "with_http_file /tmp/tool-1.0.tar.gz from https://example.com/dl/tool-1.0.tar.gz"
+                .to_owned(),
+            "with_http_file /usr/bin/x from https://example.com/x".to_owned(),
+        ]
+    );
+    let Op::HttpFile { checksum, opts, .. } = c.ops()[4] else {
+        panic!()
+    };
+    assert_eq!(checksum.as_ref().map(ToString::to_string), Some(sum));
+    assert_eq!(opts.mode, Some(0o600));
+    let e = err("FROM scratch\nCOPY https://example.com/x /x\n");
+    assert!(e.contains("use ADD"), "{e}");
+    let e = err("FROM scratch\nADD https://github.com/a/b.git /src\n");
+    assert!(e.contains("git repositories is not supported"), "{e}");
+}
+
+#[test]
+fn run_flags_cache_mounts_and_network() {
+    let c = tr("FROM alpine\nWORKDIR /w\nRUN --mount=type=cache,target=/root/.cache --mount=type=cache,id=go-mod,target=pkg \\\n    --network=none make\nRUN [\"echo\", \"$HOME\"]\n").unwrap();
+    assert_eq!(
+        c.steps()[2..],
+        [
+            "with_mounted_cache /root/.cache (volume root_.cache)",
+            "with_mounted_cache /w/pkg (volume go-mod)",
+            "with_exec /bin/sh -c make",
+            "without_mount /root/.cache",
+            "without_mount /w/pkg",
+            // Exec form is not expanded: the variable reaches the program as written.
+            "with_exec echo '$HOME'",
+        ]
+    );
+    let Op::Exec { opts, .. } = c.ops()[4] else {
+        panic!()
+    };
+    assert_eq!(opts.network, Network::None);
+    for (flag, want) in [
+        ("--mount=type=secret,id=x", "type=secret is not supported"),
+        ("--mount=type=cache", "needs target="),
+        (
+            "--mount=type=cache,target=/x,uid=1000",
+            "option `uid` is not supported",
+        ),
+        ("--network=bridge", "--network=bridge is not supported"),
+        (
+            "--security=insecure",
+            "--security=insecure is not supported",
+        ),
+    ] {
+        let e = err(&format!("FROM alpine\nRUN {flag} true\n"));
+        assert!(
+            e.starts_with("Dockerfile:2: ") && e.contains(want),
+            "{flag}: {e}"
+        );
+    }
+}
+
+#[test]
+fn heredocs_in_run_and_copy() {
+    let c = tr("FROM alpine\nARG NAME=world\nRUN <<EOF\nset -e\necho hi\nEOF\nRUN cat <<EOF > /greeting\nhello\nEOF\nCOPY --chmod=0755 <<EOF /usr/local/bin/hello\n#!/bin/sh\necho hello $NAME\nEOF\nCOPY <<'RAW' /etc/\nkeep $NAME\nRAW\n").unwrap();
+    assert_eq!(
+        c.steps()[1..],
+        [
+            "with_exec /bin/sh -c 'set -e\necho hi\n'",
+            "with_exec /bin/sh -c 'cat <<EOF > /greeting\nhello\nEOF\n'",
+            "with_new_file /usr/local/bin/hello (27 bytes, mode 0755, owner 0:0)",
+            "with_new_file /etc/RAW (11 bytes, mode 0644, owner 0:0)",
+        ]
+    );
+    let Op::NewFile { contents, .. } = c.ops()[3] else {
+        panic!()
+    };
+    assert_eq!(&contents[..], b"#!/bin/sh\necho hello world\n");
+    let e = err("FROM alpine\nRUN <<EOF\n#!/usr/bin/env python3\nprint(1)\nEOF\n");
+    assert!(e.contains("#! line are not supported"), "{e}");
+}
+
+#[test]
+fn escape_directive_applies_to_expansion() {
+    let s = steps("# escape=`\nFROM scratch\nENV A=`$literal B=C:\\dir\nWORKDIR C:\\x `\n  \\y\n");
+    assert_eq!(
+        s[1..],
+        [
+            "with_env_variable A=$literal",
+            "with_env_variable B=C:\\dir",
+            "with_workdir C:\\x   \\y"
+        ]
+    );
+}
+
+#[test]
+fn stage_references() {
+    let text = "FROM scratch AS a\nCOPY --from=b /x /y\nFROM scratch AS b\n";
+    let e = translate(
+        text,
+        "Dockerfile",
+        Path::new("."),
+        &BuildArgs::new(),
+        Some("a"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("not defined before this one"), "{e}");
+    let e = err("FROM scratch AS a\nFROM scratch AS A\n");
+    assert_eq!(e, "Dockerfile:2: duplicate stage name `a`");
+    // By index.
+    let c = tr("FROM busybox\nFROM scratch\nCOPY --from=0 /bin/ /bin/\n").unwrap();
+    assert_eq!(source_of(&c, 1).steps(), ["from busybox"]);
+    // A wildcard in the last component becomes an include filter.
+    let c = tr("FROM busybox AS b\nFROM scratch\nCOPY --from=b /out/*.jar /app/\n").unwrap();
+    let Op::CopyFrom { src_path, opts, .. } = c.ops()[1] else {
+        panic!()
+    };
+    assert_eq!(
+        (src_path.as_str(), opts.include.as_slice()),
+        ("/out", &["*.jar".to_owned()][..])
+    );
+}
+
+#[test]
+fn platform_args_are_predefined() {
+    let arch = crate::reference::Platform::host().architecture().to_owned();
+    let s = steps(
+        "FROM busybox:${TARGETARCH}\nARG TARGETOS\nARG TARGETARCH\nLABEL p=$TARGETOS/$TARGETARCH\n",
+    );
+    assert_eq!(
+        s,
+        [
+            format!("from busybox:{arch}"),
+            format!("with_label p=linux/{arch}")
+        ]
+    );
+}

@@ -679,3 +679,45 @@ fn platform_args_are_predefined() {
         ]
     );
 }
+
+#[tokio::test]
+async fn config_instructions_reach_the_image_config() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(store_dir.path()).unwrap();
+    let engine = crate::pipeline::Engine::new(crate::pipeline::EngineOptions::new(store)).unwrap();
+    let c = tr("FROM scratch AS base\n\
+                ENV PATH=/bin\n\
+                FROM base\n\
+                ENV PATH=/app/bin:$PATH HOME=/root\n\
+                VOLUME /data\n\
+                STOPSIGNAL SIGINT\n\
+                SHELL [\"/bin/ash\", \"-c\"]\n\
+                HEALTHCHECK --interval=5s CMD check\n\
+                MAINTAINER someone\n\
+                ONBUILD RUN make\n\
+                CMD serve\n")
+    .unwrap();
+    let built = c.build(&engine).await.unwrap();
+    let rc = &built.config.config;
+    assert_eq!(rc.env, ["PATH=/app/bin:/bin", "HOME=/root"]);
+    assert!(rc.volumes.contains_key("/data"));
+    assert_eq!(rc.stop_signal.as_deref(), Some("SIGINT"));
+    assert_eq!(rc.other["Shell"], serde_json::json!(["/bin/ash", "-c"]));
+    assert_eq!(
+        rc.other["Healthcheck"],
+        serde_json::json!({"Test": ["CMD-SHELL", "check"], "Interval": 5_000_000_000u64})
+    );
+    assert_eq!(rc.other["OnBuild"], serde_json::json!(["RUN make"]));
+    assert_eq!(
+        rc.cmd.as_deref(),
+        Some(&["/bin/ash".to_owned(), "-c".to_owned(), "serve".to_owned()][..])
+    );
+    assert_eq!(built.config.author.as_deref(), Some("someone"));
+
+    // A value from the base image's environment is finished at evaluation.
+    let c = Container::scratch()
+        .with_env_variable("PATH", "/usr/bin")
+        .with_env_variable_expand("PATH", "/opt/bin:${PATH}:${MISSING:-none}:\\$x");
+    let built = c.build(&engine).await.unwrap();
+    assert_eq!(built.config.config.env, ["PATH=/opt/bin:/usr/bin:none:$x"]);
+}

@@ -266,6 +266,7 @@ fn apply(op: &Op) -> c_int {
                 *flags,
                 opt(data).cast(),
             ),
+            Op::OverlayFs { target, options } => mount_overlay_fs(target, options),
             Op::Mkdir { path, mode } => libc::mkdir(path.as_ptr(), *mode),
             Op::Device { path, host, dev } => {
                 if libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, *dev) == 0 {
@@ -294,6 +295,63 @@ fn apply(op: &Op) -> c_int {
             }
             Op::Symlink { target, link } => libc::symlink(target.as_ptr(), link.as_ptr()),
         }
+    }
+}
+
+/// Mount an overlay with fsopen/fsconfig/fsmount/move_mount (no option length limit).
+fn mount_overlay_fs(target: &CStr, options: &[(std::ffi::CString, std::ffi::CString)]) -> c_int {
+    // SAFETY: raw mount-API system calls on NUL-terminated strings owned by the plan and on
+    // descriptors opened (and closed) here.
+    unsafe {
+        let fs =
+            libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), libc::FSOPEN_CLOEXEC) as c_int;
+        if fs == -1 {
+            return -1;
+        }
+        let close_with = |fds: &[c_int]| {
+            let saved = errno();
+            for fd in fds {
+                libc::close(*fd);
+            }
+            *libc::__errno_location() = saved;
+            -1
+        };
+        for (key, value) in options {
+            let r = libc::syscall(
+                libc::SYS_fsconfig,
+                fs,
+                libc::FSCONFIG_SET_STRING,
+                key.as_ptr(),
+                value.as_ptr(),
+                0,
+            );
+            if r == -1 {
+                return close_with(&[fs]);
+            }
+        }
+        let create = libc::FSCONFIG_CMD_CREATE;
+        let null = std::ptr::null::<c_char>();
+        if libc::syscall(libc::SYS_fsconfig, fs, create, null, null, 0) == -1 {
+            return close_with(&[fs]);
+        }
+        let mnt = libc::syscall(libc::SYS_fsmount, fs, libc::FSMOUNT_CLOEXEC, 0) as c_int;
+        if mnt == -1 {
+            return close_with(&[fs]);
+        }
+        let r = libc::syscall(
+            libc::SYS_move_mount,
+            mnt,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        );
+        if r == -1 {
+            return close_with(&[mnt, fs]);
+        }
+        libc::close(mnt);
+        libc::close(fs);
+        0
     }
 }
 

@@ -45,7 +45,7 @@ pub enum Error {
     /// The layer list does not fit into one overlayfs mount.
     #[error(
         "failed to mount {layers} layers with overlayfs: the mount options take {length} bytes, \
-         more than the kernel's limit of {limit}"
+         more than mount(2) accepts ({limit}), and the kernel has no `lowerdir+` (Linux 6.8+)"
     )]
     TooManyLayers {
         /// Number of lower directories.
@@ -118,6 +118,29 @@ impl Error {
             Self::Exec { .. } => Some(126),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requirements_say_what_is_missing() {
+        let msg = Error::Unsupported(Requirement::Root {
+            userns_available: false,
+        })
+        .to_string();
+        assert!(msg.starts_with("running build steps needs root, or unprivileged user namespaces (kernel.unprivileged_userns_clone=1"), "{msg}");
+        assert_eq!(
+            Error::Unsupported(Requirement::Namespace("pid")).to_string(),
+            "running build steps needs kernel support for pid namespaces"
+        );
+        assert!(
+            Error::Unsupported(Requirement::Overlayfs)
+                .to_string()
+                .contains("modprobe overlay")
+        );
     }
 }
 

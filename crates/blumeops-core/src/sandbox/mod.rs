@@ -333,6 +333,18 @@ fn plan_error(plan: &Plan, r: &Report) -> Error {
     let os = || std::io::Error::from_raw_os_error(r.errno);
     match r.kind {
         child::OP_FAILED => match plan.ops.get(r.index as usize) {
+            Some(plan::PlannedOp {
+                op: plan::Op::OverlayFs { .. },
+                ..
+            }) if r.errno == libc::EINVAL
+                && let Some((layers, length, limit)) = plan.overlay_too_long =>
+            {
+                Error::TooManyLayers {
+                    layers,
+                    length,
+                    limit,
+                }
+            }
             Some(op) => Error::Setup {
                 step: op.step,
                 path: op.path.clone(),

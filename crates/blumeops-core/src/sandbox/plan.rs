@@ -57,6 +57,12 @@ pub(super) enum Op {
         flags: c_ulong,
         data: Option<CString>,
     },
+    /// An overlay mounted with the new mount API (`fsopen`/`fsconfig` with `lowerdir+`,
+    /// Linux 6.8+), used when the layer list is too long for `mount(2)`'s one page.
+    OverlayFs {
+        target: CString,
+        options: Vec<(CString, CString)>,
+    },
     Mkdir {
         path: CString,
         mode: libc::mode_t,
@@ -85,6 +91,9 @@ pub(super) struct Plan {
     pub(super) ops: Vec<PlannedOp>,
     pub(super) merged: CString,
     pub(super) merged_path: PathBuf,
+    /// Set when the overlay options did not fit `mount(2)` (layers, length, limit): an
+    /// `EINVAL` from the new mount API then means the kernel lacks `lowerdir+`.
+    pub(super) overlay_too_long: Option<(usize, usize, usize)>,
     pub(super) hostname: CString,
     pub(super) network_none: bool,
     /// The working directory, NUL-terminated, mutated in place by `mkdir -p`.
@@ -391,6 +400,25 @@ fn overlay_data(
     Ok((base, data))
 }
 
+/// Options for [`Op::OverlayFs`]: one `lowerdir+` per layer, absolute paths, no escaping.
+fn overlay_fs_options(
+    scaffold: &Path,
+    lowers_top_first: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+) -> Result<Vec<(CString, CString)>, Error> {
+    let mut options = Vec::with_capacity(lowers_top_first.len() + 6);
+    for lower in std::iter::once(scaffold).chain(lowers_top_first.iter().map(PathBuf::as_path)) {
+        options.push((c"lowerdir+".to_owned(), path_cstring(lower)?));
+    }
+    options.push((c"upperdir".to_owned(), path_cstring(upper)?));
+    options.push((c"workdir".to_owned(), path_cstring(work)?));
+    for key in [c"index", c"metacopy", c"redirect_dir"] {
+        options.push((key.to_owned(), c"off".to_owned()));
+    }
+    Ok(options)
+}
+
 /// Environment with later duplicates replacing earlier ones, and PATH defaulted.
 fn environment(env: &[String]) -> Result<(Vec<(String, String)>, String), Error> {
     let mut order: Vec<String> = Vec::new();
@@ -545,7 +573,7 @@ impl Plan {
             caches.push((source, comps, m.read_only));
         }
 
-        let (base, data) = overlay_data(&scaffold_root, &lowers_top_first, &upper, &work)?;
+        let overlay = overlay_data(&scaffold_root, &lowers_top_first, &upper, &work);
         let in_merged = |rel: &str| merged.join(rel);
         let mut ops = Vec::new();
         let mut push = |op: Op, step: SetupStep, path: PathBuf| {
@@ -557,24 +585,50 @@ impl Plan {
             SetupStep::MakePrivate,
             root.to_owned(),
         );
-        push(
-            Op::Chdir {
-                path: path_cstring(&base)?,
-            },
-            SetupStep::EnterLayerDir,
-            base.clone(),
-        );
-        push(
-            Op::Mount {
-                source: Some(c"overlay".to_owned()),
-                target: path_cstring(&merged)?,
-                fstype: Some(c"overlay".to_owned()),
-                flags: 0,
-                data: Some(cstring("overlay options", data)?),
-            },
-            SetupStep::MountOverlay,
-            merged.clone(),
-        );
+        let too_long = match overlay {
+            Ok((base, data)) => {
+                push(
+                    Op::Chdir {
+                        path: path_cstring(&base)?,
+                    },
+                    SetupStep::EnterLayerDir,
+                    base.clone(),
+                );
+                push(
+                    Op::Mount {
+                        source: Some(c"overlay".to_owned()),
+                        target: path_cstring(&merged)?,
+                        fstype: Some(c"overlay".to_owned()),
+                        flags: 0,
+                        data: Some(cstring("overlay options", data)?),
+                    },
+                    SetupStep::MountOverlay,
+                    merged.clone(),
+                );
+                None
+            }
+            Err(Error::TooManyLayers {
+                layers,
+                length,
+                limit,
+            }) => {
+                push(
+                    Op::OverlayFs {
+                        target: path_cstring(&merged)?,
+                        options: overlay_fs_options(
+                            &scaffold_root,
+                            &lowers_top_first,
+                            &upper,
+                            &work,
+                        )?,
+                    },
+                    SetupStep::MountOverlay,
+                    merged.clone(),
+                );
+                Some((layers, length, limit))
+            }
+            Err(e) => return Err(e),
+        };
         let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         let proc = in_merged("proc");
         push(
@@ -759,6 +813,7 @@ impl Plan {
             ops,
             merged: path_cstring(&merged)?,
             merged_path: merged,
+            overlay_too_long: too_long,
             hostname: cstring("hostname", hostname)?,
             network_none: spec.network == Network::None,
             cwd,

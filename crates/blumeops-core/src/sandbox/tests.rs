@@ -405,6 +405,49 @@ fn scratch_rootfs_with_a_mounted_busybox() {
 }
 
 #[test]
+fn mounts_more_layers_than_fit_in_one_page() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let mut spec = fx.spec(&["sh", "-c", "ls /l | wc -l; cat /l/who"]);
+    for i in 0..70 {
+        let name = format!("layer-{i:03}-{}", "x".repeat(60));
+        let layer = fx.layer(
+            &name,
+            &[(&format!("l/{i}"), ""), ("l/who", &format!("{i}"))],
+        );
+        spec.lowers.push(layer);
+    }
+    let ran = run_ok(&spec);
+    // 70 numbered files plus `who`, which the topmost layer wins.
+    assert_eq!(ran.stdout, "71\n69");
+    assert!(tree(&spec.upper).is_empty());
+}
+
+#[test]
+fn a_long_run_does_not_hold_up_a_short_one() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let long = fx.spec(&["sleep", "3"]);
+    let short = fx.spec(&["echo", "quick"]);
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| run_ok(&long));
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        assert_eq!(run_ok(&short).stdout, "quick\n");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        slow.join().unwrap();
+    });
+}
+
+#[test]
 fn feeds_stdin() {
     if !is_root() {
         return;

@@ -69,7 +69,9 @@ pub struct BindMount {
 pub struct RunSpec {
     /// Unpacked layer directories, bottom (base layer) first; may be empty (scratch).
     pub lowers: Vec<PathBuf>,
-    /// Empty directory: the overlay upper directory, which becomes the step's diff.
+    /// Empty directory: the overlay upper directory, which becomes the step's diff. Its mode
+    /// and owner are set to those of the image's root directory (they are the container's
+    /// `/`).
     pub upper: PathBuf,
     /// Empty directory on the same file system as `upper`: the overlay work directory.
     pub work: PathBuf,

@@ -276,7 +276,8 @@ struct Scaffold<'a> {
 }
 
 impl Scaffold<'_> {
-    /// Make sure `target` can be mounted on: return whether the scaffold had to provide it.
+    /// Make sure `target` can be mounted on: when the image lacks it (or has another kind
+    /// of file there), add it and its parents to the scaffold.
     fn provide(&self, target: &str, components: &[String], kind: Kind) -> Result<(), Error> {
         let found = lookup(self.layers, components)?;
         let ready = match (&found, kind) {
@@ -312,8 +313,11 @@ impl Scaffold<'_> {
                 .mode(0o755)
                 .create(&path)
                 .map_err(io_err("create scaffold directory", &path))?;
-            if !last && let Found::Dir(meta) = lookup(self.layers, &components[..=i])? {
-                copy_attributes(&path, &meta)?;
+            match lookup(self.layers, &components[..=i])? {
+                Found::Dir(meta) if !last => copy_attributes(&path, &meta)?,
+                // Not in the image: 0755 root, whatever blumeops' umask.
+                _ => fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+                    .map_err(io_err("set mode of scaffold directory", &path))?,
             }
         }
         Ok(())
@@ -322,9 +326,9 @@ impl Scaffold<'_> {
 
 fn copy_attributes(path: &Path, meta: &Metadata) -> Result<(), Error> {
     fs::set_permissions(path, fs::Permissions::from_mode(meta.mode() & 0o7777))
-        .map_err(io_err("set mode of scaffold directory", path))?;
+        .map_err(io_err("set mode of", path))?;
     std::os::unix::fs::lchown(path, Some(meta.uid()), Some(meta.gid()))
-        .map_err(io_err("set owner of scaffold directory", path))
+        .map_err(io_err("set owner of", path))
 }
 
 /// Escape a path for the overlay option string.
@@ -507,13 +511,22 @@ impl Plan {
         for d in [&scaffold_root, &merged, &files] {
             fs::create_dir(d).map_err(io_err("create sandbox directory", d))?;
         }
+        // The container's `/` takes the upper directory's mode and owner (and the scaffold,
+        // the topmost lower, must agree): give both the image root's, or 0755 root.
         match lowers_top_first.first() {
             Some(top) => {
                 let meta = fs::metadata(top).map_err(io_err("inspect layer directory", top))?;
                 copy_attributes(&scaffold_root, &meta)?;
+                copy_attributes(&upper, &meta)?;
             }
-            None => fs::set_permissions(&scaffold_root, fs::Permissions::from_mode(0o755))
-                .map_err(io_err("set mode of scaffold directory", &scaffold_root))?,
+            None => {
+                for dir in [&scaffold_root, &upper] {
+                    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+                        .map_err(io_err("set mode of", dir))?;
+                    std::os::unix::fs::lchown(dir, Some(0), Some(0))
+                        .map_err(io_err("set owner of", dir))?;
+                }
+            }
         }
 
         // /etc/hosts and /etc/resolv.conf for the container.

@@ -54,6 +54,19 @@ impl Fixture {
         .unwrap();
         fs::write(base.join("data/keep.txt"), "keep").unwrap();
         fs::write(base.join("data/who"), "base").unwrap();
+        // Modes independent of the umask the tests run with.
+        for path in tree(&base) {
+            let path = base.join(path);
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let mode = if meta.is_dir() || path.ends_with("busybox") {
+                0o755
+            } else if meta.is_file() {
+                0o644
+            } else {
+                continue;
+            };
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        }
         std::os::unix::fs::chown(base.join("home/app"), Some(1000), Some(1000)).unwrap();
         fs::set_permissions(base.join("root"), fs::Permissions::from_mode(0o700)).unwrap();
         fs::set_permissions(&base, fs::Permissions::from_mode(0o755)).unwrap();
@@ -241,6 +254,9 @@ fn runs_as_the_image_user() {
     let fx = Fixture::new();
     let mut spec = fx.spec(&["sh", "-c", "id -u; id -g; id -G; echo $HOME"]);
     spec.user = Some("app".into());
+    // Regression: the upper directory's mode is the container's `/`; a umask-077 upper
+    // made everything unreachable for non-root users.
+    fs::set_permissions(&spec.upper, fs::Permissions::from_mode(0o700)).unwrap();
     assert_eq!(run_ok(&spec).stdout, "1000\n1000\n1000 10\n/home/app\n");
 
     let mut spec = fx.spec(&["sh", "-c", "id -u; id -G"]);

@@ -52,6 +52,10 @@ pub use layer::{
     Compression, Entry, EntryKind, FileData, GZIP_LEVEL, HostCopy, Layer, LayerBuilder, Owner,
     normalize_path,
 };
+pub use layer::{
+    DEFAULT_MAX_UNPACK_BYTES, EntryMeta, OverlayXattrs, UnpackOptions, UnpackStats,
+    layer_from_overlay_upper, unpack_layer,
+};
 pub use pipeline::Healthcheck;
 pub use pipeline::{
     BuiltImage, CacheVolume, Container, CopyOptions, Engine, EngineOptions, Event, ExecOptions,

@@ -2,11 +2,15 @@
 //! straight into the store.
 //!
 //! Determinism rules (so two builds give the same digest): entries sorted by path, every
-//! mtime set to the build's epoch, owner names empty, device numbers zero, GNU headers,
-//! gzip with a pinned level, no file name and a zero header mtime.
+//! mtime set to the build's epoch (or, for entries carrying their own mtime through
+//! [`EntryMeta`], clamped to it), owner names empty, device numbers zero except on device
+//! entries, xattrs in sorted PAX records, GNU headers, gzip with a pinned level, no file name
+//! and a zero header mtime.
 
 mod compress;
+mod diff;
 mod host;
+mod unpack;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -15,7 +19,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use compress::{Compression, GZIP_LEVEL};
+pub use diff::layer_from_overlay_upper;
 pub use host::{HostCopy, Owner};
+pub use unpack::{
+    DEFAULT_MAX_UNPACK_BYTES, OverlayXattrs, UnpackOptions, UnpackStats, unpack_layer,
+};
 
 use crate::image::BlobRef;
 use crate::reference::{Digest, DigestWriter};
@@ -61,6 +69,83 @@ pub enum Error {
     /// The store refused the blob.
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// A layer's media type is not one this crate can unpack.
+    #[error("failed to unpack layer `{}`: unsupported media type `{media_type}`", layer.display())]
+    UnsupportedMediaType {
+        /// The layer blob.
+        layer: PathBuf,
+        /// Its media type.
+        media_type: String,
+    },
+    /// The layer's tar stream (or its compression) is corrupt or could not be read.
+    #[error("failed to read layer `{}`", layer.display())]
+    ReadLayer {
+        /// The layer blob.
+        layer: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The layer is bigger uncompressed than allowed (a decompression bomb, or a limit set too
+    /// low).
+    #[error(
+        "failed to unpack layer `{}`: it exceeds the limit of {limit} bytes uncompressed",
+        layer.display()
+    )]
+    LayerTooLarge {
+        /// The layer blob.
+        layer: PathBuf,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// An entry of a layer was refused: it would escape the destination, write through a
+    /// symlink, or is malformed.
+    #[error("failed to unpack entry `{entry}` of layer `{}`: {reason}", layer.display())]
+    UnsafeEntry {
+        /// The layer blob.
+        layer: PathBuf,
+        /// The entry's path as written in the tar (odd bytes escaped).
+        entry: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// Writing an entry of a layer failed.
+    #[error("failed to {action} `{entry}` while unpacking layer `{}`", layer.display())]
+    UnpackEntry {
+        /// The layer blob.
+        layer: PathBuf,
+        /// The entry's path as written in the tar (odd bytes escaped).
+        entry: String,
+        /// What was being done, e.g. "create file".
+        action: &'static str,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// An unpacked layer did not hash to the diff_id the image config gives for it.
+    #[error(
+        "failed to verify layer `{}`: its uncompressed content is {actual}, the image config says {expected}",
+        layer.display()
+    )]
+    DiffIdMismatch {
+        /// The layer blob.
+        layer: PathBuf,
+        /// The config's diff_id.
+        expected: Digest,
+        /// sha256 of the uncompressed tar.
+        actual: Digest,
+    },
+    /// An overlay upper directory uses an overlayfs feature that cannot be turned into a layer.
+    #[error(
+        "failed to convert `{}` into a layer: it uses overlayfs {feature}, which is not supported",
+        path.display()
+    )]
+    OverlayFeature {
+        /// The host path in the upper directory.
+        path: PathBuf,
+        /// The feature, e.g. "redirect_dir".
+        feature: &'static str,
+    },
 }
 
 /// What a tar entry is.
@@ -72,6 +157,51 @@ pub enum EntryKind {
     File(FileData),
     /// A symbolic link to the target.
     Symlink(String),
+    /// A hard link to an earlier entry of the same layer (its path, normalised).
+    Hardlink(String),
+    /// A character device.
+    CharDevice {
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// A block device.
+    BlockDevice {
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// A named pipe.
+    Fifo,
+}
+
+/// Optional per-entry metadata beyond [`Entry`]: its own mtime and extended attributes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EntryMeta {
+    /// The entry's own mtime (seconds since the Unix epoch). When set, the layer records
+    /// `min(mtime, epoch)` (clamped); when unset, the build's epoch (set).
+    pub mtime: Option<u64>,
+    /// Extended attributes, written as `SCHILY.xattr.<name>` PAX records in name order.
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+impl EntryMeta {
+    /// Keep the entry's own mtime (clamped to the epoch when the layer is written).
+    #[must_use]
+    pub fn with_mtime(mut self, mtime: u64) -> Self {
+        self.mtime = Some(mtime);
+        self
+    }
+
+    /// Add an extended attribute.
+    #[must_use]
+    pub fn with_xattr(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.xattrs.insert(name.into(), value.into());
+        self
+    }
 }
 
 /// Where a regular file's bytes come from.
@@ -107,6 +237,7 @@ pub struct Layer {
 #[derive(Clone, Default)]
 pub struct LayerBuilder {
     entries: BTreeMap<String, Entry>,
+    meta: BTreeMap<String, EntryMeta>,
 }
 
 /// Turn an absolute or relative image path into the tar form: no leading `/`, no `.` or
@@ -157,7 +288,22 @@ impl LayerBuilder {
             });
             parent = p;
         }
+        self.meta.remove(&path);
         self.entries.insert(path, entry);
+        Ok(())
+    }
+
+    /// Like [`LayerBuilder::add`], with an own mtime (clamped to the epoch) and xattrs.
+    pub fn add_with_meta(
+        &mut self,
+        path: &str,
+        entry: Entry,
+        meta: EntryMeta,
+    ) -> Result<(), Error> {
+        self.add(path, entry)?;
+        if meta != EntryMeta::default() {
+            self.meta.insert(normalize_path(path)?, meta);
+        }
         Ok(())
     }
 
@@ -179,8 +325,9 @@ impl LayerBuilder {
         )
     }
 
-    /// Write the layer into `store`: tar, compress and hash in one pass. Every mtime is `epoch`.
-    /// Blocking: call from a blocking thread.
+    /// Write the layer into `store`: tar, compress and hash in one pass. Every mtime is `epoch`,
+    /// except entries added with an own mtime ([`EntryMeta::mtime`]), which get
+    /// `min(mtime, epoch)`. Blocking: call from a blocking thread.
     pub fn write(
         &self,
         store: &Store,
@@ -196,7 +343,18 @@ impl LayerBuilder {
             let mut tar = tar::Builder::new(&mut tee);
             tar.mode(tar::HeaderMode::Deterministic);
             for (path, entry) in &self.entries {
-                append_entry(&mut tar, path, entry, epoch)?;
+                let meta = self.meta.get(path);
+                let mtime = meta.and_then(|m| m.mtime).map_or(epoch, |m| m.min(epoch));
+                if let Some(meta) = meta.filter(|m| !m.xattrs.is_empty()) {
+                    let records: Vec<(String, &[u8])> = meta
+                        .xattrs
+                        .iter()
+                        .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice()))
+                        .collect();
+                    tar.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+                        .map_err(Error::Write)?;
+                }
+                append_entry(&mut tar, path, entry, mtime)?;
             }
             tar.finish().map_err(Error::Write)?;
         }
@@ -231,7 +389,32 @@ fn append_entry<W: Write>(
     entry: &Entry,
     epoch: u64,
 ) -> Result<(), Error> {
+    let device = |kind, major: u32, minor: u32| {
+        let mut h = header(kind, entry, epoch);
+        h.set_device_major(major).map_err(Error::Write)?;
+        h.set_device_minor(minor).map_err(Error::Write)?;
+        Ok::<_, Error>(h)
+    };
     match &entry.kind {
+        EntryKind::Hardlink(target) => {
+            let mut h = header(tar::EntryType::Link, entry, epoch);
+            tar.append_link(&mut h, path, target).map_err(Error::Write)
+        }
+        EntryKind::CharDevice { major, minor } => {
+            let mut h = device(tar::EntryType::Char, *major, *minor)?;
+            tar.append_data(&mut h, path, io::empty())
+                .map_err(Error::Write)
+        }
+        EntryKind::BlockDevice { major, minor } => {
+            let mut h = device(tar::EntryType::Block, *major, *minor)?;
+            tar.append_data(&mut h, path, io::empty())
+                .map_err(Error::Write)
+        }
+        EntryKind::Fifo => {
+            let mut h = header(tar::EntryType::Fifo, entry, epoch);
+            tar.append_data(&mut h, path, io::empty())
+                .map_err(Error::Write)
+        }
         EntryKind::Dir => {
             let mut h = header(tar::EntryType::Directory, entry, epoch);
             tar.append_data(&mut h, format!("{path}/"), io::empty())

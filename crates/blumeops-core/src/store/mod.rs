@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use crate::reference::{Digest, DigestWriter};
 
+mod unpacked;
+
 /// Environment variable that overrides where the store lives.
 pub const CACHE_DIR_ENV: &str = "BLUMEOPS_CACHE_DIR";
 

@@ -11,6 +11,11 @@
 //! are resolved the same way; files are created with `O_EXCL | O_NOFOLLOW` after whatever was
 //! at their path is removed. The uncompressed stream is hashed while it is read (the diff_id)
 //! and capped at [`UnpackOptions::max_bytes`].
+//!
+//! Limits: xattrs are applied to files and directories only (not to symlinks or device
+//! nodes); sub-second mtimes are dropped; hard links must point at an earlier entry of the
+//! same layer. A stream that simply stops at an entry boundary reads as a complete archive:
+//! the diff_id comparison is what catches truncation.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashSet};
@@ -248,6 +253,18 @@ pub fn unpack_layer(
         source,
     })?;
     let reader = decoder(file, media_type, blob)?;
+    let mut listing = std::fs::read_dir(dest).map_err(|source| Error::Host {
+        action: "read unpack destination",
+        path: dest.to_owned(),
+        source,
+    })?;
+    if listing.next().is_some() {
+        return Err(Error::Host {
+            action: "unpack into (the directory is not empty)",
+            path: dest.to_owned(),
+            source: io::Error::from(io::ErrorKind::DirectoryNotEmpty),
+        });
+    }
     let root = rfs::open(
         dest,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -1500,6 +1517,10 @@ pub(crate) mod tests {
         std::fs::write(&blob, &raw).unwrap();
         let err = unpack_layer(&blob, "application/x-rar", &scene.dest, &opts()).unwrap_err();
         assert!(err.to_string().contains("application/x-rar"), "{err}");
+        // Only into an empty directory.
+        let err =
+            unpack_layer(&blob, media_types::OCI_LAYER_TAR, scene.tmp.path(), &opts()).unwrap_err();
+        assert!(err.to_string().contains("not empty"), "{err}");
     }
 
     #[test]
@@ -1524,6 +1545,69 @@ pub(crate) mod tests {
         let err =
             unpack_layer(&blob, media_types::OCI_LAYER_GZIP, &scene.dest, &opts()).unwrap_err();
         assert!(matches!(err, Error::ReadLayer { .. }), "{err}");
+    }
+
+    #[test]
+    fn pax_long_names_and_link_targets_work_and_are_checked() {
+        let scene = Scene::new();
+        let long_dir = "p".repeat(150);
+        let long_file = format!("{long_dir}/{}", "q".repeat(150));
+        let long_target = format!("/{}", "t".repeat(200));
+        scene
+            .unpack(&opts(), |t| {
+                raw_entry(
+                    t,
+                    tar::EntryType::Regular,
+                    long_file.as_bytes(),
+                    None,
+                    b"L",
+                    0o644,
+                );
+                raw_entry(
+                    t,
+                    tar::EntryType::Link,
+                    b"hl",
+                    Some(long_file.as_bytes()),
+                    b"",
+                    0o644,
+                );
+                raw_entry(
+                    t,
+                    tar::EntryType::Symlink,
+                    b"sl",
+                    Some(long_target.as_bytes()),
+                    b"",
+                    0o777,
+                );
+                raw_entry(t, tar::EntryType::Directory, b"./", None, b"", 0o711);
+            })
+            .unwrap();
+        let d = &scene.dest;
+        assert_eq!(std::fs::read(d.join(&long_file)).unwrap(), b"L");
+        assert_eq!(std::fs::read(d.join("hl")).unwrap(), b"L");
+        assert_eq!(
+            std::fs::read_link(d.join("sl")).unwrap(),
+            Path::new(&long_target)
+        );
+        assert_eq!(lmode(d) & 0o777, 0o711, "`./` sets the root's metadata");
+
+        // A `..` hidden in a PAX path is refused as well.
+        let scene = Scene::new();
+        let sneaky = format!("{}/../../../outside/pwned", "a/".repeat(60));
+        let err = scene
+            .unpack(&opts(), |t| {
+                raw_entry(
+                    t,
+                    tar::EntryType::Regular,
+                    sneaky.as_bytes(),
+                    None,
+                    b"x",
+                    0o644,
+                );
+            })
+            .unwrap_err();
+        assert!(matches!(err, Error::UnsafeEntry { .. }), "{err}");
+        scene.assert_sentinel_untouched();
     }
 
     #[test]

@@ -607,6 +607,90 @@ mod tests {
         assert_eq!(again, layer);
     }
 
+    /// Run `script` in a private mount namespace with `$M` an overlay of `lowers` (top
+    /// first) and `upper`. None when overlayfs cannot be mounted here.
+    fn in_overlay(lowers: &[&Path], upper: Option<&Path>, script: &str) -> Option<String> {
+        let scratch = tempfile::tempdir().unwrap();
+        let merged = scratch.path().join("m");
+        std::fs::create_dir(&merged).unwrap();
+        let lowerdir: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
+        let mut opts = format!("lowerdir={}", lowerdir.join(":"));
+        if let Some(upper) = upper {
+            let work = scratch.path().join("w");
+            std::fs::create_dir(&work).unwrap();
+            opts.push_str(&format!(
+                ",upperdir={},workdir={},index=off,metacopy=off,redirect_dir=off",
+                upper.display(),
+                work.display()
+            ));
+        }
+        let out = std::process::Command::new("unshare")
+            .args(["-m", "sh", "-ec"])
+            .arg(format!(
+                "mount -t overlay overlay -o {opts} \"$M\"\ncd \"$M\"\n{script}"
+            ))
+            .env("M", &merged)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!(
+                "skipping: overlay mount failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return None;
+        }
+        Some(String::from_utf8(out.stdout).unwrap())
+    }
+
+    #[test]
+    fn real_overlay_step_round_trips_through_layers() {
+        if !is_root() {
+            return;
+        }
+        let sd = tempfile::tempdir().unwrap();
+        let store = Store::open(sd.path()).unwrap();
+        let mut base = LayerBuilder::new();
+        for (p, c) in [
+            ("etc/hostname", "box"),
+            ("var/cache/old", "old"),
+            ("usr/bin/tool", "tool"),
+        ] {
+            base.add_bytes(p, c.as_bytes().to_vec(), 0o755, Owner::ROOT)
+                .unwrap();
+        }
+        let base = base.write(&store, Compression::Gzip, 100).unwrap();
+        let lower = store.unpacked_layer(&base.blob, &base.diff_id).unwrap();
+
+        let upper = tempfile::tempdir().unwrap();
+        let step = "rm etc/hostname\nrm -rf var/cache\nmkdir var/cache\necho n > var/cache/new\n\
+                    ln usr/bin/tool usr/bin/tool2\nchmod 4755 usr/bin/tool\n";
+        if in_overlay(&[&lower], Some(upper.path()), step).is_none() {
+            return;
+        }
+        let layer = layer_from_overlay_upper(upper.path(), &store, Compression::Gzip, 100).unwrap();
+        let entries = list(&store, &layer);
+        assert_eq!(find(&entries, "etc/.wh.hostname").mode, 0);
+        find(&entries, "var/cache/.wh..wh..opq");
+        find(&entries, "var/cache/new");
+        let tool = find(&entries, "usr/bin/tool");
+        assert_eq!((tool.kind, tool.mode), (tar::EntryType::Regular, 0o4755));
+        let tool2 = find(&entries, "usr/bin/tool2");
+        assert_eq!(tool2.kind, tar::EntryType::Link);
+        assert_eq!(tool2.link.as_deref(), Some("usr/bin/tool"));
+        assert!(entries.iter().all(|e| e.mtime <= 100));
+
+        // The new layer, unpacked from the cache and stacked on the base, shows the step's
+        // result.
+        let top = store.unpacked_layer(&layer.blob, &layer.diff_id).unwrap();
+        let seen = in_overlay(
+            &[&top, &lower],
+            None,
+            "echo \"[$(ls -A etc)] [$(ls -A var/cache)] $(stat -c %h usr/bin/tool2)\"",
+        )
+        .unwrap();
+        assert_eq!(seen.trim(), "[] [new] 2");
+    }
+
     #[test]
     fn redirect_and_metacopy_are_refused() {
         for (name, is_dir, xattr, feature) in [

@@ -17,6 +17,14 @@ pub fn stderr() -> ProgressFn {
             elapsed,
             detail: Some(d),
         } => eprintln!("[{index}] done in {:.2}s: {d}", elapsed.as_secs_f64()),
+        Event::StepOutput {
+            index,
+            stderr,
+            line,
+        } => {
+            let stream = if *stderr { "!" } else { " " };
+            eprintln!("[{index}]{stream} {line}");
+        }
         Event::PushStarted { target } => eprintln!("pushing {target}"),
         Event::PushFinished { report, elapsed } => {
             if report.unchanged {

@@ -71,6 +71,58 @@ pub enum Error {
     /// Serializing a document failed.
     #[error("failed to serialize image document")]
     Serialize(#[source] serde_json::Error),
+    /// A build step's command exited with an unexpected code. The message carries the
+    /// command, the exit code, the tail of its output and the path of the full log.
+    #[error("{}", exec_failed_message(command, *exit_code, expected, tail, log_path))]
+    ExecFailed {
+        /// The command, shell-quoted.
+        command: String,
+        /// Its exit code (128 + N for signal N).
+        exit_code: i32,
+        /// Which codes were expected.
+        expected: String,
+        /// The last lines of its combined output.
+        tail: Vec<String>,
+        /// The full log.
+        log_path: std::path::PathBuf,
+    },
+    /// A file operation on the store or the host failed.
+    #[error("failed to {action} `{}`", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A path asked for is not in the image.
+    #[error("`{path}` does not exist in the image")]
+    NotFoundInImage {
+        /// The path.
+        path: String,
+    },
+    /// An owner could not be resolved in the image.
+    #[error("failed to resolve owner `{spec}`")]
+    Owner {
+        /// What was asked for.
+        spec: String,
+        /// Cause.
+        #[source]
+        source: crate::layer::OwnerLookupError,
+    },
+    /// Downloading a file for `ADD URL` failed.
+    #[error("failed to download `{url}`: {reason}")]
+    Download {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// `stdout()` on a container that has no `with_exec` step.
+    #[error("the container has no with_exec step, so it has no stdout")]
+    NoExec,
     /// The step needs a part of the engine that this build does not have yet.
     #[error("`{step}` is not supported by this version of blumeops")]
     Unsupported {
@@ -135,4 +187,25 @@ impl Error {
             _ => None,
         }
     }
+}
+
+fn exec_failed_message(
+    command: &str,
+    exit_code: i32,
+    expected: &str,
+    tail: &[String],
+    log_path: &std::path::Path,
+) -> String {
+    use std::fmt::Write as _;
+    let mut m = format!("command exited with code {exit_code} (expected {expected}): {command}");
+    if tail.is_empty() {
+        m.push_str("\n  (the command printed nothing)");
+    } else {
+        let _ = write!(m, "\n  last {} lines of output:", tail.len());
+        for line in tail {
+            let _ = write!(m, "\n  | {line}");
+        }
+    }
+    let _ = write!(m, "\n  full log: {}", log_path.display());
+    m
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use blumeops_core::{DefinitionError, file_container_names, file_container_version};
+use blumeops_core::file_container_version;
 
 use crate::cli::VersionArgs;
 use crate::containers;
@@ -18,21 +18,6 @@ pub fn run(args: VersionArgs) -> Result<ExitCode> {
             println!("{version}");
             Ok(ExitCode::SUCCESS)
         }
-        None => {
-            let mut known: Vec<String> = containers::native()
-                .iter()
-                .map(|d| d.name().to_owned())
-                .collect();
-            known.extend(file_container_names(&args.src));
-            known.sort();
-            known.dedup();
-            Err(
-                blumeops_core::Error::from(DefinitionError::UnknownContainer {
-                    name: args.name,
-                    known,
-                })
-                .into(),
-            )
-        }
+        None => Err(super::unknown_container(&args.name, &args.src).into()),
     }
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use blumeops_core::{
     BuildArgs, ClientOptions, Container, Credential, Credentials, DefinitionInput, Engine,
-    EngineOptions, ImageRef, Platform, SecretSource, Store, resolve_epoch,
+    EngineOptions, ImageRef, Platform, SecretSource, Store, file_container_version, resolve_epoch,
 };
 
 use crate::cli::{BuildFlags, NAMESPACE};
@@ -43,26 +43,33 @@ impl Prepared {
 
 /// Turn raw build flags into an engine and a container.
 pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
-    let definition = containers::find(&flags.container_name).ok_or_else(|| {
-        let mut known: Vec<String> = containers::native()
-            .iter()
-            .map(|d| d.name().to_owned())
-            .collect();
-        known.extend(blumeops_core::file_container_names(&flags.src));
-        known.sort();
-        known.dedup();
-        blumeops_core::Error::from(blumeops_core::DefinitionError::UnknownContainer {
-            name: flags.container_name.clone(),
-            known,
-        })
-    })?;
     let args = BuildArgs::parse(&flags.build_args).map_err(blumeops_core::Error::from)?;
-    let container = definition
-        .container(&DefinitionInput {
-            args,
-            src: flags.src.clone(),
-        })
-        .map_err(blumeops_core::Error::from)?;
+    let (container, default_version) = match containers::find(&flags.container_name) {
+        Some(definition) => (
+            definition
+                .container(&DefinitionInput {
+                    args,
+                    src: flags.src.clone(),
+                })
+                .map_err(blumeops_core::Error::from)?,
+            definition.version().to_owned(),
+        ),
+        None => {
+            // Not a native definition: the container's Dockerfile, with its directory as
+            // the build context.
+            let dir = flags.src.join("containers").join(&flags.container_name);
+            let dockerfile = dir.join("Dockerfile");
+            if !dockerfile.is_file() {
+                return Err(unknown_container(&flags.container_name, &flags.src).into());
+            }
+            let container = blumeops_core::load_dockerfile(&dockerfile, &dir, &args, None)
+                .map_err(blumeops_core::Error::from)?;
+            let version = file_container_version(&flags.src, &flags.container_name)
+                .map_err(blumeops_core::Error::from)?
+                .unwrap_or_default();
+            (container, version)
+        }
+    };
 
     let platform: Platform = match &flags.platform {
         Some(p) => p.parse().map_err(blumeops_core::Error::from)?,
@@ -99,10 +106,7 @@ pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
         ..EngineOptions::new(store)
     })?;
 
-    let version = flags
-        .version
-        .clone()
-        .unwrap_or_else(|| definition.version().to_owned());
+    let version = flags.version.clone().unwrap_or(default_version);
     if version.is_empty() {
         bail!(blumeops_core::Error::from(
             blumeops_core::DefinitionError::Invalid {
@@ -126,6 +130,22 @@ pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
         version,
         commit_sha,
     })
+}
+
+/// The error for a container that is neither native nor a Dockerfile/Nix directory.
+pub fn unknown_container(name: &str, src: &Path) -> blumeops_core::Error {
+    let mut known: Vec<String> = containers::native()
+        .iter()
+        .map(|d| d.name().to_owned())
+        .collect();
+    known.extend(blumeops_core::file_container_names(src));
+    known.sort();
+    known.dedup();
+    blumeops_core::DefinitionError::UnknownContainer {
+        name: name.to_owned(),
+        known,
+    }
+    .into()
 }
 
 /// First 7 characters of `git -C src rev-parse HEAD`, if `src` is a git checkout.

@@ -107,7 +107,7 @@ impl HostCopy {
     }
 }
 
-fn globset(which: &'static str, patterns: &[String]) -> Result<GlobSet, Error> {
+pub(crate) fn globset(which: &'static str, patterns: &[String]) -> Result<GlobSet, Error> {
     let mut b = GlobSetBuilder::new();
     for p in patterns {
         let glob = Glob::new(p.trim_end_matches('/')).map_err(|source| Error::Pattern {

@@ -11,6 +11,7 @@ mod compress;
 mod diff;
 mod host;
 mod unpack;
+mod view;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -20,10 +21,12 @@ use std::sync::Arc;
 
 pub use compress::{Compression, GZIP_LEVEL};
 pub use diff::layer_from_overlay_upper;
+pub(crate) use host::globset;
 pub use host::{HostCopy, Owner};
 pub use unpack::{
     DEFAULT_MAX_UNPACK_BYTES, OverlayXattrs, UnpackOptions, UnpackStats, unpack_layer,
 };
+pub use view::{OwnerLookupError, RootfsView};
 
 use crate::image::BlobRef;
 use crate::reference::{Digest, DigestWriter};

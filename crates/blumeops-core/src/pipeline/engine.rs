@@ -1,11 +1,16 @@
 //! Evaluation: turn a `Container`'s operations into an image in the store, then publish
 //! or export it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::exec::{CacheVolume, SecretVariable};
 use super::{Container, Op};
 use crate::epoch;
 use crate::error::Error;
@@ -43,6 +48,15 @@ pub enum Event {
         elapsed: Duration,
         /// What it produced, e.g. a layer digest and size.
         detail: Option<String>,
+    },
+    /// A line of a running step's output (secrets replaced by `***`).
+    StepOutput {
+        /// Step number.
+        index: usize,
+        /// True for stderr, false for stdout.
+        stderr: bool,
+        /// The line, without its newline.
+        line: String,
     },
     /// The push to a registry started.
     PushStarted {
@@ -143,7 +157,16 @@ impl Engine {
         &self.platform
     }
 
-    fn emit(&self, event: Event) {
+    /// The layer compression.
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
+    pub(super) fn progress_fn(&self) -> Option<ProgressFn> {
+        self.progress.clone()
+    }
+
+    pub(super) fn emit(&self, event: Event) {
         if let Some(p) = &self.progress {
             p(&event);
         }
@@ -175,43 +198,151 @@ impl fmt::Display for Published {
     }
 }
 
-struct State {
-    config: ImageConfig,
-    layers: Vec<BlobRef>,
-    annotations: BTreeMap<String, String>,
+/// The image as evaluation goes: config, layers, and what later steps inherit.
+#[derive(Clone)]
+pub(super) struct State {
+    pub(super) config: ImageConfig,
+    pub(super) layers: Vec<BlobRef>,
+    pub(super) annotations: BTreeMap<String, String>,
+    /// Secret variables for later `with_exec` steps (never written to the image).
+    pub(super) secrets: Vec<SecretVariable>,
+    /// Cache volumes mounted into later `with_exec` steps: (path in container, volume).
+    pub(super) mounts: Vec<(String, CacheVolume)>,
+    /// Where the last `with_exec` step's stdout was saved.
+    pub(super) last_stdout: Option<PathBuf>,
 }
 
-impl Container {
-    /// Evaluate every step and assemble the image in the engine's store. The digest is
-    /// known when this returns, before any upload.
-    pub async fn build(&self, engine: &Engine) -> Result<BuiltImage, Error> {
-        let ops = self.ops();
-        let total = ops.len();
-        let mut state: Option<State> = None;
-        for (i, op) in ops.into_iter().enumerate() {
-            let index = i + 1;
-            let description = op.describe();
-            engine.emit(Event::StepStarted {
-                index,
-                total,
-                description: description.clone(),
-            });
-            let started = Instant::now();
-            let detail = run_op(engine, op, &mut state, &description)
+/// One evaluation: numbers steps across stages and evaluates each container once.
+struct Run<'a> {
+    engine: &'a Engine,
+    next_index: AtomicUsize,
+    total: usize,
+    done: tokio::sync::Mutex<HashMap<usize, State>>,
+}
+
+/// Distinct operations reachable from `container` (its chain and every copied-from stage).
+fn count_ops(container: &Container, seen: &mut HashSet<usize>) -> usize {
+    let mut n = 0;
+    let mut node = Some(&container.node);
+    while let Some(nd) = node {
+        if !seen.insert(Arc::as_ptr(nd) as usize) {
+            break;
+        }
+        n += 1;
+        if let Op::CopyFrom { source, .. } | Op::CopyPathFrom { source, .. } = &nd.op {
+            n += count_ops(source, seen);
+        }
+        node = nd.parent.as_ref();
+    }
+    n
+}
+
+impl<'a> Run<'a> {
+    fn new(engine: &'a Engine, container: &Container) -> Self {
+        Self {
+            engine,
+            next_index: AtomicUsize::new(1),
+            total: count_ops(container, &mut HashSet::new()),
+            done: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Evaluate `container` (memoized by identity).
+    fn evaluate<'b>(
+        &'b self,
+        container: &'b Container,
+    ) -> Pin<Box<dyn Future<Output = Result<State, Error>> + Send + 'b>> {
+        Box::pin(async move {
+            let key = Arc::as_ptr(&container.node) as usize;
+            if let Some(state) = self.done.lock().await.get(&key) {
+                return Ok(state.clone());
+            }
+            let engine = self.engine;
+            let mut state: Option<State> = None;
+            for op in container.ops() {
+                let source_state = match op {
+                    Op::CopyFrom { source, .. } | Op::CopyPathFrom { source, .. } => {
+                        Some(self.evaluate(source).await?)
+                    }
+                    _ => None,
+                };
+                let index = self.next_index.fetch_add(1, Ordering::SeqCst);
+                let description = op.describe();
+                engine.emit(Event::StepStarted {
+                    index,
+                    total: self.total,
+                    description: description.clone(),
+                });
+                let started = Instant::now();
+                let detail = run_op(
+                    engine,
+                    op,
+                    &mut state,
+                    &description,
+                    index,
+                    source_state.as_ref(),
+                )
                 .await
                 .map_err(|source| Error::Step {
                     index,
                     step: description.clone(),
                     source: Box::new(source),
                 })?;
-            engine.emit(Event::StepFinished {
-                index,
-                elapsed: started.elapsed(),
-                detail,
-            });
-        }
-        let state = state.expect("a container always starts with from or scratch");
+                engine.emit(Event::StepFinished {
+                    index,
+                    elapsed: started.elapsed(),
+                    detail,
+                });
+            }
+            let state = state.expect("a container always starts with from or scratch");
+            self.done.lock().await.insert(key, state.clone());
+            Ok(state)
+        })
+    }
+}
+
+impl Container {
+    /// Evaluate every step and assemble the image in the engine's store. The digest is
+    /// known when this returns, before any upload.
+    pub async fn build(&self, engine: &Engine) -> Result<BuiltImage, Error> {
+        let state = Run::new(engine, self).evaluate(self).await?;
         finish(engine, state)
+    }
+
+    /// Evaluate the container and return the stdout of its last `with_exec` step.
+    pub async fn stdout(&self, engine: &Engine) -> Result<String, Error> {
+        let state = Run::new(engine, self).evaluate(self).await?;
+        let path = state.last_stdout.ok_or(Error::NoExec)?;
+        let bytes = tokio::fs::read(&path).await.map_err(|source| Error::Io {
+            action: "read",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Evaluate the container and read the file at `path` from its filesystem.
+    pub async fn file(&self, engine: &Engine, path: &str) -> Result<Vec<u8>, Error> {
+        let state = Run::new(engine, self).evaluate(self).await?;
+        let view = crate::layer::RootfsView::new(super::run::lowers(engine, &state).await?);
+        let path_owned = path.to_owned();
+        tokio::task::spawn_blocking(move || view.read_file(&path_owned))
+            .await
+            .map_err(|_| Error::TaskPanicked)??
+            .ok_or_else(|| Error::NotFoundInImage {
+                path: path.to_owned(),
+            })
+    }
+
+    /// Evaluate the container and copy the directory at `path` out of its filesystem into
+    /// the host directory `dest` (created; owners are kept when running as root).
+    pub async fn directory(&self, engine: &Engine, path: &str, dest: &Path) -> Result<(), Error> {
+        let state = Run::new(engine, self).evaluate(self).await?;
+        let view = crate::layer::RootfsView::new(super::run::lowers(engine, &state).await?);
+        let (path, dest) = (path.to_owned(), dest.to_owned());
+        tokio::task::spawn_blocking(move || super::run::export_directory(&view, &path, &dest))
+            .await
+            .map_err(|_| Error::TaskPanicked)?
     }
 
     /// Build, then push to `target` under `policy`. Returns `target@digest`.
@@ -272,6 +403,8 @@ async fn run_op(
     op: &Op,
     state: &mut Option<State>,
     description: &str,
+    index: usize,
+    source_state: Option<&State>,
 ) -> Result<Option<String>, Error> {
     match op {
         Op::From(reference) => {
@@ -307,6 +440,9 @@ async fn run_op(
                 config,
                 layers,
                 annotations: BTreeMap::new(),
+                secrets: Vec::new(),
+                mounts: Vec::new(),
+                last_stdout: None,
             });
             Ok(Some(detail))
         }
@@ -320,12 +456,15 @@ async fn run_op(
                 },
                 layers: Vec::new(),
                 annotations: BTreeMap::new(),
+                secrets: Vec::new(),
+                mounts: Vec::new(),
+                last_stdout: None,
             });
             Ok(None)
         }
         _ => {
             let state = state.as_mut().expect("root op comes first");
-            apply_op(engine, op, state, description).await
+            apply_op(engine, op, state, description, index, source_state).await
         }
     }
 }
@@ -335,16 +474,13 @@ async fn apply_op(
     op: &Op,
     state: &mut State,
     description: &str,
+    index: usize,
+    source_state: Option<&State>,
 ) -> Result<Option<String>, Error> {
     let rc = &mut state.config.config;
     match op {
         Op::From(_) | Op::Scratch => unreachable!("handled by run_op"),
         // Owner names need the image's /etc/passwd and /etc/group.
-        Op::HostFile { opts, .. } | Op::HostDirectory { opts, .. } if opts.owner_name.is_some() => {
-            return Err(Error::Unsupported {
-                step: description.to_owned(),
-            });
-        }
         Op::NewFile { .. } | Op::HostFile { .. } | Op::HostDirectory { .. } => {
             let mut builder = LayerBuilder::new();
             match op {
@@ -356,8 +492,17 @@ async fn apply_op(
                 } => {
                     builder.add_bytes(path, contents.clone(), *mode, *owner)?;
                 }
-                Op::HostFile { path, src, opts } => builder.add_host_file(path, src, opts)?,
-                Op::HostDirectory { path, src, opts } => builder.add_host_dir(path, src, opts)?,
+                Op::HostFile { path, src, opts } | Op::HostDirectory { path, src, opts } => {
+                    let mut opts = opts.clone();
+                    if let Some(name) = opts.owner_name.take() {
+                        opts.owner = Some(super::run::resolve_owner(engine, state, &name).await?);
+                    }
+                    if matches!(op, Op::HostFile { .. }) {
+                        builder.add_host_file(path, src, &opts)?;
+                    } else {
+                        builder.add_host_dir(path, src, &opts)?;
+                    }
+                }
                 _ => unreachable!(),
             }
             let store = engine.store.clone();
@@ -366,15 +511,7 @@ async fn apply_op(
                 tokio::task::spawn_blocking(move || builder.write(&store, compression, epoch))
                     .await
                     .map_err(|_| Error::TaskPanicked)??;
-            let detail = format!("layer {} ({} bytes)", layer.blob.digest, layer.blob.size);
-            state.config.rootfs.diff_ids.push(layer.diff_id);
-            state.layers.push(layer.blob);
-            state.config.history.push(History {
-                created: Some(epoch::rfc3339(engine.epoch)),
-                created_by: Some(format!("blumeops: {description}")),
-                ..History::default()
-            });
-            return Ok(Some(detail));
+            return Ok(Some(push_layer(engine, state, layer, description)));
         }
         Op::Env(k, v) => rc.set_env(k, v),
         Op::Workdir(p) => {
@@ -429,22 +566,76 @@ async fn apply_op(
             let value = crate::dockerfile::expand_env_template(template, &env);
             rc.set_env(k, &value);
         }
-        Op::Unmount(_) | Op::CopyPathFrom { .. } | Op::HttpFile { .. } | Op::HostArchive { .. } => {
-            return Err(Error::Unsupported {
-                step: description.to_owned(),
-            });
+        Op::Unmount(path) => state.mounts.retain(|(p, _)| p != path),
+        Op::MountCache { path, volume } => {
+            state.mounts.retain(|(p, _)| p != path);
+            state.mounts.push((path.clone(), volume.clone()));
+        }
+        Op::SecretVariable(v) => {
+            state.secrets.retain(|s| s.name != v.name);
+            state.secrets.push(v.clone());
         }
         Op::Exec { .. }
-        | Op::MountCache { .. }
-        | Op::SecretVariable(_)
         | Op::CopyFrom { .. }
-        | Op::Remove { .. } => {
-            return Err(Error::Unsupported {
-                step: description.to_owned(),
-            });
+        | Op::CopyPathFrom { .. }
+        | Op::Remove { .. }
+        | Op::HttpFile { .. }
+        | Op::HostArchive { .. } => {
+            let layer = match op {
+                Op::Exec { args, opts } => {
+                    super::run::exec(engine, state, index, args, opts).await?
+                }
+                Op::CopyFrom {
+                    path,
+                    src_path,
+                    opts,
+                    ..
+                }
+                | Op::CopyPathFrom {
+                    path,
+                    src_path,
+                    opts,
+                    ..
+                } => {
+                    let source = source_state.expect("copy source evaluated first");
+                    super::run::copy_from(engine, state, source, path, src_path, opts).await?
+                }
+                Op::Remove { path, .. } => super::run::remove(engine, state, path).await?,
+                Op::HttpFile {
+                    path,
+                    url,
+                    checksum,
+                    opts,
+                } => {
+                    super::run::http_file(engine, state, path, url, checksum.as_ref(), opts).await?
+                }
+                Op::HostArchive { path, src, opts } => {
+                    super::run::host_archive(engine, state, path, src, opts).await?
+                }
+                _ => unreachable!("matched above"),
+            };
+            return Ok(Some(push_layer(engine, state, layer, description)));
         }
     }
     Ok(None)
+}
+
+/// Add a finished layer to the image, with its history entry.
+fn push_layer(
+    engine: &Engine,
+    state: &mut State,
+    layer: crate::layer::Layer,
+    description: &str,
+) -> String {
+    let detail = format!("layer {} ({} bytes)", layer.blob.digest, layer.blob.size);
+    state.config.rootfs.diff_ids.push(layer.diff_id);
+    state.layers.push(layer.blob);
+    state.config.history.push(History {
+        created: Some(epoch::rfc3339(engine.epoch)),
+        created_by: Some(format!("blumeops: {description}")),
+        ..History::default()
+    });
+    detail
 }
 
 fn finish(engine: &Engine, mut state: State) -> Result<BuiltImage, Error> {

@@ -3,6 +3,7 @@
 
 mod engine;
 mod exec;
+mod run;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,10 +15,6 @@ use crate::layer::{HostCopy, Owner};
 
 /// One operation in a container's chain.
 #[derive(Clone, Debug)]
-#[expect(
-    dead_code,
-    reason = "exec, copy-from and remove steps are evaluated once the sandbox lands"
-)]
 pub(crate) enum Op {
     From(String),
     Scratch,

@@ -82,12 +82,16 @@ impl RegistryClient {
         blocking(move || manifest_store.put_bytes(&manifest_bytes)).await?;
 
         let mut seen = HashSet::new();
-        let wanted: Vec<&BlobRef> = std::iter::once(&config)
+        // Owned items: a stream over `&BlobRef` makes the future not provably `Send` for
+        // every lifetime, which callers that box it as `dyn Future + Send` need.
+        let wanted: Vec<BlobRef> = std::iter::once(&config)
             .chain(layers.iter())
             .filter(|b| seen.insert(b.digest.clone()))
+            .cloned()
             .collect();
+        let repo_ref = &repo;
         futures_util::stream::iter(wanted)
-            .map(|blob| self.fetch_blob(&repo, blob, store))
+            .map(|blob| async move { self.fetch_blob(repo_ref, &blob, store).await })
             .buffer_unordered(self.options.max_parallel_downloads.max(1))
             .try_collect::<Vec<()>>()
             .await?;

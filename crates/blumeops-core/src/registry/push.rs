@@ -50,13 +50,16 @@ impl RegistryClient {
         }
 
         let mut seen = HashSet::new();
-        let blobs: Vec<&BlobRef> = image
+        // Owned items keep the future `Send` for callers that box it (see pull.rs).
+        let blobs: Vec<BlobRef> = image
             .blobs()
             .filter(|b| seen.insert(b.digest.clone()))
+            .cloned()
             .collect();
         let total = blobs.len();
+        let repo_ref = &repo;
         let uploaded: Vec<Option<u64>> = futures_util::stream::iter(blobs)
-            .map(|blob| self.push_blob(&repo, blob, store))
+            .map(|blob| async move { self.push_blob(repo_ref, &blob, store).await })
             .buffer_unordered(self.options.max_parallel_uploads.max(1))
             .try_collect()
             .await?;

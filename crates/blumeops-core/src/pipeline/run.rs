@@ -1,0 +1,590 @@
+//! Steps that need a filesystem: `with_exec` (run in the sandbox, diff the overlay upper
+//! dir into a layer), copies out of another container, and removals.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::engine::{Engine, Event, State};
+use super::exec::{CopyOptions, ExecOptions};
+use crate::error::Error;
+use crate::layer::{self, Entry, EntryKind, FileData, LayerBuilder, Owner, RootfsView};
+use crate::sandbox::{self, BindMount, CancelToken, RunSpec, Stream};
+
+/// Lines of a failing step's output shown in the error itself (the full log is on disk).
+pub const FAILED_STEP_TAIL_LINES: usize = 100;
+
+/// Replaces secret values with `***` in text that leaves the sandbox.
+#[derive(Clone, Default)]
+pub(super) struct Scrubber {
+    secrets: Arc<Vec<String>>,
+}
+
+impl Scrubber {
+    pub(super) fn new(secrets: Vec<String>) -> Self {
+        Self {
+            secrets: Arc::new(secrets.into_iter().filter(|s| !s.is_empty()).collect()),
+        }
+    }
+
+    pub(super) fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for s in self.secrets.iter() {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "***");
+            }
+        }
+        out
+    }
+
+    /// Rewrite a log file with secrets replaced (line by line).
+    fn scrub_file(&self, path: &Path) -> std::io::Result<()> {
+        if self.secrets.is_empty() || !path.exists() {
+            return Ok(());
+        }
+        let input = std::io::BufReader::new(std::fs::File::open(path)?);
+        let tmp = path.with_extension("scrubbing");
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        for line in input.split(b'\n') {
+            let line = line?;
+            let text = String::from_utf8_lossy(&line);
+            out.write_all(self.scrub(&text).as_bytes())?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        std::fs::rename(tmp, path)
+    }
+}
+
+/// Cancels the sandbox if the step's future is dropped (Ctrl-C, another step failing).
+struct CancelOnDrop(CancelToken);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// Unpack (once, cached in the store) every layer of `state`, base first.
+pub(super) async fn lowers(engine: &Engine, state: &State) -> Result<Vec<PathBuf>, Error> {
+    let mut dirs = Vec::with_capacity(state.layers.len());
+    for (blob, diff_id) in state.layers.iter().zip(&state.config.rootfs.diff_ids) {
+        let (store, blob, diff_id) = (engine.store().clone(), blob.clone(), diff_id.clone());
+        let dir = tokio::task::spawn_blocking(move || store.unpacked_layer(&blob, &diff_id))
+            .await
+            .map_err(|_| Error::TaskPanicked)??;
+        dirs.push(dir);
+    }
+    Ok(dirs)
+}
+
+fn remove_tree(path: &Path) {
+    // Overlay's work dir holds a mode-000 `work` directory: make everything writable first.
+    let _ = std::process::Command::new("chmod")
+        .args(["-R", "u+rwx"])
+        .arg(path)
+        .status();
+    let _ = std::fs::remove_dir_all(path);
+}
+
+/// Run `args` in the sandbox on top of `state`; the changes become a layer.
+pub(super) async fn exec(
+    engine: &Engine,
+    state: &mut State,
+    index: usize,
+    args: &[String],
+    opts: &ExecOptions,
+) -> Result<layer::Layer, Error> {
+    let lowers = lowers(engine, state).await?;
+    let store = engine.store().clone();
+    let step_dir = tempfile::Builder::new()
+        .prefix("step-")
+        .tempdir_in(store.tmp_dir())
+        .map_err(|source| Error::Io {
+            action: "create step directory in",
+            path: store.tmp_dir(),
+            source,
+        })?;
+    let (upper, work) = (step_dir.path().join("upper"), step_dir.path().join("work"));
+    for d in [&upper, &work] {
+        std::fs::create_dir(d).map_err(|source| Error::Io {
+            action: "create directory",
+            path: d.clone(),
+            source,
+        })?;
+    }
+    let logs = store.root().join("logs");
+    std::fs::create_dir_all(&logs).map_err(|source| Error::Io {
+        action: "create directory",
+        path: logs.clone(),
+        source,
+    })?;
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    let log_path = logs.join(format!("{stamp}-step{index}.log"));
+    let stdout_path = logs.join(format!("{stamp}-step{index}.stdout"));
+
+    let rc = &state.config.config;
+    let mut env = rc.env.clone();
+    let mut set = |name: &str, value: &str| {
+        let prefix = format!("{name}=");
+        env.retain(|e| !e.starts_with(&prefix));
+        env.push(format!("{name}={value}"));
+    };
+    for (k, v) in &opts.env {
+        set(k, v);
+    }
+    for s in &state.secrets {
+        set(&s.name, s.secret.expose());
+    }
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned());
+    }
+    let mut mounts = Vec::new();
+    for (target, volume) in &state.mounts {
+        let source = store.root().join("volumes").join(volume.name());
+        std::fs::create_dir_all(&source).map_err(|source_err| Error::Io {
+            action: "create cache volume",
+            path: source.clone(),
+            source: source_err,
+        })?;
+        mounts.push(BindMount {
+            source,
+            target: target.clone(),
+            read_only: false,
+        });
+    }
+    let spec = RunSpec {
+        lowers,
+        upper: upper.clone(),
+        work,
+        args: args.to_vec(),
+        env,
+        cwd: rc.working_dir.clone().unwrap_or_else(|| "/".to_owned()),
+        user: rc.user.clone().filter(|u| !u.is_empty()),
+        hostname: "blumeops".to_owned(),
+        network: opts.network,
+        mounts,
+        stdin: opts.stdin.clone(),
+        log_path: log_path.clone(),
+        stdout_path: stdout_path.clone(),
+    };
+    let scrubber = Scrubber::new(
+        state
+            .secrets
+            .iter()
+            .map(|s| s.secret.expose().to_owned())
+            .collect(),
+    );
+    let cancel = CancelToken::new();
+    let guard = CancelOnDrop(cancel.clone());
+    let progress = engine.progress_fn();
+    let line_scrubber = scrubber.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut on_line = |stream: Stream, line: &str| {
+            if let Some(p) = &progress {
+                p(&Event::StepOutput {
+                    index,
+                    stderr: matches!(stream, Stream::Stderr),
+                    line: line_scrubber.scrub(line),
+                });
+            }
+        };
+        sandbox::run(&spec, &cancel, &mut on_line)
+    })
+    .await
+    .map_err(|_| Error::TaskPanicked)?;
+    drop(guard);
+    for p in [&log_path, &stdout_path] {
+        scrubber.scrub_file(p).map_err(|source| Error::Io {
+            action: "scrub secrets from",
+            path: p.clone(),
+            source,
+        })?;
+    }
+    let outcome = outcome?;
+    if !opts.expect.accepts(outcome.exit_code) {
+        let tail: Vec<String> = outcome
+            .output_tail
+            .iter()
+            .rev()
+            .take(FAILED_STEP_TAIL_LINES)
+            .rev()
+            .map(|l| scrubber.scrub(l))
+            .collect();
+        return Err(Error::ExecFailed {
+            command: super::shell_words(args),
+            exit_code: outcome.exit_code,
+            expected: opts.expect.to_string(),
+            tail,
+            log_path,
+        });
+    }
+    state.last_stdout = Some(stdout_path);
+    let (compression, epoch) = (engine.compression(), engine.epoch());
+    let upper_for_diff = upper.clone();
+    let layer = tokio::task::spawn_blocking(move || {
+        layer::layer_from_overlay_upper(&upper_for_diff, &store, compression, epoch)
+    })
+    .await
+    .map_err(|_| Error::TaskPanicked)??;
+    let dir = step_dir.keep();
+    tokio::task::spawn_blocking(move || remove_tree(&dir));
+    Ok(layer)
+}
+
+/// Resolve a `user[:group]` owner (names or ids) in the image of `state`.
+pub(super) async fn resolve_owner(
+    engine: &Engine,
+    state: &State,
+    spec: &str,
+) -> Result<Owner, Error> {
+    let view = RootfsView::new(lowers(engine, state).await?);
+    let spec_owned = spec.to_owned();
+    let (uid, gid) = tokio::task::spawn_blocking(move || view.resolve_owner(&spec_owned))
+        .await
+        .map_err(|_| Error::TaskPanicked)?
+        .map_err(|source| Error::Owner {
+            spec: spec.to_owned(),
+            source,
+        })?;
+    Ok(Owner { uid, gid })
+}
+
+/// Copy `src_path` out of `source` (another container) into a new layer: a directory's
+/// contents go to `path`; a file becomes `path`, or goes into it when `path` ends in `/`.
+pub(super) async fn copy_from(
+    engine: &Engine,
+    dest: &State,
+    source: &State,
+    path: &str,
+    src_path: &str,
+    opts: &CopyOptions,
+) -> Result<layer::Layer, Error> {
+    let source_view = RootfsView::new(lowers(engine, source).await?);
+    let owner = match &opts.owner {
+        None => None,
+        Some(spec) => Some(resolve_owner(engine, dest, spec).await?),
+    };
+    let (path, src_path, opts) = (path.to_owned(), src_path.to_owned(), opts.clone());
+    let (store, compression, epoch) =
+        (engine.store().clone(), engine.compression(), engine.epoch());
+    tokio::task::spawn_blocking(move || {
+        let mut builder = LayerBuilder::new();
+        let entry =
+            source_view
+                .resolve(&src_path, true)?
+                .ok_or_else(|| Error::NotFoundInImage {
+                    path: src_path.clone(),
+                })?;
+        let include = layer::globset("include", &opts.include)?;
+        let exclude = layer::globset("exclude", &opts.exclude)?;
+        let walk = CopyWalk {
+            view: &source_view,
+            owner,
+            mode: opts.mode,
+            include: (!opts.include.is_empty()).then_some(&include),
+            exclude: &exclude,
+        };
+        if entry.meta.is_dir() {
+            builder.add(&path, walk.entry(&entry.meta, &entry.host_path))?;
+            walk.dir(&mut builder, &entry.path, "", &path)?;
+        } else {
+            let target = if path.ends_with('/') {
+                let name = entry.path.rsplit('/').next().unwrap_or(&entry.path);
+                format!("{path}{name}")
+            } else {
+                path.clone()
+            };
+            builder.add(&target, walk.entry(&entry.meta, &entry.host_path))?;
+        }
+        Ok::<_, Error>(builder.write(&store, compression, epoch)?)
+    })
+    .await
+    .map_err(|_| Error::TaskPanicked)?
+}
+
+/// Download `url` into a layer as the file `path` (Docker's `ADD URL`).
+pub(super) async fn http_file(
+    engine: &Engine,
+    state: &State,
+    path: &str,
+    url: &str,
+    checksum: Option<&crate::reference::Digest>,
+    opts: &CopyOptions,
+) -> Result<layer::Layer, Error> {
+    use futures_util::StreamExt as _;
+    let owner = match &opts.owner {
+        None => Owner::ROOT,
+        Some(spec) => resolve_owner(engine, state, spec).await?,
+    };
+    let store = engine.store().clone();
+    let failed = |reason: String| Error::Download {
+        url: url.to_owned(),
+        reason,
+    };
+    let response = reqwest::Client::new()
+        .get(url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| failed(e.to_string()))?;
+    let tmp = tempfile::NamedTempFile::new_in(store.tmp_dir()).map_err(|source| Error::Io {
+        action: "create temporary file in",
+        path: store.tmp_dir(),
+        source,
+    })?;
+    let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(|source| Error::Io {
+        action: "open",
+        path: tmp.path().to_owned(),
+        source,
+    })?);
+    let mut hasher = crate::reference::DigestWriter::new();
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| failed(e.to_string()))?;
+        hasher.update(&chunk);
+        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
+            .await
+            .map_err(|source| Error::Io {
+                action: "write",
+                path: tmp.path().to_owned(),
+                source,
+            })?;
+    }
+    tokio::io::AsyncWriteExt::flush(&mut file)
+        .await
+        .map_err(|source| Error::Io {
+            action: "write",
+            path: tmp.path().to_owned(),
+            source,
+        })?;
+    let actual = hasher.finish();
+    if let Some(expected) = checksum
+        && *expected != actual
+    {
+        return Err(failed(format!(
+            "checksum mismatch: expected {expected}, got {actual}"
+        )));
+    }
+    let (path, mode) = (path.to_owned(), opts.mode.unwrap_or(0o600));
+    let (compression, epoch) = (engine.compression(), engine.epoch());
+    tokio::task::spawn_blocking(move || {
+        let mut builder = LayerBuilder::new();
+        builder.add(
+            &path,
+            Entry {
+                kind: EntryKind::File(FileData::Host(tmp.path().to_owned())),
+                mode,
+                owner,
+            },
+        )?;
+        let layer = builder.write(&store, compression, epoch)?;
+        drop(tmp);
+        Ok::<_, Error>(layer)
+    })
+    .await
+    .map_err(|_| Error::TaskPanicked)?
+}
+
+/// Extract a host tar archive (plain, gzip or zstd) into a layer under `path`
+/// (Docker's `ADD archive.tar.gz /dest`).
+pub(super) async fn host_archive(
+    engine: &Engine,
+    state: &State,
+    path: &str,
+    src: &Path,
+    opts: &crate::layer::HostCopy,
+) -> Result<layer::Layer, Error> {
+    let mut opts = opts.clone();
+    if let Some(name) = opts.owner_name.take() {
+        opts.owner = Some(resolve_owner(engine, state, &name).await?);
+    }
+    let store = engine.store().clone();
+    let (path, src) = (path.to_owned(), src.to_owned());
+    let (compression, epoch) = (engine.compression(), engine.epoch());
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::Builder::new()
+            .prefix("archive-")
+            .tempdir_in(store.tmp_dir())
+            .map_err(|source| Error::Io {
+                action: "create directory in",
+                path: store.tmp_dir(),
+                source,
+            })?;
+        let io = |source| Error::Io {
+            action: "extract archive",
+            path: src.clone(),
+            source,
+        };
+        let mut file = std::fs::File::open(&src).map_err(io)?;
+        let mut magic = [0u8; 4];
+        let n = std::io::Read::read(&mut file, &mut magic).map_err(io)?;
+        std::io::Seek::rewind(&mut file).map_err(io)?;
+        let reader: Box<dyn std::io::Read> = match &magic[..n] {
+            [0x1f, 0x8b, ..] => Box::new(flate2::read::GzDecoder::new(file)),
+            [0x28, 0xb5, 0x2f, 0xfd] => {
+                Box::new(zstd::stream::read::Decoder::new(file).map_err(io)?)
+            }
+            _ => Box::new(file),
+        };
+        let mut archive = tar::Archive::new(reader);
+        archive.set_preserve_permissions(true);
+        archive.set_overwrite(true);
+        // tar::Archive::unpack refuses entries that would land outside the directory.
+        archive.unpack(dir.path()).map_err(io)?;
+        let mut builder = LayerBuilder::new();
+        builder.add_host_dir(&path, dir.path(), &opts)?;
+        Ok::<_, Error>(builder.write(&store, compression, epoch)?)
+    })
+    .await
+    .map_err(|_| Error::TaskPanicked)?
+}
+
+struct CopyWalk<'a> {
+    view: &'a RootfsView,
+    owner: Option<Owner>,
+    mode: Option<u32>,
+    include: Option<&'a globset::GlobSet>,
+    exclude: &'a globset::GlobSet,
+}
+
+impl CopyWalk<'_> {
+    fn entry(&self, meta: &std::fs::Metadata, host: &Path) -> Entry {
+        use std::os::unix::fs::MetadataExt;
+        let owner = self.owner.unwrap_or(Owner {
+            uid: meta.uid(),
+            gid: meta.gid(),
+        });
+        let mode = meta.mode() & 0o7777;
+        if meta.is_dir() {
+            Entry {
+                kind: EntryKind::Dir,
+                mode,
+                owner,
+            }
+        } else if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(host).unwrap_or_default();
+            Entry {
+                kind: EntryKind::Symlink(target.to_string_lossy().into_owned()),
+                mode: 0o777,
+                owner,
+            }
+        } else {
+            Entry {
+                kind: EntryKind::File(FileData::Host(host.to_owned())),
+                mode: self.mode.unwrap_or(mode),
+                owner,
+            }
+        }
+    }
+
+    fn dir(
+        &self,
+        builder: &mut LayerBuilder,
+        src_rel: &str,
+        rel: &str,
+        dest: &str,
+    ) -> Result<(), Error> {
+        for name in self.view.list_dir(&format!("{src_rel}/{rel}"))? {
+            let child_rel = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            if self.exclude.is_match(&child_rel) {
+                continue;
+            }
+            let full = format!("{src_rel}/{child_rel}");
+            let Some(entry) = self.view.resolve(&full, false)? else {
+                continue;
+            };
+            let included = self.include.is_none_or(|g| g.is_match(&child_rel));
+            if entry.meta.is_dir() {
+                if included {
+                    builder.add(
+                        &format!("{dest}/{child_rel}"),
+                        self.entry(&entry.meta, &entry.host_path),
+                    )?;
+                }
+                self.dir(builder, src_rel, &child_rel, dest)?;
+            } else if included {
+                builder.add(
+                    &format!("{dest}/{child_rel}"),
+                    self.entry(&entry.meta, &entry.host_path),
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A layer that deletes `path` (a whiteout entry).
+pub(super) async fn remove(
+    engine: &Engine,
+    state: &State,
+    path: &str,
+) -> Result<layer::Layer, Error> {
+    let view = RootfsView::new(lowers(engine, state).await?);
+    let (path, store) = (path.to_owned(), engine.store().clone());
+    let (compression, epoch) = (engine.compression(), engine.epoch());
+    tokio::task::spawn_blocking(move || {
+        if view.resolve(&path, false)?.is_none() {
+            return Err(Error::NotFoundInImage { path });
+        }
+        let mut builder = LayerBuilder::new();
+        let norm = layer::normalize_path(&path)?;
+        let whiteout = match norm.rsplit_once('/') {
+            Some((parent, name)) => format!("{parent}/.wh.{name}"),
+            None => format!(".wh.{norm}"),
+        };
+        builder.add_bytes(&whiteout, Vec::new(), 0, Owner::ROOT)?;
+        Ok(builder.write(&store, compression, epoch)?)
+    })
+    .await
+    .map_err(|_| Error::TaskPanicked)?
+}
+
+/// Copy the directory `path` of `view` to the host directory `dest`.
+pub(super) fn export_directory(view: &RootfsView, path: &str, dest: &Path) -> Result<(), Error> {
+    let entry = view
+        .resolve(path, true)?
+        .filter(|e| e.meta.is_dir())
+        .ok_or_else(|| Error::NotFoundInImage {
+            path: path.to_owned(),
+        })?;
+    export_tree(view, &entry.path, dest)
+}
+
+fn host_io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn export_tree(view: &RootfsView, rel: &str, dest: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(dest).map_err(host_io("create directory", dest))?;
+    for name in view.list_dir(rel)? {
+        let child = format!("{rel}/{name}");
+        let Some(e) = view.resolve(&child, false)? else {
+            continue;
+        };
+        let target = dest.join(&name);
+        if e.meta.is_dir() {
+            export_tree(view, &child, &target)?;
+        } else if e.meta.file_type().is_symlink() {
+            let link =
+                std::fs::read_link(&e.host_path).map_err(host_io("read link", &e.host_path))?;
+            std::os::unix::fs::symlink(link, &target)
+                .map_err(host_io("create symlink", &target))?;
+        } else if e.meta.is_file() {
+            std::fs::copy(&e.host_path, &target).map_err(host_io("copy to", &target))?;
+        }
+    }
+    Ok(())
+}

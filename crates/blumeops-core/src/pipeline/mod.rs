@@ -2,6 +2,8 @@
 //! it is evaluated by [`Container::build`], [`Container::publish`] or [`Container::export`].
 
 mod engine;
+#[cfg(test)]
+mod eval_tests;
 mod exec;
 mod run;
 

@@ -80,11 +80,19 @@ pub(super) async fn lowers(engine: &Engine, state: &State) -> Result<Vec<PathBuf
 }
 
 fn remove_tree(path: &Path) {
-    // Overlay's work dir holds a mode-000 `work` directory: make everything writable first.
-    let _ = std::process::Command::new("chmod")
-        .args(["-R", "u+rwx"])
-        .arg(path)
-        .status();
+    // Overlay's work dir holds a mode-000 `work` directory: make directories writable first.
+    fn open_up(dir: &Path) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    open_up(&e.path());
+                }
+            }
+        }
+    }
+    open_up(path);
     let _ = std::fs::remove_dir_all(path);
 }
 

@@ -64,9 +64,13 @@ pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
             }
             let container = blumeops_core::load_dockerfile(&dockerfile, &dir, &args, None)
                 .map_err(blumeops_core::Error::from)?;
-            let version = file_container_version(&flags.src, &flags.container_name)
-                .map_err(blumeops_core::Error::from)?
-                .unwrap_or_default();
+            // The Dockerfile's version is only needed when --version is not given.
+            let version = match &flags.version {
+                Some(v) => v.clone(),
+                None => file_container_version(&flags.src, &flags.container_name)
+                    .map_err(blumeops_core::Error::from)?
+                    .unwrap_or_default(),
+            };
             (container, version)
         }
     };

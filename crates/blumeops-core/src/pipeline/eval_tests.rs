@@ -116,6 +116,13 @@ fn exec_steps_change_the_filesystem_and_report_stdout() {
     );
     let err = rt.block_on(c.file(&e, "/bin/vi")).unwrap_err();
     assert!(matches!(err, Error::NotFoundInImage { .. }), "{err}");
+    let out = tempfile::tempdir().unwrap();
+    rt.block_on(c.directory(&e, "/work", &out.path().join("w")))
+        .unwrap();
+    assert_eq!(
+        std::fs::read(out.path().join("w/greeting")).unwrap(),
+        b"hello\n"
+    );
     let removed = c.without_file("/work/greeting");
     let err = rt.block_on(removed.file(&e, "/work/greeting")).unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");

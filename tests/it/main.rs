@@ -2,6 +2,7 @@
 
 mod bearer;
 mod cli_publish;
+mod dockerfile_parity;
 mod harness;
 mod registry_client;
 mod test_images;

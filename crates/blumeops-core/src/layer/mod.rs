@@ -10,6 +10,7 @@
 mod compress;
 mod diff;
 mod host;
+mod pgzip;
 mod unpack;
 mod view;
 

@@ -59,7 +59,7 @@ pub use layer::{
 pub use pipeline::Healthcheck;
 pub use pipeline::{
     BuiltImage, CacheVolume, Container, CopyOptions, Engine, EngineOptions, Event, ExecOptions,
-    Expect, Network, ProgressFn, Published, SecretVariable,
+    Expect, Network, Plan, PlanBase, PlanStage, PlanStep, ProgressFn, Published, SecretVariable,
 };
 pub use reference::Error as ReferenceError;
 pub use reference::{Digest, DigestWriter, ImageRef, Platform, is_loopback_host};

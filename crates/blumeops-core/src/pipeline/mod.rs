@@ -5,6 +5,7 @@ mod engine;
 #[cfg(test)]
 mod eval_tests;
 mod exec;
+mod plan;
 mod run;
 
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 pub use engine::{BuiltImage, Engine, EngineOptions, Event, ProgressFn, Published};
 pub use exec::{CacheVolume, CopyOptions, ExecOptions, Expect, Network, SecretVariable};
+pub use plan::{Plan, PlanBase, PlanStage, PlanStep};
 
 use crate::layer::{HostCopy, Owner};
 

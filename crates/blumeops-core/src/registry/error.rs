@@ -29,6 +29,8 @@ pub enum Operation {
     PushManifest,
     /// GET a bearer token from the registry's token service.
     FetchToken,
+    /// GET a repository's tag list.
+    ListTags,
 }
 
 impl fmt::Display for Operation {
@@ -42,6 +44,7 @@ impl fmt::Display for Operation {
             Self::PushBlob => "push blob",
             Self::PushManifest => "push manifest",
             Self::FetchToken => "fetch bearer token for",
+            Self::ListTags => "list tags of",
         })
     }
 }

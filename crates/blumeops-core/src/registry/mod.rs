@@ -17,6 +17,7 @@ mod credentials;
 mod error;
 mod pull;
 mod push;
+mod tags;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -211,6 +212,12 @@ impl RegistryClient {
     pub async fn head_manifest(&self, reference: &ImageRef) -> Result<Option<Digest>, Error> {
         let repo = self.repo(reference, Access::Pull)?;
         self.head_manifest_in(&repo, reference).await
+    }
+
+    /// Every tag of `reference`'s repository (its tag or digest is ignored), in the
+    /// registry's order, following `Link` pages; empty when the repository does not exist.
+    pub async fn list_tags(&self, reference: &ImageRef) -> Result<Vec<String>, Error> {
+        self.list_tags_impl(reference).await
     }
 
     /// Push `image` (all blobs in `store`) to `target` under the tag policy.

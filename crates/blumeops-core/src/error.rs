@@ -1,7 +1,8 @@
 //! The crate's error: one variant per module, plus build-level failures.
 
 use crate::{
-    definition, dockerfile, epoch, export, layer, reference, registry, sandbox, secret, store,
+    definition, dockerfile, epoch, export, import, layer, reference, registry, sandbox, secret,
+    store,
 };
 
 /// Any blumeops failure.
@@ -38,6 +39,9 @@ pub enum Error {
     /// A sandboxed command could not be set up or run.
     #[error(transparent)]
     Sandbox(#[from] sandbox::Error),
+    /// An image archive could not be imported.
+    #[error(transparent)]
+    Import(#[from] import::Error),
     /// A build step failed.
     #[error("step {index} failed: {step}")]
     Step {
@@ -162,6 +166,7 @@ impl Error {
             }
             Self::Export(export::Error::InvalidTarget(_)) => ErrorKind::InvalidInput,
             Self::Dockerfile(_) => ErrorKind::InvalidInput,
+            Self::Import(e) => e.kind(),
             Self::Layer(layer::Error::InvalidPath { .. } | layer::Error::Pattern { .. }) => {
                 ErrorKind::InvalidInput
             }
@@ -184,6 +189,7 @@ impl Error {
         match self {
             Self::Step { source, .. } => source.hint(),
             Self::Registry(e) => e.hint(),
+            Self::Import(e) => e.hint(),
             _ => None,
         }
     }

@@ -23,6 +23,7 @@ mod epoch;
 mod error;
 mod export;
 mod image;
+mod import;
 mod layer;
 mod pipeline;
 mod reference;
@@ -46,6 +47,11 @@ pub use export::{ExportTarget, REF_NAME_ANNOTATION};
 pub use image::{
     BlobRef, Descriptor, History, ImageConfig, ImageIndex, ImageManifest, ManifestBlob, RootFs,
     RuntimeConfig, StoredImage, media_types,
+};
+pub use import::Error as ImportError;
+pub use import::{
+    ImportOptions, MAX_METADATA_BYTES as MAX_IMPORT_METADATA_BYTES, import_docker_archive,
+    import_docker_archive_with,
 };
 pub use layer::Error as LayerError;
 pub use layer::{

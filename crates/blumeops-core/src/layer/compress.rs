@@ -26,7 +26,7 @@ impl Compression {
         }
     }
 
-    pub(super) fn encoder(self, out: BlobWriter) -> io::Result<Encoder> {
+    pub(crate) fn encoder(self, out: BlobWriter) -> io::Result<Encoder> {
         match self {
             // Blocks compressed on every core; the bytes do not depend on the core count.
             Self::Gzip => Ok(Encoder::Gzip(ParallelGzip::new(
@@ -39,12 +39,12 @@ impl Compression {
 }
 
 /// A running compressor writing into a store blob.
-pub(super) enum Encoder {
+pub(crate) enum Encoder {
     Gzip(ParallelGzip<BlobWriter>),
 }
 
 impl Encoder {
-    pub(super) fn finish(self) -> io::Result<BlobWriter> {
+    pub(crate) fn finish(self) -> io::Result<BlobWriter> {
         match self {
             Self::Gzip(e) => e.finish(),
         }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Default target registry.
 pub const DEFAULT_REGISTRY: &str = "registry.ops.eblu.me";
@@ -33,6 +33,15 @@ pub enum Command {
     Build(BuildArgs),
     /// Print a container's version (e.g. `v1.0.0`).
     ContainerVersion(VersionArgs),
+    /// Print a container's build steps (stages, bases, commands, files, config) without
+    /// running anything.
+    Plan(PlanArgs),
+    /// List every container: native definitions and containers/*/ with a Dockerfile or
+    /// default.nix, with build types and versions.
+    List(ListArgs),
+    /// Print, as a JSON array, the containers whose files changed between REF and HEAD
+    /// (`git diff --name-only REF HEAD`), for a workflow matrix.
+    Changed(ChangedArgs),
 }
 
 /// Flags shared by `build` and `publish`.
@@ -69,6 +78,20 @@ pub struct BuildFlags {
     /// Use plain HTTP for every registry (loopback registries always use it).
     #[arg(long)]
     pub plain_http: bool,
+    /// Progress display: a live view on a terminal, or plain lines.
+    #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
+    pub progress: ProgressArg,
+}
+
+/// `--progress` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressArg {
+    /// `tty` when stderr is a terminal, `CI` is unset and `TERM` is not `dumb`; else `plain`.
+    Auto,
+    /// A live view: one line per running step with its elapsed time and last output line.
+    Tty,
+    /// One line per event, no terminal escape sequences (for logs and CI).
+    Plain,
 }
 
 /// `publish` flags.
@@ -80,6 +103,10 @@ pub struct PublishArgs {
     /// Replace an existing tag that points at a different image (needs update permission).
     #[arg(long)]
     pub allow_overwrite: bool,
+    /// Print `{"ref":..,"digest":..,"tag":..}` as the last stdout line instead of
+    /// `REF@sha256:DIGEST`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `build` flags.
@@ -99,6 +126,55 @@ pub struct VersionArgs {
     /// Container name.
     pub name: String,
     /// Source checkout to look for containers/NAME/{Dockerfile,default.nix}.
+    #[arg(long, default_value = ".")]
+    pub src: PathBuf,
+}
+
+/// `plan` flags.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Container to plan, e.g. `hello`.
+    #[arg(long)]
+    pub container_name: String,
+    /// Source checkout to look for containers/NAME/Dockerfile.
+    #[arg(long, default_value = ".")]
+    pub src: PathBuf,
+    /// Build argument passed to the definition, KEY=VALUE (repeatable).
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_args: Vec<String>,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `list` flags.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Source checkout to look for containers/*/{Dockerfile,default.nix}.
+    #[arg(long, default_value = ".")]
+    pub src: PathBuf,
+    /// Also show the most recent tags of each container in the registry.
+    #[arg(long)]
+    pub tags: bool,
+    /// Registry to read tags from (anonymously, or with docker/podman credentials).
+    #[arg(long, default_value = DEFAULT_REGISTRY)]
+    pub registry: String,
+    /// Use plain HTTP for the registry (loopback registries always use it).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Print the list as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `changed` flags.
+#[derive(Debug, Args)]
+pub struct ChangedArgs {
+    /// Commit to compare HEAD with, e.g. a push's before-sha. An all-zero sha (a new
+    /// branch) means every container.
+    #[arg(long, value_name = "REF")]
+    pub base: String,
+    /// Source checkout (a git repository).
     #[arg(long, default_value = ".")]
     pub src: PathBuf,
 }

@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod containers;
+mod outputs;
 mod progress;
 
 use std::process::ExitCode;
@@ -40,6 +41,9 @@ fn main() -> ExitCode {
             Command::Publish(args) => commands::publish::run(args).await,
             Command::Build(args) => commands::build::run(args).await,
             Command::ContainerVersion(args) => commands::container_version::run(args),
+            Command::Plan(args) => commands::plan::run(args),
+            Command::List(args) => commands::list::run(args).await,
+            Command::Changed(args) => commands::changed::run(args),
         }
     });
     match result {
@@ -53,6 +57,15 @@ fn report(err: &anyhow::Error) -> ExitCode {
     eprintln!("error: {err}");
     for cause in err.chain().skip(1) {
         eprintln!("  caused by: {cause}");
+    }
+    if let Some(invalid) = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<commands::InvalidInput>())
+    {
+        if let Some(hint) = invalid.hint {
+            eprintln!("hint: {hint}");
+        }
+        return ExitCode::from(exit::INVALID_INPUT);
     }
     let core = err
         .chain()

@@ -14,11 +14,14 @@ pub async fn run(args: BuildArgs) -> Result<ExitCode> {
     let tag = prepared.tag();
     let repo_tag = format!("{}:{tag}", prepared.repository);
     let target = output.named(&tag, &repo_tag);
-    let built = prepared
-        .container
-        .export(&prepared.engine, &target)
-        .await
-        .with_context(|| format!("failed to build {}", args.output))?;
+    let built = match prepared.container.export(&prepared.engine, &target).await {
+        Ok(built) => built,
+        Err(err) => {
+            prepared.progress.fail();
+            return Err(err).with_context(|| format!("failed to build {}", args.output));
+        }
+    };
+    prepared.progress.finish(Some(&built.image.manifest.digest));
     eprintln!("wrote {} to {}", repo_tag, args.output);
     println!("{repo_tag}@{}", built.image.manifest.digest);
     Ok(ExitCode::SUCCESS)

@@ -1,7 +1,10 @@
 //! One module per subcommand.
 
 pub mod build;
+pub mod changed;
 pub mod container_version;
+pub mod list;
+pub mod plan;
 pub mod publish;
 
 use std::path::Path;
@@ -23,6 +26,8 @@ pub struct Prepared {
     pub repository: String,
     pub version: String,
     pub commit_sha: Option<String>,
+    /// The progress display the engine reports to.
+    pub progress: progress::Progress,
 }
 
 impl Prepared {
@@ -43,37 +48,12 @@ impl Prepared {
 
 /// Turn raw build flags into an engine and a container.
 pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
-    let args = BuildArgs::parse(&flags.build_args).map_err(blumeops_core::Error::from)?;
-    let (container, default_version) = match containers::find(&flags.container_name) {
-        Some(definition) => (
-            definition
-                .container(&DefinitionInput {
-                    args,
-                    src: flags.src.clone(),
-                })
-                .map_err(blumeops_core::Error::from)?,
-            definition.version().to_owned(),
-        ),
-        None => {
-            // Not a native definition: the container's Dockerfile, with its directory as
-            // the build context.
-            let dir = flags.src.join("containers").join(&flags.container_name);
-            let dockerfile = dir.join("Dockerfile");
-            if !dockerfile.is_file() {
-                return Err(unknown_container(&flags.container_name, &flags.src).into());
-            }
-            let container = blumeops_core::load_dockerfile(&dockerfile, &dir, &args, None)
-                .map_err(blumeops_core::Error::from)?;
-            // The Dockerfile's version is only needed when --version is not given.
-            let version = match &flags.version {
-                Some(v) => v.clone(),
-                None => file_container_version(&flags.src, &flags.container_name)
-                    .map_err(blumeops_core::Error::from)?
-                    .unwrap_or_default(),
-            };
-            (container, version)
-        }
-    };
+    let (container, default_version) = load_container(
+        &flags.src,
+        &flags.container_name,
+        &flags.build_args,
+        flags.version.is_none(),
+    )?;
 
     let platform: Platform = match &flags.platform {
         Some(p) => p.parse().map_err(blumeops_core::Error::from)?,
@@ -102,11 +82,12 @@ pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
         ..ClientOptions::default()
     };
     let store = Store::open_default().map_err(blumeops_core::Error::from)?;
+    let progress = progress::Progress::new(progress::Mode::resolve(flags.progress));
     let engine = Engine::new(EngineOptions {
         registry,
         platform,
         epoch,
-        progress: Some(progress::stderr()),
+        progress: Some(progress.callback()),
         ..EngineOptions::new(store)
     })?;
 
@@ -133,8 +114,77 @@ pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
         ),
         version,
         commit_sha,
+        progress,
     })
 }
+
+/// The container called `name` (a native definition, else `SRC/containers/NAME/Dockerfile`
+/// with its directory as the build context) and its default version. The Dockerfile's
+/// version is only looked up when `want_version` is set.
+pub fn load_container(
+    src: &Path,
+    name: &str,
+    build_args: &[String],
+    want_version: bool,
+) -> Result<(Container, String)> {
+    let args = BuildArgs::parse(build_args).map_err(blumeops_core::Error::from)?;
+    if let Some(definition) = containers::find(name) {
+        let container = definition
+            .container(&DefinitionInput {
+                args,
+                src: src.to_path_buf(),
+            })
+            .map_err(blumeops_core::Error::from)?;
+        return Ok((container, definition.version().to_owned()));
+    }
+    let dir = src.join("containers").join(name);
+    let dockerfile = dir.join("Dockerfile");
+    if !dockerfile.is_file() {
+        return Err(unknown_container(name, src).into());
+    }
+    let container = blumeops_core::load_dockerfile(&dockerfile, &dir, &args, None)
+        .map_err(blumeops_core::Error::from)?;
+    let version = if want_version {
+        file_container_version(src, name)
+            .map_err(blumeops_core::Error::from)?
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok((container, version))
+}
+
+/// Invalid input found by the CLI itself (a bad git ref, ...): exit code 2.
+#[derive(Debug)]
+pub struct InvalidInput {
+    /// What is wrong.
+    pub message: String,
+    /// What to do about it.
+    pub hint: Option<&'static str>,
+}
+
+impl InvalidInput {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    #[must_use]
+    pub fn with_hint(mut self, hint: &'static str) -> Self {
+        self.hint = Some(hint);
+        self
+    }
+}
+
+impl std::fmt::Display for InvalidInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for InvalidInput {}
 
 /// The error for a container that is neither native nor a Dockerfile/Nix directory.
 pub fn unknown_container(name: &str, src: &Path) -> blumeops_core::Error {

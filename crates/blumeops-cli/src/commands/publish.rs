@@ -7,6 +7,7 @@ use blumeops_core::TagPolicy;
 
 use super::prepare;
 use crate::cli::PublishArgs;
+use crate::outputs;
 
 pub async fn run(args: PublishArgs) -> Result<ExitCode> {
     let prepared = prepare(&args.build)?;
@@ -27,11 +28,25 @@ pub async fn run(args: PublishArgs) -> Result<ExitCode> {
     } else {
         TagPolicy::CreateOnly
     };
-    let published = prepared
+    let published = match prepared
         .container
         .publish(&prepared.engine, &target, policy)
         .await
-        .with_context(|| format!("failed to publish {target}"))?;
-    println!("{published}");
+    {
+        Ok(published) => published,
+        Err(err) => {
+            prepared.progress.fail();
+            return Err(err).with_context(|| format!("failed to publish {target}"));
+        }
+    };
+    let digest = &published.report.digest;
+    prepared.progress.finish(Some(digest));
+    let (reference, tag) = (target.to_string(), prepared.tag());
+    outputs::write_workflow_outputs(&reference, digest, &tag)?;
+    if args.json {
+        println!("{}", outputs::json_line(&reference, digest, &tag));
+    } else {
+        println!("{published}");
+    }
     Ok(ExitCode::SUCCESS)
 }

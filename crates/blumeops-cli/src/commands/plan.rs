@@ -1,0 +1,29 @@
+//! `blumeops plan`: the step graph, without running anything.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use super::load_container;
+use crate::cli::PlanArgs;
+
+pub fn run(args: PlanArgs) -> Result<ExitCode> {
+    let (container, _) = load_container(&args.src, &args.container_name, &args.build_args, false)?;
+    let plan = container.plan();
+    if args.json {
+        let json = serde_json::to_string_pretty(&plan).context("failed to serialize the plan")?;
+        println!("{json}");
+    } else {
+        let stages = plan.stages.len();
+        println!(
+            "{}: {} step{} in {stages} stage{}",
+            args.container_name,
+            plan.total_steps,
+            if plan.total_steps == 1 { "" } else { "s" },
+            if stages == 1 { "" } else { "s" },
+        );
+        println!();
+        print!("{plan}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

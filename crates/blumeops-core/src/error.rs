@@ -77,7 +77,7 @@ pub enum Error {
     Serialize(#[source] serde_json::Error),
     /// A build step's command exited with an unexpected code. The message carries the
     /// command, the exit code, the tail of its output and the path of the full log.
-    #[error("{}", exec_failed_message(command, *exit_code, expected, tail, log_path))]
+    #[error("{}", exec_failed_message(command, *exit_code, expected, tail, stream_tails, log_path))]
     ExecFailed {
         /// The command, shell-quoted.
         command: String,
@@ -87,6 +87,8 @@ pub enum Error {
         expected: String,
         /// The last lines of its combined output.
         tail: Vec<String>,
+        /// The last lines of stdout and/or stderr, for each stream whose end is not in `tail`.
+        stream_tails: Vec<(String, Vec<String>)>,
         /// The full log.
         log_path: std::path::PathBuf,
     },
@@ -200,6 +202,7 @@ fn exec_failed_message(
     exit_code: i32,
     expected: &str,
     tail: &[String],
+    stream_tails: &[(String, Vec<String>)],
     log_path: &std::path::Path,
 ) -> String {
     use std::fmt::Write as _;
@@ -209,6 +212,12 @@ fn exec_failed_message(
     } else {
         let _ = write!(m, "\n  last {} lines of output:", tail.len());
         for line in tail {
+            let _ = write!(m, "\n  | {line}");
+        }
+    }
+    for (stream, lines) in stream_tails {
+        let _ = write!(m, "\n  last {} lines of {stream}:", lines.len());
+        for line in lines {
             let _ = write!(m, "\n  | {line}");
         }
     }

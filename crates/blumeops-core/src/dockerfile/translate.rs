@@ -296,9 +296,13 @@ impl Translator<'_> {
         }
         let lower = image.to_ascii_lowercase();
         let base = if lower == "scratch" {
+            // As BuildKit and buildah do, an image from scratch gets the default PATH.
             Base {
-                container: Container::scratch(),
-                env: BTreeMap::new(),
+                container: Container::scratch_with_default_path(),
+                env: BTreeMap::from([(
+                    "PATH".to_owned(),
+                    EnvVal::Known(crate::sandbox::DEFAULT_PATH.to_owned()),
+                )]),
                 env_complete: true,
                 workdir: Some("/".to_owned()),
                 shell: DEFAULT_SHELL.map(String::from).to_vec(),
@@ -766,7 +770,9 @@ impl Translator<'_> {
             let from = self.word(st, inst, from)?;
             let source = self.copy_source(st, inst, &from)?;
             let opts = CopyOptions {
-                owner: Some(chown.unwrap_or_else(|| "0:0".to_owned())),
+                // Copies from another stage keep their owners unless --chown says otherwise
+                // (BuildKit and buildah do the same); copies from the context become 0:0.
+                owner: chown,
                 mode,
                 include: Vec::new(),
                 exclude: excludes,

@@ -62,12 +62,16 @@ pub struct HostCopy {
     /// Owner as `user[:group]` names (or a mix of names and ids), resolved in the image's
     /// /etc/passwd and /etc/group when the step is evaluated; takes the place of `owner`.
     pub owner_name: Option<String>,
-    /// Permission bits for copied regular files (default: the host file's).
+    /// Permission bits for every copied file and directory (default: the host's), as
+    /// Dockerfile `COPY --chmod` does.
     pub mode: Option<u32>,
     /// Only paths matching one of these are copied (empty: everything).
     pub include: Vec<String>,
     /// Paths matching one of these are skipped, directories with everything below them.
     pub exclude: Vec<String>,
+    /// Keep each entry's owner from the host instead of `0:0` when no owner is given (used
+    /// for extracted archives, whose entries carry their own owners).
+    pub preserve_owners: bool,
 }
 
 impl HostCopy {
@@ -166,25 +170,36 @@ impl LayerBuilder {
                 source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
             });
         }
-        let owner = opts.owner.unwrap_or_default();
-        let dest_norm = super::normalize_path(dest)?;
-        self.add(
-            &dest_norm,
-            Entry {
-                kind: EntryKind::Dir,
-                mode: meta.permissions().mode() & 0o7777,
-                owner,
-            },
-        )?;
         let walk = Walk {
             include: &include,
             exclude: &exclude,
             filter_includes: !opts.include.is_empty(),
             opts,
-            owner,
+        };
+        // Copying into `/` adds the contents only: the root directory is not an entry.
+        let dest_norm = if is_root(dest) {
+            String::new()
+        } else {
+            let dest_norm = super::normalize_path(dest)?;
+            self.add(
+                &dest_norm,
+                Entry {
+                    kind: EntryKind::Dir,
+                    // `--chmod` applies to what is copied; the destination directory keeps
+                    // the source directory's mode (as buildah and BuildKit do).
+                    mode: meta.permissions().mode() & 0o7777,
+                    owner: walk.owner(&meta),
+                },
+            )?;
+            dest_norm
         };
         walk.dir(self, src, "", &dest_norm)
     }
+}
+
+/// Whether an image path names the root directory.
+pub(crate) fn is_root(path: &str) -> bool {
+    path.split('/').all(|c| c.is_empty() || c == ".")
 }
 
 struct Walk<'a> {
@@ -192,10 +207,21 @@ struct Walk<'a> {
     exclude: &'a GlobSet,
     filter_includes: bool,
     opts: &'a HostCopy,
-    owner: Owner,
 }
 
 impl Walk<'_> {
+    fn owner(&self, meta: &std::fs::Metadata) -> Owner {
+        use std::os::unix::fs::MetadataExt as _;
+        match self.opts.owner {
+            Some(owner) => owner,
+            None if self.opts.preserve_owners => Owner {
+                uid: meta.uid(),
+                gid: meta.gid(),
+            },
+            None => Owner::ROOT,
+        }
+    }
+
     fn dir(
         &self,
         layer: &mut LayerBuilder,
@@ -225,7 +251,11 @@ impl Walk<'_> {
                 continue;
             }
             let meta = std::fs::symlink_metadata(&host).map_err(host_err("read", &host))?;
-            let target = format!("{dest}/{rel}");
+            let target = if dest.is_empty() {
+                rel.clone()
+            } else {
+                format!("{dest}/{rel}")
+            };
             let ft = meta.file_type();
             let included = !self.filter_includes || self.include.is_match(&rel);
             let mode = meta.permissions().mode() & 0o7777;
@@ -235,8 +265,8 @@ impl Walk<'_> {
                         &target,
                         Entry {
                             kind: EntryKind::Dir,
-                            mode,
-                            owner: self.owner,
+                            mode: self.opts.mode.unwrap_or(mode),
+                            owner: self.owner(&meta),
                         },
                     )?;
                 }
@@ -255,7 +285,7 @@ impl Walk<'_> {
                     Entry {
                         kind: EntryKind::Symlink(link.to_owned()),
                         mode: 0o777,
-                        owner: self.owner,
+                        owner: self.owner(&meta),
                     },
                 )?;
             } else if ft.is_file() {
@@ -264,7 +294,7 @@ impl Walk<'_> {
                     Entry {
                         kind: EntryKind::File(FileData::Host(host.clone())),
                         mode: self.opts.mode.unwrap_or(mode),
-                        owner: self.owner,
+                        owner: self.owner(&meta),
                     },
                 )?;
             } else {

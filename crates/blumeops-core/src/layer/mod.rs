@@ -14,15 +14,17 @@ mod pgzip;
 mod unpack;
 mod view;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use compress::{Compression, GZIP_LEVEL};
 pub use diff::layer_from_overlay_upper;
 pub(crate) use host::globset;
+pub(crate) use host::is_root;
 pub use host::{HostCopy, Owner};
 pub use unpack::{
     DEFAULT_MAX_UNPACK_BYTES, OverlayXattrs, UnpackOptions, UnpackStats, unpack_layer,
@@ -346,7 +348,30 @@ impl LayerBuilder {
         {
             let mut tar = tar::Builder::new(&mut tee);
             tar.mode(tar::HeaderMode::Deterministic);
+            // Host files that share an inode (hard links in a copied tree, or in an unpacked
+            // layer) are written once; later paths become hard links to the first, in path
+            // order, so the link always follows its target in the tar.
+            let mut first_path: HashMap<(u64, u64), &str> = HashMap::new();
             for (path, entry) in &self.entries {
+                let linked;
+                let mut entry = entry;
+                if let EntryKind::File(FileData::Host(src)) = &entry.kind
+                    && let Ok(m) = std::fs::metadata(src)
+                    && m.nlink() > 1
+                {
+                    match first_path.get(&(m.dev(), m.ino())) {
+                        Some(first) => {
+                            linked = Entry {
+                                kind: EntryKind::Hardlink((*first).to_owned()),
+                                ..entry.clone()
+                            };
+                            entry = &linked;
+                        }
+                        None => {
+                            first_path.insert((m.dev(), m.ino()), path);
+                        }
+                    }
+                }
                 let meta = self.meta.get(path);
                 let mtime = meta.and_then(|m| m.mtime).map_or(epoch, |m| m.min(epoch));
                 if let Some(meta) = meta.filter(|m| !m.xattrs.is_empty()) {

@@ -446,14 +446,18 @@ async fn run_op(
             });
             Ok(Some(detail))
         }
-        Op::Scratch => {
+        Op::Scratch | Op::ScratchDefaultPath => {
+            let mut config = ImageConfig {
+                architecture: engine.platform.architecture().to_owned(),
+                os: engine.platform.os().to_owned(),
+                variant: engine.platform.variant().map(str::to_owned),
+                ..ImageConfig::default()
+            };
+            if matches!(op, Op::ScratchDefaultPath) {
+                config.config.set_env("PATH", crate::sandbox::DEFAULT_PATH);
+            }
             *state = Some(State {
-                config: ImageConfig {
-                    architecture: engine.platform.architecture().to_owned(),
-                    os: engine.platform.os().to_owned(),
-                    variant: engine.platform.variant().map(str::to_owned),
-                    ..ImageConfig::default()
-                },
+                config,
                 layers: Vec::new(),
                 annotations: BTreeMap::new(),
                 secrets: Vec::new(),
@@ -479,7 +483,7 @@ async fn apply_op(
 ) -> Result<Option<String>, Error> {
     let rc = &mut state.config.config;
     match op {
-        Op::From(_) | Op::Scratch => unreachable!("handled by run_op"),
+        Op::From(_) | Op::Scratch | Op::ScratchDefaultPath => unreachable!("handled by run_op"),
         // Owner names need the image's /etc/passwd and /etc/group.
         Op::NewFile { .. } | Op::HostFile { .. } | Op::HostDirectory { .. } => {
             let mut builder = LayerBuilder::new();
@@ -521,7 +525,11 @@ async fn apply_op(
                 let cur = rc.working_dir.as_deref().unwrap_or("/");
                 format!("{}/{p}", cur.trim_end_matches('/'))
             };
-            rc.working_dir = Some(joined);
+            rc.working_dir = Some(joined.clone());
+            // Like Docker, make sure the directory exists in the image.
+            if let Some(layer) = super::run::ensure_dir(engine, state, &joined).await? {
+                return Ok(Some(push_layer(engine, state, layer, description)));
+            }
         }
         Op::User(u) => rc.user = Some(u.clone()),
         Op::Label(k, v) => {

@@ -154,15 +154,13 @@ fn failing_step_reports_command_exit_code_output_and_log() {
     let msg = source.to_string();
     assert!(msg.contains("exited with code 3"), "{msg}");
     assert!(msg.contains("seq 1 300"), "full command missing: {msg}");
-    // stdout and stderr are separate pipes, so their relative order is not fixed; the tail
-    // is the last 100 lines as they arrived.
+    // stdout and stderr are separate pipes, so the combined tail may hold only one of them;
+    // the end of the other is then shown on its own.
+    assert!(msg.contains("last 100 lines of output:"), "{msg}");
+    assert!(msg.contains("undefined: buildtags.SQLITE_FTS5"), "{msg}");
+    assert!(msg.contains("out-300") && msg.contains("err-300"), "{msg}");
     assert!(
-        msg.contains("undefined: buildtags.SQLITE_FTS5") || msg.contains("out-300"),
-        "the tail does not end with either stream's last line: {msg}"
-    );
-    assert_eq!(
-        msg.lines().filter(|l| l.starts_with("  | ")).count(),
-        100,
+        msg.lines().filter(|l| l.starts_with("  | ")).count() >= 100,
         "{msg}"
     );
     let Error::ExecFailed { log_path, .. } = source.as_ref() else {

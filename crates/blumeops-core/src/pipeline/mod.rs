@@ -22,6 +22,8 @@ use crate::layer::{HostCopy, Owner};
 pub(crate) enum Op {
     From(String),
     Scratch,
+    /// `scratch` with the default `PATH`, as Dockerfile builders give `FROM scratch`.
+    ScratchDefaultPath,
     NewFile {
         path: String,
         contents: Arc<[u8]>,
@@ -98,7 +100,7 @@ impl Op {
     pub(crate) fn describe(&self) -> String {
         match self {
             Self::From(r) => format!("from {r}"),
-            Self::Scratch => "from scratch".to_owned(),
+            Self::Scratch | Self::ScratchDefaultPath => "from scratch".to_owned(),
             Self::NewFile {
                 path,
                 mode,
@@ -217,6 +219,11 @@ impl Container {
     /// Start from an empty image.
     pub fn scratch() -> Self {
         Self::root(Op::Scratch)
+    }
+
+    /// An empty image whose config has the default `PATH` (Dockerfile `FROM scratch`).
+    pub(crate) fn scratch_with_default_path() -> Self {
+        Self::root(Op::ScratchDefaultPath)
     }
 
     /// Write a file with `contents` and permission bits `mode` (owned by root).

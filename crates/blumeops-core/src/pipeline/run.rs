@@ -1,6 +1,7 @@
 //! Steps that need a filesystem: `with_exec` (run in the sandbox, diff the overlay upper
 //! dir into a layer), copies out of another container, and removals.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +15,9 @@ use crate::sandbox::{self, BindMount, CancelToken, RunSpec, Stream};
 
 /// Lines of a failing step's output shown in the error itself (the full log is on disk).
 pub const FAILED_STEP_TAIL_LINES: usize = 100;
+
+/// Lines of each stream shown too when the combined tail does not end with them.
+const STREAM_TAIL_LINES: usize = 20;
 
 /// Replaces secret values with `***` in text that leaves the sandbox.
 #[derive(Clone, Default)]
@@ -191,8 +195,16 @@ pub(super) async fn exec(
     let guard = CancelOnDrop(cancel.clone());
     let progress = engine.progress_fn();
     let line_scrubber = scrubber.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
+    let (outcome, stream_tails) = tokio::task::spawn_blocking(move || {
+        // The last lines of each stream on its own: stdout and stderr are separate pipes,
+        // so the combined tail can miss the end of one of them.
+        let mut tails: [VecDeque<String>; 2] = Default::default();
         let mut on_line = |stream: Stream, line: &str| {
+            let tail = &mut tails[matches!(stream, Stream::Stderr) as usize];
+            if tail.len() == STREAM_TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line.to_owned());
             if let Some(p) = &progress {
                 p(&Event::StepOutput {
                     index,
@@ -201,7 +213,8 @@ pub(super) async fn exec(
                 });
             }
         };
-        sandbox::run(&spec, &cancel, &mut on_line)
+        let outcome = sandbox::run(&spec, &cancel, &mut on_line);
+        (outcome, tails)
     })
     .await
     .map_err(|_| Error::TaskPanicked)?;
@@ -223,11 +236,23 @@ pub(super) async fn exec(
             .rev()
             .map(|l| scrubber.scrub(l))
             .collect();
+        // Each stream's last lines, when the combined tail does not end with them.
+        let mut missing = Vec::new();
+        for (name, lines) in ["stdout", "stderr"].into_iter().zip(stream_tails) {
+            let shown = lines
+                .back()
+                .is_none_or(|last| tail.iter().any(|l| l == last));
+            if !shown {
+                let lines = lines.iter().map(|l| scrubber.scrub(l)).collect();
+                missing.push((name.to_owned(), lines));
+            }
+        }
         return Err(Error::ExecFailed {
             command: super::shell_words(args),
             exit_code: outcome.exit_code,
             expected: opts.expect.to_string(),
             tail,
+            stream_tails: missing,
             log_path,
         });
     }
@@ -298,8 +323,18 @@ pub(super) async fn copy_from(
             exclude: &exclude,
         };
         if entry.meta.is_dir() {
-            builder.add(&path, walk.entry(&entry.meta, &entry.host_path))?;
-            walk.dir(&mut builder, &entry.path, "", &path)?;
+            // Copying into `/` adds the contents only: the root directory is not an entry.
+            let dest = if layer::is_root(&path) {
+                String::new()
+            } else {
+                // The destination directory keeps the source directory's mode; `mode`
+                // applies to what is inside (as buildah and BuildKit do).
+                let mut top = walk.entry(&entry.meta, &entry.host_path);
+                top.mode = std::os::unix::fs::MetadataExt::mode(&entry.meta) & 0o7777;
+                builder.add(&path, top)?;
+                path.clone()
+            };
+            walk.dir(&mut builder, &entry.path, "", &dest)?;
         } else {
             let target = if path.ends_with('/') {
                 let name = entry.path.rsplit('/').next().unwrap_or(&entry.path);
@@ -441,15 +476,26 @@ pub(super) async fn host_archive(
         };
         let mut archive = tar::Archive::new(reader);
         archive.set_preserve_permissions(true);
+        archive.set_preserve_ownerships(true);
         archive.set_overwrite(true);
         // tar::Archive::unpack refuses entries that would land outside the directory.
         archive.unpack(dir.path()).map_err(io)?;
+        // Entries keep the owners the archive gives them unless an owner was asked for.
+        opts.preserve_owners = true;
         let mut builder = LayerBuilder::new();
         builder.add_host_dir(&path, dir.path(), &opts)?;
         Ok::<_, Error>(builder.write(&store, compression, epoch)?)
     })
     .await
     .map_err(|_| Error::TaskPanicked)?
+}
+
+fn join_dest(dest: &str, rel: &str) -> String {
+    if dest.is_empty() {
+        rel.to_owned()
+    } else {
+        format!("{dest}/{rel}")
+    }
 }
 
 struct CopyWalk<'a> {
@@ -471,7 +517,7 @@ impl CopyWalk<'_> {
         if meta.is_dir() {
             Entry {
                 kind: EntryKind::Dir,
-                mode,
+                mode: self.mode.unwrap_or(mode),
                 owner,
             }
         } else if meta.file_type().is_symlink() {
@@ -514,14 +560,14 @@ impl CopyWalk<'_> {
             if entry.meta.is_dir() {
                 if included {
                     builder.add(
-                        &format!("{dest}/{child_rel}"),
+                        &join_dest(dest, &child_rel),
                         self.entry(&entry.meta, &entry.host_path),
                     )?;
                 }
                 self.dir(builder, src_rel, &child_rel, dest)?;
             } else if included {
                 builder.add(
-                    &format!("{dest}/{child_rel}"),
+                    &join_dest(dest, &child_rel),
                     self.entry(&entry.meta, &entry.host_path),
                 )?;
             }
@@ -595,4 +641,36 @@ fn export_tree(view: &RootfsView, rel: &str, dest: &Path) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// A layer creating the directory `path` (mode 0755, root) when the image lacks it, as
+/// Dockerfile `WORKDIR` does; `None` when it exists.
+pub(super) async fn ensure_dir(
+    engine: &Engine,
+    state: &State,
+    path: &str,
+) -> Result<Option<layer::Layer>, Error> {
+    if layer::is_root(path) {
+        return Ok(None);
+    }
+    let view = RootfsView::new(lowers(engine, state).await?);
+    let (path, store) = (path.to_owned(), engine.store().clone());
+    let (compression, epoch) = (engine.compression(), engine.epoch());
+    tokio::task::spawn_blocking(move || {
+        if view.resolve(&path, true)?.is_some() {
+            return Ok(None);
+        }
+        let mut builder = LayerBuilder::new();
+        builder.add(
+            &path,
+            Entry {
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                owner: Owner::ROOT,
+            },
+        )?;
+        Ok(Some(builder.write(&store, compression, epoch)?))
+    })
+    .await
+    .map_err(|_| Error::TaskPanicked)?
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: the harness itself, then the blumeops CLI.
 
 mod bearer;
+mod cli_commands;
 mod cli_publish;
 mod dockerfile_parity;
 mod harness;

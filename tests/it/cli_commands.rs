@@ -1,0 +1,413 @@
+//! The CLI's inspection and workflow commands end to end: `plan`, `list`, `changed`,
+//! `container-version`, plain progress output, and workflow outputs after a publish.
+//!
+//! Needs the binary: `cargo build -p blumeops-cli` (or `BLUMEOPS_BIN`).
+
+use std::path::Path;
+use std::process::Command;
+
+use blumeops_e2e::{BaseImage, CI_USER, TestRegistry, isolated_cache, run_cli, tempdir};
+
+/// `plan hello`, exactly (no temp paths or digests in it).
+const HELLO_PLAN: &str = r#"hello: 8 steps in 1 stage
+
+stage 1 (from docker.io/library/busybox:1.37; final)
+  [1] from docker.io/library/busybox:1.37
+  [2] with_new_file /usr/local/bin/hello (130 bytes, mode 0755, owner 0:0)
+  [3] with_label org.opencontainers.image.title=hello
+  [4] with_label org.opencontainers.image.description=A greeting from the blumeops build tool
+  [5] with_label org.opencontainers.image.version=v1.0.0
+  [6] with_label org.opencontainers.image.source=https://forge.ops.eblu.me/eblume/blumeops
+  [7] with_label org.opencontainers.image.base.name=docker.io/library/busybox:1.37
+  [8] with_default_args ["/usr/local/bin/hello"]
+"#;
+
+const MULTI_STAGE: &str = r#"ARG CONTAINER_APP_VERSION=2.3.4
+FROM docker.io/library/busybox:1.37 AS build
+ARG GREETING=hi
+ENV GREETING_USED=$GREETING
+RUN echo "$GREETING" > /out.txt
+FROM scratch
+COPY --from=build /out.txt /srv/out.txt
+ENV MODE=prod
+CMD ["/srv/out.txt"]
+"#;
+
+/// Write `files` (path, contents) under `dir`.
+fn write_files(dir: &Path, files: &[(&str, &str)]) {
+    for (path, text) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+}
+
+/// A source tree with a multi-stage Dockerfile container `web`, a Dockerfile container
+/// `plainv` whose version has a leading v, and a Nix container `nixy`.
+fn src_tree() -> tempfile::TempDir {
+    let src = tempdir("blumeops-src-");
+    write_files(
+        src.path(),
+        &[
+            ("containers/web/Dockerfile", MULTI_STAGE),
+            (
+                "containers/plainv/Dockerfile",
+                "FROM docker.io/library/busybox:1.37\nARG CONTAINER_APP_VERSION=v0.9.1\n",
+            ),
+            (
+                "containers/nixy/default.nix",
+                "{ pkgs }:\nlet\n  version = \"5.6.7\";\nin pkgs.dockerTools.buildImage { }\n",
+            ),
+        ],
+    );
+    src
+}
+
+fn path_arg(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[test]
+fn plan_hello_prints_every_step() {
+    let out = run_cli(&["plan", "--container-name", "hello"], &[]);
+    out.assert_success();
+    assert_eq!(out.stdout, HELLO_PLAN, "{out}");
+
+    let out = run_cli(&["plan", "--container-name", "hello", "--json"], &[]);
+    out.assert_success();
+    let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(plan["total_steps"], 8);
+    assert_eq!(
+        plan["stages"][0]["base"],
+        serde_json::json!({"image": "docker.io/library/busybox:1.37"})
+    );
+    assert_eq!(
+        plan["stages"][0]["steps"][7]["description"],
+        "with_default_args [\"/usr/local/bin/hello\"]"
+    );
+}
+
+#[test]
+fn plan_dockerfile_shows_stages_and_copy_edges() {
+    let src = src_tree();
+    let src_arg = path_arg(src.path());
+    let args = [
+        "plan",
+        "--container-name",
+        "web",
+        "--src",
+        &src_arg,
+        "--build-arg",
+        "GREETING=howdy",
+    ];
+    let out = run_cli(&args, &[]);
+    out.assert_success();
+    let text = &out.stdout;
+    assert!(text.starts_with("web: 7 steps in 2 stages\n"), "{out}");
+    assert!(
+        text.contains("stage 1 (from docker.io/library/busybox:1.37)\n  [1] from docker.io/library/busybox:1.37\n"),
+        "{out}"
+    );
+    assert!(
+        text.contains("with_exec") && text.contains("howdy"),
+        "{out}"
+    );
+    assert!(
+        text.contains("stage 2 (from scratch; copies from stage 1; final)\n  [4] from scratch\n  [5] with_path /srv/out.txt from another container's /out.txt\n"),
+        "{out}"
+    );
+    assert!(text.contains("with_env_variable MODE=prod"), "{out}");
+
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let out = run_cli(&json_args, &[]);
+    out.assert_success();
+    let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(plan["stages"][1]["base"], "scratch");
+    assert_eq!(plan["stages"][1]["copies_from"], serde_json::json!([1]));
+}
+
+#[test]
+fn plan_of_an_unknown_container_is_invalid_input() {
+    let out = run_cli(&["plan", "--container-name", "nope"], &[]);
+    out.assert_code(2);
+    assert!(out.stderr.contains("unknown container `nope`"), "{out}");
+    assert!(out.stderr.contains("hello"), "{out}");
+}
+
+#[test]
+fn list_shows_native_dockerfile_and_nix_containers() {
+    let src = src_tree();
+    let src_arg = path_arg(src.path());
+    let out = run_cli(&["list", "--src", &src_arg], &[]);
+    out.assert_success();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let row = |name: &str| -> Vec<&str> {
+        lines
+            .iter()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no row for {name}\n{out}"))
+            .split_whitespace()
+            .collect()
+    };
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "TYPES", "VERSION"]
+    );
+    assert_eq!(row("hello"), ["hello", "native", "v1.0.0"]);
+    assert_eq!(row("web"), ["web", "dockerfile", "v2.3.4"]);
+    assert_eq!(row("plainv"), ["plainv", "dockerfile", "v0.9.1"]);
+    assert_eq!(row("nixy"), ["nixy", "nix", "v5.6.7"]);
+
+    let out = run_cli(&["list", "--src", &src_arg, "--json"], &[]);
+    out.assert_success();
+    let list: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["hello", "nixy", "plainv", "web"]);
+    assert_eq!(list[0]["types"], serde_json::json!(["native"]));
+    assert!(list[0].get("tags").is_none());
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("failed to run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn changed_lists_containers_touched_since_base() {
+    let repo = tempdir("blumeops-git-");
+    let dir = repo.path();
+    git(dir, &["init", "-q"]);
+    write_files(
+        dir,
+        &[
+            (
+                "containers/a/Dockerfile",
+                "FROM x\nARG CONTAINER_APP_VERSION=1\n",
+            ),
+            (
+                "containers/b/Dockerfile",
+                "FROM x\nARG CONTAINER_APP_VERSION=1\n",
+            ),
+            ("containers/c/default.nix", "{ version = \"1\"; }\n"),
+        ],
+    );
+    git(dir, &["add", "."]);
+    git(dir, &["commit", "-q", "-m", "one"]);
+    let before = git(dir, &["rev-parse", "HEAD"]);
+    write_files(
+        dir,
+        &[
+            (
+                "containers/a/Dockerfile",
+                "FROM y\nARG CONTAINER_APP_VERSION=2\n",
+            ),
+            ("containers/b/x/file.txt", "new\n"),
+            ("docs/readme.md", "unrelated\n"),
+        ],
+    );
+    git(dir, &["add", "."]);
+    git(dir, &["commit", "-q", "-m", "two"]);
+
+    let src_arg = path_arg(dir);
+    let out = run_cli(&["changed", "--base", &before, "--src", &src_arg], &[]);
+    out.assert_success();
+    assert_eq!(out.stdout.trim(), r#"["a","b"]"#, "{out}");
+
+    let out = run_cli(&["changed", "--base", "HEAD", "--src", &src_arg], &[]);
+    out.assert_success();
+    assert_eq!(out.stdout.trim(), "[]", "{out}");
+
+    let out = run_cli(
+        &["changed", "--base", "no-such-ref", "--src", &src_arg],
+        &[],
+    );
+    out.assert_code(2);
+    assert!(out.stderr.contains("no-such-ref"), "{out}");
+    assert!(out.stderr.contains("hint:"), "{out}");
+
+    let not_git = tempdir("blumeops-not-git-");
+    let out = run_cli(
+        &[
+            "changed",
+            "--base",
+            &before,
+            "--src",
+            &path_arg(not_git.path()),
+        ],
+        &[],
+    );
+    out.assert_code(2);
+    assert!(out.stderr.contains("error: failed to compare"), "{out}");
+}
+
+#[test]
+fn container_version_of_native_dockerfile_and_nix() {
+    let src = src_tree();
+    let src_arg = path_arg(src.path());
+    for (name, expected) in [
+        ("hello", "v1.0.0"),
+        ("web", "v2.3.4"),
+        ("plainv", "v0.9.1"),
+        ("nixy", "v5.6.7"),
+    ] {
+        let out = run_cli(&["container-version", name, "--src", &src_arg], &[]);
+        out.assert_success();
+        assert_eq!(out.stdout, format!("{expected}\n"), "{out}");
+    }
+    let out = run_cli(&["container-version", "nope", "--src", &src_arg], &[]);
+    out.assert_code(2);
+    assert!(
+        out.stderr
+            .contains("unknown container `nope`; known containers: hello, nixy, plainv, web"),
+        "{out}"
+    );
+}
+
+/// Build and publish `hello` against a local registry: plain progress, workflow outputs,
+/// `--json`, and `list --tags`.
+#[test]
+fn plain_progress_and_workflow_outputs() {
+    let registry = TestRegistry::start();
+    let base = BaseImage::push(&registry);
+    let cache = isolated_cache();
+    let cache_arg = path_arg(cache.path());
+    let addr = registry.addr();
+    let base_arg = format!("BASE_IMAGE={}", base.reference);
+
+    // Plain progress (CI set): no escape bytes, every step of the plan.
+    let out_dir = tempdir("blumeops-out-");
+    let output = format!("oci:{}", out_dir.path().join("layout").display());
+    let build = run_cli(
+        &[
+            "build",
+            "--container-name",
+            "hello",
+            "--registry",
+            &addr,
+            "--build-arg",
+            &base_arg,
+            "--output",
+            &output,
+        ],
+        &[("CI", "true"), ("BLUMEOPS_CACHE_DIR", &cache_arg)],
+    );
+    build.assert_success();
+    assert!(
+        !build.stderr.contains('\x1b') && !build.stdout.contains('\x1b'),
+        "escape bytes in plain output\n{build}"
+    );
+    let plan = run_cli(
+        &[
+            "plan",
+            "--container-name",
+            "hello",
+            "--build-arg",
+            &base_arg,
+            "--json",
+        ],
+        &[],
+    );
+    plan.assert_success();
+    let plan: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    let steps = plan["stages"][0]["steps"].as_array().unwrap();
+    for step in steps {
+        let line = format!(
+            "[{}/{}] {}\n",
+            step["index"],
+            steps.len(),
+            step["description"].as_str().unwrap()
+        );
+        assert!(build.stderr.contains(&line), "missing {line:?}\n{build}");
+    }
+    assert!(build.stderr.contains("built 8 steps in "), "{build}");
+
+    // Publish with both output variables set and --json.
+    let outputs = tempdir("blumeops-outputs-");
+    let github = outputs.path().join("github_output");
+    let forgejo = outputs.path().join("forgejo_output");
+    std::fs::write(&github, "earlier=line\n").unwrap();
+    let (github_arg, forgejo_arg) = (path_arg(&github), path_arg(&forgejo));
+    let publish = run_cli(
+        &[
+            "publish",
+            "--container-name",
+            "hello",
+            "--version",
+            "v1.0.0",
+            "--commit-sha",
+            "abc1234",
+            "--registry",
+            &addr,
+            "--registry-username",
+            CI_USER,
+            "--registry-password",
+            "env:ZOT_CI_API_KEY",
+            "--build-arg",
+            &base_arg,
+            "--progress",
+            "plain",
+            "--json",
+        ],
+        &[
+            ("ZOT_CI_API_KEY", registry.ci_password()),
+            ("BLUMEOPS_CACHE_DIR", &cache_arg),
+            ("GITHUB_OUTPUT", &github_arg),
+            ("FORGEJO_OUTPUT", &forgejo_arg),
+        ],
+    );
+    publish.assert_success();
+    publish.assert_no_secret(registry.ci_password());
+    assert!(!publish.stderr.contains('\x1b'), "{publish}");
+    let json: serde_json::Value = serde_json::from_str(publish.last_line()).unwrap();
+    let reference = format!("{addr}/blumeops/hello:v1.0.0-abc1234");
+    assert_eq!(json["ref"], reference.as_str(), "{publish}");
+    assert_eq!(json["tag"], "v1.0.0-abc1234");
+    let digest = json["digest"].as_str().unwrap();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{digest}"
+    );
+
+    let expected = format!("ref={reference}\ndigest={digest}\ntag=v1.0.0-abc1234\n");
+    assert_eq!(
+        std::fs::read_to_string(&github).unwrap(),
+        format!("earlier=line\n{expected}")
+    );
+    assert_eq!(std::fs::read_to_string(&forgejo).unwrap(), expected);
+
+    // The tag shows up in `list --tags`.
+    let list = run_cli(&["list", "--tags", "--registry", &addr, "--json"], &[]);
+    list.assert_success();
+    let list: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    let hello = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "hello")
+        .unwrap();
+    assert_eq!(hello["tags"], serde_json::json!(["v1.0.0-abc1234"]));
+}

@@ -450,8 +450,17 @@ fn failing_run_step_reports_the_step_the_code_a_tail_and_the_full_log() {
         );
     }
 
-    // A long tail inline: at least 90 lines, and exactly the end of the full log.
-    let tail = numbered_lines(report);
+    // A long tail inline: at least 90 lines, and exactly the end of the full log. When that
+    // combined tail does not end with one of the streams, the report adds that stream's
+    // last lines in a section of its own ("last N lines of stdout:").
+    let (combined, per_stream) = match report
+        .find(" lines of stdout:")
+        .or_else(|| report.find(" lines of stderr:"))
+    {
+        Some(at) => report.split_at(report[..at].rfind('\n').unwrap_or(0)),
+        None => (report, ""),
+    };
+    let tail = numbered_lines(combined);
     assert!(
         tail.len() >= 90,
         "the inline tail shows only {} output lines\n{output}",
@@ -466,10 +475,15 @@ fn failing_run_step_reports_the_step_the_code_a_tail_and_the_full_log() {
     // The last lines of each stream. The two pipes are read separately, so the order in
     // which their lines arrive is up to the reader; whatever it is, the last thing the
     // command printed on stdout and on stderr must be in the tail.
+    let shown: Vec<(&str, u32)> = tail
+        .iter()
+        .copied()
+        .chain(numbered_lines(per_stream))
+        .collect();
     let missing: Vec<String> = ["stdout", "stderr"]
         .iter()
         .flat_map(|stream| (491..=500).map(move |n| (*stream, n)))
-        .filter(|line| !tail.contains(line))
+        .filter(|line| !shown.contains(line))
         .map(|(stream, n)| format!("{stream} line {n:04}"))
         .collect();
     assert!(

@@ -5,5 +5,6 @@ mod cli_commands;
 mod cli_publish;
 mod dockerfile_parity;
 mod harness;
+mod push_archive;
 mod registry_client;
 mod test_images;

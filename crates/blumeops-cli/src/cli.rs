@@ -33,6 +33,11 @@ pub enum Command {
     Build(BuildArgs),
     /// Print a container's version (e.g. `v1.0.0`).
     ContainerVersion(VersionArgs),
+    /// Push an image built elsewhere (a docker archive, e.g. from `nix-build` of a
+    /// dockerTools image) as an OCI image to REGISTRY/blumeops/NAME:VERSION-SHA-nix.
+    ///
+    /// Prints `REF@sha256:DIGEST` as the last line of stdout. The tag policy is publish's.
+    PushArchive(PushArchiveArgs),
     /// Print a container's build steps (stages, bases, commands, files, config) without
     /// running anything.
     Plan(PlanArgs),
@@ -177,4 +182,46 @@ pub struct ChangedArgs {
     /// Source checkout (a git repository).
     #[arg(long, default_value = ".")]
     pub src: PathBuf,
+}
+
+/// `push-archive` flags.
+#[derive(Debug, Args)]
+pub struct PushArchiveArgs {
+    /// The docker archive (plain, gzip or zstd tar), e.g. `./result`.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Container name: the image goes to REGISTRY/blumeops/NAME.
+    #[arg(long)]
+    pub container_name: String,
+    /// Source checkout: containers/NAME/default.nix gives the version, its git HEAD the sha.
+    #[arg(long, default_value = ".")]
+    pub src: PathBuf,
+    /// Version for the tag [default: `version = "..."` of containers/NAME/default.nix].
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Commit sha for the tag [default: first 7 characters of `git -C SRC rev-parse HEAD`].
+    #[arg(long)]
+    pub commit_sha: Option<String>,
+    /// Which image of an archive holding several (0-based, in manifest.json order).
+    #[arg(long, value_name = "N")]
+    pub image_index: Option<usize>,
+    /// Target registry.
+    #[arg(long, default_value = DEFAULT_REGISTRY)]
+    pub registry: String,
+    /// Username for the target registry.
+    #[arg(long, default_value = DEFAULT_REGISTRY_USERNAME)]
+    pub registry_username: String,
+    /// Password or API key for the target registry: env:NAME, file:PATH or cmd:COMMAND.
+    #[arg(long, value_name = "SOURCE")]
+    pub registry_password: Option<String>,
+    /// Use plain HTTP for the registry (loopback registries always use it).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Replace an existing tag that points at a different image (needs update permission).
+    #[arg(long)]
+    pub allow_overwrite: bool,
+    /// Print `{"ref":..,"digest":..,"tag":..}` as the last stdout line instead of
+    /// `REF@sha256:DIGEST`.
+    #[arg(long)]
+    pub json: bool,
 }

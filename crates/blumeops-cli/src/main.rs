@@ -44,6 +44,7 @@ fn main() -> ExitCode {
             Command::Plan(args) => commands::plan::run(args),
             Command::List(args) => commands::list::run(args).await,
             Command::Changed(args) => commands::changed::run(args),
+            Command::PushArchive(args) => commands::push_archive::run(args).await,
         }
     });
     match result {

@@ -6,6 +6,7 @@ pub mod container_version;
 pub mod list;
 pub mod plan;
 pub mod publish;
+pub mod push_archive;
 
 use std::path::Path;
 
@@ -61,26 +62,12 @@ pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
     };
     let (epoch, _) = resolve_epoch(&flags.src).map_err(blumeops_core::Error::from)?;
 
-    let mut credentials = Credentials::from_config_files();
-    if let Some(source) = &flags.registry_password {
-        let source: SecretSource = source
-            .parse()
-            .map_err(blumeops_core::Error::from)
-            .context("invalid --registry-password")?;
-        let password = source.resolve().map_err(blumeops_core::Error::from)?;
-        credentials = credentials.with_registry(
-            &flags.registry,
-            Credential {
-                username: flags.registry_username.clone(),
-                password,
-            },
-        );
-    }
-    let registry = ClientOptions {
-        credentials,
-        plain_http: flags.plain_http,
-        ..ClientOptions::default()
-    };
+    let registry = registry_options(
+        &flags.registry,
+        &flags.registry_username,
+        flags.registry_password.as_deref(),
+        flags.plain_http,
+    )?;
     let store = Store::open_default().map_err(blumeops_core::Error::from)?;
     let progress = progress::Progress::new(progress::Mode::resolve(flags.progress));
     let engine = Engine::new(EngineOptions {
@@ -185,6 +172,36 @@ impl std::fmt::Display for InvalidInput {
 }
 
 impl std::error::Error for InvalidInput {}
+
+/// Registry client options: credentials from docker/podman config files, plus
+/// `username`/`password` (a secret source: `env:`, `file:`, `cmd:`) for `registry`.
+pub fn registry_options(
+    registry: &str,
+    username: &str,
+    password: Option<&str>,
+    plain_http: bool,
+) -> Result<ClientOptions> {
+    let mut credentials = Credentials::from_config_files();
+    if let Some(source) = password {
+        let source: SecretSource = source
+            .parse()
+            .map_err(blumeops_core::Error::from)
+            .context("invalid --registry-password")?;
+        let password = source.resolve().map_err(blumeops_core::Error::from)?;
+        credentials = credentials.with_registry(
+            registry,
+            Credential {
+                username: username.to_owned(),
+                password,
+            },
+        );
+    }
+    Ok(ClientOptions {
+        credentials,
+        plain_http,
+        ..ClientOptions::default()
+    })
+}
 
 /// The error for a container that is neither native nor a Dockerfile/Nix directory.
 pub fn unknown_container(name: &str, src: &Path) -> blumeops_core::Error {

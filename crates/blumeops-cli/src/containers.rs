@@ -4,7 +4,10 @@ use blumeops_core::ContainerDefinition;
 
 /// Every native definition, by name.
 pub fn native() -> Vec<&'static dyn ContainerDefinition> {
-    vec![&blumeops_container_hello::Hello]
+    vec![
+        &blumeops_container_hello::Hello,
+        &blumeops_container_navidrome::Navidrome,
+    ]
 }
 
 /// The native definition called `name`.

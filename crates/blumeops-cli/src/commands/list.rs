@@ -229,7 +229,10 @@ mod tests {
         std::fs::create_dir_all(c.join("empty")).unwrap();
         let entries = collect(src.path());
         let names: Vec<&str> = entries.keys().map(String::as_str).collect();
-        assert_eq!(names, ["both", "broken", "hello", "nixy", "web"]);
+        assert_eq!(
+            names,
+            ["both", "broken", "hello", "navidrome", "nixy", "web"]
+        );
         assert_eq!(entries["hello"].types, ["native"]);
         assert_eq!(entries["hello"].version.as_deref(), Some("v1.0.0"));
         assert_eq!(entries["both"].types, ["dockerfile", "nix"]);
@@ -238,10 +241,16 @@ mod tests {
         assert_eq!(entries["broken"].version, None);
         let text = table(&entries);
         assert!(
-            text.starts_with("NAME    TYPES           VERSION\n"),
+            text.starts_with("NAME       TYPES           VERSION\n"),
             "{text}"
         );
-        assert!(text.contains("hello   native          v1.0.0\n"), "{text}");
-        assert!(text.contains("broken  dockerfile      unknown\n"), "{text}");
+        assert!(
+            text.contains("hello      native          v1.0.0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("broken     dockerfile      unknown\n"),
+            "{text}"
+        );
     }
 }

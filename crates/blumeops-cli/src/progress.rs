@@ -54,15 +54,6 @@ impl Mode {
     }
 }
 
-/// A plain progress printer on stderr, for commands without a `--progress` flag.
-#[allow(
-    dead_code,
-    reason = "kept for commands that report progress without a mode flag"
-)]
-pub fn stderr() -> ProgressFn {
-    Progress::new(Mode::Plain).callback()
-}
-
 /// One running step, as the live view shows it.
 struct Running {
     total: usize,

@@ -132,7 +132,7 @@ impl Progress {
     }
 
     /// The callback for `EngineOptions::progress`.
-    pub fn callback(&self) -> blumeops_core::ProgressFn {
+    pub fn callback(&self) -> ProgressFn {
         let progress = self.clone();
         Arc::new(move |event: &Event| progress.on_event(event))
     }

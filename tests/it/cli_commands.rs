@@ -87,6 +87,15 @@ fn plan_hello_prints_every_step() {
     );
 }
 
+/// The navidrome build as blumeops plans it: three stages, their bases, every command and
+/// copy. A change here is a change to what CI builds, so it is reviewed as a snapshot.
+#[test]
+fn plan_navidrome_snapshot() {
+    let out = run_cli(&["plan", "--container-name", "navidrome"], &[]);
+    out.assert_success();
+    insta::assert_snapshot!("plan_navidrome", out.stdout);
+}
+
 #[test]
 fn plan_dockerfile_shows_stages_and_copy_edges() {
     let src = src_tree();

@@ -9,6 +9,9 @@ use crate::store::BlobWriter;
 /// gzip level used for every layer. Changing it changes every digest.
 pub const GZIP_LEVEL: u32 = 6;
 
+/// Most threads one layer's gzip uses (each holds about 2 MiB of blocks).
+pub const MAX_GZIP_THREADS: usize = 8;
+
 /// How layers are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -32,7 +35,9 @@ impl Compression {
             Self::Gzip => Ok(Encoder::Gzip(ParallelGzip::new(
                 out,
                 GZIP_LEVEL,
-                std::thread::available_parallelism().map_or(1, usize::from),
+                std::thread::available_parallelism()
+                    .map_or(1, usize::from)
+                    .min(MAX_GZIP_THREADS),
             )?)),
         }
     }

@@ -148,8 +148,9 @@ impl<W: Write> ParallelGzip<W> {
             .send(Job { seq, data, last })
             .map_err(|_| io::Error::other("compression threads exited"))?;
         self.in_flight += 1;
-        // Keep at most two blocks per thread in flight.
-        self.drain(2 * self.threads)
+        // Keep at most one block per thread (plus one) in flight: memory stays near
+        // 2 MiB per thread whatever the layer size.
+        self.drain(self.threads + 1)
     }
 
     /// Compress what is left, write the trailer and return the inner writer.

@@ -49,10 +49,11 @@ blumeops_publish() { # TAG
         --build-arg "BASE_IMAGE=$base"
 }
 buildah_build_push() { # STORAGE TAG
-    buildah --root "$1/root" --runroot "$1/run" --storage-driver vfs bud --quiet --layers \
-        --isolation chroot --format oci --tls-verify=false --build-arg "BASE_IMAGE=$base" \
+    buildah --root "$1/root" --runroot "$1/run" --storage-driver overlay bud --quiet --layers \
+        --isolation chroot --format oci --tls-verify=false --creds "zot-ci:$password" \
+        --build-arg "BASE_IMAGE=$base" \
         -t "localhost/bench:$2" "$src/containers/bench" >/dev/null
-    buildah --root "$1/root" --runroot "$1/run" --storage-driver vfs push --quiet \
+    buildah --root "$1/root" --runroot "$1/run" --storage-driver overlay push --quiet \
         --tls-verify=false --creds "zot-ci:$password" "localhost/bench:$2" \
         "docker://$REGISTRY_ADDR/blumeops/bench-buildah:$2"
 }
@@ -68,7 +69,7 @@ touch_one_file() {
 for i in $(seq "$runs"); do
     export BLUMEOPS_CACHE_DIR=$work/cache-$i
     measure blumeops-cold blumeops_publish "cold$i"
-    measure blumeops-warm blumeops_publish "cold$i"
+    measure blumeops-warm blumeops_publish "warm$i"
     touch_one_file
     measure blumeops-changed blumeops_publish "changed$i"
     storage=$work/buildah-$i
@@ -76,7 +77,7 @@ for i in $(seq "$runs"); do
     measure buildah-warm buildah_build_push "$storage" "cold$i"
     touch_one_file
     measure buildah-changed buildah_build_push "$storage" "changed$i"
-    buildah --root "$storage/root" --runroot "$storage/run" --storage-driver vfs rm -a >/dev/null 2>&1 || true
+    buildah --root "$storage/root" --runroot "$storage/run" --storage-driver overlay rm -a >/dev/null 2>&1 || true
     rm -rf "$storage" "$BLUMEOPS_CACHE_DIR"
 done
 

@@ -14,6 +14,10 @@ packages=(
     ca-certificates
     git
     file
+    curl             # the demo and benchmarks wait for the registry with it
+    python3          # the demo and benchmarks pick free ports and summarise with it
+    time             # /usr/bin/time, peak RSS in the benchmarks
+    bc
 )
 
 missing=()

@@ -293,25 +293,34 @@ fn write_file(path: &Path, contents: &str) {
 }
 
 fn start_upstream(dir: &Path, htpasswd: &Path, storage: &Path) -> (Child, SocketAddr) {
+    spawn_registry(dir, |addr| {
+        format!(
+            "version: 0.1\n\
+             log:\n  level: info\n  accesslog:\n    disabled: false\n\
+             storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
+             \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
+             http:\n  addr: {addr}\n  secret: {secret}\n\
+             auth:\n  htpasswd:\n    realm: upstream\n    path: {htpasswd}\n",
+            storage = storage.display(),
+            secret = random_hex(16),
+            htpasswd = htpasswd.display(),
+        )
+    })
+}
+
+/// Start `docker-registry serve` on a free loopback port with the config `config_for(addr)`
+/// writes, retrying on another port when it loses the race for one, and wait until it
+/// answers `GET /v2/`. Its log goes to `dir/registry.log`.
+pub(crate) fn spawn_registry(
+    dir: &Path,
+    config_for: impl Fn(SocketAddr) -> String,
+) -> (Child, SocketAddr) {
     let log_path = dir.join("registry.log");
     let mut last_log = String::new();
     for _ in 0..START_ATTEMPTS {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let config = dir.join("config.yml");
-        write_file(
-            &config,
-            &format!(
-                "version: 0.1\n\
-                 log:\n  level: info\n  accesslog:\n    disabled: false\n\
-                 storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
-                 \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
-                 http:\n  addr: {addr}\n  secret: {secret}\n\
-                 auth:\n  htpasswd:\n    realm: upstream\n    path: {htpasswd}\n",
-                storage = storage.display(),
-                secret = random_hex(16),
-                htpasswd = htpasswd.display(),
-            ),
-        );
+        write_file(&config, &config_for(addr));
         let log = std::fs::File::create(&log_path)
             .unwrap_or_else(|e| panic!("failed to create {}: {e}", log_path.display()));
         let mut child = Command::new(REGISTRY_BIN)

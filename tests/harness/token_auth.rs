@@ -14,12 +14,11 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -34,8 +33,8 @@ use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
-use crate::registry::{READY_TIMEOUT, REGISTRY_BIN};
-use crate::util::{free_port, random_hex, tempdir};
+use crate::registry::REGISTRY_BIN;
+use crate::util::{random_hex, tempdir};
 
 /// The `service` the registry names in its challenges and expects as the token audience.
 pub const TOKEN_SERVICE: &str = "test-registry";
@@ -47,8 +46,6 @@ pub const PUSH_USER: &str = "pusher";
 pub const PULL_USER: &str = "puller";
 /// How long issued tokens are valid.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(300);
-
-const START_ATTEMPTS: usize = 5;
 
 /// One request to the token server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -471,12 +468,8 @@ fn issue(
 fn start_registry(dir: &Path, realm: &str, cert: &Path) -> (Child, SocketAddr) {
     let storage = dir.join("storage");
     std::fs::create_dir_all(&storage).expect("failed to create the storage directory");
-    let log_path = dir.join("registry.log");
-    let mut last_log = String::new();
-    for _ in 0..START_ATTEMPTS {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let config = dir.join("config.yml");
-        let text = format!(
+    crate::registry::spawn_registry(dir, |addr| {
+        format!(
             "version: 0.1\n\
              log:\n  level: info\n\
              storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
@@ -487,59 +480,6 @@ fn start_registry(dir: &Path, realm: &str, cert: &Path) -> (Child, SocketAddr) {
             storage = storage.display(),
             secret = random_hex(16),
             cert = cert.display(),
-        );
-        std::fs::write(&config, text)
-            .unwrap_or_else(|e| panic!("failed to write {}: {e}", config.display()));
-        let log = std::fs::File::create(&log_path)
-            .unwrap_or_else(|e| panic!("failed to create {}: {e}", log_path.display()));
-        let mut child = Command::new(REGISTRY_BIN)
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("failed to clone a file handle"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("failed to start {REGISTRY_BIN}: {e}"));
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                last_log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                if last_log.contains("address already in use") {
-                    break;
-                }
-                panic!("{REGISTRY_BIN} exited with {status} on {addr}; log:\n{last_log}");
-            }
-            if answers_http(addr) {
-                return (child, addr);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                panic!(
-                    "{REGISTRY_BIN} did not answer on {addr} within {READY_TIMEOUT:?}; log:\n{log}"
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    panic!(
-        "{REGISTRY_BIN} could not bind a port in {START_ATTEMPTS} attempts; last log:\n{last_log}"
-    );
-}
-
-/// Whether something at `addr` answers `GET /v2/` with an HTTP status line (401 here).
-fn answers_http(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    if stream
-        .write_all(b"GET /v2/ HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = [0_u8; 12];
-    stream.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.")
+        )
+    })
 }

@@ -3,8 +3,8 @@
 //! granted actions) issued by the harness' token server.
 
 use blumeops_core::{
-    ClientOptions, Credential, Credentials, ImageRef, Platform, RegistryClient, RegistryError,
-    RegistryErrorKind, Secret, Store, StoredImage, TagPolicy,
+    ImageRef, Platform, RegistryClient, RegistryError, RegistryErrorKind, Store, StoredImage,
+    TagPolicy,
 };
 use blumeops_e2e::sha256_digest;
 use blumeops_e2e::token_auth::{
@@ -12,26 +12,12 @@ use blumeops_e2e::token_auth::{
 };
 use blumeops_e2e::tools::skopeo;
 
-use crate::test_images::{assert_blobs_verified, build_image, store};
+use crate::test_images::{assert_blobs_verified, build_image, client_for, store};
 
 const REPO: &str = "blumeops/hello";
 
 fn client(registry: &TokenRegistry, user: Option<(&str, &str)>) -> RegistryClient {
-    let mut credentials = Credentials::default();
-    if let Some((username, password)) = user {
-        credentials = credentials.with_registry(
-            &registry.addr(),
-            Credential {
-                username: username.to_owned(),
-                password: Secret::new(password),
-            },
-        );
-    }
-    RegistryClient::new(ClientOptions {
-        credentials,
-        ..ClientOptions::default()
-    })
-    .expect("failed to build a registry client")
+    client_for(&registry.addr(), user)
 }
 
 fn pusher(registry: &TokenRegistry) -> RegistryClient {

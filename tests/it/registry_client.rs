@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use blumeops_core::{
-    ClientOptions, Credential, Credentials, ImageRef, Platform, RegistryClient, RegistryError,
-    RegistryErrorKind, Secret, Store, StoredImage, TagPolicy, media_types,
+    ClientOptions, ImageRef, Platform, RegistryClient, RegistryError, RegistryErrorKind, Store,
+    StoredImage, TagPolicy, media_types,
 };
 use blumeops_e2e::tools::{skopeo, skopeo_copy_to_oci, skopeo_inspect_raw, umoci_unpack};
 use blumeops_e2e::zot_proxy::OCI_MANIFEST;
@@ -16,26 +16,14 @@ use blumeops_e2e::{
 };
 use http::Method;
 
-use crate::test_images::{assert_blobs_verified, build_image, store, write_index_layout};
+use crate::test_images::{
+    assert_blobs_verified, build_image, client_for, store, write_index_layout,
+};
 
 const REPO: &str = "blumeops/hello";
 
 fn client(registry: &TestRegistry, user: Option<(&str, &str)>) -> RegistryClient {
-    let mut credentials = Credentials::default();
-    if let Some((username, password)) = user {
-        credentials = credentials.with_registry(
-            &registry.addr(),
-            Credential {
-                username: username.to_owned(),
-                password: Secret::new(password),
-            },
-        );
-    }
-    RegistryClient::new(ClientOptions {
-        credentials,
-        ..ClientOptions::default()
-    })
-    .expect("failed to build a registry client")
+    client_for(&registry.addr(), user)
 }
 
 fn ci(registry: &TestRegistry) -> RegistryClient {

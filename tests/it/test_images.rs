@@ -10,6 +10,25 @@ use blumeops_e2e::{sha256_digest, tempdir};
 use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 
+/// A registry client for `addr`, anonymous or with `(username, password)`.
+pub fn client_for(addr: &str, user: Option<(&str, &str)>) -> blumeops_core::RegistryClient {
+    let mut credentials = blumeops_core::Credentials::default();
+    if let Some((username, password)) = user {
+        credentials = credentials.with_registry(
+            addr,
+            blumeops_core::Credential {
+                username: username.to_owned(),
+                password: blumeops_core::Secret::new(password),
+            },
+        );
+    }
+    blumeops_core::RegistryClient::new(blumeops_core::ClientOptions {
+        credentials,
+        ..blumeops_core::ClientOptions::default()
+    })
+    .expect("failed to build a registry client")
+}
+
 /// An empty store in a temporary directory (keep the directory alive with the store).
 pub fn store() -> (TempDir, Store) {
     let dir = tempdir("blumeops-client-store-");

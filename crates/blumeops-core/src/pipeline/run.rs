@@ -83,23 +83,6 @@ pub(super) async fn lowers(engine: &Engine, state: &State) -> Result<Vec<PathBuf
     Ok(dirs)
 }
 
-fn remove_tree(path: &Path) {
-    // Overlay's work dir holds a mode-000 `work` directory: make directories writable first.
-    fn open_up(dir: &Path) {
-        use std::os::unix::fs::PermissionsExt as _;
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for e in entries.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    open_up(&e.path());
-                }
-            }
-        }
-    }
-    open_up(path);
-    let _ = std::fs::remove_dir_all(path);
-}
-
 /// Run `args` in the sandbox on top of `state`; the changes become a layer.
 pub(super) async fn exec(
     engine: &Engine,
@@ -265,7 +248,11 @@ pub(super) async fn exec(
     .await
     .map_err(|_| Error::TaskPanicked)??;
     let dir = step_dir.keep();
-    tokio::task::spawn_blocking(move || remove_tree(&dir));
+    // Overlay's work dir holds a mode-000 directory; the store's remover handles that. A
+    // leftover step directory is harmless, so a failure here is not the step's failure.
+    tokio::task::spawn_blocking(move || {
+        let _ = crate::store::force_remove_dir(&dir);
+    });
     Ok(layer)
 }
 

@@ -16,6 +16,8 @@ use crate::reference::{Digest, DigestWriter};
 
 mod unpacked;
 
+pub(crate) use unpacked::force_remove_dir;
+
 /// Environment variable that overrides where the store lives.
 pub const CACHE_DIR_ENV: &str = "BLUMEOPS_CACHE_DIR";
 

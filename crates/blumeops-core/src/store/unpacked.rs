@@ -186,7 +186,7 @@ fn make_removable(path: &Path) -> Result<(), Error> {
 }
 
 /// Remove a directory tree that may hold read-only directories. Missing is fine.
-pub(super) fn force_remove_dir(path: &Path) -> Result<(), Error> {
+pub(crate) fn force_remove_dir(path: &Path) -> Result<(), Error> {
     make_removable(path)?;
     match fs::remove_dir_all(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", path)(e)),

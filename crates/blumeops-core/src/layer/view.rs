@@ -53,6 +53,37 @@ fn split(path: &str) -> Vec<&str> {
         .collect()
 }
 
+/// How a directory path stands in one layer.
+enum DirInLayer {
+    /// The directory is there; `opaque` if it or a directory above it is opaque.
+    Present { dir: PathBuf, opaque: bool },
+    /// The layer stops before reaching it; `opaque_above` if a directory it has on the way
+    /// is opaque (which hides lower layers there).
+    Absent { opaque_above: bool },
+    /// A whiteout or non-directory on the way hides it in this and every lower layer.
+    Hidden,
+}
+
+/// Walk `comps` from `layer` without following symlinks.
+fn dir_in_layer(layer: &Path, comps: &[&str]) -> Result<DirInLayer, Error> {
+    let mut dir = layer.to_path_buf();
+    let mut opaque = false;
+    for comp in comps {
+        dir.push(comp);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => opaque |= is_opaque(&dir),
+            Ok(_) => return Ok(DirInLayer::Hidden),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(DirInLayer::Absent {
+                    opaque_above: opaque,
+                });
+            }
+            Err(e) => return Err(io_err(&dir)(e)),
+        }
+    }
+    Ok(DirInLayer::Present { dir, opaque })
+}
+
 impl RootfsView {
     /// A view of `layers` (base first).
     pub fn new(layers: Vec<PathBuf>) -> Self {
@@ -62,24 +93,18 @@ impl RootfsView {
     /// The entry at `rel` (components already free of symlinks and `..`), if visible.
     fn lookup(&self, comps: &[&str]) -> Result<Option<ViewEntry>, Error> {
         let rel = comps.join("/");
-        'layers: for layer in self.layers.iter().rev() {
-            let mut opaque_below = false;
-            let mut dir = layer.clone();
-            for comp in &comps[..comps.len().saturating_sub(1)] {
-                dir.push(comp);
-                match std::fs::symlink_metadata(&dir) {
-                    Ok(m) if m.is_dir() => opaque_below |= is_opaque(&dir),
-                    // A whiteout or a non-directory here hides the path in every lower layer.
-                    Ok(_) => return Ok(None),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        if opaque_below {
-                            return Ok(None);
-                        }
-                        continue 'layers;
-                    }
-                    Err(e) => return Err(io_err(&dir)(e)),
+        for layer in self.layers.iter().rev() {
+            let opaque_below = match dir_in_layer(layer, &comps[..comps.len().saturating_sub(1)])? {
+                // A whiteout or a non-directory on the way hides the path in lower layers,
+                // and so does an opaque directory above where this layer stops.
+                DirInLayer::Hidden | DirInLayer::Absent { opaque_above: true } => {
+                    return Ok(None);
                 }
-            }
+                DirInLayer::Absent {
+                    opaque_above: false,
+                } => continue,
+                DirInLayer::Present { opaque, .. } => opaque,
+            };
             let host_path = layer.join(&rel);
             match std::fs::symlink_metadata(&host_path) {
                 Ok(m) if is_whiteout(&m) => return Ok(None),
@@ -170,23 +195,14 @@ impl RootfsView {
         let comps = split(rel);
         let mut names = std::collections::BTreeSet::new();
         let mut hidden = std::collections::BTreeSet::new();
-        'layers: for layer in self.layers.iter().rev() {
-            let mut dir = layer.clone();
-            let mut opaque = false;
-            for comp in &comps {
-                dir.push(comp);
-                match std::fs::symlink_metadata(&dir) {
-                    Ok(m) if m.is_dir() => opaque |= is_opaque(&dir),
-                    Ok(_) => break 'layers,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        if opaque {
-                            break 'layers;
-                        }
-                        continue 'layers;
-                    }
-                    Err(e) => return Err(io_err(&dir)(e)),
-                }
-            }
+        for layer in self.layers.iter().rev() {
+            let (dir, opaque) = match dir_in_layer(layer, &comps)? {
+                DirInLayer::Hidden | DirInLayer::Absent { opaque_above: true } => break,
+                DirInLayer::Absent {
+                    opaque_above: false,
+                } => continue,
+                DirInLayer::Present { dir, opaque } => (dir, opaque),
+            };
             for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
                 let entry = entry.map_err(io_err(&dir))?;
                 let Ok(name) = entry.file_name().into_string() else {

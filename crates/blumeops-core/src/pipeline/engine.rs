@@ -497,10 +497,7 @@ async fn apply_op(
                     builder.add_bytes(path, contents.clone(), *mode, *owner)?;
                 }
                 Op::HostFile { path, src, opts } | Op::HostDirectory { path, src, opts } => {
-                    let mut opts = opts.clone();
-                    if let Some(name) = opts.owner_name.take() {
-                        opts.owner = Some(super::run::resolve_owner(engine, state, &name).await?);
-                    }
+                    let opts = super::run::with_owner_resolved(engine, state, opts).await?;
                     if matches!(op, Op::HostFile { .. }) {
                         builder.add_host_file(path, src, &opts)?;
                     } else {

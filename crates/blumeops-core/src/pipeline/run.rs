@@ -274,6 +274,19 @@ pub(super) async fn resolve_owner(
     Ok(Owner { uid, gid })
 }
 
+/// `opts` with an owner given by name (`owner_name`) resolved in the image of `state`.
+pub(super) async fn with_owner_resolved(
+    engine: &Engine,
+    state: &State,
+    opts: &crate::layer::HostCopy,
+) -> Result<crate::layer::HostCopy, Error> {
+    let mut opts = opts.clone();
+    if let Some(name) = opts.owner_name.take() {
+        opts.owner = Some(resolve_owner(engine, state, &name).await?);
+    }
+    Ok(opts)
+}
+
 /// Copy `src_path` out of `source` (another container) into a new layer: a directory's
 /// contents go to `path`; a file becomes `path`, or goes into it when `path` ends in `/`.
 pub(super) async fn copy_from(
@@ -429,10 +442,7 @@ pub(super) async fn host_archive(
     src: &Path,
     opts: &crate::layer::HostCopy,
 ) -> Result<layer::Layer, Error> {
-    let mut opts = opts.clone();
-    if let Some(name) = opts.owner_name.take() {
-        opts.owner = Some(resolve_owner(engine, state, &name).await?);
-    }
+    let mut opts = with_owner_resolved(engine, state, opts).await?;
     let store = engine.store().clone();
     let (path, src) = (path.to_owned(), src.to_owned());
     let (compression, epoch) = (engine.compression(), engine.epoch());

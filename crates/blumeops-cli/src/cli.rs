@@ -86,6 +86,30 @@ pub struct BuildFlags {
     /// Progress display: a live view on a terminal, or plain lines.
     #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
     pub progress: ProgressArg,
+    /// Run every step, ignoring the step cache (results are still cached for next time).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Run the steps whose description contains TEXT even when cached, e.g. `npm ci`
+    /// (repeatable); later steps are reused if the step's result did not change.
+    #[arg(long = "no-cache-step", value_name = "TEXT")]
+    pub no_cache_steps: Vec<String>,
+    /// Most steps running at once; independent stages run concurrently [default: the
+    /// number of cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
+    /// Layer compression for the layers this build creates.
+    #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
+    pub compression: CompressionArg,
+}
+
+/// `--compression` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressionArg {
+    /// gzip (`tar+gzip`), readable by every client; compressed on all cores.
+    Gzip,
+    /// zstd (`tar+zstd`, the OCI zstd media type): faster to write and to read; needs a
+    /// recent client (containerd 1.5+, podman/buildah 1.19+).
+    Zstd,
 }
 
 /// `--progress` values.

@@ -14,7 +14,7 @@ use std::io::{IsTerminal as _, Write};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use blumeops_core::{Digest, Event, ProgressFn, TAIL_LINES};
+use blumeops_core::{CacheStatus, Digest, Event, ProgressFn, TAIL_LINES};
 
 use crate::cli::ProgressArg;
 
@@ -61,7 +61,6 @@ struct Running {
     started: Instant,
     /// Last lines of output (stream is stderr, line), for the failure report.
     tail: VecDeque<(bool, String)>,
-    cached: bool,
 }
 
 struct State {
@@ -222,17 +221,20 @@ impl State {
                         description: description.clone(),
                         started: Instant::now(),
                         tail: VecDeque::new(),
-                        // No step cache yet: nothing is ever served from one.
-                        cached: false,
                     },
                 );
                 self.redraw(&[]);
             }
-            Event::StepFinished { index, elapsed, .. } => {
+            Event::StepFinished {
+                index,
+                elapsed,
+                cache,
+                ..
+            } => {
                 let line = self.running.remove(index).map(|step| {
-                    let mark = if step.cached { "cached" } else { "done" };
+                    let (mark, why) = cache_words(cache);
                     format!(
-                        "{mark} [{index}/{}] {} ({:.1}s)",
+                        "{mark} [{index}/{}] {} ({:.1}s){why}",
                         step.total,
                         sanitize(&step.description),
                         elapsed.as_secs_f64()
@@ -325,6 +327,16 @@ fn output_line(index: usize, stderr: bool, line: &str) -> String {
     format!("[{index}]{stream} {}", sanitize(line))
 }
 
+/// How a finished step is marked (`cached`, `ran` or `done`) and, for a step that ran,
+/// why (` (ran: files changed: ...)`).
+fn cache_words(cache: &CacheStatus) -> (&'static str, String) {
+    match cache {
+        CacheStatus::Hit => ("cached", String::new()),
+        CacheStatus::Ran { reason } => ("ran", format!(" [{}]", sanitize(reason))),
+        _ => ("done", String::new()),
+    }
+}
+
 /// The plain-mode line for an event, if it prints one. Never contains an escape byte.
 pub fn plain_line(event: &Event) -> Option<String> {
     let line = match event {
@@ -336,8 +348,22 @@ pub fn plain_line(event: &Event) -> Option<String> {
         Event::StepFinished {
             index,
             elapsed,
-            detail: Some(d),
-        } => format!("[{index}] done in {:.2}s: {d}", elapsed.as_secs_f64()),
+            detail,
+            cache,
+        } => {
+            let (mark, why) = cache_words(cache);
+            if detail.is_none() && why.is_empty() {
+                return None;
+            }
+            let detail = detail
+                .as_deref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default();
+            format!(
+                "[{index}] {mark} in {:.2}s{detail}{why}",
+                elapsed.as_secs_f64()
+            )
+        }
         Event::StepOutput {
             index,
             stderr,

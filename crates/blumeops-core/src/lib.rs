@@ -22,6 +22,7 @@ mod dockerfile;
 mod epoch;
 mod error;
 mod export;
+mod fields;
 mod image;
 mod import;
 mod layer;
@@ -54,9 +55,10 @@ pub use import::{
     import_docker_archive_with,
 };
 pub use layer::Error as LayerError;
+pub use layer::Fingerprint;
 pub use layer::{
     Compression, Entry, EntryKind, FileData, GZIP_LEVEL, HostCopy, Layer, LayerBuilder, Owner,
-    normalize_path,
+    ZSTD_LEVEL, normalize_path,
 };
 pub use layer::{
     DEFAULT_MAX_UNPACK_BYTES, EntryMeta, OverlayXattrs, UnpackOptions, UnpackStats,
@@ -64,8 +66,9 @@ pub use layer::{
 };
 pub use pipeline::Healthcheck;
 pub use pipeline::{
-    BuiltImage, CacheVolume, Container, CopyOptions, Engine, EngineOptions, Event, ExecOptions,
-    Expect, Network, Plan, PlanBase, PlanStage, PlanStep, ProgressFn, Published, SecretVariable,
+    BuiltImage, CacheOptions, CacheStatus, CacheVolume, Container, CopyOptions, Engine,
+    EngineOptions, Event, ExecOptions, Expect, Network, Plan, PlanBase, PlanStage, PlanStep,
+    ProgressFn, Published, SecretVariable, default_jobs,
 };
 pub use reference::Error as ReferenceError;
 pub use reference::{Digest, DigestWriter, ImageRef, Platform, is_loopback_host};

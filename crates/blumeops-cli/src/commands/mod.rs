@@ -12,11 +12,12 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use blumeops_core::{
-    BuildArgs, ClientOptions, Container, Credential, Credentials, DefinitionInput, Engine,
-    EngineOptions, ImageRef, Platform, SecretSource, Store, file_container_version, resolve_epoch,
+    BuildArgs, CacheOptions, ClientOptions, Compression, Container, Credential, Credentials,
+    DefinitionInput, Engine, EngineOptions, ImageRef, Platform, SecretSource, Store, default_jobs,
+    file_container_version, resolve_epoch,
 };
 
-use crate::cli::{BuildFlags, NAMESPACE};
+use crate::cli::{BuildFlags, CompressionArg, NAMESPACE};
 use crate::{containers, progress};
 
 /// Everything a build needs, checked and typed.
@@ -75,6 +76,15 @@ pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
         platform,
         epoch,
         progress: Some(progress.callback()),
+        cache: CacheOptions {
+            disabled: flags.no_cache,
+            bust: flags.no_cache_steps.clone(),
+        },
+        jobs: flags.jobs.map_or_else(default_jobs, usize::from),
+        compression: match flags.compression {
+            CompressionArg::Gzip => Compression::Gzip,
+            CompressionArg::Zstd => Compression::Zstd,
+        },
         ..EngineOptions::new(store)
     })?;
 

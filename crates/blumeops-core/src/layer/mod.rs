@@ -9,6 +9,7 @@
 
 mod compress;
 mod diff;
+mod fingerprint;
 mod host;
 mod pgzip;
 mod unpack;
@@ -21,8 +22,9 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use compress::{Compression, GZIP_LEVEL};
+pub use compress::{Compression, GZIP_LEVEL, ZSTD_LEVEL};
 pub use diff::layer_from_overlay_upper;
+pub use fingerprint::Fingerprint;
 pub(crate) use host::globset;
 pub(crate) use host::is_root;
 pub use host::{HostCopy, Owner};

@@ -10,19 +10,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::cache::{self, CacheOptions, CacheStatus, StepInputs};
 use super::exec::{CacheVolume, SecretVariable};
 use super::{Container, Op};
 use crate::epoch;
 use crate::error::Error;
 use crate::export::ExportTarget;
+use crate::fields::FieldHasher;
 use crate::image::{
     BlobRef, Descriptor, History, ImageConfig, ImageManifest, ManifestBlob, StoredImage,
     media_types,
 };
 use crate::layer::{Compression, LayerBuilder};
-use crate::reference::{ImageRef, Platform};
+use crate::reference::{Digest, ImageRef, Platform};
 use crate::registry::{ClientOptions, PushReport, RegistryClient, TagPolicy};
-use crate::store::Store;
+use crate::store::{CachedLayer, SlotRecord, StepRecord, Store};
 
 /// A progress callback.
 pub type ProgressFn = Arc<dyn Fn(&Event) + Send + Sync>;
@@ -48,6 +50,8 @@ pub enum Event {
         elapsed: Duration,
         /// What it produced, e.g. a layer digest and size.
         detail: Option<String>,
+        /// Whether it came from the step cache, and if it ran, why.
+        cache: CacheStatus,
     },
     /// A line of a running step's output (secrets replaced by `***`).
     StepOutput {
@@ -87,6 +91,15 @@ pub struct EngineOptions {
     pub compression: Compression,
     /// Progress callback.
     pub progress: Option<ProgressFn>,
+    /// How the step cache is used.
+    pub cache: CacheOptions,
+    /// Most steps running at once (independent stages run concurrently).
+    pub jobs: usize,
+}
+
+/// Default for [`EngineOptions::jobs`]: the number of cores.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 impl EngineOptions {
@@ -99,6 +112,8 @@ impl EngineOptions {
             epoch: 0,
             compression: Compression::default(),
             progress: None,
+            cache: CacheOptions::default(),
+            jobs: default_jobs(),
         }
     }
 }
@@ -112,6 +127,8 @@ pub struct Engine {
     epoch: u64,
     compression: Compression,
     progress: Option<ProgressFn>,
+    cache: CacheOptions,
+    jobs: usize,
 }
 
 impl fmt::Debug for Engine {
@@ -134,6 +151,8 @@ impl Engine {
             epoch: options.epoch,
             compression: options.compression,
             progress: options.progress,
+            cache: options.cache,
+            jobs: options.jobs.max(1),
         })
     }
 
@@ -210,14 +229,37 @@ pub(super) struct State {
     pub(super) mounts: Vec<(String, CacheVolume)>,
     /// Where the last `with_exec` step's stdout was saved.
     pub(super) last_stdout: Option<PathBuf>,
+    /// The step cache's key for this state: what produced it, and the layers it has.
+    pub(super) key: Digest,
+    /// Where in the pipeline this state is (see [`cache::slot`]).
+    pub(super) slot: Digest,
 }
 
-/// One evaluation: numbers steps across stages and evaluates each container once.
+impl State {
+    fn root(config: ImageConfig, layers: Vec<BlobRef>, key: Digest, op: &Op) -> Self {
+        Self {
+            config,
+            layers,
+            annotations: BTreeMap::new(),
+            secrets: Vec::new(),
+            mounts: Vec::new(),
+            last_stdout: None,
+            key,
+            slot: cache::slot(None, op),
+        }
+    }
+}
+
+/// One evaluation: numbers steps across stages, evaluates each container once, and runs
+/// independent stages concurrently (at most `jobs` steps at a time).
 struct Run<'a> {
     engine: &'a Engine,
     next_index: AtomicUsize,
     total: usize,
-    done: tokio::sync::Mutex<HashMap<usize, State>>,
+    /// One cell per container node: a stage needed twice runs once, and a second caller
+    /// waits for the first.
+    cells: std::sync::Mutex<HashMap<usize, Arc<tokio::sync::OnceCell<State>>>>,
+    jobs: tokio::sync::Semaphore,
 }
 
 /// Distinct operations reachable from `container` (its chain and every copied-from stage).
@@ -229,12 +271,36 @@ fn count_ops(container: &Container, seen: &mut HashSet<usize>) -> usize {
             break;
         }
         n += 1;
-        if let Op::CopyFrom { source, .. } | Op::CopyPathFrom { source, .. } = &nd.op {
+        if let Some(source) = copy_source(&nd.op) {
             n += count_ops(source, seen);
         }
         node = nd.parent.as_ref();
     }
     n
+}
+
+fn copy_source(op: &Op) -> Option<&Container> {
+    match op {
+        Op::CopyFrom { source, .. } | Op::CopyPathFrom { source, .. } => Some(source),
+        _ => None,
+    }
+}
+
+/// Steps that add a layer (or may): the ones the step cache keeps.
+fn makes_layer(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::NewFile { .. }
+            | Op::HostFile { .. }
+            | Op::HostDirectory { .. }
+            | Op::Workdir(_)
+            | Op::Exec { .. }
+            | Op::CopyFrom { .. }
+            | Op::CopyPathFrom { .. }
+            | Op::Remove { .. }
+            | Op::HttpFile { .. }
+            | Op::HostArchive { .. }
+    )
 }
 
 impl<'a> Run<'a> {
@@ -243,61 +309,283 @@ impl<'a> Run<'a> {
             engine,
             next_index: AtomicUsize::new(1),
             total: count_ops(container, &mut HashSet::new()),
-            done: tokio::sync::Mutex::new(HashMap::new()),
+            cells: std::sync::Mutex::new(HashMap::new()),
+            jobs: tokio::sync::Semaphore::new(engine.jobs),
         }
     }
 
-    /// Evaluate `container` (memoized by identity).
+    /// Evaluate `container` (once per node, however many stages need it).
     fn evaluate<'b>(
         &'b self,
         container: &'b Container,
     ) -> Pin<Box<dyn Future<Output = Result<State, Error>> + Send + 'b>> {
         Box::pin(async move {
-            let key = Arc::as_ptr(&container.node) as usize;
-            if let Some(state) = self.done.lock().await.get(&key) {
-                return Ok(state.clone());
+            let cell = {
+                let mut cells = self
+                    .cells
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                cells
+                    .entry(Arc::as_ptr(&container.node) as usize)
+                    .or_default()
+                    .clone()
+            };
+            cell.get_or_try_init(|| self.evaluate_chain(container))
+                .await
+                .cloned()
+        })
+    }
+
+    /// Run `container`'s steps in order while the stages it copies from are evaluated
+    /// concurrently; a copy step waits for its stage.
+    async fn evaluate_chain(&self, container: &Container) -> Result<State, Error> {
+        let mut sources: Vec<&Container> = Vec::new();
+        for op in container.ops() {
+            if let Some(source) = copy_source(op)
+                && !sources.iter().any(|s| Arc::ptr_eq(&s.node, &source.node))
+            {
+                sources.push(source);
             }
-            let engine = self.engine;
+        }
+        let stages = futures_util::future::try_join_all(sources.iter().map(|s| self.evaluate(s)));
+        let chain = async {
             let mut state: Option<State> = None;
             for op in container.ops() {
-                let source_state = match op {
-                    Op::CopyFrom { source, .. } | Op::CopyPathFrom { source, .. } => {
-                        Some(self.evaluate(source).await?)
-                    }
-                    _ => None,
+                let source_state = match copy_source(op) {
+                    Some(source) => Some(self.evaluate(source).await?),
+                    None => None,
                 };
-                let index = self.next_index.fetch_add(1, Ordering::SeqCst);
-                let description = op.describe();
-                engine.emit(Event::StepStarted {
-                    index,
-                    total: self.total,
-                    description: description.clone(),
-                });
-                let started = Instant::now();
-                let detail = run_op(
-                    engine,
-                    op,
-                    &mut state,
-                    &description,
-                    index,
-                    source_state.as_ref(),
-                )
-                .await
-                .map_err(|source| Error::Step {
-                    index,
-                    step: description.clone(),
-                    source: Box::new(source),
-                })?;
-                engine.emit(Event::StepFinished {
-                    index,
-                    elapsed: started.elapsed(),
-                    detail,
-                });
+                self.step(op, &mut state, source_state.as_ref()).await?;
             }
-            let state = state.expect("a container always starts with from or scratch");
-            self.done.lock().await.insert(key, state.clone());
-            Ok(state)
-        })
+            Ok(state.expect("a container always starts with from or scratch"))
+        };
+        let (_, state) = futures_util::future::try_join(stages, chain).await?;
+        Ok(state)
+    }
+
+    /// Run (or take from the cache) one step, with its progress events.
+    async fn step(
+        &self,
+        op: &Op,
+        state: &mut Option<State>,
+        source: Option<&State>,
+    ) -> Result<(), Error> {
+        let engine = self.engine;
+        // Steps that do work wait for a job slot before they count as started.
+        let _permit = if makes_layer(op) || matches!(op, Op::From(_)) {
+            Some(self.jobs.acquire().await.map_err(|_| Error::TaskPanicked)?)
+        } else {
+            None
+        };
+        let index = self.next_index.fetch_add(1, Ordering::SeqCst);
+        let description = op.describe();
+        engine.emit(Event::StepStarted {
+            index,
+            total: self.total,
+            description: description.clone(),
+        });
+        let started = Instant::now();
+        let (detail, cache) = self
+            .step_inner(op, state, &description, index, source)
+            .await
+            .map_err(|source| Error::Step {
+                index,
+                step: description.clone(),
+                source: Box::new(source),
+            })?;
+        engine.emit(Event::StepFinished {
+            index,
+            elapsed: started.elapsed(),
+            detail,
+            cache,
+        });
+        Ok(())
+    }
+
+    async fn step_inner(
+        &self,
+        op: &Op,
+        state: &mut Option<State>,
+        description: &str,
+        index: usize,
+        source: Option<&State>,
+    ) -> Result<(Option<String>, CacheStatus), Error> {
+        let engine = self.engine;
+        let Some(st) = state.as_mut() else {
+            let detail = run_root(engine, op, state).await?;
+            return Ok((detail, CacheStatus::Config));
+        };
+        let slot = cache::slot(Some(&st.slot), op);
+        let mut inputs = StepInputs::new(&st.key, cache::operation(op));
+        if !makes_layer(op) {
+            let detail = apply_op(engine, op, st, description, index, source).await?;
+            st.key = cache::state_after(&inputs.key(), None);
+            st.slot = slot;
+            return Ok((detail, CacheStatus::Config));
+        }
+
+        inputs = inputs.with(
+            "settings",
+            cache::settings(engine.epoch, engine.compression),
+        );
+        if let Some(source) = source {
+            inputs = inputs.with("source", source.key.clone());
+        }
+        match host_fingerprint(op).await? {
+            HostInput::None => {}
+            HostInput::Files(fp) => {
+                inputs = inputs.with("files", fp.digest);
+                inputs.files = Some(fp.entries);
+            }
+            HostInput::Archive(digest) => inputs = inputs.with("files", digest),
+        }
+        let cacheable = !matches!(op, Op::HttpFile { checksum: None, .. });
+        let key = inputs.key();
+        let store = &engine.store;
+
+        let busted = engine.cache.busted(description);
+        if cacheable
+            && busted.is_none()
+            && let Some(record) = store.step_record(&key)
+        {
+            let detail = apply_cached(engine, op, st, &key, &record, description);
+            finish_step(store, st, &key, slot, &inputs, record.layer.as_ref())?;
+            return Ok((detail, CacheStatus::Hit));
+        }
+        let reason = if !cacheable {
+            "always runs: no checksum pins the download".to_owned()
+        } else {
+            busted.unwrap_or_else(|| cache::explain(store, &slot, &inputs))
+        };
+
+        let layers_before = st.layers.len();
+        let detail = apply_op(engine, op, st, description, index, source).await?;
+        let layer = (st.layers.len() > layers_before).then(|| {
+            let blob = st.layers.last().expect("a layer was added");
+            CachedLayer {
+                digest: blob.digest.clone(),
+                size: blob.size,
+                media_type: blob.media_type.clone(),
+                diff_id: st
+                    .config
+                    .rootfs
+                    .diff_ids
+                    .last()
+                    .expect("every layer has a diff_id")
+                    .clone(),
+            }
+        });
+        if cacheable {
+            if let (Op::Exec { .. }, Some(stdout)) = (op, &st.last_stdout) {
+                store.put_step_stdout(&key, stdout)?;
+            }
+            // The record goes last: it names a blob already in the store.
+            store.put_step_record(&key, &StepRecord::new(layer.clone()))?;
+        }
+        finish_step(store, st, &key, slot, &inputs, layer.as_ref())?;
+        Ok((detail, CacheStatus::Ran { reason }))
+    }
+}
+
+/// After a step: the state's new key and slot, and what the slot's inputs were.
+fn finish_step(
+    store: &Store,
+    st: &mut State,
+    key: &Digest,
+    slot: Digest,
+    inputs: &StepInputs,
+    layer: Option<&CachedLayer>,
+) -> Result<(), Error> {
+    if let (Some(files), Some((_, digest))) = (
+        &inputs.files,
+        inputs.parts.iter().find(|(n, _)| n == "files"),
+    ) {
+        store.put_file_digests(digest, files)?;
+    }
+    store.put_slot_record(&slot, &SlotRecord::new(key.clone(), inputs.parts.clone()))?;
+    st.key = cache::state_after(key, layer.map(|l| &l.diff_id));
+    st.slot = slot;
+    Ok(())
+}
+
+/// Apply a cached step's result: its layer, and what else the step changes besides.
+fn apply_cached(
+    engine: &Engine,
+    op: &Op,
+    st: &mut State,
+    key: &Digest,
+    record: &StepRecord,
+    description: &str,
+) -> Option<String> {
+    match op {
+        Op::Workdir(p) => {
+            let joined = workdir_join(st.config.config.working_dir.as_deref(), p);
+            st.config.config.working_dir = Some(joined);
+        }
+        Op::Exec { .. } => {
+            let stdout = engine.store.step_stdout_path(key);
+            st.last_stdout = stdout.is_file().then_some(stdout);
+        }
+        _ => {}
+    }
+    let layer = record.layer.as_ref()?;
+    let detail = push_layer(
+        engine,
+        st,
+        crate::layer::Layer {
+            blob: layer.blob(),
+            diff_id: layer.diff_id.clone(),
+        },
+        description,
+    );
+    Some(format!("cached {detail}"))
+}
+
+/// Host content a step copies, for its key.
+enum HostInput {
+    None,
+    Files(crate::layer::Fingerprint),
+    Archive(Digest),
+}
+
+async fn host_fingerprint(op: &Op) -> Result<HostInput, Error> {
+    let op = op.clone();
+    tokio::task::spawn_blocking(move || match &op {
+        Op::HostFile { path, src, opts } | Op::HostDirectory { path, src, opts } => {
+            let mut builder = LayerBuilder::new();
+            if matches!(op, Op::HostFile { .. }) {
+                builder.add_host_file(path, src, opts)?;
+            } else {
+                builder.add_host_dir(path, src, opts)?;
+            }
+            Ok(HostInput::Files(builder.fingerprint()?))
+        }
+        Op::HostArchive { src, .. } => {
+            let mut file = std::fs::File::open(src).map_err(|source| Error::Io {
+                action: "open",
+                path: src.clone(),
+                source,
+            })?;
+            let mut digest = crate::reference::DigestWriter::new();
+            std::io::copy(&mut file, &mut digest).map_err(|source| Error::Io {
+                action: "read",
+                path: src.clone(),
+                source,
+            })?;
+            Ok(HostInput::Archive(digest.finish()))
+        }
+        _ => Ok(HostInput::None),
+    })
+    .await
+    .map_err(|_| Error::TaskPanicked)?
+}
+
+fn workdir_join(current: Option<&str>, p: &str) -> String {
+    if p.starts_with('/') {
+        p.to_owned()
+    } else {
+        let cur = current.unwrap_or("/");
+        format!("{}/{p}", cur.trim_end_matches('/'))
     }
 }
 
@@ -398,13 +686,11 @@ pub(crate) async fn push_built(
     })
 }
 
-async fn run_op(
+/// The first step of a chain: pull the base image, or start from scratch.
+async fn run_root(
     engine: &Engine,
     op: &Op,
     state: &mut Option<State>,
-    description: &str,
-    index: usize,
-    source_state: Option<&State>,
 ) -> Result<Option<String>, Error> {
     match op {
         Op::From(reference) => {
@@ -435,15 +721,11 @@ async fn run_op(
                     ..l.clone()
                 })
                 .collect();
+            // The base is keyed by what was pulled, not by its (movable) tag.
+            let mut key = FieldHasher::new(cache::KEY_VERSION);
+            key.str("from").digest(&pulled.image.manifest.digest);
             let detail = format!("{}", pulled.image.manifest.digest);
-            *state = Some(State {
-                config,
-                layers,
-                annotations: BTreeMap::new(),
-                secrets: Vec::new(),
-                mounts: Vec::new(),
-                last_stdout: None,
-            });
+            *state = Some(State::root(config, layers, key.finish(), op));
             Ok(Some(detail))
         }
         Op::Scratch | Op::ScratchDefaultPath => {
@@ -456,20 +738,14 @@ async fn run_op(
             if matches!(op, Op::ScratchDefaultPath) {
                 config.config.set_env("PATH", crate::sandbox::DEFAULT_PATH);
             }
-            *state = Some(State {
-                config,
-                layers: Vec::new(),
-                annotations: BTreeMap::new(),
-                secrets: Vec::new(),
-                mounts: Vec::new(),
-                last_stdout: None,
-            });
+            let mut key = FieldHasher::new(cache::KEY_VERSION);
+            key.str("scratch")
+                .bool(matches!(op, Op::ScratchDefaultPath))
+                .str(&engine.platform.to_string());
+            *state = Some(State::root(config, Vec::new(), key.finish(), op));
             Ok(None)
         }
-        _ => {
-            let state = state.as_mut().expect("root op comes first");
-            apply_op(engine, op, state, description, index, source_state).await
-        }
+        _ => unreachable!("a chain starts with from or scratch"),
     }
 }
 
@@ -483,7 +759,7 @@ async fn apply_op(
 ) -> Result<Option<String>, Error> {
     let rc = &mut state.config.config;
     match op {
-        Op::From(_) | Op::Scratch | Op::ScratchDefaultPath => unreachable!("handled by run_op"),
+        Op::From(_) | Op::Scratch | Op::ScratchDefaultPath => unreachable!("handled by run_root"),
         // Owner names need the image's /etc/passwd and /etc/group.
         Op::NewFile { .. } | Op::HostFile { .. } | Op::HostDirectory { .. } => {
             let mut builder = LayerBuilder::new();
@@ -516,12 +792,7 @@ async fn apply_op(
         }
         Op::Env(k, v) => rc.set_env(k, v),
         Op::Workdir(p) => {
-            let joined = if p.starts_with('/') {
-                p.clone()
-            } else {
-                let cur = rc.working_dir.as_deref().unwrap_or("/");
-                format!("{}/{p}", cur.trim_end_matches('/'))
-            };
+            let joined = workdir_join(rc.working_dir.as_deref(), p);
             rc.working_dir = Some(joined.clone());
             // Like Docker, make sure the directory exists in the image.
             if let Some(layer) = super::run::ensure_dir(engine, state, &joined).await? {

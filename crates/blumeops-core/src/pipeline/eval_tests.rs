@@ -14,7 +14,7 @@ use crate::store::Store;
 
 const BUSYBOX: &str = "/bin/busybox";
 
-fn can_run() -> bool {
+pub(super) fn can_run() -> bool {
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!("skipped: running build steps needs root");
         return false;
@@ -27,7 +27,7 @@ fn can_run() -> bool {
 }
 
 /// scratch + busybox + `sh`: enough to run shell steps.
-fn base() -> Container {
+pub(super) fn base() -> Container {
     Container::scratch()
         .with_file(
             "/bin/busybox",
@@ -54,7 +54,7 @@ fn engine(store: &Path, lines: Option<Arc<Mutex<Vec<String>>>>) -> Engine {
     Engine::new(opts).unwrap()
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub(super) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,6 +1,9 @@
 //! The Dagger-style `Container`: an immutable, lazy chain of operations. Nothing runs until
 //! it is evaluated by [`Container::build`], [`Container::publish`] or [`Container::export`].
 
+mod cache;
+#[cfg(test)]
+mod cache_tests;
 mod engine;
 #[cfg(test)]
 mod eval_tests;
@@ -11,7 +14,8 @@ mod run;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use engine::{BuiltImage, Engine, EngineOptions, Event, ProgressFn, Published};
+pub use cache::{CacheOptions, CacheStatus};
+pub use engine::{BuiltImage, Engine, EngineOptions, Event, ProgressFn, Published, default_jobs};
 pub use exec::{CacheVolume, CopyOptions, ExecOptions, Expect, Network, SecretVariable};
 pub use plan::{Plan, PlanBase, PlanStage, PlanStep};
 

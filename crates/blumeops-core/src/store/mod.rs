@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 
 use crate::reference::{Digest, DigestWriter};
 
+mod steps;
 mod unpacked;
+
+pub use steps::{CachedLayer, SlotRecord, StepRecord};
 
 pub(crate) use unpacked::force_remove_dir;
 

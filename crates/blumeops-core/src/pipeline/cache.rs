@@ -1,0 +1,459 @@
+//! The step cache: keys, lookups and the reason a step ran again.
+//!
+//! A step's key is a hash ([`FieldHasher`], versioned by [`KEY_VERSION`]) of its named
+//! inputs: the state before it (`parent`), the operation with its arguments (`operation`),
+//! the build settings that shape a layer (`settings`: epoch and compression), the content of
+//! copied host files (`files`, after include/exclude and `.dockerignore`), and the state of
+//! a stage it copies from (`source`). Secret values and cache-volume contents are never
+//! inputs: only a secret's name and a volume's name and mount path are.
+//!
+//! The state after a step is keyed by the step's key *and its result* (the layer's
+//! diff_id), so a step that runs again and produces the same layer leaves every later step
+//! cached, and a later step is never reused on top of a different layer.
+
+use std::collections::BTreeMap;
+
+use super::Op;
+use super::exec::{Expect, Network};
+use crate::fields::FieldHasher;
+use crate::layer::{Compression, HostCopy};
+use crate::reference::Digest;
+use crate::store::Store;
+
+/// Version of the key format. Bump it whenever what a key covers, or how, changes.
+pub(crate) const KEY_VERSION: &str = "blumeops step key v1";
+
+/// How a build uses the step cache.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheOptions {
+    /// Run every step, whatever the cache holds (`--no-cache`). Results are still saved.
+    pub disabled: bool,
+    /// Run the steps whose description contains one of these (`--no-cache-step`), and
+    /// reuse what follows them when their result is unchanged.
+    pub bust: Vec<String>,
+}
+
+impl CacheOptions {
+    /// Why a step with `description` must run even when cached, if it must.
+    pub(crate) fn busted(&self, description: &str) -> Option<String> {
+        if self.disabled {
+            return Some("cache disabled (--no-cache)".to_owned());
+        }
+        self.bust
+            .iter()
+            .find(|b| description.contains(b.as_str()))
+            .map(|b| format!("cache busted for steps matching `{b}`"))
+    }
+}
+
+/// What the cache did for one step (reported with [`super::Event::StepFinished`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CacheStatus {
+    /// The step's result came from the cache; it did not run.
+    Hit,
+    /// The step ran; `reason` says why (which input changed, or that it was never run).
+    Ran {
+        /// e.g. "files changed: app/main.go".
+        reason: String,
+    },
+    /// The step only changes the image config: nothing to cache.
+    Config,
+}
+
+/// The named inputs of one step.
+#[derive(Debug, Clone)]
+pub(crate) struct StepInputs {
+    pub(crate) parts: Vec<(String, Digest)>,
+    /// Per-file digests of a host copy (saved to explain a later change).
+    pub(crate) files: Option<BTreeMap<String, Digest>>,
+}
+
+impl StepInputs {
+    pub(crate) fn new(parent: &Digest, operation: Digest) -> Self {
+        Self {
+            parts: vec![
+                ("parent".to_owned(), parent.clone()),
+                ("operation".to_owned(), operation),
+            ],
+            files: None,
+        }
+    }
+
+    pub(crate) fn with(mut self, name: &str, digest: Digest) -> Self {
+        self.parts.push((name.to_owned(), digest));
+        self
+    }
+
+    /// The step's key.
+    pub(crate) fn key(&self) -> Digest {
+        let mut h = FieldHasher::new(KEY_VERSION);
+        h.u64(self.parts.len() as u64);
+        for (name, digest) in &self.parts {
+            h.str(name).digest(digest);
+        }
+        h.finish()
+    }
+}
+
+/// The build settings every layer depends on.
+pub(crate) fn settings(epoch: u64, compression: Compression) -> Digest {
+    let mut h = FieldHasher::new("settings");
+    h.u64(epoch).str(compression.media_type());
+    h.finish()
+}
+
+/// The state key after a step with `key` produced `layer` (a diff_id, or none).
+pub(crate) fn state_after(key: &Digest, layer: Option<&Digest>) -> Digest {
+    let mut h = FieldHasher::new("state");
+    h.digest(key);
+    match layer {
+        Some(d) => h.digest(d),
+        None => h.str("no layer"),
+    };
+    h.finish()
+}
+
+/// Where a step sits in a pipeline, independent of its inputs: the place whose previous
+/// inputs a re-run is compared with.
+pub(crate) fn slot(parent: Option<&Digest>, op: &Op) -> Digest {
+    let mut h = FieldHasher::new("slot");
+    match parent {
+        Some(p) => h.digest(p),
+        // A chain's identity starts with where it comes from.
+        None => h.str(&op.describe()),
+    };
+    h.str(op_name(op));
+    h.finish()
+}
+
+/// Why a step with these inputs ran, compared with the last inputs at its slot.
+pub(crate) fn explain(store: &Store, slot: &Digest, inputs: &StepInputs) -> String {
+    let Some(last) = store.slot_record(slot) else {
+        return "not in the cache (first build of this step)".to_owned();
+    };
+    if last.key == inputs.key() {
+        return "its cached result is gone (pruned, or evicted by the size limit)".to_owned();
+    }
+    let old: BTreeMap<&str, &Digest> = last.inputs.iter().map(|(n, d)| (n.as_str(), d)).collect();
+    let mut changed = Vec::new();
+    for (name, digest) in &inputs.parts {
+        if old.get(name.as_str()) == Some(&digest) {
+            continue;
+        }
+        changed.push(match name.as_str() {
+            "parent" => "an earlier step's result changed".to_owned(),
+            "operation" => "the step's definition changed".to_owned(),
+            "settings" => "the build epoch or compression changed".to_owned(),
+            "source" => "the stage it copies from changed".to_owned(),
+            "files" => files_changed(store, old.get("files").copied(), inputs),
+            other => format!("{other} changed"),
+        });
+    }
+    if changed.is_empty() {
+        "inputs changed".to_owned()
+    } else {
+        changed.join("; ")
+    }
+}
+
+/// Most changed paths named in a reason.
+const MAX_NAMED_FILES: usize = 5;
+
+fn files_changed(store: &Store, old: Option<&Digest>, inputs: &StepInputs) -> String {
+    let (Some(old), Some(new)) = (old.and_then(|d| store.file_digests(d)), &inputs.files) else {
+        return "copied files changed".to_owned();
+    };
+    let mut names = Vec::new();
+    for (path, digest) in new {
+        match old.get(path) {
+            None => names.push(format!("{path} (added)")),
+            Some(d) if d != digest => names.push(format!("{path} (changed)")),
+            Some(_) => {}
+        }
+    }
+    names.extend(
+        old.keys()
+            .filter(|p| !new.contains_key(*p))
+            .map(|p| format!("{p} (removed)")),
+    );
+    let total = names.len();
+    names.truncate(MAX_NAMED_FILES);
+    let more = total.saturating_sub(MAX_NAMED_FILES);
+    let mut text = format!("files changed: {}", names.join(", "));
+    if more > 0 {
+        text.push_str(&format!(" and {more} more"));
+    }
+    text
+}
+
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::From(_) => "from",
+        Op::Scratch => "scratch",
+        Op::ScratchDefaultPath => "scratch-path",
+        Op::NewFile { .. } => "new-file",
+        Op::HostFile { .. } => "host-file",
+        Op::HostDirectory { .. } => "host-directory",
+        Op::Env(..) => "env",
+        Op::Workdir(_) => "workdir",
+        Op::User(_) => "user",
+        Op::Label(..) => "label",
+        Op::Annotation(..) => "annotation",
+        Op::ExposedPort(..) => "exposed-port",
+        Op::Entrypoint(_) => "entrypoint",
+        Op::DefaultArgs(_) => "default-args",
+        Op::Exec { .. } => "exec",
+        Op::MountCache { .. } => "mount-cache",
+        Op::SecretVariable(_) => "secret-variable",
+        Op::CopyFrom { .. } => "copy-from",
+        Op::Remove { .. } => "remove",
+        Op::Volume(_) => "volume",
+        Op::StopSignal(_) => "stop-signal",
+        Op::Healthcheck(_) => "healthcheck",
+        Op::Shell(_) => "shell",
+        Op::Author(_) => "author",
+        Op::OnBuild(_) => "onbuild",
+        Op::EnvExpand(..) => "env-expand",
+        Op::Unmount(_) => "unmount",
+        Op::CopyPathFrom { .. } => "copy-path-from",
+        Op::HttpFile { .. } => "http-file",
+        Op::HostArchive { .. } => "host-archive",
+    }
+}
+
+fn host_copy(h: &mut FieldHasher, opts: &HostCopy) {
+    // The owner, mode and include/exclude already shape the fingerprint of the copied
+    // entries; an owner given by name is resolved later, in the image, so it counts here.
+    h.opt_str(opts.owner_name.as_deref())
+        .strs(&opts.include)
+        .strs(&opts.exclude)
+        .bool(opts.preserve_owners);
+}
+
+/// The operation with its arguments. Host paths are left out (their content counts, via
+/// `files`), and so are secret values.
+pub(crate) fn operation(op: &Op) -> Digest {
+    let mut h = FieldHasher::new("operation");
+    h.str(op_name(op));
+    match op {
+        Op::From(reference) => {
+            h.str(reference);
+        }
+        Op::Scratch | Op::ScratchDefaultPath => {}
+        Op::NewFile {
+            path,
+            contents,
+            mode,
+            owner,
+        } => {
+            h.str(path)
+                .digest(&Digest::of(contents))
+                .u64((*mode).into())
+                .u64(owner.uid.into())
+                .u64(owner.gid.into());
+        }
+        Op::HostFile { path, opts, .. }
+        | Op::HostDirectory { path, opts, .. }
+        | Op::HostArchive { path, opts, .. } => {
+            h.str(path);
+            host_copy(&mut h, opts);
+            if let Op::HostArchive { .. } = op {
+                // Archive entries are extracted with the requested owner and mode.
+                h.opt_u64(
+                    opts.owner
+                        .map(|o| (u64::from(o.uid) << 32) | u64::from(o.gid)),
+                )
+                .opt_u64(opts.mode.map(u64::from));
+            }
+        }
+        Op::Env(k, v) | Op::Label(k, v) | Op::Annotation(k, v) | Op::EnvExpand(k, v) => {
+            h.str(k).str(v);
+        }
+        Op::Workdir(s)
+        | Op::User(s)
+        | Op::Volume(s)
+        | Op::StopSignal(s)
+        | Op::Author(s)
+        | Op::OnBuild(s)
+        | Op::Unmount(s) => {
+            h.str(s);
+        }
+        Op::ExposedPort(port, proto) => {
+            h.u64((*port).into()).str(proto);
+        }
+        Op::Entrypoint(a) | Op::DefaultArgs(a) | Op::Shell(a) => {
+            h.strs(a);
+        }
+        Op::Healthcheck(hc) => {
+            h.str(&hc.to_json().to_string());
+        }
+        Op::Exec { args, opts } => {
+            h.strs(args);
+            match &opts.expect {
+                Expect::Success => h.str("success"),
+                Expect::Failure => h.str("failure"),
+                Expect::Any => h.str("any"),
+                Expect::Codes(codes) => {
+                    h.str("codes").u64(codes.len() as u64);
+                    for c in codes {
+                        h.i64((*c).into());
+                    }
+                    &mut h
+                }
+            };
+            match &opts.stdin {
+                None => h.str("no stdin"),
+                Some(bytes) => h.str("stdin").digest(&Digest::of(bytes)),
+            };
+            h.u64(opts.env.len() as u64);
+            for (k, v) in &opts.env {
+                h.str(k).str(v);
+            }
+            h.str(match opts.network {
+                Network::Host => "host",
+                Network::None => "none",
+            });
+        }
+        Op::MountCache { path, volume } => {
+            h.str(path).str(volume.name());
+        }
+        // The name only: the value must never reach a key.
+        Op::SecretVariable(v) => {
+            h.str(&v.name);
+        }
+        Op::CopyFrom {
+            path,
+            src_path,
+            opts,
+            directory,
+            ..
+        } => {
+            h.str(path).str(src_path).bool(*directory);
+            copy_options(&mut h, opts);
+        }
+        Op::CopyPathFrom {
+            path,
+            src_path,
+            opts,
+            ..
+        } => {
+            h.str(path).str(src_path);
+            copy_options(&mut h, opts);
+        }
+        Op::Remove { path, directory } => {
+            h.str(path).bool(*directory);
+        }
+        Op::HttpFile {
+            path,
+            url,
+            checksum,
+            opts,
+        } => {
+            h.str(path);
+            // A pinned checksum names the content; without one the step always downloads.
+            match checksum {
+                Some(c) => h.digest(c),
+                None => h.str(url),
+            };
+            copy_options(&mut h, opts);
+        }
+    }
+    h.finish()
+}
+
+fn copy_options(h: &mut FieldHasher, opts: &super::CopyOptions) {
+    h.opt_str(opts.owner.as_deref())
+        .opt_u64(opts.mode.map(u64::from))
+        .strs(&opts.include)
+        .strs(&opts.exclude);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{Container, ExecOptions};
+    use crate::secret::Secret;
+
+    fn last_op(c: &Container) -> Op {
+        c.node.op.clone()
+    }
+
+    #[test]
+    fn secret_values_stay_out_of_keys() {
+        let base = Container::scratch();
+        let a = base.with_secret_variable("TOKEN", Secret::new("one"));
+        let b = base.with_secret_variable("TOKEN", Secret::new("two"));
+        assert_eq!(operation(&last_op(&a)), operation(&last_op(&b)));
+        let c = base.with_secret_variable("OTHER", Secret::new("one"));
+        assert_ne!(operation(&last_op(&a)), operation(&last_op(&c)));
+    }
+
+    #[test]
+    fn exec_arguments_and_options_count() {
+        let base = Container::scratch();
+        let run = |args: &[&str], opts: ExecOptions| {
+            operation(&last_op(&base.with_exec_opts(args.to_vec(), opts)))
+        };
+        let plain = run(&["echo", "a"], ExecOptions::default());
+        assert_eq!(plain, run(&["echo", "a"], ExecOptions::default()));
+        assert_ne!(plain, run(&["echo", "b"], ExecOptions::default()));
+        assert_ne!(plain, run(&["echo a"], ExecOptions::default()));
+        assert_ne!(
+            plain,
+            run(&["echo", "a"], ExecOptions::default().with_env("X", "1"))
+        );
+        assert_ne!(
+            plain,
+            run(
+                &["echo", "a"],
+                ExecOptions::default().with_network(Network::None)
+            )
+        );
+    }
+
+    #[test]
+    fn keys_depend_on_every_part_and_are_pinned() {
+        let parent = Digest::of(b"parent");
+        let inputs = StepInputs::new(&parent, Digest::of(b"op"));
+        let key = inputs.key();
+        assert_ne!(key, inputs.clone().with("files", Digest::of(b"f")).key());
+        assert_ne!(
+            key,
+            StepInputs::new(&Digest::of(b"other"), Digest::of(b"op")).key()
+        );
+        // A change here invalidates every user's cache: bump KEY_VERSION with it.
+        assert_eq!(
+            key.to_string(),
+            "sha256:6a743fe1f1f2e9d92e838dacdef9428fe1f4269e0c07e02ea692e4694a88eab6"
+        );
+    }
+
+    #[test]
+    fn state_depends_on_the_layer_produced() {
+        let key = Digest::of(b"k");
+        assert_ne!(
+            state_after(&key, Some(&Digest::of(b"a"))),
+            state_after(&key, Some(&Digest::of(b"b")))
+        );
+        assert_ne!(
+            state_after(&key, None),
+            state_after(&key, Some(&Digest::of(b"a")))
+        );
+    }
+
+    #[test]
+    fn bust_matches_descriptions() {
+        let opts = CacheOptions {
+            disabled: false,
+            bust: vec!["npm ci".into()],
+        };
+        assert!(opts.busted("with_exec sh -c 'npm ci'").is_some());
+        assert!(opts.busted("with_exec go build").is_none());
+        let off = CacheOptions {
+            disabled: true,
+            bust: vec![],
+        };
+        assert!(off.busted("anything").is_some());
+    }
+}

@@ -1,0 +1,272 @@
+//! The step cache's records: what a build step produced, by the step's key.
+//!
+//! Layout under the store root:
+//! - `steps/keys/<key hex>.json`: a [`StepRecord`] (the layer a step made, if any), written
+//!   only after the layer's blob is in the store;
+//! - `steps/keys/<key hex>.stdout`: the step's standard output, for `Container::stdout`;
+//! - `steps/slots/<slot hex>.json`: a [`SlotRecord`], the inputs a step at this place in a
+//!   pipeline last had, to say which input changed when it runs again;
+//! - `steps/files/<fingerprint hex>.json`: the per-file digests of a host copy, by the
+//!   copy's fingerprint (content-addressed, written once).
+//!
+//! Every file is written to `tmp/` and renamed into place, so a killed build leaves either
+//! the whole record or none. A record whose blob is gone (evicted) is a miss.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Error, Store, io_err};
+use crate::image::BlobRef;
+use crate::reference::Digest;
+
+/// Bumped when the record format changes; older records are ignored (misses).
+const RECORD_VERSION: u32 = 1;
+
+/// A step's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Format version.
+    pub version: u32,
+    /// The layer the step added, if it added one.
+    pub layer: Option<CachedLayer>,
+}
+
+/// A layer in a [`StepRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedLayer {
+    /// Digest of the compressed blob.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its media type.
+    pub media_type: String,
+    /// Digest of the uncompressed tar.
+    pub diff_id: Digest,
+}
+
+impl CachedLayer {
+    /// The blob this layer is.
+    pub fn blob(&self) -> BlobRef {
+        BlobRef {
+            digest: self.digest.clone(),
+            size: self.size,
+            media_type: self.media_type.clone(),
+        }
+    }
+}
+
+/// The named inputs a step last had at one place in a pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotRecord {
+    /// Format version.
+    pub version: u32,
+    /// The step key those inputs gave.
+    pub key: Digest,
+    /// Input name and digest, in key order.
+    pub inputs: Vec<(String, Digest)>,
+}
+
+impl StepRecord {
+    /// A record of `layer` (or of a step that adds none).
+    pub fn new(layer: Option<CachedLayer>) -> Self {
+        Self {
+            version: RECORD_VERSION,
+            layer,
+        }
+    }
+}
+
+impl SlotRecord {
+    /// A slot record for `key` with `inputs`.
+    pub fn new(key: Digest, inputs: Vec<(String, Digest)>) -> Self {
+        Self {
+            version: RECORD_VERSION,
+            key,
+            inputs,
+        }
+    }
+}
+
+impl Store {
+    /// Directory of the step cache.
+    pub fn steps_dir(&self) -> PathBuf {
+        self.root().join("steps")
+    }
+
+    fn step_path(&self, key: &Digest, ext: &str) -> PathBuf {
+        self.steps_dir()
+            .join("keys")
+            .join(format!("{}.{ext}", key.hex()))
+    }
+
+    /// The record for `key`, if there is a usable one: readable, of this version, and its
+    /// layer's blob still in the store. Marks the record and blob as used (for eviction).
+    pub fn step_record(&self, key: &Digest) -> Option<StepRecord> {
+        let path = self.step_path(key, "json");
+        let record: StepRecord = read_json(&path)?;
+        if record.version != RECORD_VERSION {
+            return None;
+        }
+        if let Some(layer) = &record.layer {
+            if !self.has_blob(&layer.digest) {
+                return None;
+            }
+            self.touch(&self.blob_path(&layer.digest));
+        }
+        self.touch(&path);
+        Some(record)
+    }
+
+    /// Save the record for `key` (its blob must already be in the store).
+    pub fn put_step_record(&self, key: &Digest, record: &StepRecord) -> Result<(), Error> {
+        self.write_json(&self.step_path(key, "json"), record)
+    }
+
+    /// Where the saved stdout of the step `key` is (whether or not it exists).
+    pub fn step_stdout_path(&self, key: &Digest) -> PathBuf {
+        self.step_path(key, "stdout")
+    }
+
+    /// Keep a copy of a step's stdout file (a hard link when possible).
+    pub fn put_step_stdout(&self, key: &Digest, stdout: &Path) -> Result<(), Error> {
+        let dest = self.step_stdout_path(key);
+        let tmp = self.tmp_name("stdout");
+        if fs::hard_link(stdout, &tmp).is_err() {
+            fs::copy(stdout, &tmp).map_err(io_err("copy", stdout))?;
+        }
+        self.rename_into(&tmp, &dest)
+    }
+
+    /// The inputs last recorded for the step at `slot`.
+    pub fn slot_record(&self, slot: &Digest) -> Option<SlotRecord> {
+        let record: SlotRecord = read_json(
+            &self
+                .steps_dir()
+                .join("slots")
+                .join(format!("{}.json", slot.hex())),
+        )?;
+        (record.version == RECORD_VERSION).then_some(record)
+    }
+
+    /// Record the inputs of the step at `slot`.
+    pub fn put_slot_record(&self, slot: &Digest, record: &SlotRecord) -> Result<(), Error> {
+        let path = self
+            .steps_dir()
+            .join("slots")
+            .join(format!("{}.json", slot.hex()));
+        self.write_json(&path, record)
+    }
+
+    /// The per-file digests saved for a host copy with fingerprint `digest`.
+    pub fn file_digests(&self, digest: &Digest) -> Option<BTreeMap<String, Digest>> {
+        read_json(&self.files_path(digest))
+    }
+
+    /// Save the per-file digests of a host copy (once per fingerprint).
+    pub fn put_file_digests(
+        &self,
+        digest: &Digest,
+        files: &BTreeMap<String, Digest>,
+    ) -> Result<(), Error> {
+        let path = self.files_path(digest);
+        if path.is_file() {
+            self.touch(&path);
+            return Ok(());
+        }
+        self.write_json(&path, files)
+    }
+
+    fn files_path(&self, digest: &Digest) -> PathBuf {
+        self.steps_dir()
+            .join("files")
+            .join(format!("{}.json", digest.hex()))
+    }
+
+    /// Set a cache file's modification time to now: the last-use time eviction goes by.
+    /// Best effort: a file that cannot be touched is just evicted earlier.
+    pub(crate) fn touch(&self, path: &Path) {
+        if let Ok(f) = fs::File::options().append(true).open(path) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    fn tmp_name(&self, what: &str) -> PathBuf {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        self.tmp_dir().join(format!(
+            "{what}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    fn write_json<T: Serialize>(&self, dest: &Path, value: &T) -> Result<(), Error> {
+        let tmp = self.tmp_name("record");
+        let bytes = serde_json::to_vec(value).map_err(|e| io_err("encode", dest)(e.into()))?;
+        let mut f = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
+        f.write_all(&bytes).map_err(io_err("write", &tmp))?;
+        drop(f);
+        self.rename_into(&tmp, dest)
+    }
+
+    fn rename_into(&self, tmp: &Path, dest: &Path) -> Result<(), Error> {
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
+        }
+        fs::rename(tmp, dest).map_err(|e| {
+            let _ = fs::remove_file(tmp);
+            io_err("rename into", dest)(e)
+        })
+    }
+}
+
+/// A JSON file, or `None` when it is missing or unreadable (a torn or foreign file is a miss,
+/// never an error: the step just runs).
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).ok(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trip_and_missing_blob_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = Digest::of(b"key");
+        assert_eq!(store.step_record(&key), None);
+
+        let digest = store.put_bytes(b"layer bytes").unwrap();
+        let layer = CachedLayer {
+            digest: digest.clone(),
+            size: 11,
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            diff_id: Digest::of(b"tar"),
+        };
+        let record = StepRecord::new(Some(layer));
+        store.put_step_record(&key, &record).unwrap();
+        assert_eq!(store.step_record(&key), Some(record));
+
+        fs::remove_file(store.blob_path(&digest)).unwrap();
+        assert_eq!(store.step_record(&key), None, "blob evicted: a miss");
+    }
+
+    #[test]
+    fn torn_record_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = Digest::of(b"k");
+        store.put_step_record(&key, &StepRecord::new(None)).unwrap();
+        fs::write(store.step_path(&key, "json"), b"{\"version\":1,\"lay").unwrap();
+        assert_eq!(store.step_record(&key), None);
+    }
+}

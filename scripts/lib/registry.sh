@@ -1,9 +1,12 @@
+# shellcheck shell=bash
 # Sourced by scripts: start a throwaway docker-registry on a free loopback port with one
 # htpasswd user, and push a busybox base image made from Debian's busybox-static.
 #
 #   start_registry WORKDIR USER PASSWORD   -> sets REGISTRY_ADDR and REGISTRY_PID
 #   push_busybox_base WORKDIR USER PASSWORD -> pushes REGISTRY_ADDR/library/busybox:1.37
 #   stop_registry
+#   push_oci_layout LAYOUT:TAG REPO:TAG USER PASSWORD -> skopeo copy to REGISTRY_ADDR/REPO:TAG
+#   registry_layers REPO:TAG USER PASSWORD  -> the image's layer digests, one a line
 
 start_registry() {
     local work=$1 user=$2 password=$3
@@ -44,4 +47,23 @@ stop_registry() {
         wait "$REGISTRY_PID" 2>/dev/null || true
         REGISTRY_PID=
     fi
+}
+
+# push_oci_layout LAYOUT:TAG REPO:TAG USER PASSWORD -> copies an OCI layout image to
+# REGISTRY_ADDR/REPO:TAG with skopeo
+push_oci_layout() {
+    local src=$1 dest=$2 user=$3 password=$4
+    skopeo copy -q --dest-tls-verify=false --dest-creds "$user:$password" \
+        "oci:$src" "docker://$REGISTRY_ADDR/$dest"
+}
+
+# registry_layers REPO:TAG USER PASSWORD -> prints the layer digests of the image's
+# manifest (OCI or Docker schema 2), one a line, in order
+registry_layers() {
+    local repo=${1%:*} tag=${1##*:} user=$2 password=$3
+    curl -fsS -u "$user:$password" \
+        -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+        -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+        "http://$REGISTRY_ADDR/v2/$repo/manifests/$tag" |
+        python3 -c 'import json, sys; print("\n".join(l["digest"] for l in json.load(sys.stdin)["layers"]))'
 }

@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Summarise bench/run.sh's results file as Markdown tables and PASS/FAIL per goal.
+
+usage: report.py RESULTS_FILE
+
+Lines of RESULTS_FILE (written by bench/run.sh):
+    run CASE TOOL RUN WALL_S TREE_PEAK_KIB MAX_PROCESS_RSS_KIB EXIT_CODE
+    reason CASE TOOL RUN TEXT...      why a measured command failed
+    layers TOOL RUN N                 layers differing between the cold and changed images
+    bytes RUN N                       size of the large image (config + layers + manifest)
+    pushphase RUN SECONDS             blumeops' own timer for the upload in the push case
+"""
+
+import statistics
+import sys
+from collections import defaultdict
+
+GOAL_RSS_MIB = 64
+
+
+def main():
+    runs = defaultdict(list)  # (case, tool) -> [(run, wall, tree, rss, code)]
+    reasons = defaultdict(list)  # (case, tool) -> [text]
+    layers = defaultdict(list)  # tool -> [n]
+    sizes, pushphase = [], []
+    for line in open(sys.argv[1]):
+        f = line.split()
+        if not f:
+            continue
+        if f[0] == "run":
+            _, case, tool, run, wall, tree, rss, code = f
+            runs[case, tool].append((int(run), float(wall), int(tree), int(rss), int(code)))
+        elif f[0] == "reason":
+            reasons[f[1], f[2]].append(f"run {f[3]}: " + " ".join(f[4:]))
+        elif f[0] == "layers":
+            layers[f[1]].append(int(f[3]))
+        elif f[0] == "bytes":
+            sizes.append(int(f[2]))
+        elif f[0] == "pushphase":
+            pushphase.append(float(f[2]))
+    n_runs = max((r[0] for rs in runs.values() for r in rs), default=0)
+
+    def ok(case, tool):
+        rs = runs.get((case, tool), [])
+        return bool(rs) and all(r[4] == 0 for r in rs)
+
+    def med(case, tool, col=1):
+        """Median of a column over the successful runs, or None."""
+        vals = [r[col] for r in runs.get((case, tool), []) if r[4] == 0]
+        return statistics.median(vals) if vals else None
+
+    def secs(case, tool):
+        v = med(case, tool)
+        if v is not None and ok(case, tool):
+            return f"{v:.2f} s"
+        codes = sorted({r[4] for r in runs.get((case, tool), []) if r[4] != 0})
+        failed = "failed (exit " + ", ".join(map(str, codes)) + ")" if codes else "not run"
+        return failed if v is None else f"{v:.2f} s, {failed} in some runs"
+
+    def mib(case, tool, col):
+        vals = [r[col] for r in runs.get((case, tool), [])]
+        return f"{max(vals) / 1024:.1f} MiB" if vals else "—"
+
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    def fmt(x, digits=2):
+        return "—" if x is None else f"{x:.{digits}f}"
+
+    def verdict(passed):
+        return "PASS" if passed else "FAIL"
+
+    goals = []  # (passed, text)
+
+    print(f"### Build scenario (median of {n_runs} run{'s' if n_runs != 1 else ''})")
+    print()
+    print("| case | blumeops | buildah | ratio | goal | result |")
+    print("|---|---|---|---|---|---|")
+
+    cold = ratio(med("cold", "blumeops"), med("cold", "buildah"))
+    passed = ok("cold", "blumeops") and ok("cold", "buildah") and cold is not None and cold <= 0.5
+    why = "" if ok("cold", "blumeops") else ": blumeops failed"
+    print(f"| cold build + push | {secs('cold', 'blumeops')} | {secs('cold', 'buildah')} | "
+          f"{fmt(cold)} | ≤ 0.50 × buildah | {verdict(passed)}{why} |")
+    goals.append((passed, f"cold build + push ≤ 0.5 × buildah: {fmt(cold)} ×{why}"))
+
+    warm = ratio(med("warm", "blumeops"), med("warm", "buildah"))
+    passed = ok("warm", "blumeops") and ok("warm", "buildah") and warm is not None and warm <= 0.1
+    why = ""
+    if not ok("warm", "blumeops"):
+        why = ": " + "; ".join(reasons.get(("warm", "blumeops"), ["blumeops failed"]))
+        warm = None
+    print(f"| warm rebuild + push, nothing changed (same tag) | {secs('warm', 'blumeops')} | "
+          f"{secs('warm', 'buildah')} | {fmt(warm)} | ≤ 0.10 × buildah | {verdict(passed)}{why} |")
+    goals.append((passed, f"warm rebuild + push ≤ 0.1 × buildah: "
+                          f"{fmt(warm) + ' ×' if warm is not None else 'no figure'}{why}"))
+
+    changed = ratio(med("changed", "blumeops"), med("cold", "blumeops"))
+    buildah_changed = ratio(med("changed", "buildah"), med("cold", "buildah"))
+    diff = layers.get("blumeops", [])
+    one_layer = bool(diff) and all(n == 1 for n in diff)
+    passed = ok("changed", "blumeops") and changed is not None and changed <= 0.5 and one_layer
+    differing = ", ".join(map(str, diff)) or "unknown"
+    differing_buildah = ", ".join(map(str, layers.get("buildah", []))) or "unknown"
+    print(f"| one source file changed, new tag | {secs('changed', 'blumeops')} "
+          f"({fmt(changed)} × its cold; {differing} layer(s) differ) | "
+          f"{secs('changed', 'buildah')} ({fmt(buildah_changed)} × its cold; "
+          f"{differing_buildah} layer(s) differ) | {fmt(ratio(med('changed', 'blumeops'), med('changed', 'buildah')))} | "
+          f"≤ 0.50 × blumeops cold, exactly 1 layer differs | {verdict(passed)} |")
+    goals.append((passed, f"one changed file ≤ 0.5 × cold: {fmt(changed)} ×, "
+                          f"layers differing: {differing}"))
+    print()
+    print("Ratio: blumeops / buildah. Layers differing: the cold and the changed image's "
+          "manifests compared position by position, per run.")
+    print()
+
+    print("### Peak memory (largest over the runs)")
+    print()
+    print("| case | blumeops tree | blumeops largest process | peer | peer tree | peer largest process |")
+    print("|---|---|---|---|---|---|")
+    for case, peer, label in [("cold", "buildah", "cold build + push"),
+                              ("warm", "buildah", "warm rebuild + push"),
+                              ("changed", "buildah", "one file changed"),
+                              ("push", "skopeo", "push of the large image")]:
+        print(f"| {label} | {mib(case, 'blumeops', 2)} | {mib(case, 'blumeops', 3)} | {peer} | "
+              f"{mib(case, peer, 2)} | {mib(case, peer, 3)} |")
+    print()
+    print("Tree: the sum of PSS over the command and all its descendants, sampled every 20 ms "
+          "(the registry is not part of it). Largest process: the largest peak RSS of a single "
+          "process of the tree, as /usr/bin/time reports.")
+    print()
+
+    size = statistics.median(sizes) if sizes else None
+    print(f"### Push of an already built image"
+          f"{f' of {size / 2**20:.0f} MiB' if size else ''} (median of {n_runs})")
+    print()
+    print("| | blumeops | skopeo | ratio | goal | result |")
+    print("|---|---|---|---|---|---|")
+    tb, ts = med("push", "blumeops"), med("push", "skopeo")
+    mb = size / 2**20 / tb if size and tb and ok("push", "blumeops") else None
+    ms = size / 2**20 / ts if size and ts and ok("push", "skopeo") else None
+    thr = ratio(mb, ms)
+    passed = thr is not None and thr >= 1.0
+    print(f"| wall time | {secs('push', 'blumeops')} | {secs('push', 'skopeo')} | "
+          f"{fmt(ratio(tb, ts))} | | |")
+    print(f"| throughput | {fmt(mb, 0)} MiB/s | {fmt(ms, 0)} MiB/s | {fmt(thr)} | ≥ 1.00 × skopeo | "
+          f"{verdict(passed)} |")
+    if pushphase:
+        p = statistics.median(pushphase)
+        print(f"| blumeops' upload alone (its own `pushed … in` timer) | {p:.2f} s, "
+              f"{fmt(size / 2**20 / p if size else None, 0)} MiB/s | | "
+              f"{fmt(ratio(size / 2**20 / p if size else None, ms))} | | |")
+    goals.append((passed, f"push throughput ≥ skopeo: {fmt(thr)} ×"))
+    print()
+
+    trees = [(r[2], case) for (case, tool), rs in runs.items() if tool == "blumeops" for r in rs]
+    peak, where = max(trees) if trees else (None, "")
+    passed = peak is not None and peak <= GOAL_RSS_MIB * 1024
+    goals.append((passed, f"blumeops peak memory ≤ {GOAL_RSS_MIB} MiB throughout: "
+                          f"{fmt(peak / 1024 if peak else None, 1)} MiB (tree, in case {where})"))
+
+    print("### Goals")
+    print()
+    for passed, text in goals:
+        print(f"- {verdict(passed)} {text}")
+    for (case, tool), texts in sorted(reasons.items()):
+        if (case, tool) != ("warm", "blumeops"):
+            for text in texts:
+                print(f"- note: {case}/{tool} failed, {text}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# The speed benchmark: blumeops side by side with buildah and skopeo against a throwaway
+# local docker-registry (loopback, htpasswd auth), each tool from an empty cache/storage.
+#
+#   bench/run.sh [RUNS]          (default 3)
+#
+# Per run, on a fresh registry:
+#   cold     the scenario of bench/scenario (busybox base, RUN steps writing 64 MiB of random
+#            bytes and 2000 small files, COPY of a 1000-file tree, config) built and pushed
+#            from an empty cache: `blumeops publish` / `buildah bud --layers --isolation
+#            chroot` + `buildah push` (overlay storage driver)
+#   warm     the same again on the same cache/storage, to the same tag
+#   changed  one file of the COPY tree changed, built and pushed to a new tag; the layer
+#            lists of the cold and changed images are compared
+#   push     an image with one BENCH_LARGE_MIB (512) MiB layer of random bytes, already
+#            built: `blumeops publish` on the warm cache that built it / `skopeo copy
+#            oci:DIR docker://…` of that image, each to a new repository
+# Prints the machine, then per case the median wall time, the peak memory of the process
+# tree and of its largest process (bench/lib/measure.py), the ratios and PASS/FAIL against
+# the goals. A failing measured command is reported as FAIL with its reason; a failing
+# setup step stops the run.
+#
+# Needs root (blumeops' RUN sandbox, buildah's overlay storage), Debian/Ubuntu packages
+# (scripts/install-deps.sh installs them) and a Rust toolchain. Honours CARGO_TARGET_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+runs=${1:-3}
+large_mib=${BENCH_LARGE_MIB:-512}
+[[ $runs =~ ^[1-9][0-9]*$ && $large_mib =~ ^[1-9][0-9]*$ ]] || {
+    echo "usage: bench/run.sh [RUNS]   (RUNS and BENCH_LARGE_MIB: positive integers)" >&2
+    exit 2
+}
+[[ $(id -u) -eq 0 ]] || {
+    echo "bench/run.sh: needs root (RUN steps in blumeops' sandbox, buildah's overlay storage)" >&2
+    exit 2
+}
+
+log() { echo "bench: $*" >&2; }
+
+scripts/install-deps.sh >/dev/null
+log "building blumeops (release)"
+cargo build --locked --release -q -p blumeops-cli
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+blumeops=$target_dir/release/blumeops
+measure_py=$repo/bench/lib/measure.py
+
+# shellcheck source=scripts/lib/registry.sh
+source scripts/lib/registry.sh
+work=$(mktemp -d "${TMPDIR:-/tmp}/blumeops-bench.XXXXXX")
+# Unmount what buildah's overlay driver may have left mounted under DIR.
+unmount_under() {
+    findmnt -rn -o TARGET | awk -v dir="$1/" 'index($0, dir) == 1' | sort -r |
+        while read -r mnt; do umount -l "$mnt" || true; done
+}
+cleanup() {
+    stop_registry
+    unmount_under "$work"
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+user=zot-ci
+password="zak_$(head -c16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+results=$work/results
+: >"$results"
+export ZOT_CI_API_KEY=$password SOURCE_DATE_EPOCH=1700000000
+
+# --- the machine -------------------------------------------------------------------------
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git status --porcelain -- crates Cargo.toml Cargo.lock 2>/dev/null) ]]; then
+    commit="$commit (with uncommitted changes under crates/)"
+fi
+machine() {
+    local mem
+    mem=$(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
+    echo "## Machine"
+    echo
+    echo "- CPU: $(nproc) cores ($(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- memory: $mem; kernel $(uname -r); $(sed -n "s/^PRETTY_NAME=//p" /etc/os-release | tr -d "\"")"
+    echo "- blumeops $commit, $(rustc --version 2>/dev/null || echo 'rustc ?'), release build"
+    echo "- $(buildah --version | cut -d' ' -f1-3) (overlay storage driver, --isolation chroot); $(skopeo --version)"
+    echo "- registry: $(docker-registry --version | awk '{print $1, $3}') on loopback, htpasswd (bcrypt) auth, storage on local disk"
+    echo "- runs: $runs; large layer: $large_mib MiB"
+    echo
+}
+machine
+
+# --- inputs, made once -----------------------------------------------------------------
+log "making the busybox base, the scenario's context and ${large_mib} MiB of random bytes"
+scripts/busybox-base.sh "$work/base" 1.37 >"$work/base.log" 2>&1 || {
+    cat "$work/base.log" >&2
+    exit 1
+}
+src=$work/src
+mkdir -p "$src/containers/bench" "$src/containers/large"
+cp bench/scenario/Dockerfile "$src/containers/bench/Dockerfile"
+cp bench/large/Dockerfile "$src/containers/large/Dockerfile"
+head -c "$((large_mib * 1024 * 1024))" /dev/urandom >"$src/containers/large/payload"
+
+fresh_context() { # the scenario's COPY tree, as gen-context.py writes it
+    rm -rf "$src/containers/bench/src"
+    python3 bench/scenario/gen-context.py "$src/containers/bench"
+}
+change_one_file() {
+    echo "changed" >>"$src/containers/bench/src/d0/f0.txt"
+}
+
+# --- the measured commands ---------------------------------------------------------------
+publish_cmd() { # CONTAINER SHA -> sets cmd: publish REGISTRY/blumeops/CONTAINER:v1-SHA
+    cmd=("$blumeops" publish --progress plain --src "$src" --container-name "$1" --version v1 \
+        --commit-sha "$2" --registry "$REGISTRY_ADDR" --registry-username "$user" \
+        --registry-password env:ZOT_CI_API_KEY --build-arg "BASE_IMAGE=$base")
+}
+buildah_build_push() { # STORAGE SHA -> REGISTRY/blumeops/bench-buildah:v1-SHA
+    local storage=(--root "$1/root" --runroot "$1/run" --storage-driver overlay)
+    buildah "${storage[@]}" bud --quiet --layers --isolation chroot \
+        --tls-verify=false --creds "$user:$password" --build-arg "BASE_IMAGE=$base" \
+        -t "localhost/bench:v1-$2" "$src/containers/bench" >/dev/null
+    buildah "${storage[@]}" push --quiet --tls-verify=false --creds "$user:$password" \
+        "localhost/bench:v1-$2" "docker://$REGISTRY_ADDR/blumeops/bench-buildah:v1-$2"
+}
+export -f buildah_build_push
+export src user password
+
+# measure CASE TOOL COMMAND... : runs COMMAND under measure.py (output in $rundir/CASE-TOOL.*),
+# appends its result line, and the reason when it failed. Never fails itself.
+measure() {
+    local case=$1 tool=$2 out=$rundir/$1-$2 wall tree rss code reason
+    shift 2
+    log "run $run/$runs: $case, $tool"
+    python3 "$measure_py" "$out.time" "$@" >"$out.out" 2>"$out.err" || true
+    read -r wall tree rss code <"$out.time"
+    echo "run $case $tool $run $wall $tree $rss $code" >>"$results"
+    if [[ $code != 0 ]]; then
+        reason=$(grep -E '^(error|  caused by):' "$out.err" | tail -1 | sed -E 's/^ *//; s/(sha256:[0-9a-f]{12})[0-9a-f]{52}/\1…/g')
+        [[ -n $reason ]] || reason=$(tail -1 "$out.err")
+        [[ $code != 4 ]] || reason="tag conflict (the rebuilt image has another digest): $reason"
+        echo "reason $case $tool $run exit $code, $reason" >>"$results"
+        log "  exit $code: $reason"
+    fi
+}
+
+# count_layer_diff TOOL REPO:TAG REPO:TAG: how many layers differ, position by position
+count_layer_diff() {
+    local a b
+    if a=$(registry_layers "$2" "$user" "$password") && b=$(registry_layers "$3" "$user" "$password"); then
+        echo "layers $1 $run $(python3 -c 'import sys; a, b = (s.split() for s in sys.argv[1:]); print(sum(x != y for x, y in zip(a, b)) + abs(len(a) - len(b)))' "$a" "$b")" >>"$results"
+    fi
+}
+
+for run in $(seq "$runs"); do
+    rundir=$work/run$run
+    mkdir -p "$rundir"
+    start_registry "$rundir" "$user" "$password"
+    push_oci_layout "$work/base:1.37" library/busybox:1.37 "$user" "$password"
+    base=$REGISTRY_ADDR/library/busybox:1.37
+    export REGISTRY_ADDR base
+
+    # Scenario, blumeops: one cache for cold, warm and changed.
+    fresh_context
+    export BLUMEOPS_CACHE_DIR=$rundir/blumeops-cache
+    publish_cmd bench cold
+    measure cold blumeops "${cmd[@]}"
+    publish_cmd bench cold
+    measure warm blumeops "${cmd[@]}"
+    change_one_file
+    publish_cmd bench changed
+    measure changed blumeops "${cmd[@]}"
+    count_layer_diff blumeops blumeops/bench:v1-cold blumeops/bench:v1-changed
+
+    # Scenario, buildah: one storage for cold, warm and changed.
+    fresh_context
+    measure cold buildah bash -c 'buildah_build_push "$@"' _ "$rundir/buildah" cold
+    measure warm buildah bash -c 'buildah_build_push "$@"' _ "$rundir/buildah" cold
+    change_one_file
+    measure changed buildah bash -c 'buildah_build_push "$@"' _ "$rundir/buildah" changed
+    count_layer_diff buildah blumeops/bench-buildah:v1-cold blumeops/bench-buildah:v1-changed
+    buildah --root "$rundir/buildah/root" --runroot "$rundir/buildah/run" --storage-driver overlay \
+        rmi -a -f >/dev/null 2>&1 || true
+    unmount_under "$rundir/buildah"
+    rm -rf "$rundir/buildah" "$BLUMEOPS_CACHE_DIR"
+
+    # Push of an already built image: built once (not measured) into a cache and an OCI
+    # layout, then pushed by each tool to its own new repository.
+    export BLUMEOPS_CACHE_DIR=$rundir/large-cache
+    log "run $run/$runs: building the large image (not measured)"
+    "$blumeops" build --progress plain --src "$src" --container-name large --version v1 \
+        --commit-sha large --registry "$REGISTRY_ADDR" --registry-username "$user" \
+        --registry-password env:ZOT_CI_API_KEY --build-arg "BASE_IMAGE=$base" \
+        --output "oci:$rundir/large-oci" >"$rundir/large-build.out" 2>"$rundir/large-build.err" || {
+        tail -20 "$rundir/large-build.err" >&2
+        exit 1
+    }
+    publish_cmd large large
+    measure push blumeops "${cmd[@]}"
+    measure push skopeo skopeo copy -q --dest-tls-verify=false --dest-creds "$user:$password" \
+        "oci:$rundir/large-oci:v1-large" "docker://$REGISTRY_ADDR/blumeops/large-skopeo:v1-large"
+    # The image's size: manifest, config and layers.
+    echo "bytes $run $(python3 - "$rundir/large-oci" <<'PY'
+import json, os, sys
+root = sys.argv[1]
+desc = json.load(open(os.path.join(root, "index.json")))["manifests"][0]
+manifest = json.load(open(os.path.join(root, "blobs", *desc["digest"].split(":"))))
+print(desc["size"] + manifest["config"]["size"] + sum(l["size"] for l in manifest["layers"]))
+PY
+)" >>"$results"
+    phase=$(grep -oE '^pushed sha256:[0-9a-f]+ in [0-9.]+s' "$rundir/push-blumeops.err" | tail -1 |
+        sed -E 's/.* in ([0-9.]+)s$/\1/' || true)
+    [[ -z $phase ]] || echo "pushphase $run $phase" >>"$results"
+
+    stop_registry
+    rm -rf "$rundir"
+done
+
+python3 bench/lib/report.py "$results"

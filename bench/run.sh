@@ -125,6 +125,8 @@ buildah_build_push() { # STORAGE SHA -> REGISTRY/blumeops/bench-buildah:v1-SHA
 export -f buildah_build_push
 export src user password
 
+shorten() { sed -E 's/(sha256:[0-9a-f]{12})[0-9a-f]{52}/\1…/g'; }
+
 # measure CASE TOOL COMMAND... : runs COMMAND under measure.py (output in $rundir/CASE-TOOL.*),
 # appends its result line, and the reason when it failed. Never fails itself.
 measure() {
@@ -134,9 +136,17 @@ measure() {
     python3 "$measure_py" "$out.time" "$@" >"$out.out" 2>"$out.err" || true
     read -r wall tree rss code <"$out.time"
     echo "run $case $tool $run $wall $tree $rss $code" >>"$results"
+    if [[ $tool == blumeops ]]; then
+        # What it did: how many steps ran (the others were cached) and what it pushed.
+        local ran pushed
+        ran=$(grep -cE '^\[[0-9]+\] ran in' "$out.err" || true)
+        pushed=$({ grep -E '^(pushed sha256|tag already points at)' "$out.err" || true; } | tail -1 | shorten)
+        echo "did $case $tool $run $ran step(s) ran; ${pushed:-no push}" >>"$results"
+    fi
     if [[ $code != 0 ]]; then
-        reason=$(grep -E '^(error|  caused by):' "$out.err" | tail -1 | sed -E 's/^ *//; s/(sha256:[0-9a-f]{12})[0-9a-f]{52}/\1…/g')
+        reason=$({ grep -E '^(error|  caused by):' "$out.err" || true; } | tail -1 | sed -E 's/^ *//' | shorten)
         [[ -n $reason ]] || reason=$(tail -1 "$out.err")
+        [[ -n $reason ]] || reason="nothing on stderr"
         [[ $code != 4 ]] || reason="tag conflict (the rebuilt image has another digest): $reason"
         echo "reason $case $tool $run exit $code, $reason" >>"$results"
         log "  exit $code: $reason"

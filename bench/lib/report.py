@@ -6,6 +6,7 @@ usage: report.py RESULTS_FILE
 Lines of RESULTS_FILE (written by bench/run.sh):
     run CASE TOOL RUN WALL_S TREE_PEAK_KIB MAX_PROCESS_RSS_KIB EXIT_CODE
     reason CASE TOOL RUN TEXT...      why a measured command failed
+    did CASE TOOL RUN TEXT...         what blumeops did: steps that ran, what it pushed
     layers TOOL RUN N                 layers differing between the cold and changed images
     bytes RUN N                       size of the large image (config + layers + manifest)
     pushphase RUN SECONDS             blumeops' own timer for the upload in the push case
@@ -22,7 +23,7 @@ def main():
     runs = defaultdict(list)  # (case, tool) -> [(run, wall, tree, rss, code)]
     reasons = defaultdict(list)  # (case, tool) -> [text]
     layers = defaultdict(list)  # tool -> [n]
-    sizes, pushphase = [], []
+    sizes, pushphase, did = [], [], []
     for line in open(sys.argv[1]):
         f = line.split()
         if not f:
@@ -32,6 +33,8 @@ def main():
             runs[case, tool].append((int(run), float(wall), int(tree), int(rss), int(code)))
         elif f[0] == "reason":
             reasons[f[1], f[2]].append(f"run {f[3]}: " + " ".join(f[4:]))
+        elif f[0] == "did":
+            did.append(f"{f[1]}, run {f[3]}: " + " ".join(f[4:]))
         elif f[0] == "layers":
             layers[f[1]].append(int(f[3]))
         elif f[0] == "bytes":
@@ -158,6 +161,13 @@ def main():
     passed = peak is not None and peak <= GOAL_RSS_MIB * 1024
     goals.append((passed, f"blumeops peak memory ≤ {GOAL_RSS_MIB} MiB throughout: "
                           f"{fmt(peak / 1024 if peak else None, 1)} MiB (tree, in case {where})"))
+
+    if did:
+        print("### What blumeops did")
+        print()
+        for text in did:
+            print(f"- {text}")
+        print()
 
     print("### Goals")
     print()

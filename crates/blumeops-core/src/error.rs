@@ -1,8 +1,8 @@
 //! The crate's error: one variant per module, plus build-level failures.
 
 use crate::{
-    definition, dockerfile, epoch, export, import, layer, reference, registry, sandbox, secret,
-    store,
+    definition, dockerfile, epoch, export, image, import, layer, reference, registry, sandbox,
+    secret, store,
 };
 
 /// Any blumeops failure.
@@ -42,6 +42,9 @@ pub enum Error {
     /// An image archive could not be imported.
     #[error(transparent)]
     Import(#[from] import::Error),
+    /// A manifest, index or image config was refused.
+    #[error(transparent)]
+    Image(#[from] image::Error),
     /// A build step failed.
     #[error("step {index} failed: {step}")]
     Step {
@@ -169,9 +172,25 @@ impl Error {
             Self::Export(export::Error::InvalidTarget(_)) => ErrorKind::InvalidInput,
             Self::Dockerfile(_) => ErrorKind::InvalidInput,
             Self::Import(e) => e.kind(),
+            Self::Image(_) | Self::BaseConfig { .. } | Self::BaseLayerCount { .. } => {
+                ErrorKind::InvalidInput
+            }
             Self::Layer(layer::Error::InvalidPath { .. } | layer::Error::Pattern { .. }) => {
                 ErrorKind::InvalidInput
             }
+            // A layer that is hostile or broken: escaping paths, bombs, corrupt streams.
+            Self::Layer(
+                layer::Error::UnsafeEntry { .. }
+                | layer::Error::LayerTooLarge { .. }
+                | layer::Error::ReadLayer { .. }
+                | layer::Error::UnsupportedMediaType { .. },
+            ) => ErrorKind::InvalidInput,
+            Self::Layer(layer::Error::UnpackEntry { source, .. })
+                if crate::limits::LimitExceeded::find(source).is_some() =>
+            {
+                ErrorKind::InvalidInput
+            }
+            Self::Layer(layer::Error::DiffIdMismatch { .. }) => ErrorKind::Integrity,
             Self::Store(
                 store::Error::DigestMismatch { .. } | store::Error::SizeMismatch { .. },
             ) => ErrorKind::Integrity,

@@ -26,6 +26,7 @@ mod fields;
 mod image;
 mod import;
 mod layer;
+pub mod limits;
 mod pipeline;
 mod reference;
 mod registry;

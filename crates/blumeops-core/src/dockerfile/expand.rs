@@ -7,6 +7,8 @@
 //! [`Word::template`]) that [`expand_template`] finishes against the image's `Env` when the
 //! container is evaluated.
 
+use crate::limits::{self, LimitExceeded};
+
 /// The value of a variable, as far as translation knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Var {
@@ -27,6 +29,8 @@ pub(crate) enum ExpandError {
     UnterminatedQuote(char),
     /// `${VAR:?message}` with VAR unset (or empty).
     Required { name: String, message: String },
+    /// The word grew past [`limits::MAX_EXPANDED_BYTES`].
+    Limit(LimitExceeded),
 }
 
 impl std::fmt::Display for ExpandError {
@@ -38,6 +42,7 @@ impl std::fmt::Display for ExpandError {
                 write!(f, "variable {name} is required but not set")
             }
             Self::Required { name, message } => write!(f, "{name}: {message}"),
+            Self::Limit(l) => write!(f, "{l}"),
         }
     }
 }
@@ -56,10 +61,23 @@ enum Piece {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Word {
     pieces: Vec<Piece>,
+    /// Bytes of text and templates held.
+    len: usize,
 }
 
 impl Word {
+    /// Bytes of text (and deferred templates) in the word.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push_deferred(&mut self, name: String, template: String) {
+        self.len += template.len();
+        self.pieces.push(Piece::Deferred { name, template });
+    }
+
     fn push_char(&mut self, c: char) {
+        self.len += c.len_utf8();
         match self.pieces.last_mut() {
             Some(Piece::Lit(s)) => s.push(c),
             _ => self.pieces.push(Piece::Lit(c.to_string())),
@@ -74,7 +92,7 @@ impl Word {
         for p in other.pieces {
             match p {
                 Piece::Lit(s) => self.push_str(&s),
-                d => self.pieces.push(d),
+                Piece::Deferred { name, template } => self.push_deferred(name, template),
             }
         }
     }
@@ -240,6 +258,13 @@ impl Processor<'_> {
     fn run(&mut self, stop: Option<char>) -> Result<Word, ExpandError> {
         let mut w = Word::default();
         while let Some(c) = self.peek() {
+            if w.len() > limits::MAX_EXPANDED_BYTES {
+                return Err(ExpandError::Limit(LimitExceeded::new(
+                    "the word after variable substitution",
+                    limits::MAX_EXPANDED_BYTES as u64,
+                    "bytes",
+                )));
+            }
             if Some(c) == stop {
                 return Ok(w);
             }
@@ -282,6 +307,13 @@ impl Processor<'_> {
         if stop.is_some() {
             return Err(ExpandError::Syntax("missing `}`".to_owned()));
         }
+        if w.len() > limits::MAX_EXPANDED_BYTES {
+            return Err(ExpandError::Limit(LimitExceeded::new(
+                "the word after variable substitution",
+                limits::MAX_EXPANDED_BYTES as u64,
+                "bytes",
+            )));
+        }
         Ok(w)
     }
 
@@ -315,10 +347,10 @@ impl Processor<'_> {
                     Some('}') => match var {
                         Var::Set(v) => w.push_str(&v),
                         Var::Unset => {}
-                        Var::Unknown => w.pieces.push(Piece::Deferred {
-                            template: format!("${{{name}}}"),
-                            name,
-                        }),
+                        Var::Unknown => {
+                            let template = format!("${{{name}}}");
+                            w.push_deferred(name, template);
+                        }
                     },
                     Some(c @ (':' | '-' | '+' | '?')) => {
                         let colon = c == ':';
@@ -353,7 +385,7 @@ impl Processor<'_> {
                                     if colon { ":" } else { "" },
                                     arg.template()
                                 );
-                                w.pieces.push(Piece::Deferred { name, template });
+                                w.push_deferred(name, template);
                                 return Ok(w);
                             }
                         };
@@ -390,10 +422,10 @@ impl Processor<'_> {
                 match (self.vars)(&name) {
                     Var::Set(v) => w.push_str(&v),
                     Var::Unset => {}
-                    Var::Unknown => w.pieces.push(Piece::Deferred {
-                        template: format!("${{{name}}}"),
-                        name,
-                    }),
+                    Var::Unknown => {
+                        let template = format!("${{{name}}}");
+                        w.push_deferred(name, template);
+                    }
                 }
             }
             _ => w.push_char('$'),

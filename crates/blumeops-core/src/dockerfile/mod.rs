@@ -19,6 +19,7 @@ mod translate;
 use std::path::{Path, PathBuf};
 
 use crate::definition::BuildArgs;
+use crate::limits;
 use crate::pipeline::Container;
 
 pub(crate) use expand::expand_template as expand_env_template;
@@ -92,10 +93,7 @@ pub fn load(
     args: &BuildArgs,
     target: Option<&str>,
 ) -> Result<Container, Error> {
-    let text = std::fs::read_to_string(dockerfile).map_err(|source| Error::Read {
-        path: dockerfile.to_owned(),
-        source,
-    })?;
+    let text = read_bounded(dockerfile)?;
     let mut specific = dockerfile.as_os_str().to_owned();
     specific.push(".dockerignore");
     let specific = PathBuf::from(specific);
@@ -136,6 +134,37 @@ pub fn translate(
 ) -> Result<Container, Error> {
     let ignore = read_ignore(&context_dir.join(".dockerignore"))?;
     translate::translate(text, file_label, context_dir, &ignore, args, target)
+}
+
+/// Read a Dockerfile, refusing one over [`limits::MAX_DOCKERFILE_BYTES`] without reading it
+/// all.
+fn read_bounded(path: &Path) -> Result<String, Error> {
+    use std::io::Read as _;
+    let read_err = |source| Error::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let mut bytes = Vec::new();
+    file.take(limits::MAX_DOCKERFILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > limits::MAX_DOCKERFILE_BYTES {
+        return Err(read_err(
+            limits::LimitExceeded::new(
+                "the Dockerfile's size",
+                limits::MAX_DOCKERFILE_BYTES,
+                "bytes",
+            )
+            .into_io(),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        read_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the Dockerfile is not UTF-8 text ({e})"),
+        ))
+    })
 }
 
 fn read_ignore(path: &Path) -> Result<ignore::Ignore, Error> {

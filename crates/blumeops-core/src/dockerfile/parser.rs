@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use crate::limits::{self, LimitExceeded};
+
 /// A syntax problem, at a line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SyntaxError {
@@ -16,6 +18,18 @@ fn err(line: usize, message: impl Into<String>) -> SyntaxError {
         line,
         message: message.into(),
     }
+}
+
+fn limit_err(
+    line: usize,
+    what: impl Into<String>,
+    limit: usize,
+    unit: &'static str,
+) -> SyntaxError {
+    err(
+        line,
+        LimitExceeded::new(what, limit as u64, unit).to_string(),
+    )
 }
 
 /// The instructions Docker knows.
@@ -178,6 +192,14 @@ pub(crate) struct Dockerfile {
 
 /// Parse a Dockerfile's text.
 pub(crate) fn parse(text: &str) -> Result<Dockerfile, SyntaxError> {
+    if text.len() as u64 > limits::MAX_DOCKERFILE_BYTES {
+        return Err(limit_err(
+            1,
+            format!("the Dockerfile's size ({} bytes)", text.len()),
+            limits::MAX_DOCKERFILE_BYTES as usize,
+            "bytes",
+        ));
+    }
     let lines: Vec<&str> = text.lines().collect();
     let mut escape = '\\';
     let mut i = 0;
@@ -225,6 +247,14 @@ pub(crate) fn parse(text: &str) -> Result<Dockerfile, SyntaxError> {
         loop {
             let (content, more) = continuation(cur, escape);
             buf.push_str(content);
+            if buf.len() > limits::MAX_DOCKERFILE_LINE_BYTES {
+                return Err(limit_err(
+                    start,
+                    "the instruction's length (continuation lines joined)",
+                    limits::MAX_DOCKERFILE_LINE_BYTES,
+                    "bytes",
+                ));
+            }
             if !more {
                 break;
             }
@@ -266,6 +296,14 @@ pub(crate) fn parse(text: &str) -> Result<Dockerfile, SyntaxError> {
                     }
                     content.push_str(l);
                     content.push('\n');
+                    if content.len() > limits::MAX_HEREDOC_BYTES {
+                        return Err(limit_err(
+                            start,
+                            format!("heredoc {marker}"),
+                            limits::MAX_HEREDOC_BYTES,
+                            "bytes",
+                        ));
+                    }
                 }
                 inst.heredocs.push(Heredoc {
                     name,
@@ -274,6 +312,14 @@ pub(crate) fn parse(text: &str) -> Result<Dockerfile, SyntaxError> {
                     expand,
                 });
             }
+        }
+        if instructions.len() == limits::MAX_DOCKERFILE_INSTRUCTIONS {
+            return Err(limit_err(
+                start,
+                "the number of instructions",
+                limits::MAX_DOCKERFILE_INSTRUCTIONS,
+                "instructions",
+            ));
         }
         instructions.push(inst);
     }

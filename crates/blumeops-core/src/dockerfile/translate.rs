@@ -13,6 +13,7 @@ use super::ignore::{self, Ignore};
 use super::parser::{self, Heredoc, Instruction, Keyword};
 use crate::definition::BuildArgs;
 use crate::layer::{HostCopy, Owner};
+use crate::limits::{self, LimitExceeded};
 use crate::pipeline::{CacheVolume, Container, CopyOptions, ExecOptions, Healthcheck, Network};
 use crate::reference::{Digest, Platform};
 
@@ -55,6 +56,7 @@ pub(super) fn translate(
         globals: platform_args(args),
         stages: Vec::new(),
         built: Vec::new(),
+        expanded: std::cell::Cell::new(0),
     };
     let mut global = Vec::new();
     for inst in &parsed.instructions {
@@ -198,9 +200,29 @@ struct Translator<'a> {
     globals: BTreeMap<String, Option<String>>,
     stages: Vec<StageDef<'a>>,
     built: Vec<Option<Base>>,
+    /// Bytes produced by variable substitution so far (bounded by
+    /// [`limits::MAX_EXPANDED_TOTAL_BYTES`]).
+    expanded: std::cell::Cell<usize>,
 }
 
 impl Translator<'_> {
+    /// Count `w` against the whole Dockerfile's substitution budget.
+    fn budget(&self, inst: &Instruction, w: Word) -> Result<Word, Error> {
+        let total = self.expanded.get().saturating_add(w.len());
+        self.expanded.set(total);
+        if total > limits::MAX_EXPANDED_TOTAL_BYTES {
+            return Err(self.expand_err(
+                inst,
+                ExpandError::Limit(LimitExceeded::new(
+                    "the text produced by variable substitution in this Dockerfile",
+                    limits::MAX_EXPANDED_TOTAL_BYTES as u64,
+                    "bytes",
+                )),
+            ));
+        }
+        Ok(w)
+    }
+
     fn err(&self, inst: &Instruction, message: impl Into<String>) -> Error {
         Error::Instruction {
             file: self.file.to_owned(),
@@ -218,7 +240,9 @@ impl Translator<'_> {
     }
 
     fn process(&self, st: &Stage, inst: &Instruction, raw: &str) -> Result<Word, Error> {
-        expand::process(raw, self.escape, &|n| st.var(n)).map_err(|e| self.expand_err(inst, e))
+        let w = expand::process(raw, self.escape, &|n| st.var(n))
+            .map_err(|e| self.expand_err(inst, e))?;
+        self.budget(inst, w)
     }
 
     /// Process a word whose variables must all be known now.
@@ -243,7 +267,7 @@ impl Translator<'_> {
             _ => Var::Unset,
         };
         let w = expand::process(raw, self.escape, &vars).map_err(|e| self.expand_err(inst, e))?;
-        Ok(w.plain().unwrap_or_default())
+        Ok(self.budget(inst, w)?.plain().unwrap_or_default())
     }
 
     /// `FROM [--platform=p] image [AS name]`: the image word and the stage name.
@@ -845,8 +869,9 @@ impl Translator<'_> {
                 Planned::Heredoc(h) => {
                     let content = if h.expand {
                         let vars = |n: &str| st.var(n);
-                        expand::process_unquoted(&h.content, self.escape, &vars)
-                            .map_err(|e| self.expand_err(inst, e))?
+                        let w = expand::process_unquoted(&h.content, self.escape, &vars)
+                            .map_err(|e| self.expand_err(inst, e))?;
+                        self.budget(inst, w)?
                             .plain()
                             .ok_or_else(|| {
                                 self.err(inst, format!("{kw} heredoc {} refers to a variable this Dockerfile does not set", h.name))

@@ -109,3 +109,234 @@ mod manifest;
 
 pub use config::{History, ImageConfig, RootFs, RuntimeConfig};
 pub use manifest::{Descriptor, ImageIndex, ImageManifest};
+
+use crate::limits::{self, LimitExceeded};
+
+/// A manifest, index or image config that is refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The document is not JSON of the expected shape.
+    #[error("failed to parse the {what} of {origin}")]
+    Json {
+        /// "image manifest", "image index" or "image config".
+        what: &'static str,
+        /// The image or file it came from.
+        origin: String,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The document, or a list in it, is larger than blumeops accepts.
+    #[error("the {what} of {origin} is too large")]
+    TooLarge {
+        /// "image manifest", "image index" or "image config".
+        what: &'static str,
+        /// The image or file it came from.
+        origin: String,
+        /// Which limit.
+        #[source]
+        source: LimitExceeded,
+    },
+    /// The document parsed but says something impossible.
+    #[error("the {what} of {origin} is invalid: {reason}")]
+    Invalid {
+        /// "image manifest", "image index" or "image config".
+        what: &'static str,
+        /// The image or file it came from.
+        origin: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn check_size(what: &'static str, origin: &str, len: usize, max: u64) -> Result<(), Error> {
+    if len as u64 > max {
+        return Err(Error::TooLarge {
+            what,
+            origin: origin.to_owned(),
+            source: LimitExceeded::new(format!("its size ({len} bytes)"), max, "bytes"),
+        });
+    }
+    Ok(())
+}
+
+fn check_count(
+    what: &'static str,
+    origin: &str,
+    list: &'static str,
+    count: usize,
+    max: usize,
+) -> Result<(), Error> {
+    if count > max {
+        return Err(Error::TooLarge {
+            what,
+            origin: origin.to_owned(),
+            source: LimitExceeded::new(format!("the number of {list} ({count})"), max as u64, list),
+        });
+    }
+    Ok(())
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    origin: &str,
+    bytes: &[u8],
+) -> Result<T, Error> {
+    serde_json::from_slice(bytes).map_err(|source| Error::Json {
+        what,
+        origin: origin.to_owned(),
+        source,
+    })
+}
+
+fn check_schema(what: &'static str, origin: &str, version: u32) -> Result<(), Error> {
+    if version != 2 {
+        return Err(Error::Invalid {
+            what,
+            origin: origin.to_owned(),
+            reason: format!("schemaVersion is {version}, expected 2"),
+        });
+    }
+    Ok(())
+}
+
+impl ImageManifest {
+    /// Parse a manifest (OCI or Docker schema 2) from `origin` (an image reference or file,
+    /// for messages), refusing one over [`limits::MAX_MANIFEST_BYTES`] or with more than
+    /// [`limits::MAX_LAYERS`] layers.
+    pub fn from_json(bytes: &[u8], origin: &str) -> Result<Self, Error> {
+        const WHAT: &str = "image manifest";
+        check_size(WHAT, origin, bytes.len(), limits::MAX_MANIFEST_BYTES)?;
+        let m: Self = parse_json(WHAT, origin, bytes)?;
+        check_schema(WHAT, origin, m.schema_version)?;
+        check_count(WHAT, origin, "layers", m.layers.len(), limits::MAX_LAYERS)?;
+        Ok(m)
+    }
+}
+
+impl ImageIndex {
+    /// Parse an index (OCI index or Docker manifest list) from `origin`, refusing one over
+    /// [`limits::MAX_MANIFEST_BYTES`] or listing more than [`limits::MAX_INDEX_MANIFESTS`]
+    /// manifests.
+    pub fn from_json(bytes: &[u8], origin: &str) -> Result<Self, Error> {
+        const WHAT: &str = "image index";
+        check_size(WHAT, origin, bytes.len(), limits::MAX_MANIFEST_BYTES)?;
+        let i: Self = parse_json(WHAT, origin, bytes)?;
+        check_schema(WHAT, origin, i.schema_version)?;
+        check_count(
+            WHAT,
+            origin,
+            "manifests",
+            i.manifests.len(),
+            limits::MAX_INDEX_MANIFESTS,
+        )?;
+        Ok(i)
+    }
+}
+
+impl ImageConfig {
+    /// Parse an image config (OCI or Docker) from `origin`, refusing one over
+    /// [`limits::MAX_CONFIG_BYTES`] or with more than [`limits::MAX_LAYERS`] diff_ids.
+    pub fn from_json(bytes: &[u8], origin: &str) -> Result<Self, Error> {
+        const WHAT: &str = "image config";
+        check_size(WHAT, origin, bytes.len(), limits::MAX_CONFIG_BYTES)?;
+        let c: Self = parse_json(WHAT, origin, bytes)?;
+        check_count(
+            WHAT,
+            origin,
+            "diff_ids",
+            c.rootfs.diff_ids.len(),
+            limits::MAX_LAYERS,
+        )?;
+        Ok(c)
+    }
+
+    /// [`ImageConfig::from_json`], then check that it has one diff_id per layer of its
+    /// manifest (`layers` of them).
+    pub fn from_json_for(bytes: &[u8], origin: &str, layers: usize) -> Result<Self, Error> {
+        let c = Self::from_json(bytes, origin)?;
+        let diff_ids = c.rootfs.diff_ids.len();
+        if diff_ids != layers {
+            return Err(Error::Invalid {
+                what: "image config",
+                origin: origin.to_owned(),
+                reason: format!("it has {diff_ids} diff_ids but the manifest has {layers} layers"),
+            });
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn manifest(layers: usize) -> String {
+        let layer = format!(
+            r#"{{"mediaType":"{}","digest":"{DIGEST}","size":1}}"#,
+            media_types::OCI_LAYER_GZIP
+        );
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"{}","digest":"{DIGEST}","size":2}},"layers":[{}]}}"#,
+            media_types::OCI_MANIFEST,
+            media_types::OCI_CONFIG,
+            vec![layer; layers].join(",")
+        )
+    }
+
+    #[test]
+    fn manifests_within_limits_parse() {
+        let m = ImageManifest::from_json(manifest(3).as_bytes(), "img").unwrap();
+        assert_eq!(m.layers.len(), 3);
+    }
+
+    #[test]
+    fn too_many_layers_is_refused_with_the_limit() {
+        let e = ImageManifest::from_json(manifest(limits::MAX_LAYERS + 1).as_bytes(), "img:1")
+            .unwrap_err();
+        let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+        assert_eq!(
+            chain,
+            "the image manifest of img:1 is too large: the number of layers (257) exceeds the limit of 256 layers"
+        );
+    }
+
+    #[test]
+    fn oversized_and_malformed_documents_are_refused() {
+        let big = vec![b' '; limits::MAX_MANIFEST_BYTES as usize + 1];
+        assert!(matches!(
+            ImageIndex::from_json(&big, "x"),
+            Err(Error::TooLarge { .. })
+        ));
+        assert!(matches!(
+            ImageConfig::from_json(b"{\"architecture\":", "x"),
+            Err(Error::Json { .. })
+        ));
+        let deep = "[".repeat(100_000);
+        assert!(matches!(
+            ImageManifest::from_json(deep.as_bytes(), "x"),
+            Err(Error::Json { .. })
+        ));
+        let v1 = manifest(1).replace("\"schemaVersion\":2", "\"schemaVersion\":1");
+        assert!(matches!(
+            ImageManifest::from_json(v1.as_bytes(), "x"),
+            Err(Error::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn config_layer_count_must_match() {
+        let c = format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{DIGEST}"]}}}}"#
+        );
+        assert!(ImageConfig::from_json_for(c.as_bytes(), "x", 1).is_ok());
+        let e = ImageConfig::from_json_for(c.as_bytes(), "x", 2).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the image config of x is invalid: it has 1 diff_ids but the manifest has 2 layers"
+        );
+    }
+}

@@ -26,11 +26,13 @@ use crate::image::{
     BlobRef, Descriptor, ImageConfig, ImageManifest, ManifestBlob, StoredImage, media_types,
 };
 use crate::layer::Compression;
+use crate::limits::{self, ExpansionGuard, LimitExceeded};
 use crate::reference::{Digest, DigestWriter};
 use crate::store::Store;
 
-/// Largest `manifest.json` or image config read (they are held in memory).
-pub const MAX_METADATA_BYTES: u64 = 16 * 1024 * 1024;
+/// Largest `manifest.json` or image config read (they are held in memory):
+/// [`limits::MAX_CONFIG_BYTES`].
+pub const MAX_METADATA_BYTES: u64 = limits::MAX_CONFIG_BYTES;
 
 /// Symlinks followed at most when resolving an entry.
 const MAX_LINK_HOPS: usize = 16;
@@ -377,6 +379,20 @@ impl<'a> Importer<'a> {
             }
         };
         let image = &images[index];
+        if image.layers.len() > limits::MAX_LAYERS {
+            return Err(Error::Limit {
+                path: self.path.to_owned(),
+                entry: MANIFEST_ENTRY.to_owned(),
+                source: LimitExceeded::new(
+                    format!(
+                        "the number of layers of image {index} ({})",
+                        image.layers.len()
+                    ),
+                    limits::MAX_LAYERS as u64,
+                    "layers",
+                ),
+            });
+        }
 
         // The config, stored exactly as it is (its digest is the image ID).
         let config_name = self.entry_name(&image.config)?;
@@ -547,6 +563,25 @@ impl<'a> Importer<'a> {
             hasher: &mut raw_hash,
         };
         let mut diff = DigestWriter::new();
+        // Bomb guard, the same for every codec: what decompression produces is bounded.
+        let (bound, _) = limits::expansion_bound(
+            size,
+            limits::env_u64(limits::MAX_LAYER_BYTES_ENV, limits::MAX_LAYER_BYTES),
+            limits::env_u64(limits::MAX_LAYER_RATIO_ENV, limits::MAX_LAYER_RATIO),
+        );
+        let exceeded = |limit| {
+            LimitExceeded::new("the layer's uncompressed size", limit, "bytes")
+                .with_env(limits::MAX_LAYER_RATIO_ENV)
+        };
+        let limit_err = |source| Error::Limit {
+            path: self.path.to_owned(),
+            entry: name.to_owned(),
+            source,
+        };
+        let read_err = |e: io::Error| match LimitExceeded::find(&e) {
+            Some(l) => limit_err(l.clone()),
+            None => read_err(e),
+        };
         let blob = self.store.blob_writer()?;
         let (blob, media_type) = match format {
             Format::Gzip => {
@@ -563,6 +598,9 @@ impl<'a> Importer<'a> {
                     };
                     blob.write_all(&buf[..n]).map_err(write_err)?;
                     check.write_all(&buf[..n]).map_err(read_err)?;
+                    if check.get_ref().len() > bound {
+                        return Err(limit_err(exceeded(bound)));
+                    }
                 }
                 check.finish().map_err(read_err)?;
                 (blob, media_types::OCI_LAYER_GZIP)
@@ -583,7 +621,8 @@ impl<'a> Importer<'a> {
                     diff: &mut diff,
                     inner: enc,
                 };
-                let mut decoder = zstd::stream::read::Decoder::new(&mut raw).map_err(read_err)?;
+                let decoder = zstd::stream::read::Decoder::new(&mut raw).map_err(read_err)?;
+                let mut decoder = ExpansionGuard::new(decoder, bound, exceeded);
                 io::copy(&mut decoder, &mut tee).map_err(|e| classify(e, read_err, write_err))?;
                 drop(decoder);
                 (

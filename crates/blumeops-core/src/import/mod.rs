@@ -270,6 +270,18 @@ pub enum Error {
         /// The layer entry.
         entry: String,
     },
+    /// An entry (or the image it describes) passes one of blumeops' limits: too many
+    /// layers, or a layer that expands too far (a decompression bomb).
+    #[error("entry `{entry}` of docker archive `{}` is refused", path.display())]
+    Limit {
+        /// The archive.
+        path: PathBuf,
+        /// The entry.
+        entry: String,
+        /// Which limit.
+        #[source]
+        source: crate::limits::LimitExceeded,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] store::Error),

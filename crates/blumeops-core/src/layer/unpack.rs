@@ -10,7 +10,10 @@
 //! `..` components are refused and a leading `/` is dropped (as tar does); hard link targets
 //! are resolved the same way; files are created with `O_EXCL | O_NOFOLLOW` after whatever was
 //! at their path is removed. The uncompressed stream is hashed while it is read (the diff_id)
-//! and capped at [`UnpackOptions::max_bytes`].
+//! and capped at [`UnpackOptions::max_bytes`] and, whatever the codec, at
+//! [`UnpackOptions::max_ratio`] times the compressed size (decompression bombs). The number
+//! of entries, the depth and length of paths, and the tar metadata (long names, PAX records)
+//! held in memory for one entry are bounded too (see [`crate::limits`]).
 //!
 //! Limits: xattrs are applied to files and directories only (not to symlinks or device
 //! nodes); sub-second mtimes are dropped; hard links must point at an earlier entry of the
@@ -30,10 +33,11 @@ use rustix::io::Errno;
 
 use super::Error;
 use crate::image::media_types;
+use crate::limits::{self, ExpansionGuard, LimitExceeded};
 use crate::reference::{Digest, DigestWriter};
 
-/// Default cap on a layer's uncompressed size: 64 GiB.
-pub const DEFAULT_MAX_UNPACK_BYTES: u64 = 64 << 30;
+/// Default cap on a layer's uncompressed size: 64 GiB ([`limits::MAX_LAYER_BYTES`]).
+pub const DEFAULT_MAX_UNPACK_BYTES: u64 = limits::MAX_LAYER_BYTES;
 
 /// The tar name prefix of a whiteout.
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -75,8 +79,16 @@ pub(super) fn is_overlay_xattr(name: &str) -> bool {
 #[non_exhaustive]
 pub struct UnpackOptions {
     /// Refuse layers whose uncompressed tar stream (or total extracted file data) exceeds this
-    /// many bytes. Default [`DEFAULT_MAX_UNPACK_BYTES`].
+    /// many bytes. Default [`DEFAULT_MAX_UNPACK_BYTES`], or
+    /// [`limits::MAX_LAYER_BYTES_ENV`] when set.
     pub max_bytes: u64,
+    /// Refuse layers that expand to more than this many times their compressed size (beyond
+    /// [`limits::LAYER_RATIO_FLOOR_BYTES`]); 0: no ratio bound. Default
+    /// [`limits::MAX_LAYER_RATIO`], or [`limits::MAX_LAYER_RATIO_ENV`] when set.
+    pub max_ratio: u64,
+    /// Refuse layers with more tar entries than this. Default [`limits::MAX_LAYER_ENTRIES`],
+    /// or [`limits::MAX_LAYER_ENTRIES_ENV`] when set.
+    pub max_entries: u64,
     /// Create device nodes and fifos (needs root). When false they are skipped and counted in
     /// [`UnpackStats::skipped_devices`].
     pub allow_devices: bool,
@@ -92,10 +104,12 @@ pub struct UnpackOptions {
 
 impl Default for UnpackOptions {
     /// Unprivileged settings: no devices, owners or xattrs, `trusted.overlay.*` markers and
-    /// the default size cap.
+    /// the default limits (or those set in the environment, see [`crate::limits`]).
     fn default() -> Self {
         Self {
-            max_bytes: DEFAULT_MAX_UNPACK_BYTES,
+            max_bytes: limits::env_u64(limits::MAX_LAYER_BYTES_ENV, DEFAULT_MAX_UNPACK_BYTES),
+            max_ratio: limits::env_u64(limits::MAX_LAYER_RATIO_ENV, limits::MAX_LAYER_RATIO),
+            max_entries: limits::env_u64(limits::MAX_LAYER_ENTRIES_ENV, limits::MAX_LAYER_ENTRIES),
             allow_devices: false,
             preserve_owners: false,
             preserve_xattrs: false,
@@ -129,6 +143,20 @@ impl UnpackOptions {
     #[must_use]
     pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
         self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Set the expansion ratio bound (0: none).
+    #[must_use]
+    pub fn with_max_ratio(mut self, max_ratio: u64) -> Self {
+        self.max_ratio = max_ratio;
+        self
+    }
+
+    /// Set the tar entry count bound.
+    #[must_use]
+    pub fn with_max_entries(mut self, max_entries: u64) -> Self {
+        self.max_entries = max_entries;
         self
     }
 
@@ -212,13 +240,21 @@ fn decoder(file: File, media_type: &str, layer: &Path) -> Result<Box<dyn Read>, 
     })
 }
 
-/// Hashes and counts the uncompressed stream, failing once it passes the limit.
+/// Hashes and counts the uncompressed stream, failing once it passes the limit, and bounds
+/// what the tar reader reads between two entries (headers, long names, PAX records: it holds
+/// them in memory).
 struct Metered<R> {
     inner: R,
     hasher: DigestWriter,
     limit: u64,
     exceeded: Rc<Cell<bool>>,
+    /// Bytes read since the tar reader started looking for the next entry, while it does.
+    between: Rc<Cell<Option<u64>>>,
 }
+
+/// Slack over [`limits::MAX_TAR_HEADER_BYTES`] for the header blocks and padding read
+/// between entries.
+const BETWEEN_ENTRIES_SLACK: u64 = 64 * 1024;
 
 impl<R: Read> Read for Metered<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -229,6 +265,18 @@ impl<R: Read> Read for Metered<R> {
             return Err(io::Error::other(
                 "layer exceeds the uncompressed size limit",
             ));
+        }
+        if let Some(between) = self.between.get() {
+            let between = between + n as u64;
+            self.between.set(Some(between));
+            if between > limits::MAX_TAR_HEADER_BYTES + BETWEEN_ENTRIES_SLACK {
+                return Err(LimitExceeded::new(
+                    "the tar metadata of one entry (headers, long names, PAX records)",
+                    limits::MAX_TAR_HEADER_BYTES,
+                    "bytes",
+                )
+                .into_io());
+            }
         }
         Ok(n)
     }
@@ -252,7 +300,22 @@ pub fn unpack_layer(
         path: blob.to_owned(),
         source,
     })?;
+    let compressed = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
     let reader = decoder(file, media_type, blob)?;
+    // Codec-agnostic bomb guard: whatever the decoder produces is counted.
+    let (bound, by_ratio) = limits::expansion_bound(compressed, opts.max_bytes, opts.max_ratio);
+    let reader: Box<dyn Read> = if by_ratio {
+        Box::new(ExpansionGuard::new(reader, bound, |limit| {
+            LimitExceeded::new(
+                "the layer's uncompressed size (too many times its compressed size: a decompression bomb?)",
+                limit,
+                "bytes",
+            )
+            .with_env(limits::MAX_LAYER_RATIO_ENV)
+        }))
+    } else {
+        reader
+    };
     let mut listing = std::fs::read_dir(dest).map_err(|source| Error::Host {
         action: "read unpack destination",
         path: dest.to_owned(),
@@ -276,11 +339,13 @@ pub fn unpack_layer(
         source: e.into(),
     })?;
     let exceeded = Rc::new(Cell::new(false));
+    let between = Rc::new(Cell::new(None));
     let metered = Metered {
         inner: reader,
         hasher: DigestWriter::new(),
         limit: opts.max_bytes,
         exceeded: exceeded.clone(),
+        between: between.clone(),
     };
     let mut unpacker = Unpacker {
         root,
@@ -305,13 +370,35 @@ pub fn unpack_layer(
         }
     };
     let mut archive = tar::Archive::new(metered);
-    for entry in archive.entries().map_err(read_err)? {
+    let mut entries = archive.entries().map_err(read_err)?;
+    let mut count = 0u64;
+    loop {
+        between.set(Some(0));
+        let next = entries.next();
+        between.set(None);
+        let Some(entry) = next else { break };
         let mut entry = entry.map_err(read_err)?;
+        count += 1;
+        if count > opts.max_entries {
+            return Err(read_err(
+                LimitExceeded::new(
+                    "the layer's number of tar entries",
+                    opts.max_entries,
+                    "entries",
+                )
+                .with_env(limits::MAX_LAYER_ENTRIES_ENV)
+                .into_io(),
+            ));
+        }
         unpacker.entry(&mut entry).map_err(|fail| match fail {
             Fail::Read(source) => read_err(source),
             other => unpacker.error(&entry.path_bytes(), other),
         })?;
+        // What the entry did not read (a directory's or link's data) is skipped here, so
+        // that the bound between entries only counts headers.
+        io::copy(&mut entry, &mut io::sink()).map_err(read_err)?;
     }
+    drop(entries);
     // The diff_id covers the whole stream, including the end-of-archive blocks and any
     // padding after them that the tar reader did not consume.
     let mut metered = archive.into_inner();
@@ -350,15 +437,44 @@ enum Fail {
     Read(io::Error),
     /// Extracted file data passed the size limit.
     TooLarge,
+    /// A path passed a limit.
+    Limit(LimitExceeded),
 }
 
 fn io_fail(action: &'static str) -> impl FnOnce(Errno) -> Fail {
     move |e| Fail::Io(action, e.into())
 }
 
-/// A tar entry's name for messages: lossy UTF-8 with control characters escaped.
+/// Longest entry name shown in a message, in characters.
+const MAX_DISPLAY_NAME: usize = 256;
+
+/// A tar entry's name for messages: lossy UTF-8 with control characters escaped, cut short
+/// when it is very long.
 pub(super) fn display_name(raw: &[u8]) -> String {
-    String::from_utf8_lossy(raw).escape_debug().to_string()
+    let text = String::from_utf8_lossy(raw).escape_debug().to_string();
+    match text.char_indices().nth(MAX_DISPLAY_NAME) {
+        Some((at, _)) => format!("{}… ({} bytes)", &text[..at], raw.len()),
+        None => text,
+    }
+}
+
+/// Refuse paths (and symlink targets) longer or deeper than the limits.
+fn check_path(raw: &[u8], depth: usize, what: &str) -> Result<(), Fail> {
+    if raw.len() > limits::MAX_PATH_BYTES {
+        return Err(Fail::Limit(LimitExceeded::new(
+            format!("the {what}'s length ({} bytes)", raw.len()),
+            limits::MAX_PATH_BYTES as u64,
+            "bytes",
+        )));
+    }
+    if depth > limits::MAX_PATH_DEPTH {
+        return Err(Fail::Limit(LimitExceeded::new(
+            format!("the {what}'s depth ({depth} components)"),
+            limits::MAX_PATH_DEPTH as u64,
+            "components",
+        )));
+    }
+    Ok(())
 }
 
 /// Split an entry path into components: empty and `.` components dropped (so a leading `/`
@@ -477,6 +593,12 @@ impl Unpacker<'_> {
                 layer,
                 limit: self.opts.max_bytes,
             },
+            Fail::Limit(limit) => Error::UnpackEntry {
+                layer,
+                entry,
+                action: "unpack",
+                source: limit.into_io(),
+            },
         }
     }
 
@@ -582,7 +704,9 @@ impl Unpacker<'_> {
             return Ok(());
         }
         let raw = entry.path_bytes().into_owned();
+        check_path(&raw, 0, "path")?;
         let comps = components(&raw)?;
+        check_path(&raw, comps.len(), "path")?;
         let header = self.header(entry)?;
         let Some((name, parents)) = comps.split_last() else {
             // `./`: the layer's root directory.
@@ -606,6 +730,7 @@ impl Unpacker<'_> {
                     .link_name_bytes()
                     .ok_or(Fail::Unsafe("the symlink has no target"))?
                     .into_owned();
+                check_path(&target, 0, "symlink target")?;
                 self.symlink(parents, name, &target, header)?;
             }
             tar::EntryType::Link => {
@@ -1409,6 +1534,201 @@ pub(crate) mod tests {
         let h = std::fs::symlink_metadata(scene.dest.join("h")).unwrap();
         assert!(h.file_type().is_symlink());
         scene.assert_sentinel_untouched();
+    }
+
+    fn chain(err: &dyn std::error::Error) -> String {
+        let mut out = err.to_string();
+        let mut cur = err.source();
+        while let Some(e) = cur {
+            out.push_str(": ");
+            out.push_str(&e.to_string());
+            cur = e.source();
+        }
+        out
+    }
+
+    #[test]
+    fn bomb_hits_the_ratio_bound_whatever_the_codec() {
+        let zeros = vec![0u8; 80 << 20];
+        for (media_type, compress) in [
+            (media_types::OCI_LAYER_GZIP, gzip as fn(&[u8]) -> Vec<u8>),
+            (media_types::OCI_LAYER_ZSTD, |raw: &[u8]| {
+                zstd::stream::encode_all(raw, 3).unwrap()
+            }),
+        ] {
+            let scene = Scene::new();
+            let mut tar = tar::Builder::new(Vec::new());
+            raw_entry(
+                &mut tar,
+                tar::EntryType::Regular,
+                b"bomb",
+                None,
+                &zeros,
+                0o644,
+            );
+            let blob = scene.tmp.path().join("bomb");
+            std::fs::write(&blob, compress(&tar.into_inner().unwrap())).unwrap();
+            let err = unpack_layer(&blob, media_type, &scene.dest, &opts().with_max_ratio(16))
+                .unwrap_err();
+            let text = chain(&err);
+            assert!(matches!(err, Error::ReadLayer { .. }), "{text}");
+            assert!(
+                text.contains("decompression bomb") && text.contains(limits::MAX_LAYER_RATIO_ENV),
+                "{text}"
+            );
+            // Nothing much was written: at most the floor.
+            let written = std::fs::metadata(scene.dest.join("bomb")).map_or(0, |m| m.len());
+            assert!(written <= limits::LAYER_RATIO_FLOOR_BYTES, "{written}");
+            scene.assert_sentinel_untouched();
+            // Without the ratio bound the same layer unpacks.
+            let scene = Scene::new();
+            std::fs::copy(&blob, scene.tmp.path().join("bomb")).unwrap();
+            unpack_layer(&blob, media_type, &scene.dest, &opts().with_max_ratio(0)).unwrap();
+        }
+    }
+
+    #[test]
+    fn too_many_entries_are_refused() {
+        let scene = Scene::new();
+        let err = scene
+            .unpack(&opts().with_max_entries(10), |t| {
+                for i in 0..11 {
+                    raw_entry(
+                        t,
+                        tar::EntryType::Regular,
+                        format!("f{i}").as_bytes(),
+                        None,
+                        b"",
+                        0o644,
+                    );
+                }
+            })
+            .unwrap_err();
+        let text = chain(&err);
+        assert!(
+            text.contains("number of tar entries exceeds the limit of 10 entries")
+                && text.contains(limits::MAX_LAYER_ENTRIES_ENV),
+            "{text}"
+        );
+        let scene = Scene::new();
+        let stats = scene
+            .unpack(&opts().with_max_entries(10), |t| {
+                for i in 0..10 {
+                    raw_entry(
+                        t,
+                        tar::EntryType::Regular,
+                        format!("f{i}").as_bytes(),
+                        None,
+                        b"",
+                        0o644,
+                    );
+                }
+            })
+            .unwrap();
+        assert_eq!(stats.entries, 10);
+    }
+
+    #[test]
+    fn too_deep_or_too_long_paths_are_refused() {
+        let scene = Scene::new();
+        let deep = vec!["d"; limits::MAX_PATH_DEPTH + 1].join("/");
+        let err = scene
+            .unpack(&opts(), |t| {
+                raw_entry(
+                    t,
+                    tar::EntryType::Regular,
+                    deep.as_bytes(),
+                    None,
+                    b"x",
+                    0o644,
+                );
+            })
+            .unwrap_err();
+        let text = chain(&err);
+        assert!(
+            text.contains("depth (257 components) exceeds the limit of 256 components"),
+            "{text}"
+        );
+        assert!(text.contains("…"), "long names are cut short: {text}");
+        assert!(!scene.dest.join("d").exists(), "nothing of it was written");
+
+        let scene = Scene::new();
+        let long = "n".repeat(limits::MAX_PATH_BYTES + 1);
+        let err = scene
+            .unpack(&opts(), |t| {
+                raw_entry(
+                    t,
+                    tar::EntryType::Regular,
+                    long.as_bytes(),
+                    None,
+                    b"x",
+                    0o644,
+                );
+            })
+            .unwrap_err();
+        assert!(
+            chain(&err).contains("length (4097 bytes) exceeds the limit of 4096 bytes"),
+            "{}",
+            chain(&err)
+        );
+
+        let scene = Scene::new();
+        let err = scene
+            .unpack(&opts(), |t| {
+                raw_entry(
+                    t,
+                    tar::EntryType::Symlink,
+                    b"link",
+                    Some(long.as_bytes()),
+                    b"",
+                    0o777,
+                );
+            })
+            .unwrap_err();
+        assert!(
+            chain(&err).contains("symlink target's length"),
+            "{}",
+            chain(&err)
+        );
+
+        // At the limits, fine.
+        let scene = Scene::new();
+        let deepest = vec!["d"; limits::MAX_PATH_DEPTH].join("/");
+        scene
+            .unpack(&opts(), |t| {
+                raw_entry(
+                    t,
+                    tar::EntryType::Regular,
+                    deepest.as_bytes(),
+                    None,
+                    b"x",
+                    0o644,
+                );
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn huge_long_name_headers_are_refused_before_they_are_held() {
+        let scene = Scene::new();
+        let (blob, _) = layer_file(scene.tmp.path(), |t| {
+            // A GNU long-name entry of 8 MiB: the tar reader would hold it in memory.
+            let mut h = tar::Header::new_gnu();
+            h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+            h.set_entry_type(tar::EntryType::GNULongName);
+            h.set_mode(0o644);
+            h.set_size(8 << 20);
+            h.set_cksum();
+            t.append(&h, &vec![b'a'; 8 << 20][..]).unwrap();
+            raw_entry(t, tar::EntryType::Regular, b"x", None, b"x", 0o644);
+        });
+        let err =
+            unpack_layer(&blob, media_types::OCI_LAYER_GZIP, &scene.dest, &opts()).unwrap_err();
+        let text = chain(&err);
+        assert!(
+            text.contains("tar metadata of one entry") && text.contains("1048576 bytes"),
+            "{text}"
+        );
     }
 
     #[test]

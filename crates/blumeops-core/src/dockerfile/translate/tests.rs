@@ -722,3 +722,59 @@ async fn config_instructions_reach_the_image_config() {
     let built = c.build(&engine).await.unwrap();
     assert_eq!(built.config.config.env, ["PATH=/opt/bin:/usr/bin:none:$x"]);
 }
+
+#[test]
+fn doubling_args_stop_at_the_word_limit_with_the_line() {
+    let mut text = String::from("FROM scratch\nARG A=0123456789abcdef\n");
+    for _ in 0..40 {
+        text.push_str("ARG A=${A}${A}\n");
+    }
+    let e = err(&text);
+    // 16 bytes doubled 16 times is 1 MiB; the 17th doubling is refused, on line 19.
+    assert_eq!(
+        e,
+        "Dockerfile:19: ARG: the word after variable substitution exceeds the limit of 1048576 bytes"
+    );
+}
+
+#[test]
+fn many_large_words_stop_at_the_total_limit() {
+    let mut text = String::from("FROM scratch\nARG A=0123456789abcdef\n");
+    for _ in 0..15 {
+        text.push_str("ARG A=${A}${A}\n");
+    }
+    // A is 512 KiB; each LABEL adds 1 MiB of substituted text.
+    for i in 0..100 {
+        text.push_str(&format!("LABEL l{i}=${{A}}${{A}}\n"));
+    }
+    let e = err(&text);
+    assert!(
+        e.contains("the text produced by variable substitution in this Dockerfile exceeds the limit of 67108864 bytes"),
+        "{e}"
+    );
+}
+
+#[rstest]
+#[case::size(
+    format!("FROM scratch\n{}", "# comment\n".repeat(500_000)),
+    "Dockerfile:1: the Dockerfile's size (5000013 bytes) exceeds the limit of 4194304 bytes"
+)]
+#[case::line(
+    format!("FROM scratch\nLABEL a={}\n", "x".repeat(1 << 20)),
+    "Dockerfile:2: the instruction's length (continuation lines joined) exceeds the limit of 1048576 bytes"
+)]
+#[case::continued_line(
+    format!("FROM scratch\nLABEL a=\\\n{}", format!("{}\\\n", "x".repeat(1000)).repeat(1100)),
+    "Dockerfile:2: the instruction's length (continuation lines joined) exceeds the limit of 1048576 bytes"
+)]
+#[case::instructions(
+    format!("FROM scratch\n{}", "USER 0\n".repeat(10_000)),
+    "Dockerfile:10001: the number of instructions exceeds the limit of 10000 instructions"
+)]
+#[case::heredoc(
+    format!("FROM scratch\nCOPY <<EOF /f\n{}EOF\n", "y\n".repeat(600_000)),
+    "Dockerfile:2: heredoc <<EOF exceeds the limit of 1048576 bytes"
+)]
+fn oversized_dockerfiles_are_refused_with_the_line(#[case] text: String, #[case] want: &str) {
+    assert_eq!(err(&text), want);
+}

@@ -80,7 +80,8 @@ pub use registry::ServerError as RegistryServerError;
 pub use registry::{
     BLOB_STALL_TIMEOUT, CONNECT_TIMEOUT, ClientOptions, Credential, Credentials,
     DEFAULT_MAX_PARALLEL_DOWNLOADS, DEFAULT_MAX_PARALLEL_UPLOADS, DEFAULT_REQUEST_TIMEOUT,
-    PulledImage, PushReport, RegistryClient, TagPolicy,
+    DEFAULT_UPLOAD_CHUNK_SIZE, MAX_RETRY_AFTER, PulledImage, PushReport, RegistryClient,
+    RetryPolicy, TagPolicy,
 };
 pub use sandbox::Error as SandboxError;
 pub use sandbox::{

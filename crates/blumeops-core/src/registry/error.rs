@@ -23,8 +23,10 @@ pub enum Operation {
     CheckBlob,
     /// POST to open a blob upload session.
     StartUpload,
-    /// PUT a blob's data.
+    /// PATCH or PUT a blob's data.
     PushBlob,
+    /// GET an upload session's status (how many bytes the registry has) to resume it.
+    CheckUpload,
     /// PUT the manifest.
     PushManifest,
     /// GET a bearer token from the registry's token service.
@@ -42,6 +44,7 @@ impl fmt::Display for Operation {
             Self::CheckBlob => "check blob",
             Self::StartUpload => "start upload of blob",
             Self::PushBlob => "push blob",
+            Self::CheckUpload => "check the upload of blob",
             Self::PushManifest => "push manifest",
             Self::FetchToken => "fetch bearer token for",
             Self::ListTags => "list tags of",
@@ -238,8 +241,31 @@ pub enum Error {
         url: String,
         /// HTTP status.
         status: reqwest::StatusCode,
+        /// The server's `Retry-After`, when it sent one.
+        retry_after: Option<std::time::Duration>,
         /// What the registry said.
         server: Option<Box<ServerError>>,
+    },
+    /// A transient failure (connection error, timeout, 408, 429, 5xx) persisted through every
+    /// attempt the retry policy allows; `last` is the last attempt's error.
+    #[error(
+        "failed to {operation} {target}: gave up after {attempts} {} in {seconds:.1} s",
+        if *attempts == 1 { "attempt" } else { "attempts" }
+    )]
+    Retried {
+        /// What was being done.
+        operation: Operation,
+        /// What it was done to.
+        target: String,
+        /// Registry as written in the reference.
+        registry: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Time spent, waits included.
+        seconds: f64,
+        /// The last attempt's error.
+        #[source]
+        last: Box<Error>,
     },
     /// The tag exists and points at another manifest.
     #[error("failed to push {reference}: the tag already points at {existing}, not at {new}")]
@@ -397,7 +423,8 @@ pub enum ErrorKind {
     Denied,
     /// The tag exists with another digest.
     TagConflict,
-    /// Connection refused, DNS failure, timeout.
+    /// Connection refused, DNS failure, timeout, or transient failures (5xx, 429, dropped
+    /// connections) that outlasted every retry.
     Unreachable,
     /// Digest or size did not match.
     Integrity,
@@ -411,7 +438,9 @@ impl Error {
     /// How the CLI should classify this failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Unreachable { .. } | Self::Timeout { .. } => ErrorKind::Unreachable,
+            Self::Unreachable { .. } | Self::Timeout { .. } | Self::Retried { .. } => {
+                ErrorKind::Unreachable
+            }
             Self::Request { source, .. } if source.is_connect() || source.is_timeout() => {
                 ErrorKind::Unreachable
             }
@@ -445,6 +474,24 @@ impl Error {
             Self::Timeout { .. } => {
                 Some("the registry or the network is slow or stuck; try again".to_owned())
             }
+            Self::Retried { registry, last, .. } => Some(match last.as_ref() {
+                Self::Unreachable { .. } => format!(
+                    "check that {registry} is running and the address is right; a rerun \
+                     resumes where this one stopped (blobs already pushed are skipped)"
+                ),
+                Self::Status { status, .. } if status.is_server_error() => format!(
+                    "{registry} kept failing; check its logs and free disk space, then run \
+                     again (blobs already pushed are skipped)"
+                ),
+                Self::Status { .. } => format!(
+                    "{registry} kept asking to slow down; run again later, or raise \
+                     --retries / --retry-max-time"
+                ),
+                _ => format!(
+                    "{registry} or the network is slow or unstable; run again (blobs already \
+                     pushed are skipped), or raise --retries / --retry-max-time"
+                ),
+            }),
             Self::AuthRequired { registry, .. } => Some(format!(
                 "pass --registry-username and --registry-password (e.g. env:ZOT_CI_API_KEY), \
                  or log in to {registry} with docker or podman"
@@ -581,5 +628,34 @@ mod tests {
         assert!(!msg.ends_with('.'));
         assert!(msg.contains(&Digest::of(b"a").to_string()));
         assert!(err.hint().unwrap().contains("--allow-overwrite"));
+    }
+
+    #[test]
+    fn giving_up_names_the_operation_the_attempts_and_the_last_error() {
+        let last = Error::Status {
+            operation: Operation::PushBlob,
+            target: "sha256:ab to zot.example/blumeops/hello".into(),
+            url: "https://zot.example/v2/blumeops/hello/blobs/uploads/u".into(),
+            status: reqwest::StatusCode::SERVICE_UNAVAILABLE,
+            retry_after: None,
+            server: None,
+        };
+        let err = Error::Retried {
+            operation: Operation::PushBlob,
+            target: "sha256:ab to zot.example/blumeops/hello".into(),
+            registry: "zot.example".into(),
+            attempts: 6,
+            seconds: 12.34,
+            last: Box::new(last),
+        };
+        assert_eq!(
+            err.to_string(),
+            "failed to push blob sha256:ab to zot.example/blumeops/hello: gave up after 6 \
+             attempts in 12.3 s"
+        );
+        let cause = std::error::Error::source(&err).unwrap().to_string();
+        assert!(cause.contains("503 Service Unavailable"), "{cause}");
+        assert_eq!(err.kind(), ErrorKind::Unreachable);
+        assert!(err.hint().unwrap().contains("zot.example kept failing"));
     }
 }

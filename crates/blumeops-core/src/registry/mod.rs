@@ -8,7 +8,12 @@
 //!   credentials were sent, and any 403, are reported, never retried.
 //! - Blobs stream: downloads are hashed while written to the store and committed only when
 //!   the digest and size match; uploads read the store file with a bounded buffer and a
-//!   known `Content-Length`. The manifest goes last, after every blob is in place.
+//!   known `Content-Length` (one `PUT` up to [`ClientOptions::upload_chunk_size`], `PATCH`
+//!   chunks beyond). The manifest goes last, after every blob is confirmed present.
+//! - Every request is retried on transient failures (see [`RetryPolicy`]): connection errors,
+//!   timeouts, 408, 429 (`Retry-After` honoured) and 5xx. An interrupted upload asks the
+//!   registry how much it has (`GET` on the session, `Range: 0-N`) and continues from there;
+//!   a session the registry forgot is started again.
 //! - A push first checks the tag: the same digest means nothing is pushed at all (zot refuses
 //!   a create-only account even an identical manifest PUT to an existing tag).
 
@@ -17,6 +22,7 @@ mod credentials;
 mod error;
 mod pull;
 mod push;
+mod retry;
 mod tags;
 
 use std::sync::{Arc, Mutex};
@@ -33,6 +39,7 @@ use crate::store::Store;
 use auth::{AuthCache, Challenge};
 pub use credentials::{Credential, Credentials};
 pub use error::{Error, ErrorKind, Operation, ServerError};
+pub use retry::{MAX_RETRY_AFTER, RetryPolicy};
 
 /// Default number of parallel blob uploads (zot has a global storage lock: a few help).
 pub const DEFAULT_MAX_PARALLEL_UPLOADS: usize = 3;
@@ -48,6 +55,9 @@ pub const BLOB_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 const UPLOAD_BASE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Slowest upload rate tolerated before an upload is called stuck.
 const UPLOAD_MIN_BYTES_PER_SEC: u64 = 64 * 1024;
+/// Default largest upload request: a blob up to this size goes in one `PUT`, a larger one in
+/// `PATCH` chunks of this size (each a point an interrupted upload can resume from).
+pub const DEFAULT_UPLOAD_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
 /// Read buffer for streamed uploads.
 const UPLOAD_BUFFER: usize = 256 * 1024;
 /// Largest manifest or index accepted (zot's own limit is 4 MiB).
@@ -68,6 +78,10 @@ pub struct ClientOptions {
     pub max_parallel_downloads: usize,
     /// Time limit for a whole request without a blob body (manifests, HEADs, tokens).
     pub request_timeout: Duration,
+    /// Retries of transient failures, per operation.
+    pub retry: RetryPolicy,
+    /// Largest blob sent in one request; larger blobs go in `PATCH` chunks of this size.
+    pub upload_chunk_size: u64,
 }
 
 impl Default for ClientOptions {
@@ -78,6 +92,8 @@ impl Default for ClientOptions {
             max_parallel_uploads: DEFAULT_MAX_PARALLEL_UPLOADS,
             max_parallel_downloads: DEFAULT_MAX_PARALLEL_DOWNLOADS,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            retry: RetryPolicy::default(),
+            upload_chunk_size: DEFAULT_UPLOAD_CHUNK_SIZE,
         }
     }
 }
@@ -460,6 +476,35 @@ impl RegistryClient {
         })
     }
 
+    /// Run one operation (`attempt` sends its requests and reads its answer) until it
+    /// succeeds, fails for good, or the retry policy's attempts or time run out. `extra`
+    /// extends the time limit (blob transfers). An attempt still running at the deadline is
+    /// cut off with a timeout.
+    async fn retrying<T, F, Fut>(
+        &self,
+        call: &Call<'_>,
+        extra: Duration,
+        mut attempt: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let mut budget = retry::Budget::new(&self.options.retry, extra);
+        loop {
+            budget.begin();
+            let remaining = budget.remaining();
+            let error = match tokio::time::timeout(remaining, attempt()).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(error)) => error,
+                Err(_) => timeout_error(call, remaining),
+            };
+            if let Some(error) = budget.failed(error, gave_up(call)).await {
+                return Err(error);
+            }
+        }
+    }
+
     /// Send one request under the call's time limit, mapping transport failures.
     async fn execute(
         &self,
@@ -482,7 +527,22 @@ fn timeout_error(call: &Call<'_>, limit: Duration) -> Error {
         operation: call.operation,
         target: call.target.to_owned(),
         url: call.url.to_string(),
-        seconds: limit.as_secs(),
+        seconds: limit.as_secs_f64().ceil() as u64,
+    }
+}
+
+/// How to report giving up on `call`'s operation after transient failures.
+fn gave_up(call: &Call<'_>) -> impl FnOnce(Error, u32, Duration) -> Error {
+    let operation = call.operation;
+    let target = call.target.to_owned();
+    let registry = call.repo.registry.clone();
+    move |last, attempts, elapsed| Error::Retried {
+        operation,
+        target,
+        registry,
+        attempts,
+        seconds: elapsed.as_secs_f64(),
+        last: Box::new(last),
     }
 }
 
@@ -560,11 +620,17 @@ async fn error_body(mut response: reqwest::Response) -> Option<Box<ServerError>>
 /// An error for an unexpected status, with the server's error body.
 async fn status_error(call: &Call<'_>, response: reqwest::Response) -> Error {
     let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| retry::parse_retry_after(v, std::time::SystemTime::now()));
     Error::Status {
         operation: call.operation,
         target: call.target.to_owned(),
         url: call.url.to_string(),
         status,
+        retry_after,
         server: error_body(response).await,
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::io::Write as _;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
@@ -132,24 +133,30 @@ impl RegistryClient {
             url: &url,
             limit: Limit::Total(self.options.request_timeout),
         };
-        let response = self
-            .send(&call, || {
-                Ok(self
-                    .http
-                    .head(url.clone())
-                    .header(ACCEPT, media_types::MANIFEST_ACCEPT))
+        let found = self
+            .retrying(&call, Duration::ZERO, || async {
+                let response = self
+                    .send(&call, || {
+                        Ok(self
+                            .http
+                            .head(url.clone())
+                            .header(ACCEPT, media_types::MANIFEST_ACCEPT))
+                    })
+                    .await?;
+                match response.status() {
+                    StatusCode::NOT_FOUND => Ok(None),
+                    s if s.is_success() => Ok(Some(header_digest(response.headers()))),
+                    _ => Err(status_error(&call, response).await),
+                }
             })
             .await?;
-        match response.status() {
-            StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => match header_digest(response.headers()) {
-                Some(d) => Ok(Some(d)),
-                None => {
-                    let fetched = self.fetch_manifest(repo, &name, &by, None).await?;
-                    Ok(Some(fetched.digest))
-                }
-            },
-            _ => Err(status_error(&call, response).await),
+        match found {
+            None => Ok(None),
+            Some(Some(digest)) => Ok(Some(digest)),
+            Some(None) => {
+                let fetched = self.fetch_manifest(repo, &name, &by, None).await?;
+                Ok(Some(fetched.digest))
+            }
         }
     }
 
@@ -170,24 +177,29 @@ impl RegistryClient {
             url: &url,
             limit: Limit::Total(self.options.request_timeout),
         };
-        let response = self
-            .send(&call, || {
-                Ok(self
-                    .http
-                    .get(url.clone())
-                    .header(ACCEPT, media_types::MANIFEST_ACCEPT))
+        let (header_type, claimed, bytes) = self
+            .retrying(&call, Duration::ZERO, || async {
+                let response = self
+                    .send(&call, || {
+                        Ok(self
+                            .http
+                            .get(url.clone())
+                            .header(ACCEPT, media_types::MANIFEST_ACCEPT))
+                    })
+                    .await?;
+                if response.status() != StatusCode::OK {
+                    return Err(status_error(&call, response).await);
+                }
+                let header_type = response
+                    .headers()
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned());
+                let claimed = header_digest(response.headers());
+                let bytes = read_limited(&call, response, MAX_MANIFEST_BYTES).await?;
+                Ok((header_type, claimed, bytes))
             })
             .await?;
-        if response.status() != StatusCode::OK {
-            return Err(status_error(&call, response).await);
-        }
-        let header_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned());
-        let claimed = header_digest(response.headers());
-        let bytes = read_limited(&call, response, MAX_MANIFEST_BYTES).await?;
         let digest = Digest::of(&bytes);
         for expected in [expected, claimed.as_ref()].into_iter().flatten() {
             if *expected != digest {
@@ -222,9 +234,22 @@ impl RegistryClient {
             url: &url,
             limit: Limit::Headers(BLOB_STALL_TIMEOUT),
         };
-        let mut response = self.send(&call, || Ok(self.http.get(url.clone()))).await?;
+        let extra = Duration::from_secs(blob.size / super::UPLOAD_MIN_BYTES_PER_SEC);
+        self.retrying(&call, extra, || self.fetch_blob_once(&call, blob, store))
+            .await
+    }
+
+    /// One attempt at downloading a blob into the store.
+    async fn fetch_blob_once(
+        &self,
+        call: &Call<'_>,
+        blob: &BlobRef,
+        store: &Store,
+    ) -> Result<(), Error> {
+        let url = call.url;
+        let mut response = self.send(call, || Ok(self.http.get(url.clone()))).await?;
         if response.status() != StatusCode::OK {
-            return Err(status_error(&call, response).await);
+            return Err(status_error(call, response).await);
         }
         let size_mismatch = |actual: u64| Error::SizeMismatch {
             object: "blob",

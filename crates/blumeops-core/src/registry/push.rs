@@ -1,18 +1,24 @@
 //! Pushing: tag check, blobs (HEAD, then POST + streamed PUT), manifest last.
 
 use std::collections::HashSet;
+use std::io::{Seek as _, SeekFrom};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use reqwest::header::{
+    ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, LOCATION, RANGE,
+};
+use tokio::io::AsyncReadExt as _;
 use url::Url;
 
 use super::{
     Access, Call, Error, Limit, Operation, PushReport, RegistryClient, Repo, TagPolicy,
-    UPLOAD_BASE_TIMEOUT, UPLOAD_BUFFER, UPLOAD_MIN_BYTES_PER_SEC, header_digest, status_error,
+    UPLOAD_BASE_TIMEOUT, UPLOAD_BUFFER, UPLOAD_MIN_BYTES_PER_SEC, gave_up, header_digest, retry,
+    status_error, timeout_error,
 };
-use crate::image::{BlobRef, StoredImage};
+use crate::image::{BlobRef, StoredImage, media_types};
 use crate::reference::{Digest, ImageRef};
 use crate::store::{Error as StoreError, Store};
 
@@ -77,6 +83,7 @@ impl RegistryClient {
     }
 
     /// Upload one blob unless the registry has it. Returns the bytes sent, `None` if skipped.
+    /// `Ok` means the registry confirmed it has the blob.
     async fn push_blob(
         &self,
         repo: &Repo,
@@ -92,13 +99,11 @@ impl RegistryClient {
             url: &blob_url,
             limit: Limit::Total(self.options.request_timeout),
         };
-        let response = self
-            .send(&call, || Ok(self.http.head(blob_url.clone())))
+        let exists = self
+            .retrying(&call, Duration::ZERO, || self.blob_exists(&call))
             .await?;
-        match response.status() {
-            s if s.is_success() => return Ok(None),
-            StatusCode::NOT_FOUND => {}
-            _ => return Err(status_error(&call, response).await),
+        if exists {
+            return Ok(None);
         }
 
         let path = store.blob_path(&blob.digest);
@@ -112,16 +117,164 @@ impl RegistryClient {
                 actual: size,
             });
         }
-
-        // Open the session without a body, so auth is settled before the streamed PUT.
-        let start_url = repo.url(&format!("v2/{}/blobs/uploads/", repo.repository))?;
-        let call = Call {
+        let upload = Upload {
             repo,
-            operation: Operation::StartUpload,
+            blob,
             target: &target,
-            url: &start_url,
+            blob_url: &blob_url,
+            start_url: repo.url(&format!("v2/{}/blobs/uploads/", repo.repository))?,
+            path,
+            size,
+        };
+        self.upload(&upload).await?;
+        Ok(Some(size))
+    }
+
+    /// One `HEAD` of a blob: whether the registry has it.
+    async fn blob_exists(&self, call: &Call<'_>) -> Result<bool, Error> {
+        let response = self
+            .send(call, || Ok(self.http.head(call.url.clone())))
+            .await?;
+        match response.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(status_error(call, response).await),
+        }
+    }
+
+    /// Upload a blob the registry does not have, resuming after interruptions, until the
+    /// registry confirms it or the retry policy gives up.
+    async fn upload(&self, upload: &Upload<'_>) -> Result<(), Error> {
+        let call = Call {
+            repo: upload.repo,
+            operation: Operation::PushBlob,
+            target: upload.target,
+            url: &upload.start_url,
             limit: Limit::Total(self.options.request_timeout),
         };
+        let extra = Duration::from_secs(upload.size / UPLOAD_MIN_BYTES_PER_SEC);
+        let mut budget = retry::Budget::new(&self.options.retry, extra);
+        let mut session: Option<Session> = None;
+        loop {
+            budget.begin();
+            let remaining = budget.remaining();
+            let error =
+                match tokio::time::timeout(remaining, self.upload_attempt(upload, &mut session))
+                    .await
+                {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(error)) => error,
+                    Err(_) => timeout_error(&call, remaining),
+                };
+            // Whatever happened, the registry may hold more (or fewer) bytes than counted.
+            if let Some(session) = &mut session {
+                session.offset = None;
+            }
+            let verdict = match &error {
+                // Our offset and the registry's disagree: ask it and go on from there.
+                Error::Status { status, .. }
+                    if *status == StatusCode::RANGE_NOT_SATISFIABLE && session.is_some() =>
+                {
+                    retry::Verdict::Transient { after: None }
+                }
+                other => retry::classify(other),
+            };
+            if let Some(error) = budget.failed_as(error, verdict, gave_up(&call)).await {
+                return Err(error);
+            }
+        }
+    }
+
+    /// One attempt: learn where an interrupted session stands (or open one), send the rest
+    /// of the data, close the session, and check the registry's confirmation.
+    async fn upload_attempt(
+        &self,
+        upload: &Upload<'_>,
+        session: &mut Option<Session>,
+    ) -> Result<(), Error> {
+        if let Some(open) = session.as_mut()
+            && open.offset.is_none()
+        {
+            match self.upload_status(upload, &open.url).await? {
+                Some((url, offset)) => {
+                    open.url = url;
+                    open.offset = Some(offset);
+                }
+                None => {
+                    // The registry forgot the session (expired, restarted, or completed it
+                    // and the answer was lost): it may have the blob already.
+                    *session = None;
+                    let check = self.check_blob_call(upload);
+                    if self.blob_exists(&check).await? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        let open = match session {
+            Some(open) => open,
+            None => session.insert(self.start_upload(upload).await?),
+        };
+        let chunk = self.options.upload_chunk_size.max(1);
+        let mut offset = open.offset.unwrap_or(0);
+        let response = if offset == 0 && upload.size <= chunk {
+            // The whole blob in the closing PUT: one request, what every registry takes.
+            self.close_upload(upload, &open.url, upload.size).await?
+        } else {
+            while offset < upload.size {
+                let len = (upload.size - offset).min(chunk);
+                open.url = self.patch_chunk(upload, &open.url, offset, len).await?;
+                offset += len;
+                open.offset = Some(offset);
+            }
+            self.close_upload(upload, &open.url, 0).await?
+        };
+        match header_digest(response.headers()) {
+            Some(actual) if actual == upload.blob.digest => Ok(()),
+            Some(actual) => Err(Error::DigestMismatch {
+                object: "blob",
+                url: open.url.to_string(),
+                expected: upload.blob.digest.clone(),
+                actual,
+            }),
+            None => {
+                // No digest in the answer: the blob counts as present once a HEAD says so.
+                let check = self.check_blob_call(upload);
+                if self.blob_exists(&check).await? {
+                    Ok(())
+                } else {
+                    Err(Error::MissingHeader {
+                        operation: Operation::PushBlob,
+                        target: upload.target.to_owned(),
+                        url: open.url.to_string(),
+                        header: "Docker-Content-Digest",
+                    })
+                }
+            }
+        }
+    }
+
+    fn check_blob_call<'a>(&self, upload: &'a Upload<'a>) -> Call<'a> {
+        Call {
+            repo: upload.repo,
+            operation: Operation::CheckBlob,
+            target: upload.target,
+            url: upload.blob_url,
+            limit: Limit::Total(self.options.request_timeout),
+        }
+    }
+
+    /// POST a new upload session; its URL.
+    async fn start_upload(&self, upload: &Upload<'_>) -> Result<Session, Error> {
+        let start_url = &upload.start_url;
+        let call = Call {
+            repo: upload.repo,
+            operation: Operation::StartUpload,
+            target: upload.target,
+            url: start_url,
+            limit: Limit::Total(self.options.request_timeout),
+        };
+        // Without a body, so auth is settled before any data is streamed.
         let response = self
             .send(&call, || {
                 Ok(self.http.post(start_url.clone()).header(CONTENT_LENGTH, 0))
@@ -130,62 +283,136 @@ impl RegistryClient {
         if response.status() != StatusCode::ACCEPTED {
             return Err(status_error(&call, response).await);
         }
-        let location = response
-            .headers()
-            .get(LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Error::MissingHeader {
+        let url =
+            location(response.headers(), start_url).ok_or_else(|| Error::MissingHeader {
                 operation: Operation::StartUpload,
-                target: target.clone(),
+                target: upload.target.to_owned(),
                 url: start_url.to_string(),
                 header: "Location",
-            })?;
-        let put_url = upload_url(&start_url, location, &blob.digest)?;
+            })??;
+        Ok(Session {
+            url,
+            offset: Some(0),
+        })
+    }
 
+    /// GET an upload session's status: its next URL and how many bytes the registry has,
+    /// or `None` when the registry no longer knows the session.
+    async fn upload_status(
+        &self,
+        upload: &Upload<'_>,
+        url: &Url,
+    ) -> Result<Option<(Url, u64)>, Error> {
         let call = Call {
-            repo,
+            repo: upload.repo,
+            operation: Operation::CheckUpload,
+            target: upload.target,
+            url,
+            limit: Limit::Total(self.options.request_timeout),
+        };
+        let response = self.send(&call, || Ok(self.http.get(url.clone()))).await?;
+        match response.status() {
+            StatusCode::NO_CONTENT | StatusCode::OK => {}
+            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::GONE => {
+                return Ok(None);
+            }
+            _ => return Err(status_error(&call, response).await),
+        }
+        let offset = response
+            .headers()
+            .get(RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(retry::upload_offset);
+        let Some(offset) = offset else {
+            // Without a Range the registry cannot say where to go on: start over.
+            return Ok(None);
+        };
+        let next = match location(response.headers(), url) {
+            Some(next) => next?,
+            None => url.clone(),
+        };
+        Ok(Some((next, offset.min(upload.size))))
+    }
+
+    /// PATCH `len` bytes from `offset`; the session's next URL.
+    async fn patch_chunk(
+        &self,
+        upload: &Upload<'_>,
+        url: &Url,
+        offset: u64,
+        len: u64,
+    ) -> Result<Url, Error> {
+        let call = Call {
+            repo: upload.repo,
             operation: Operation::PushBlob,
-            target: &target,
+            target: upload.target,
+            url,
+            limit: Limit::Total(upload_timeout(len)),
+        };
+        let end = offset + len - 1;
+        let response = self
+            .send(&call, || {
+                Ok(self
+                    .http
+                    .patch(url.clone())
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_RANGE, format!("{offset}-{end}"))
+                    .header(CONTENT_LENGTH, len)
+                    .body(file_body(&upload.path, offset, len)?))
+            })
+            .await?;
+        if response.status() != StatusCode::ACCEPTED {
+            return Err(status_error(&call, response).await);
+        }
+        match location(response.headers(), url) {
+            Some(next) => next,
+            None => Ok(url.clone()),
+        }
+    }
+
+    /// The closing PUT with `?digest=`, carrying the whole blob (`len` = size) or nothing
+    /// (`len` = 0, after PATCHes). Returns the 201 response.
+    async fn close_upload(
+        &self,
+        upload: &Upload<'_>,
+        url: &Url,
+        len: u64,
+    ) -> Result<reqwest::Response, Error> {
+        let mut put_url = url.clone();
+        put_url
+            .query_pairs_mut()
+            .append_pair("digest", &upload.blob.digest.to_string());
+        let call = Call {
+            repo: upload.repo,
+            operation: Operation::PushBlob,
+            target: upload.target,
             url: &put_url,
-            limit: Limit::Total(upload_timeout(size)),
+            limit: Limit::Total(upload_timeout(len)),
         };
         let response = self
             .send(&call, || {
-                // Re-opened on every attempt: a streamed body cannot be replayed.
-                let file = std::fs::File::open(&path).map_err(|source| StoreError::Io {
-                    action: "open",
-                    path: path.clone(),
-                    source,
-                })?;
-                let stream = tokio_util::io::ReaderStream::with_capacity(
-                    tokio::fs::File::from_std(file),
-                    UPLOAD_BUFFER,
-                );
-                Ok(self
+                let builder = self
                     .http
                     .put(put_url.clone())
                     .header(CONTENT_TYPE, "application/octet-stream")
-                    .header(CONTENT_LENGTH, size)
-                    .body(reqwest::Body::wrap_stream(stream)))
+                    .header(CONTENT_LENGTH, len);
+                Ok(if len == 0 {
+                    builder.body(Vec::new())
+                } else {
+                    // Re-opened on every send: a streamed body cannot be replayed.
+                    builder.body(file_body(&upload.path, 0, len)?)
+                })
             })
             .await?;
         if response.status() != StatusCode::CREATED {
             return Err(status_error(&call, response).await);
         }
-        if let Some(actual) = header_digest(response.headers())
-            && actual != blob.digest
-        {
-            return Err(Error::DigestMismatch {
-                object: "blob",
-                url: put_url.to_string(),
-                expected: blob.digest.clone(),
-                actual,
-            });
-        }
-        Ok(Some(size))
+        Ok(response)
     }
 
-    /// PUT the manifest under the tag, with its exact bytes and media type.
+    /// PUT the manifest under the tag, with its exact bytes and media type. A retry first
+    /// checks the tag: an earlier attempt may have landed with its answer lost (and a
+    /// create-only account may not PUT the same tag twice).
     async fn put_manifest(
         &self,
         repo: &Repo,
@@ -203,42 +430,131 @@ impl RegistryClient {
             limit: Limit::Total(self.options.request_timeout),
         };
         let manifest = &image.manifest;
+        let attempts = std::cell::Cell::new(0u32);
+        self.retrying(&call, Duration::ZERO, || async {
+            attempts.set(attempts.get() + 1);
+            if attempts.get() > 1
+                && self.tag_digest_once(repo, &name, tag).await? == Some(manifest.digest.clone())
+            {
+                return Ok(());
+            }
+            let response = self
+                .send(&call, || {
+                    Ok(self
+                        .http
+                        .put(url.clone())
+                        .header(CONTENT_TYPE, manifest.media_type.as_str())
+                        .body(manifest.bytes.clone()))
+                })
+                .await?;
+            if response.status() != StatusCode::CREATED {
+                return Err(status_error(&call, response).await);
+            }
+            if let Some(actual) = header_digest(response.headers())
+                && actual != manifest.digest
+            {
+                return Err(Error::DigestMismatch {
+                    object: "manifest",
+                    url: url.to_string(),
+                    expected: manifest.digest.clone(),
+                    actual,
+                });
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// One HEAD of the tag: the digest it points at, if the registry says.
+    async fn tag_digest_once(
+        &self,
+        repo: &Repo,
+        name: &str,
+        tag: &str,
+    ) -> Result<Option<Digest>, Error> {
+        let url = repo.url(&format!("v2/{}/manifests/{tag}", repo.repository))?;
+        let call = Call {
+            repo,
+            operation: Operation::CheckTag,
+            target: name,
+            url: &url,
+            limit: Limit::Total(self.options.request_timeout),
+        };
         let response = self
             .send(&call, || {
                 Ok(self
                     .http
-                    .put(url.clone())
-                    .header(CONTENT_TYPE, manifest.media_type.as_str())
-                    .body(manifest.bytes.clone()))
+                    .head(url.clone())
+                    .header(ACCEPT, media_types::MANIFEST_ACCEPT))
             })
             .await?;
-        if response.status() != StatusCode::CREATED {
-            return Err(status_error(&call, response).await);
+        match response.status() {
+            s if s.is_success() => Ok(header_digest(response.headers())),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(status_error(&call, response).await),
         }
-        if let Some(actual) = header_digest(response.headers())
-            && actual != manifest.digest
-        {
-            return Err(Error::DigestMismatch {
-                object: "manifest",
-                url: url.to_string(),
-                expected: manifest.digest.clone(),
-                actual,
-            });
-        }
-        Ok(())
     }
 }
 
-/// Where to PUT the data: `Location` resolved against the POST's URL (zot sends relative
-/// paths, the distribution registry absolute URLs with `_state`), plus `digest=`.
-fn upload_url(request: &Url, location: &str, digest: &Digest) -> Result<Url, Error> {
-    let mut url = request.join(location).map_err(|source| Error::InvalidUrl {
-        url: location.to_owned(),
+/// One blob's upload: what and where.
+struct Upload<'a> {
+    repo: &'a Repo,
+    blob: &'a BlobRef,
+    /// `DIGEST to REGISTRY/REPOSITORY`, for messages.
+    target: &'a str,
+    /// `.../blobs/DIGEST`, for HEADs.
+    blob_url: &'a Url,
+    /// `.../blobs/uploads/`, to open sessions.
+    start_url: Url,
+    /// The blob's file in the store.
+    path: PathBuf,
+    size: u64,
+}
+
+/// An open upload session.
+struct Session {
+    /// Where the next request goes (the last `Location`, without `digest=`).
+    url: Url,
+    /// Bytes the registry has; `None` after an interruption, until a status GET says.
+    offset: Option<u64>,
+}
+
+/// A `Location` header resolved against the request's URL (zot sends relative paths, the
+/// distribution registry absolute URLs with `_state`); `None` without one.
+fn location(headers: &HeaderMap, request: &Url) -> Option<Result<Url, Error>> {
+    let value = headers.get(LOCATION)?.to_str().ok()?;
+    Some(request.join(value).map_err(|source| Error::InvalidUrl {
+        url: value.to_owned(),
         source,
-    })?;
-    url.query_pairs_mut()
-        .append_pair("digest", &digest.to_string());
-    Ok(url)
+    }))
+}
+
+/// `len` bytes of the file at `path` from `offset`, streamed with a bounded buffer.
+fn file_body(path: &Path, offset: u64, len: u64) -> Result<reqwest::Body, Error> {
+    let stream =
+        tokio_util::io::ReaderStream::with_capacity(file_range(path, offset, len)?, UPLOAD_BUFFER);
+    Ok(reqwest::Body::wrap_stream(stream))
+}
+
+/// A reader of `len` bytes of the file at `path` from `offset` (a store blob: seeking is
+/// cheap, so a resumed upload reads only what is left).
+fn file_range(
+    path: &Path,
+    offset: u64,
+    len: u64,
+) -> Result<tokio::io::Take<tokio::fs::File>, Error> {
+    let io = |action: &'static str| {
+        move |source| StoreError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let mut file = std::fs::File::open(path).map_err(io("open"))?;
+    if offset > 0 {
+        file.seek(SeekFrom::Start(offset)).map_err(io("seek in"))?;
+    }
+    Ok(tokio::fs::File::from_std(file).take(len))
 }
 
 /// Time allowed for uploading `size` bytes.
@@ -254,25 +570,46 @@ mod tests {
     #[rstest]
     #[case(
         "/v2/blumeops/hello/blobs/uploads/abc-123",
-        "http://127.0.0.1:5000/v2/blumeops/hello/blobs/uploads/abc-123?digest=sha256%3A"
+        "http://127.0.0.1:5000/v2/blumeops/hello/blobs/uploads/abc-123"
     )]
     #[case(
         "/v2/x/blobs/uploads/u?_state=ab%2Bc%3D%3D",
-        "http://127.0.0.1:5000/v2/x/blobs/uploads/u?_state=ab%2Bc%3D%3D&digest=sha256%3A"
+        "http://127.0.0.1:5000/v2/x/blobs/uploads/u?_state=ab%2Bc%3D%3D"
     )]
     #[case(
         "http://127.0.0.1:5000/v2/x/blobs/uploads/u?_state=s",
-        "http://127.0.0.1:5000/v2/x/blobs/uploads/u?_state=s&digest=sha256%3A"
+        "http://127.0.0.1:5000/v2/x/blobs/uploads/u?_state=s"
     )]
-    #[case(
-        "https://storage.example/upload/u",
-        "https://storage.example/upload/u?digest=sha256%3A"
-    )]
-    fn resolves_upload_location(#[case] location: &str, #[case] expected_prefix: &str) {
+    #[case("https://storage.example/upload/u", "https://storage.example/upload/u")]
+    fn resolves_upload_location(#[case] value: &str, #[case] expected: &str) {
         let post = Url::parse("http://127.0.0.1:5000/v2/blumeops/hello/blobs/uploads/").unwrap();
-        let digest = Digest::of(b"x");
-        let url = upload_url(&post, location, &digest).unwrap();
-        assert_eq!(url.as_str(), format!("{expected_prefix}{}", digest.hex()));
+        let mut headers = HeaderMap::new();
+        assert!(location(&headers, &post).is_none());
+        headers.insert(LOCATION, value.parse().unwrap());
+        let url = location(&headers, &post).unwrap().unwrap();
+        assert_eq!(url.as_str(), expected);
+    }
+
+    #[test]
+    fn file_range_reads_the_requested_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for (offset, len, want) in [(0, 10, &b"0123456789"[..]), (3, 4, b"3456"), (8, 5, b"89")] {
+            let got = rt.block_on(async {
+                let mut out = Vec::new();
+                file_range(&path, offset, len)
+                    .unwrap()
+                    .read_to_end(&mut out)
+                    .await
+                    .unwrap();
+                out
+            });
+            assert_eq!(got, want, "{offset}+{len}");
+        }
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Listing a repository's tags (`GET /v2/<name>/tags/list`), page by page.
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, LINK};
 use url::Url;
@@ -33,15 +35,24 @@ impl RegistryClient {
                 url: &url,
                 limit: Limit::Total(self.options.request_timeout),
             };
-            let response = self.send(&call, || Ok(self.http.get(url.clone()))).await?;
-            match response.status() {
-                StatusCode::OK => {}
-                // No such repository (nothing was ever pushed): no tags.
-                StatusCode::NOT_FOUND if tags.is_empty() => return Ok(tags),
-                _ => return Err(status_error(&call, response).await),
-            }
-            let next = next_page(response.headers(), &url);
-            let body = read_limited(&call, response, MAX_MANIFEST_BYTES).await?;
+            let first = tags.is_empty();
+            let page = self
+                .retrying(&call, Duration::ZERO, || async {
+                    let response = self.send(&call, || Ok(self.http.get(url.clone()))).await?;
+                    match response.status() {
+                        StatusCode::OK => {}
+                        // No such repository (nothing was ever pushed): no tags.
+                        StatusCode::NOT_FOUND if first => return Ok(None),
+                        _ => return Err(status_error(&call, response).await),
+                    }
+                    let next = next_page(response.headers(), &url);
+                    let body = read_limited(&call, response, MAX_MANIFEST_BYTES).await?;
+                    Ok(Some((next, body)))
+                })
+                .await?;
+            let Some((next, body)) = page else {
+                return Ok(tags);
+            };
             let page: TagList =
                 serde_json::from_slice(&body).map_err(|source| Error::InvalidJson {
                     what: "tag list",

@@ -14,6 +14,7 @@
 
 mod base_image;
 pub mod cli;
+pub mod fault_proxy;
 pub mod parity;
 mod registry;
 pub mod token_auth;

@@ -266,6 +266,41 @@ impl TestRegistry {
             .collect()
     }
 
+    /// Kill the distribution registry; the proxy stays up (and answers 502 meanwhile).
+    pub fn stop_upstream(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start the distribution registry again after [`TestRegistry::stop_upstream`]: same
+    /// port, config, secret and storage, as a registry restarted by its service manager.
+    pub fn restart_upstream(&mut self) {
+        self.stop_upstream();
+        let config = self.dir.path().join("config.yml");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("registry.log"))
+            .expect("failed to open the registry log");
+        self.child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("failed to clone a file handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("failed to start {REGISTRY_BIN}: {e}"));
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !ping(self.upstream) {
+            assert!(
+                Instant::now() < deadline,
+                "{REGISTRY_BIN} did not come back on {}; log:\n{}",
+                self.upstream,
+                self.registry_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Run a future on the harness runtime (for raw HTTP in tests); not from async code.
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
         self.runtime.block_on(future)

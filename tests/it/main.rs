@@ -7,4 +7,5 @@ mod dockerfile_parity;
 mod harness;
 mod push_archive;
 mod registry_client;
+mod resilience;
 mod test_images;

@@ -72,6 +72,10 @@ impl RegistryClient {
         let blobs_uploaded = uploaded.iter().flatten().count();
         let bytes_uploaded = uploaded.iter().flatten().sum();
 
+        // Every blob the manifest references is now confirmed present: a HEAD found it, or
+        // the closing PUT's 201 named its digest (else a HEAD after it). Any failure above
+        // returned early, so a tag never points at a missing blob.
+        debug_assert_eq!(uploaded.len(), total);
         self.put_manifest(&repo, &tag_ref, tag, image).await?;
         Ok(PushReport {
             digest: new,

@@ -18,8 +18,9 @@ use crate::util::{tempdir, workspace_root};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Environment variables cleared from every run so tests only see what they set.
-const CLEARED_ENV: [&str; 7] = [
+const CLEARED_ENV: [&str; 8] = [
     "BLUMEOPS_CACHE_DIR",
+    "BLUMEOPS_CACHE_MAX_BYTES",
     "SOURCE_DATE_EPOCH",
     "ZOT_CI_API_KEY",
     "DOCKER_CONFIG",

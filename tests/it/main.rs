@@ -7,5 +7,5 @@ mod dockerfile_parity;
 mod harness;
 mod push_archive;
 mod registry_client;
-mod resilience;
+mod step_cache;
 mod test_images;

@@ -47,6 +47,44 @@ pub enum Command {
     /// Print, as a JSON array, the containers whose files changed between REF and HEAD
     /// (`git diff --name-only REF HEAD`), for a workflow matrix.
     Changed(ChangedArgs),
+    /// Show or prune the local cache: blobs, unpacked layers, step records, cache volumes
+    /// and logs (under $BLUMEOPS_CACHE_DIR, default ~/.cache/blumeops).
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+/// `cache` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Print how much the cache holds, by part.
+    Du(CacheDuArgs),
+    /// Remove cached data: everything, the least recently used beyond a size, or what was
+    /// not used for a while. Waits for running builds to finish first.
+    Prune(CachePruneArgs),
+}
+
+/// `cache du` flags.
+#[derive(Debug, Args)]
+pub struct CacheDuArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cache prune` flags (exactly one).
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct CachePruneArgs {
+    /// Remove everything.
+    #[arg(long)]
+    pub all: bool,
+    /// Remove the least recently used data until the cache holds at most SIZE, e.g. `10G`,
+    /// `500M` (powers of 1024) or a number of bytes.
+    #[arg(long, value_name = "SIZE")]
+    pub keep_bytes: Option<String>,
+    /// Remove what was not used for AGE, e.g. `7d`, `12h`, `30m`, `90s`, `2w`.
+    #[arg(long, value_name = "AGE")]
+    pub older_than: Option<String>,
 }
 
 /// Flags shared by `build` and `publish`.
@@ -83,6 +121,9 @@ pub struct BuildFlags {
     /// Use plain HTTP for every registry (loopback registries always use it).
     #[arg(long)]
     pub plain_http: bool,
+    /// Retries of failing registry requests.
+    #[command(flatten)]
+    pub retry: RetryFlags,
     /// Progress display: a live view on a terminal, or plain lines.
     #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
     pub progress: ProgressArg,
@@ -97,6 +138,15 @@ pub struct BuildFlags {
     /// number of cores].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: Option<u16>,
+    /// After the build, evict the least recently used cache data beyond SIZE (e.g. `20G`,
+    /// `500M`; `0` turns the limit off).
+    #[arg(
+        long,
+        value_name = "SIZE",
+        env = "BLUMEOPS_CACHE_MAX_BYTES",
+        default_value = "20G"
+    )]
+    pub cache_max_bytes: String,
     /// Layer compression for the layers this build creates.
     #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
     pub compression: CompressionArg,
@@ -241,6 +291,9 @@ pub struct PushArchiveArgs {
     /// Use plain HTTP for the registry (loopback registries always use it).
     #[arg(long)]
     pub plain_http: bool,
+    /// Retries of failing registry requests.
+    #[command(flatten)]
+    pub retry: RetryFlags,
     /// Replace an existing tag that points at a different image (needs update permission).
     #[arg(long)]
     pub allow_overwrite: bool,
@@ -248,4 +301,29 @@ pub struct PushArchiveArgs {
     /// `REF@sha256:DIGEST`.
     #[arg(long)]
     pub json: bool,
+}
+
+/// How hard to retry failing registry requests (connection errors, timeouts, 408, 429, 5xx;
+/// never 401, 403 or other client errors).
+#[derive(Debug, Args)]
+pub struct RetryFlags {
+    /// Retries of a failing registry request, with exponential backoff (0: fail on the first
+    /// error).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub retries: u32,
+    /// Longest one registry operation may take, retries and waits included, in seconds (a
+    /// blob transfer gets one more second per 64 KiB of its size).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub retry_max_time: u64,
+}
+
+impl RetryFlags {
+    /// The retry policy these flags ask for.
+    pub fn policy(&self) -> blumeops_core::RetryPolicy {
+        blumeops_core::RetryPolicy {
+            max_attempts: self.retries.saturating_add(1),
+            max_elapsed: std::time::Duration::from_secs(self.retry_max_time),
+            ..blumeops_core::RetryPolicy::default()
+        }
+    }
 }

@@ -45,6 +45,7 @@ fn main() -> ExitCode {
             Command::List(args) => commands::list::run(args).await,
             Command::Changed(args) => commands::changed::run(args),
             Command::PushArchive(args) => commands::push_archive::run(args).await,
+            Command::Cache(cmd) => commands::cache::run(cmd),
         }
     });
     match result {

@@ -491,6 +491,7 @@ mod tests {
                 index: 1,
                 elapsed: Duration::from_millis(1500),
                 detail: Some(digest.to_string()),
+                cache: CacheStatus::Config,
             },
             Event::StepStarted {
                 index: 2,
@@ -511,6 +512,7 @@ mod tests {
                 index: 2,
                 elapsed: Duration::from_millis(10),
                 detail: None,
+                cache: CacheStatus::Hit,
             },
             Event::PushStarted {
                 target: "127.0.0.1:5000/blumeops/hello:v1".into(),
@@ -544,6 +546,27 @@ mod tests {
         assert_eq!(lines[4], "[2]! warning?");
         assert!(lines[5].starts_with("pushing 127.0.0.1:5000/blumeops/hello:v1"));
         assert!(lines[6].starts_with("pushed sha256:aaaa"));
+    }
+
+    #[test]
+    fn finished_steps_say_whether_they_were_cached_and_why_they_ran() {
+        let finished = |cache| Event::StepFinished {
+            index: 3,
+            elapsed: Duration::from_millis(250),
+            detail: Some("layer sha256:bbbb (10 bytes)".into()),
+            cache,
+        };
+        assert_eq!(
+            plain_line(&finished(CacheStatus::Hit)).unwrap(),
+            "[3] cached in 0.25s: layer sha256:bbbb (10 bytes)"
+        );
+        assert_eq!(
+            plain_line(&finished(CacheStatus::Ran {
+                reason: "files changed: app/main.go (changed)".into()
+            }))
+            .unwrap(),
+            "[3] ran in 0.25s: layer sha256:bbbb (10 bytes) [files changed: app/main.go (changed)]"
+        );
     }
 
     #[test]

@@ -56,7 +56,6 @@ pub use import::{
     import_docker_archive_with,
 };
 pub use layer::Error as LayerError;
-pub use layer::Fingerprint;
 pub use layer::{
     Compression, Entry, EntryKind, FileData, GZIP_LEVEL, HostCopy, Layer, LayerBuilder, Owner,
     ZSTD_LEVEL, normalize_path,
@@ -65,6 +64,7 @@ pub use layer::{
     DEFAULT_MAX_UNPACK_BYTES, EntryMeta, OverlayXattrs, UnpackOptions, UnpackStats,
     layer_from_overlay_upper, unpack_layer,
 };
+pub use layer::{FileDigestCache, Fingerprint};
 pub use pipeline::Healthcheck;
 pub use pipeline::{
     BuiltImage, CacheOptions, CacheStatus, CacheVolume, Container, CopyOptions, Engine,
@@ -92,6 +92,9 @@ pub use sandbox::{
 pub use secret::Error as SecretError;
 pub use secret::{ACCEPTED_FORMS as SECRET_FORMS, Secret, SecretSource};
 pub use store::Error as StoreError;
-pub use store::{BlobWriter, CACHE_DIR_ENV, Store};
+pub use store::{
+    BlobWriter, CACHE_DIR_ENV, PrunePolicy, PruneReport, Store, StoreLock, Usage, parse_age,
+    parse_size,
+};
 
 pub use oci_spec;

@@ -22,6 +22,7 @@ pub async fn run(args: BuildArgs) -> Result<ExitCode> {
         }
     };
     prepared.progress.finish(Some(&built.image.manifest.digest));
+    super::cache::enforce_limit(prepared.engine.store(), prepared.cache_max_bytes);
     eprintln!("wrote {} to {}", repo_tag, args.output);
     println!("{repo_tag}@{}", built.image.manifest.digest);
     Ok(ExitCode::SUCCESS)

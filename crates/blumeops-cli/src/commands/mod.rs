@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod build;
+pub mod cache;
 pub mod changed;
 pub mod container_version;
 pub mod list;
@@ -28,6 +29,8 @@ pub struct Prepared {
     pub repository: String,
     pub version: String,
     pub commit_sha: Option<String>,
+    /// Evict least recently used cache data beyond this after the build (0: no limit).
+    pub cache_max_bytes: u64,
     /// The progress display the engine reports to.
     pub progress: progress::Progress,
 }
@@ -62,13 +65,21 @@ pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
         None => Platform::host(),
     };
     let (epoch, _) = resolve_epoch(&flags.src).map_err(blumeops_core::Error::from)?;
+    let cache_max_bytes = blumeops_core::parse_size(&flags.cache_max_bytes).ok_or_else(|| {
+        InvalidInput::new(format!(
+            "--cache-max-bytes: `{}` is not a size",
+            flags.cache_max_bytes
+        ))
+        .with_hint("give bytes, or a number with K, M, G or T (powers of 1024); 0 for no limit")
+    })?;
 
-    let registry = registry_options(
+    let mut registry = registry_options(
         &flags.registry,
         &flags.registry_username,
         flags.registry_password.as_deref(),
         flags.plain_http,
     )?;
+    registry.retry = flags.retry.policy();
     let store = Store::open_default().map_err(blumeops_core::Error::from)?;
     let progress = progress::Progress::new(progress::Mode::resolve(flags.progress));
     let engine = Engine::new(EngineOptions {
@@ -111,6 +122,7 @@ pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
         ),
         version,
         commit_sha,
+        cache_max_bytes,
         progress,
     })
 }

@@ -12,6 +12,15 @@ use super::{EntryKind, Error, FileData, LayerBuilder};
 use crate::fields::FieldHasher;
 use crate::reference::{Digest, DigestWriter};
 
+/// Remembers the digests of host files by their metadata, so an unchanged file is not read
+/// again. Implemented by the store.
+pub trait FileDigestCache {
+    /// The digest of the file at `path` if it was hashed with exactly this metadata.
+    fn get(&self, path: &std::path::Path, meta: &std::fs::Metadata) -> Option<Digest>;
+    /// Remember the digest of the file at `path` with this metadata.
+    fn put(&self, path: &std::path::Path, meta: &std::fs::Metadata, digest: &Digest);
+}
+
 /// A layer's content digest and each entry's own digest (to tell which file changed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fingerprint {
@@ -25,6 +34,15 @@ impl LayerBuilder {
     /// Fingerprint the entries (reads every host file). Blocking: call from a blocking
     /// thread.
     pub fn fingerprint(&self) -> Result<Fingerprint, Error> {
+        self.fingerprint_with(None)
+    }
+
+    /// [`LayerBuilder::fingerprint`], taking host file digests from `cache` when their
+    /// metadata (inode, size, mtime, ctime) is unchanged.
+    pub fn fingerprint_with(
+        &self,
+        cache: Option<&dyn FileDigestCache>,
+    ) -> Result<Fingerprint, Error> {
         let mut all = FieldHasher::new("blumeops layer fingerprint v1");
         let mut entries = BTreeMap::new();
         let mut first_path: HashMap<(u64, u64), &str> = HashMap::new();
@@ -56,9 +74,19 @@ impl LayerBuilder {
                             h.str("hardlink").str(first);
                         }
                         None => {
-                            let mut digest = DigestWriter::new();
-                            io::copy(&mut file, &mut digest).map_err(host)?;
-                            h.str("file").digest(&digest.finish());
+                            let digest = match cache.and_then(|c| c.get(src, &meta)) {
+                                Some(d) => d,
+                                None => {
+                                    let mut digest = DigestWriter::new();
+                                    io::copy(&mut file, &mut digest).map_err(host)?;
+                                    let digest = digest.finish();
+                                    if let Some(c) = cache {
+                                        c.put(src, &meta, &digest);
+                                    }
+                                    digest
+                                }
+                            };
+                            h.str("file").digest(&digest);
                         }
                     }
                 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 pub use compress::{Compression, GZIP_LEVEL, ZSTD_LEVEL};
 pub use diff::layer_from_overlay_upper;
-pub use fingerprint::Fingerprint;
+pub use fingerprint::{FileDigestCache, Fingerprint};
 pub(crate) use host::globset;
 pub(crate) use host::is_root;
 pub use host::{HostCopy, Owner};

@@ -181,6 +181,14 @@ impl Engine {
         self.compression
     }
 
+    /// Hold the store for a build (see [`Store::lock_shared`]); waits while it is pruned.
+    pub async fn lock_store(&self) -> Result<crate::store::StoreLock, Error> {
+        let store = self.store.clone();
+        Ok(tokio::task::spawn_blocking(move || store.lock_shared())
+            .await
+            .map_err(|_| Error::TaskPanicked)??)
+    }
+
     pub(super) fn progress_fn(&self) -> Option<ProgressFn> {
         self.progress.clone()
     }
@@ -431,7 +439,7 @@ impl<'a> Run<'a> {
         if let Some(source) = source {
             inputs = inputs.with("source", source.key.clone());
         }
-        match host_fingerprint(op).await? {
+        match host_fingerprint(op, &engine.store).await? {
             HostInput::None => {}
             HostInput::Files(fp) => {
                 inputs = inputs.with("files", fp.digest);
@@ -548,8 +556,8 @@ enum HostInput {
     Archive(Digest),
 }
 
-async fn host_fingerprint(op: &Op) -> Result<HostInput, Error> {
-    let op = op.clone();
+async fn host_fingerprint(op: &Op, store: &Store) -> Result<HostInput, Error> {
+    let (op, store) = (op.clone(), store.clone());
     tokio::task::spawn_blocking(move || match &op {
         Op::HostFile { path, src, opts } | Op::HostDirectory { path, src, opts } => {
             let mut builder = LayerBuilder::new();
@@ -558,7 +566,7 @@ async fn host_fingerprint(op: &Op) -> Result<HostInput, Error> {
             } else {
                 builder.add_host_dir(path, src, opts)?;
             }
-            Ok(HostInput::Files(builder.fingerprint()?))
+            Ok(HostInput::Files(builder.fingerprint_with(Some(&store))?))
         }
         Op::HostArchive { src, .. } => {
             let mut file = std::fs::File::open(src).map_err(|source| Error::Io {
@@ -593,12 +601,14 @@ impl Container {
     /// Evaluate every step and assemble the image in the engine's store. The digest is
     /// known when this returns, before any upload.
     pub async fn build(&self, engine: &Engine) -> Result<BuiltImage, Error> {
+        let _lock = engine.lock_store().await?;
         let state = Run::new(engine, self).evaluate(self).await?;
         finish(engine, state)
     }
 
     /// Evaluate the container and return the stdout of its last `with_exec` step.
     pub async fn stdout(&self, engine: &Engine) -> Result<String, Error> {
+        let _lock = engine.lock_store().await?;
         let state = Run::new(engine, self).evaluate(self).await?;
         let path = state.last_stdout.ok_or(Error::NoExec)?;
         let bytes = tokio::fs::read(&path).await.map_err(|source| Error::Io {
@@ -611,6 +621,7 @@ impl Container {
 
     /// Evaluate the container and read the file at `path` from its filesystem.
     pub async fn file(&self, engine: &Engine, path: &str) -> Result<Vec<u8>, Error> {
+        let _lock = engine.lock_store().await?;
         let state = Run::new(engine, self).evaluate(self).await?;
         let view = crate::layer::RootfsView::new(super::run::lowers(engine, &state).await?);
         let path_owned = path.to_owned();
@@ -625,6 +636,7 @@ impl Container {
     /// Evaluate the container and copy the directory at `path` out of its filesystem into
     /// the host directory `dest` (created; owners are kept when running as root).
     pub async fn directory(&self, engine: &Engine, path: &str, dest: &Path) -> Result<(), Error> {
+        let _lock = engine.lock_store().await?;
         let state = Run::new(engine, self).evaluate(self).await?;
         let view = crate::layer::RootfsView::new(super::run::lowers(engine, &state).await?);
         let (path, dest) = (path.to_owned(), dest.to_owned());
@@ -640,6 +652,8 @@ impl Container {
         target: &ImageRef,
         policy: TagPolicy,
     ) -> Result<Published, Error> {
+        // Held from the build through the push, so no pruning removes blobs in between.
+        let _lock = engine.lock_store().await?;
         let built = self.build(engine).await?;
         push_built(engine, &built, target, policy).await
     }
@@ -650,6 +664,7 @@ impl Container {
         engine: &Engine,
         target: &ExportTarget,
     ) -> Result<BuiltImage, Error> {
+        let _lock = engine.lock_store().await?;
         let built = self.build(engine).await?;
         let store = engine.store.clone();
         let image = built.image.clone();
@@ -721,6 +736,10 @@ async fn run_root(
                     ..l.clone()
                 })
                 .collect();
+            // Mark the base as used, for least-recently-used eviction.
+            for blob in pulled.image.layers.iter().chain([&pulled.image.config]) {
+                engine.store.touch(&engine.store.blob_path(&blob.digest));
+            }
             // The base is keyed by what was pulled, not by its (movable) tag.
             let mut key = FieldHasher::new(cache::KEY_VERSION);
             key.str("from").digest(&pulled.image.manifest.digest);

@@ -146,6 +146,7 @@ pub(super) async fn exec(
             path: source.clone(),
             source: source_err,
         })?;
+        store.touch(&source);
         mounts.push(BindMount {
             source,
             target: target.clone(),

@@ -14,9 +14,11 @@ use std::path::{Path, PathBuf};
 
 use crate::reference::{Digest, DigestWriter};
 
+mod manage;
 mod steps;
 mod unpacked;
 
+pub use manage::{PrunePolicy, PruneReport, StoreLock, Usage, parse_age, parse_size};
 pub use steps::{CachedLayer, SlotRecord, StepRecord};
 
 pub(crate) use unpacked::force_remove_dir;

@@ -7,7 +7,9 @@
 //! - `steps/slots/<slot hex>.json`: a [`SlotRecord`], the inputs a step at this place in a
 //!   pipeline last had, to say which input changed when it runs again;
 //! - `steps/files/<fingerprint hex>.json`: the per-file digests of a host copy, by the
-//!   copy's fingerprint (content-addressed, written once).
+//!   copy's fingerprint (content-addressed, written once);
+//! - `steps/stat/<hash of a host path and its metadata>`: that file's sha256, so an unchanged
+//!   host file is not read again to compute a key.
 //!
 //! Every file is written to `tmp/` and renamed into place, so a killed build leaves either
 //! the whole record or none. A record whose blob is gone (evicted) is a miss.
@@ -121,6 +123,14 @@ impl Store {
         Some(record)
     }
 
+    /// Whether the record for `key` names a layer blob the store no longer has.
+    pub(crate) fn step_record_blob_missing(&self, key: &Digest) -> bool {
+        let record: Option<StepRecord> = read_json(&self.step_path(key, "json"));
+        record
+            .and_then(|r| r.layer)
+            .is_some_and(|l| !self.has_blob(&l.digest))
+    }
+
     /// Save the record for `key` (its blob must already be in the store).
     pub fn put_step_record(&self, key: &Digest, record: &StepRecord) -> Result<(), Error> {
         self.write_json(&self.step_path(key, "json"), record)
@@ -189,7 +199,7 @@ impl Store {
     /// Set a cache file's modification time to now: the last-use time eviction goes by.
     /// Best effort: a file that cannot be touched is just evicted earlier.
     pub(crate) fn touch(&self, path: &Path) {
-        if let Ok(f) = fs::File::options().append(true).open(path) {
+        if let Ok(f) = fs::File::open(path) {
             let _ = f.set_modified(std::time::SystemTime::now());
         }
     }
@@ -221,6 +231,55 @@ impl Store {
             let _ = fs::remove_file(tmp);
             io_err("rename into", dest)(e)
         })
+    }
+}
+
+/// Metadata younger than this is not trusted to tell a file's content: a write in the same
+/// timestamp tick as the hashing would go unnoticed (git's "racy" files).
+const RACY_SECS: i64 = 2;
+
+impl crate::layer::FileDigestCache for Store {
+    fn get(&self, path: &Path, meta: &fs::Metadata) -> Option<Digest> {
+        let entry = self.stat_path(path, meta)?;
+        let text = fs::read_to_string(&entry).ok()?;
+        text.trim().parse().ok()
+    }
+
+    fn put(&self, path: &Path, meta: &fs::Metadata, digest: &Digest) {
+        use std::os::unix::fs::MetadataExt as _;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if now - meta.mtime().max(meta.ctime()) < RACY_SECS {
+            return;
+        }
+        if let Some(entry) = self.stat_path(path, meta) {
+            let tmp = self.tmp_name("stat");
+            let written = fs::write(&tmp, digest.to_string()).is_ok();
+            // Best effort: without the entry the file is just hashed again.
+            if !written || self.rename_into(&tmp, &entry).is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+        }
+    }
+}
+
+impl Store {
+    /// `steps/stat/<hash of the path and its metadata>`.
+    fn stat_path(&self, path: &Path, meta: &fs::Metadata) -> Option<PathBuf> {
+        use std::os::unix::ffi::OsStrExt as _;
+        use std::os::unix::fs::MetadataExt as _;
+        let path = fs::canonicalize(path).ok()?;
+        let mut h = crate::fields::FieldHasher::new("blumeops file stat v1");
+        h.bytes(path.as_os_str().as_bytes())
+            .u64(meta.dev())
+            .u64(meta.ino())
+            .u64(meta.size())
+            .i64(meta.mtime())
+            .i64(meta.mtime_nsec())
+            .i64(meta.ctime())
+            .i64(meta.ctime_nsec());
+        Some(self.steps_dir().join("stat").join(h.finish().hex()))
     }
 }
 
@@ -258,6 +317,35 @@ mod tests {
 
         fs::remove_file(store.blob_path(&digest)).unwrap();
         assert_eq!(store.step_record(&key), None, "blob evicted: a miss");
+    }
+
+    #[test]
+    fn file_digests_are_remembered_by_metadata() {
+        use crate::layer::FileDigestCache as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let file = dir.path().join("f");
+        fs::write(&file, b"one").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        fs::File::options()
+            .append(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let meta = fs::metadata(&file).unwrap();
+        let digest = Digest::of(b"one");
+        // ctime is now: too fresh to trust.
+        store.put(&file, &meta, &digest);
+        assert_eq!(store.get(&file, &meta), None);
+
+        // With metadata old enough it is kept, and any change of it is a miss.
+        let entry = store.stat_path(&file, &meta).unwrap();
+        fs::create_dir_all(entry.parent().unwrap()).unwrap();
+        fs::write(&entry, digest.to_string()).unwrap();
+        assert_eq!(store.get(&file, &meta), Some(digest));
+        fs::write(&file, b"two").unwrap();
+        assert_eq!(store.get(&file, &fs::metadata(&file).unwrap()), None);
     }
 
     #[test]

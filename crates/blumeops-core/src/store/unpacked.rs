@@ -85,6 +85,7 @@ impl Store {
     ) -> Result<PathBuf, layer::Error> {
         let dest = self.unpacked_path(diff_id, opts);
         if is_real_dir(&dest) {
+            self.touch(&dest);
             return Ok(dest);
         }
         let blob_path = self.blob_path(&blob.digest);

@@ -1,0 +1,168 @@
+//! `blumeops cache du` and `blumeops cache prune`, and the size limit applied after builds.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use blumeops_core::{PrunePolicy, Store, parse_age, parse_size};
+
+use super::InvalidInput;
+use crate::cli::{CacheCommand, CacheDuArgs, CachePruneArgs};
+
+pub fn run(cmd: CacheCommand) -> Result<ExitCode> {
+    let store = Store::open_default().map_err(blumeops_core::Error::from)?;
+    match cmd {
+        CacheCommand::Du(args) => du(&store, &args),
+        CacheCommand::Prune(args) => prune(&store, &args),
+    }
+}
+
+fn du(store: &Store, args: &CacheDuArgs) -> Result<ExitCode> {
+    let usage = store.usage().map_err(blumeops_core::Error::from)?;
+    if args.json {
+        let parts: serde_json::Map<String, serde_json::Value> = usage
+            .parts
+            .iter()
+            .map(|(name, entries, bytes)| {
+                (
+                    (*name).to_owned(),
+                    serde_json::json!({"entries": entries, "bytes": bytes}),
+                )
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "path": store.root(),
+            "total_bytes": usage.total_bytes(),
+            "parts": parts,
+        });
+        println!("{doc}");
+    } else {
+        println!("{}", store.root().display());
+        for (name, entries, bytes) in &usage.parts {
+            println!("{name:<10} {entries:>8} entries {:>12}", human(*bytes));
+        }
+        println!(
+            "{:<10} {:>8}         {:>12}",
+            "total",
+            "",
+            human(usage.total_bytes())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The policy `cache prune` flags ask for.
+pub fn policy(args: &CachePruneArgs) -> Result<PrunePolicy, InvalidInput> {
+    if args.all {
+        return Ok(PrunePolicy::All);
+    }
+    if let Some(size) = &args.keep_bytes {
+        return parse_size(size).map(PrunePolicy::KeepBytes).ok_or_else(|| {
+            InvalidInput::new(format!("--keep-bytes: `{size}` is not a size"))
+                .with_hint("give bytes, or a number with K, M, G or T (powers of 1024)")
+        });
+    }
+    let age = args.older_than.as_deref().unwrap_or_default();
+    parse_age(age).map(PrunePolicy::OlderThan).ok_or_else(|| {
+        InvalidInput::new(format!("--older-than: `{age}` is not an age"))
+            .with_hint("give a number with s, m, h, d or w, e.g. 7d")
+    })
+}
+
+fn prune(store: &Store, args: &CachePruneArgs) -> Result<ExitCode> {
+    let policy = policy(args)?;
+    let lock = match store
+        .try_lock_exclusive()
+        .map_err(blumeops_core::Error::from)?
+    {
+        Some(lock) => lock,
+        None => {
+            eprintln!(
+                "waiting for the builds using {} to finish",
+                store.root().display()
+            );
+            store.lock_exclusive().map_err(blumeops_core::Error::from)?
+        }
+    };
+    let report = store.prune(policy).map_err(blumeops_core::Error::from)?;
+    drop(lock);
+    let left = store.usage().map_err(blumeops_core::Error::from)?;
+    println!(
+        "removed {} entries, freed {}; the cache holds {}",
+        report.removed,
+        human(report.freed_bytes),
+        human(left.total_bytes())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// After a build: evict the least recently used data beyond `limit` (`0`: no limit), when
+/// no other build is running. Best effort: a failure is reported, never the build's.
+pub fn enforce_limit(store: &Store, limit: u64) {
+    if limit == 0 {
+        return;
+    }
+    let evict = || -> Result<Option<u64>, blumeops_core::StoreError> {
+        let Some(_lock) = store.try_lock_exclusive()? else {
+            return Ok(None);
+        };
+        if store.usage()?.total_bytes() <= limit {
+            return Ok(None);
+        }
+        Ok(Some(
+            store.prune(PrunePolicy::KeepBytes(limit))?.freed_bytes,
+        ))
+    };
+    match evict() {
+        Ok(Some(freed)) => eprintln!(
+            "cache over its limit of {}: evicted {} of least recently used data",
+            human(limit),
+            human(freed)
+        ),
+        Ok(None) => {}
+        Err(e) => eprintln!("warning: could not apply the cache size limit: {e}"),
+    }
+}
+
+/// Bytes in a short human form (powers of 1024).
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(512), "512 B");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(20 << 30), "20.0 GiB");
+    }
+
+    #[test]
+    fn bad_sizes_and_ages_are_invalid_input() {
+        let args = |keep: Option<&str>, older: Option<&str>| CachePruneArgs {
+            all: false,
+            keep_bytes: keep.map(str::to_owned),
+            older_than: older.map(str::to_owned),
+        };
+        assert_eq!(
+            policy(&args(Some("1G"), None)).unwrap(),
+            PrunePolicy::KeepBytes(1 << 30)
+        );
+        let err = policy(&args(Some("lots"), None)).unwrap_err();
+        assert!(err.message.contains("`lots`"), "{}", err.message);
+        assert!(policy(&args(None, Some("7y"))).is_err());
+    }
+}

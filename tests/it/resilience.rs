@@ -154,7 +154,10 @@ fn assert_no_tag(registry: &TestRegistry, tag: &str) {
         "{reference} exists after a failed push"
     );
     assert!(
-        registry.manifest_puts().iter().all(|r| r.status >= 400),
+        registry
+            .manifest_puts()
+            .iter()
+            .all(|r| r.status >= 400 || !r.path.contains(&format!("/{REPO}/"))),
         "a manifest PUT succeeded:\n{}",
         registry.log_summary()
     );
@@ -738,4 +741,34 @@ fn cli_publish_gets_through_drops_and_errors() {
     let dir = tempdir("blumeops-resilience-oci-");
     skopeo_copy_to_oci(&direct, &dir.path().join("layout"), "v1");
     assert!(Path::new(&dir.path().join("layout/index.json")).exists());
+}
+
+#[test]
+fn cli_publish_stalled_past_retry_max_time_fails_with_exit_5() {
+    let flaky = Flaky::start();
+    BaseImage::push(&flaky.registry);
+    flaky.faults.add(
+        Rule::new(
+            Some(Method::HEAD),
+            "/blumeops/hello/manifests/",
+            Fault::Stall(Duration::from_secs(60)),
+        )
+        .times(usize::MAX),
+    );
+    let out = publish_through(&flaky, &["--retry-max-time", "2", "--retries", "3"]);
+    out.assert_code(5);
+    assert!(
+        out.elapsed < Duration::from_secs(45),
+        "the limit did not hold:\n{out}"
+    );
+    for want in [
+        "check tag",
+        "blumeops/hello:v1.0.0-abc1234",
+        "gave up after 1 attempt",
+        "did not answer within",
+        "hint:",
+    ] {
+        assert!(out.stderr.contains(want), "stderr lacks {want:?}\n{out}");
+    }
+    assert_no_tag(&flaky.registry, "v1.0.0-abc1234");
 }

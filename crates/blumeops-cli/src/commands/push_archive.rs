@@ -43,12 +43,13 @@ pub async fn run(args: PushArchiveArgs) -> Result<ExitCode> {
         .parse()
         .map_err(blumeops_core::Error::from)
         .with_context(|| format!("invalid target image reference `{text}`"))?;
-    let registry = registry_options(
+    let mut registry = registry_options(
         &args.registry,
         &args.registry_username,
         args.registry_password.as_deref(),
         args.plain_http,
     )?;
+    registry.retry = args.retry.policy();
     let client = RegistryClient::new(registry).map_err(blumeops_core::Error::from)?;
     let store = Store::open_default().map_err(blumeops_core::Error::from)?;
 

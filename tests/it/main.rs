@@ -5,6 +5,7 @@ mod cli_commands;
 mod cli_publish;
 mod dockerfile_parity;
 mod harness;
+mod hostile;
 mod push_archive;
 mod registry_client;
 mod step_cache;

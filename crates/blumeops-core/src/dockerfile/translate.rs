@@ -1009,6 +1009,7 @@ impl Translator<'_> {
             if std::fs::symlink_metadata(&path).is_err() {
                 return Err(self.err(inst, format!("`{src}` not found in the build context")));
             }
+            self.inside_context(inst, src, &path)?;
             return Ok(vec![(path, rel)]);
         }
         let mut found: Vec<(PathBuf, String)> = vec![(self.context.to_owned(), String::new())];
@@ -1045,7 +1046,29 @@ impl Translator<'_> {
         if found.is_empty() {
             return Err(self.err(inst, format!("no build context files match `{src}`")));
         }
+        for (path, _) in &found {
+            self.inside_context(inst, src, path)?;
+        }
         Ok(found)
+    }
+
+    /// Refuse a source that a symlink (anywhere on its path) leads out of the build context:
+    /// its host file would be copied into the image.
+    fn inside_context(&self, inst: &Instruction, src: &str, path: &Path) -> Result<(), Error> {
+        let (Ok(context), Ok(real)) = (self.context.canonicalize(), path.canonicalize()) else {
+            // A dangling symlink: nothing outside can be read through it.
+            return Ok(());
+        };
+        if real.starts_with(&context) {
+            return Ok(());
+        }
+        Err(self.err(
+            inst,
+            format!(
+                "`{src}` leads outside the build context (to `{}`) through a symlink",
+                real.display()
+            ),
+        ))
     }
 
     /// Exclude patterns (relative to `dir`) for what `.dockerignore` leaves out under the

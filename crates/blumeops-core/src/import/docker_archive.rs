@@ -149,14 +149,32 @@ fn detect(head: &[u8]) -> Format {
 fn decompress_to_temp(
     path: &Path,
     store: &Store,
-    mut decoder: impl Read,
+    decoder: impl Read,
 ) -> Result<tempfile::NamedTempFile, Error> {
+    // The same bomb guard as for layers, against the archive's compressed size.
+    let compressed = std::fs::metadata(path).map_or(u64::MAX, |m| m.len());
+    let (bound, _) = limits::expansion_bound(
+        compressed,
+        limits::env_u64(limits::MAX_LAYER_BYTES_ENV, limits::MAX_LAYER_BYTES),
+        limits::env_u64(limits::MAX_LAYER_RATIO_ENV, limits::MAX_LAYER_RATIO),
+    );
+    let mut decoder = ExpansionGuard::new(decoder, bound, |limit| {
+        LimitExceeded::new("the archive's uncompressed size", limit, "bytes")
+            .with_env(limits::MAX_LAYER_RATIO_ENV)
+    });
     let dir = store.tmp_dir();
     let mut tmp = tempfile::Builder::new()
         .prefix("archive-")
         .tempfile_in(&dir)
         .map_err(io_err("create temporary file in", &dir))?;
     io::copy(&mut decoder, &mut tmp).map_err(|source| {
+        if let Some(limit) = LimitExceeded::find(&source) {
+            return Error::Limit {
+                path: path.to_owned(),
+                entry: "(the whole archive)".to_owned(),
+                source: limit.clone(),
+            };
+        }
         // Tell a corrupt archive from a full disk.
         if source.kind() == io::ErrorKind::InvalidData
             || source.kind() == io::ErrorKind::UnexpectedEof

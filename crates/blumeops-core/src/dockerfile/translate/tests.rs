@@ -778,3 +778,26 @@ fn many_large_words_stop_at_the_total_limit() {
 fn oversized_dockerfiles_are_refused_with_the_line(#[case] text: String, #[case] want: &str) {
     assert_eq!(err(&text), want);
 }
+
+#[test]
+fn sources_behind_symlinks_out_of_the_context_are_refused() {
+    let dir = ctx(&[("inside", "data")]);
+    std::os::unix::fs::symlink("/etc", dir.path().join("out")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", dir.path().join("passwd")).unwrap();
+    std::os::unix::fs::symlink("inside", dir.path().join("ok")).unwrap();
+    let tr = |text: &str| translate(text, "Dockerfile", dir.path(), &BuildArgs::new(), None);
+    for (text, src) in [
+        ("FROM scratch\nCOPY out/passwd /x\n", "out/passwd"),
+        ("FROM scratch\nCOPY passwd /x\n", "passwd"),
+        ("FROM scratch\nCOPY pass* /x\n", "pass*"),
+    ] {
+        let e = tr(text).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "Dockerfile:2: `{src}` leads outside the build context (to `/etc/passwd`) through a symlink"
+            )
+        );
+    }
+    assert!(tr("FROM scratch\nCOPY ok /x\n").is_ok());
+}

@@ -8,5 +8,6 @@ mod harness;
 mod hostile;
 mod push_archive;
 mod registry_client;
+mod resilience;
 mod step_cache;
 mod test_images;

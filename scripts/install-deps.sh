@@ -20,6 +20,14 @@ packages=(
     bc
 )
 
+# cargo-fuzz (and the nightly toolchain it needs) for the fuzz step of scripts/test.sh.
+CARGO_FUZZ_VERSION=0.13.2
+if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+    echo "install-deps: installing cargo-fuzz $CARGO_FUZZ_VERSION"
+    rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
+fi
+
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

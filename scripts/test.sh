@@ -19,3 +19,16 @@ echo "== cargo build (the CLI the end-to-end tests run)"
 cargo build --locked -p blumeops-cli
 echo "== cargo test"
 cargo test --locked --workspace
+echo "== fuzz (each target for ${FUZZ_SECONDS:=20}s; README, Fuzzing, for longer runs)"
+fuzz_corpus=$(mktemp -d)
+trap 'rm -rf "$fuzz_corpus"' EXIT
+(
+    cd fuzz
+    cargo +nightly fuzz build -s none
+    for t in $(cargo +nightly fuzz list); do
+        mkdir -p "$fuzz_corpus/$t"
+        # New inputs go to the temporary corpus; the committed seeds are only read.
+        cargo +nightly fuzz run -s none "$t" "$fuzz_corpus/$t" "corpus/$t" -- \
+            -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -timeout=20
+    done
+)

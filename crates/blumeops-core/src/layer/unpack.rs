@@ -398,7 +398,6 @@ pub fn unpack_layer(
         // that the bound between entries only counts headers.
         io::copy(&mut entry, &mut io::sink()).map_err(read_err)?;
     }
-    drop(entries);
     // The diff_id covers the whole stream, including the end-of-archive blocks and any
     // padding after them that the tar reader did not consume.
     let mut metered = archive.into_inner();

@@ -185,5 +185,8 @@ fuzz_target!(|input: Input| {
         std::fs::read_to_string(outside.join("secret")).unwrap(),
         "untouched"
     );
-    assert_eq!(std::fs::metadata(outside.join("secret")).unwrap().nlink(), 1);
+    assert_eq!(
+        std::fs::metadata(outside.join("secret")).unwrap().nlink(),
+        1
+    );
 });

@@ -282,8 +282,8 @@ impl RegistryClient {
         let streamed: Result<(), Error> = async {
             loop {
                 let chunk = match tokio::time::timeout(BLOB_STALL_TIMEOUT, response.chunk()).await {
-                    Err(_) => return Err(timeout_error(&call, BLOB_STALL_TIMEOUT)),
-                    Ok(Err(e)) => return Err(transport_error(&call, e)),
+                    Err(_) => return Err(timeout_error(call, BLOB_STALL_TIMEOUT)),
+                    Ok(Err(e)) => return Err(transport_error(call, e)),
                     Ok(Ok(None)) => return Ok(()),
                     Ok(Ok(Some(chunk))) => chunk,
                 };

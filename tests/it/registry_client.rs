@@ -762,7 +762,16 @@ fn tampered_blob_in_registry_storage_is_an_integrity_error_and_not_stored() {
 fn unreachable_registry_fails_fast_naming_the_url() {
     let addr = format!("127.0.0.1:{}", free_port());
     let reference: ImageRef = format!("{addr}/{REPO}:v1").parse().expect("reference");
-    let client = RegistryClient::new(ClientOptions::default()).expect("client");
+    // Connection errors are retried: three quick attempts, then the last error is reported.
+    let client = RegistryClient::new(ClientOptions {
+        retry: blumeops_core::RetryPolicy {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(10),
+            ..blumeops_core::RetryPolicy::default()
+        },
+        ..ClientOptions::default()
+    })
+    .expect("client");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -778,9 +787,13 @@ fn unreachable_registry_fails_fast_naming_the_url() {
     );
     assert_eq!(err.kind(), RegistryErrorKind::Unreachable, "{err}");
     assert!(
-        err.to_string().contains(&format!("http://{addr}/")),
+        err.to_string().contains("gave up after 3 attempts"),
         "{err}"
     );
+    let last = std::error::Error::source(&err)
+        .expect("the last error")
+        .to_string();
+    assert!(last.contains(&format!("http://{addr}/")), "{last}");
     assert!(err.hint().is_some(), "{err}");
 
     let (_dir, store) = store();

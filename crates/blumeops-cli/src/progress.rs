@@ -68,6 +68,8 @@ struct State {
     out: Box<dyn Write + Send>,
     started: Instant,
     steps_done: usize,
+    /// Steps that ran (not taken from the step cache).
+    steps_ran: usize,
     running: BTreeMap<usize, Running>,
     /// Live lines currently on screen below the scrolled output.
     drawn: usize,
@@ -99,6 +101,7 @@ impl Progress {
                 out,
                 started: Instant::now(),
                 steps_done: 0,
+                steps_ran: 0,
                 running: BTreeMap::new(),
                 drawn: 0,
                 width,
@@ -141,8 +144,11 @@ impl Progress {
         if state.finished {
             return;
         }
-        if let Event::StepFinished { .. } = event {
+        if let Event::StepFinished { cache, .. } = event {
             state.steps_done += 1;
+            if let CacheStatus::Ran { .. } = cache {
+                state.steps_ran += 1;
+            }
         }
         match state.mode {
             Mode::Plain => {
@@ -152,6 +158,11 @@ impl Progress {
             }
             Mode::Tty => state.tty_event(event),
         }
+    }
+
+    /// How many steps ran so far (rather than coming from the step cache).
+    pub fn steps_ran(&self) -> usize {
+        self.lock().steps_ran
     }
 
     /// Clear the live view and print the summary: steps, time and the image digest.

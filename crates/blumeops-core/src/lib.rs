@@ -93,8 +93,8 @@ pub use secret::Error as SecretError;
 pub use secret::{ACCEPTED_FORMS as SECRET_FORMS, Secret, SecretSource};
 pub use store::Error as StoreError;
 pub use store::{
-    BlobWriter, CACHE_DIR_ENV, PrunePolicy, PruneReport, Store, StoreLock, Usage, parse_age,
-    parse_size,
+    BlobWriter, CACHE_DIR_ENV, FileDigestTable, PrunePolicy, PruneReport, Store, StoreLock, Usage,
+    parse_age, parse_size,
 };
 
 pub use oci_spec;

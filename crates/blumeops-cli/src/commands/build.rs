@@ -22,7 +22,11 @@ pub async fn run(args: BuildArgs) -> Result<ExitCode> {
         }
     };
     prepared.progress.finish(Some(&built.image.manifest.digest));
-    super::cache::enforce_limit(prepared.engine.store(), prepared.cache_max_bytes);
+    super::cache::enforce_limit(
+        prepared.engine.store(),
+        prepared.cache_max_bytes,
+        prepared.progress.steps_ran(),
+    );
     eprintln!("wrote {} to {}", repo_tag, args.output);
     println!("{repo_tag}@{}", built.image.manifest.digest);
     Ok(ExitCode::SUCCESS)

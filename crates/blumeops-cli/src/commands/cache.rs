@@ -96,9 +96,10 @@ fn prune(store: &Store, args: &CachePruneArgs) -> Result<ExitCode> {
 }
 
 /// After a build: evict the least recently used data beyond `limit` (`0`: no limit), when
-/// no other build is running. Best effort: a failure is reported, never the build's.
-pub fn enforce_limit(store: &Store, limit: u64) {
-    if limit == 0 {
+/// no other build is running. Best effort: a failure is reported, never the build's. A
+/// build whose steps all came from the cache added nothing, so the store is not walked.
+pub fn enforce_limit(store: &Store, limit: u64, steps_ran: usize) {
+    if limit == 0 || steps_ran == 0 {
         return;
     }
     let evict = || -> Result<Option<u64>, blumeops_core::StoreError> {

@@ -64,8 +64,7 @@ impl LayerBuilder {
                         path: src.clone(),
                         source,
                     };
-                    let mut file = File::open(src).map_err(host)?;
-                    let meta = file.metadata().map_err(host)?;
+                    let meta = std::fs::metadata(src).map_err(host)?;
                     // Shared inodes become hard links when the layer is written.
                     let link = (meta.nlink() > 1)
                         .then(|| *first_path.entry((meta.dev(), meta.ino())).or_insert(path));
@@ -78,6 +77,7 @@ impl LayerBuilder {
                                 Some(d) => d,
                                 None => {
                                     let mut digest = DigestWriter::new();
+                                    let mut file = File::open(src).map_err(host)?;
                                     io::copy(&mut file, &mut digest).map_err(host)?;
                                     let digest = digest.finish();
                                     if let Some(c) = cache {

@@ -566,7 +566,10 @@ async fn host_fingerprint(op: &Op, store: &Store) -> Result<HostInput, Error> {
             } else {
                 builder.add_host_dir(path, src, opts)?;
             }
-            Ok(HostInput::Files(builder.fingerprint_with(Some(&store))?))
+            let table = store.file_digest_table(src);
+            let fingerprint = builder.fingerprint_with(Some(&table))?;
+            table.save(&store);
+            Ok(HostInput::Files(fingerprint))
         }
         Op::HostArchive { src, .. } => {
             let mut file = std::fs::File::open(src).map_err(|source| Error::Io {

@@ -8,8 +8,9 @@
 //!   pipeline last had, to say which input changed when it runs again;
 //! - `steps/files/<fingerprint hex>.json`: the per-file digests of a host copy, by the
 //!   copy's fingerprint (content-addressed, written once);
-//! - `steps/stat/<hash of a host path and its metadata>`: that file's sha256, so an unchanged
-//!   host file is not read again to compute a key.
+//! - `steps/stat/<hash of a host copy's source path>.json`: the sha256 of each of its files
+//!   with the metadata it had ([`FileDigestTable`]), so unchanged host files are not read
+//!   again to compute a key.
 //!
 //! Every file is written to `tmp/` and renamed into place, so a killed build leaves either
 //! the whole record or none. A record whose blob is gone (evicted) is a miss.
@@ -238,48 +239,115 @@ impl Store {
 /// timestamp tick as the hashing would go unnoticed (git's "racy" files).
 const RACY_SECS: i64 = 2;
 
-impl crate::layer::FileDigestCache for Store {
-    fn get(&self, path: &Path, meta: &fs::Metadata) -> Option<Digest> {
-        let entry = self.stat_path(path, meta)?;
-        let text = fs::read_to_string(&entry).ok()?;
-        text.trim().parse().ok()
-    }
+/// What identifies a file's content state: device, inode, size, mtime and ctime (with
+/// nanoseconds). ctime cannot be set by users, so any write changes it.
+fn stat_key(meta: &fs::Metadata) -> [i64; 7] {
+    use std::os::unix::fs::MetadataExt as _;
+    [
+        meta.dev() as i64,
+        meta.ino() as i64,
+        meta.size() as i64,
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    ]
+}
 
-    fn put(&self, path: &Path, meta: &fs::Metadata, digest: &Digest) {
-        use std::os::unix::fs::MetadataExt as _;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        if now - meta.mtime().max(meta.ctime()) < RACY_SECS {
-            return;
-        }
-        if let Some(entry) = self.stat_path(path, meta) {
-            let tmp = self.tmp_name("stat");
-            let written = fs::write(&tmp, digest.to_string()).is_ok();
-            // Best effort: without the entry the file is just hashed again.
-            if !written || self.rename_into(&tmp, &entry).is_err() {
-                let _ = fs::remove_file(&tmp);
-            }
+#[derive(Serialize, Deserialize)]
+struct StatEntry {
+    path: String,
+    stat: [i64; 7],
+    digest: Digest,
+}
+
+/// The digests of one host copy's files, by their metadata, so unchanged files are not read
+/// again to compute a key. Loaded from and saved to one file per copy source
+/// (`steps/stat/<hash of the source path>.json`); only the files seen by the last use are
+/// kept.
+pub struct FileDigestTable {
+    path: PathBuf,
+    known: std::collections::HashMap<String, ([i64; 7], Digest)>,
+    seen: std::sync::Mutex<Vec<StatEntry>>,
+    changed: std::sync::atomic::AtomicBool,
+}
+
+impl Store {
+    /// The digest table of the host copy source `src`.
+    pub fn file_digest_table(&self, src: &Path) -> FileDigestTable {
+        use std::os::unix::ffi::OsStrExt as _;
+        let mut h = crate::fields::FieldHasher::new("blumeops file digests v1");
+        h.bytes(src.as_os_str().as_bytes());
+        let path = self
+            .steps_dir()
+            .join("stat")
+            .join(format!("{}.json", h.finish().hex()));
+        let entries: Vec<StatEntry> = read_json(&path).unwrap_or_default();
+        FileDigestTable {
+            known: entries
+                .into_iter()
+                .map(|e| (e.path, (e.stat, e.digest)))
+                .collect(),
+            path,
+            seen: std::sync::Mutex::new(Vec::new()),
+            changed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
 
-impl Store {
-    /// `steps/stat/<hash of the path and its metadata>`.
-    fn stat_path(&self, path: &Path, meta: &fs::Metadata) -> Option<PathBuf> {
-        use std::os::unix::ffi::OsStrExt as _;
-        use std::os::unix::fs::MetadataExt as _;
-        let path = fs::canonicalize(path).ok()?;
-        let mut h = crate::fields::FieldHasher::new("blumeops file stat v1");
-        h.bytes(path.as_os_str().as_bytes())
-            .u64(meta.dev())
-            .u64(meta.ino())
-            .u64(meta.size())
-            .i64(meta.mtime())
-            .i64(meta.mtime_nsec())
-            .i64(meta.ctime())
-            .i64(meta.ctime_nsec());
-        Some(self.steps_dir().join("stat").join(h.finish().hex()))
+impl FileDigestTable {
+    /// Save the table if a file was hashed or one known before was not seen. Best effort:
+    /// without it, files are just hashed again.
+    pub fn save(&self, store: &Store) {
+        use std::sync::atomic::Ordering;
+        let seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !self.changed.load(Ordering::Relaxed) && seen.len() == self.known.len() {
+            store.touch(&self.path);
+            return;
+        }
+        let _ = store.write_json(&self.path, &*seen);
+    }
+}
+
+impl crate::layer::FileDigestCache for FileDigestTable {
+    fn get(&self, path: &Path, meta: &fs::Metadata) -> Option<Digest> {
+        let name = path.to_string_lossy();
+        let (stat, digest) = self.known.get(name.as_ref())?;
+        if *stat != stat_key(meta) {
+            return None;
+        }
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(StatEntry {
+                path: name.into_owned(),
+                stat: *stat,
+                digest: digest.clone(),
+            });
+        Some(digest.clone())
+    }
+
+    fn put(&self, path: &Path, meta: &fs::Metadata, digest: &Digest) {
+        let stat = stat_key(meta);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if now - stat[3].max(stat[5]) < RACY_SECS {
+            return;
+        }
+        self.changed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(StatEntry {
+                path: path.to_string_lossy().into_owned(),
+                stat,
+                digest: digest.clone(),
+            });
     }
 }
 
@@ -324,28 +392,38 @@ mod tests {
         use crate::layer::FileDigestCache as _;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("store")).unwrap();
-        let file = dir.path().join("f");
-        fs::write(&file, b"one").unwrap();
-        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-        fs::File::options()
-            .append(true)
-            .open(&file)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
-        let meta = fs::metadata(&file).unwrap();
-        let digest = Digest::of(b"one");
-        // ctime is now: too fresh to trust.
-        store.put(&file, &meta, &digest);
-        assert_eq!(store.get(&file, &meta), None);
+        let src = dir.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let (fresh, old) = (src.join("fresh"), src.join("old"));
+        fs::write(&fresh, b"new").unwrap();
+        fs::write(&old, b"one").unwrap();
+        // ctime cannot be set back, so "old" is aged by putting it in the table directly.
+        let meta = |p: &Path| fs::metadata(p).unwrap();
+        let table = store.file_digest_table(&src);
+        table.put(&fresh, &meta(&fresh), &Digest::of(b"new"));
+        table.seen.lock().unwrap().push(StatEntry {
+            path: old.to_string_lossy().into_owned(),
+            stat: stat_key(&meta(&old)),
+            digest: Digest::of(b"one"),
+        });
+        table
+            .changed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        table.save(&store);
 
-        // With metadata old enough it is kept, and any change of it is a miss.
-        let entry = store.stat_path(&file, &meta).unwrap();
-        fs::create_dir_all(entry.parent().unwrap()).unwrap();
-        fs::write(&entry, digest.to_string()).unwrap();
-        assert_eq!(store.get(&file, &meta), Some(digest));
-        fs::write(&file, b"two").unwrap();
-        assert_eq!(store.get(&file, &fs::metadata(&file).unwrap()), None);
+        let table = store.file_digest_table(&src);
+        assert_eq!(table.get(&fresh, &meta(&fresh)), None, "too fresh to trust");
+        assert_eq!(table.get(&old, &meta(&old)), Some(Digest::of(b"one")));
+        fs::write(&old, b"two").unwrap();
+        assert_eq!(table.get(&old, &meta(&old)), None, "changed");
+        assert_eq!(
+            store
+                .file_digest_table(&dir.path().join("other"))
+                .known
+                .len(),
+            0,
+            "one table per source"
+        );
     }
 
     #[test]

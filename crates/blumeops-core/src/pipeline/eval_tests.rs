@@ -293,3 +293,33 @@ fn deterministic_steps_give_the_same_digest_on_two_empty_stores() {
         .collect();
     assert_eq!(digests[0], digests[1]);
 }
+
+#[test]
+fn workdir_sees_through_the_top_layers_only_as_far_as_needed() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path(), None);
+    let rt = rt();
+    let base = base().with_exec(["sh", "-c", "mkdir -p /deep/dir /gone"]);
+    // Found in a lower layer under an unrelated top layer: no new layer.
+    let found = base
+        .with_new_file("/top.txt", "x", 0o644)
+        .with_workdir("/deep/dir");
+    let with_top = base.with_new_file("/top.txt", "x", 0o644);
+    let (a, b) = (
+        rt.block_on(found.build(&e)).unwrap(),
+        rt.block_on(with_top.build(&e)).unwrap(),
+    );
+    assert_eq!(a.image.layers.len(), b.image.layers.len());
+    assert_eq!(a.config.config.working_dir.as_deref(), Some("/deep/dir"));
+    // Removed in an upper layer: the whiteout hides it, so WORKDIR creates it again.
+    let gone = base.without_directory("/gone").with_workdir("/gone");
+    let built = rt.block_on(gone.build(&e)).unwrap();
+    assert_eq!(built.image.layers.len(), b.image.layers.len() + 1);
+    assert!(
+        rt.block_on(gone.with_exec(["test", "-d", "/gone"]).build(&e))
+            .is_ok()
+    );
+}

@@ -73,14 +73,43 @@ impl Drop for CancelOnDrop {
 /// Unpack (once, cached in the store) every layer of `state`, base first.
 pub(super) async fn lowers(engine: &Engine, state: &State) -> Result<Vec<PathBuf>, Error> {
     let mut dirs = Vec::with_capacity(state.layers.len());
-    for (blob, diff_id) in state.layers.iter().zip(&state.config.rootfs.diff_ids) {
-        let (store, blob, diff_id) = (engine.store().clone(), blob.clone(), diff_id.clone());
-        let dir = tokio::task::spawn_blocking(move || store.unpacked_layer(&blob, &diff_id))
-            .await
-            .map_err(|_| Error::TaskPanicked)??;
-        dirs.push(dir);
+    for i in 0..state.layers.len() {
+        dirs.push(unpacked(engine, state, i).await?);
     }
     Ok(dirs)
+}
+
+/// The directory of layer `i` of `state`, unpacked (once, cached in the store).
+async fn unpacked(engine: &Engine, state: &State, i: usize) -> Result<PathBuf, Error> {
+    let (store, blob, diff_id) = (
+        engine.store().clone(),
+        state.layers[i].clone(),
+        state.config.rootfs.diff_ids[i].clone(),
+    );
+    Ok(
+        tokio::task::spawn_blocking(move || store.unpacked_layer(&blob, &diff_id))
+            .await
+            .map_err(|_| Error::TaskPanicked)??,
+    )
+}
+
+/// Whether `path` exists in the image of `state`. Layers are unpacked from the top down only
+/// until the path is found: what the topmost layers show is visible whatever lies below, so
+/// a directory a recent step created needs none of the layers under it.
+async fn exists(engine: &Engine, state: &State, path: &str) -> Result<bool, Error> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for i in (0..state.layers.len()).rev() {
+        dirs.insert(0, unpacked(engine, state, i).await?);
+        let view = RootfsView::new(dirs.clone());
+        let path = path.to_owned();
+        let found = tokio::task::spawn_blocking(move || view.resolve(&path, true))
+            .await
+            .map_err(|_| Error::TaskPanicked)??;
+        if found.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Run `args` in the sandbox on top of `state`; the changes become a layer.
@@ -648,16 +677,12 @@ pub(super) async fn ensure_dir(
     state: &State,
     path: &str,
 ) -> Result<Option<layer::Layer>, Error> {
-    if layer::is_root(path) {
+    if layer::is_root(path) || exists(engine, state, path).await? {
         return Ok(None);
     }
-    let view = RootfsView::new(lowers(engine, state).await?);
     let (path, store) = (path.to_owned(), engine.store().clone());
     let (compression, epoch) = (engine.compression(), engine.epoch());
     tokio::task::spawn_blocking(move || {
-        if view.resolve(&path, true)?.is_some() {
-            return Ok(None);
-        }
         let mut builder = LayerBuilder::new();
         builder.add(
             &path,

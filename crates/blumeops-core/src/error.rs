@@ -56,25 +56,6 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
-    /// A base image's config is not valid JSON of the expected shape.
-    #[error("failed to parse the config of base image {reference}")]
-    BaseConfig {
-        /// The base image.
-        reference: String,
-        /// Cause.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// A base image's manifest and config disagree on the number of layers.
-    #[error("base image {reference} is inconsistent: {layers} layers but {diff_ids} diff_ids")]
-    BaseLayerCount {
-        /// The base image.
-        reference: String,
-        /// Layers in the manifest.
-        layers: usize,
-        /// diff_ids in the config.
-        diff_ids: usize,
-    },
     /// Serializing a document failed.
     #[error("failed to serialize image document")]
     Serialize(#[source] serde_json::Error),
@@ -172,9 +153,7 @@ impl Error {
             Self::Export(export::Error::InvalidTarget(_)) => ErrorKind::InvalidInput,
             Self::Dockerfile(_) => ErrorKind::InvalidInput,
             Self::Import(e) => e.kind(),
-            Self::Image(_) | Self::BaseConfig { .. } | Self::BaseLayerCount { .. } => {
-                ErrorKind::InvalidInput
-            }
+            Self::Image(_) => ErrorKind::InvalidInput,
             Self::Layer(layer::Error::InvalidPath { .. } | layer::Error::Pattern { .. }) => {
                 ErrorKind::InvalidInput
             }
@@ -199,6 +178,7 @@ impl Error {
                 registry::ErrorKind::TagConflict => ErrorKind::TagConflict,
                 registry::ErrorKind::Unreachable => ErrorKind::Unreachable,
                 registry::ErrorKind::Integrity => ErrorKind::Integrity,
+                registry::ErrorKind::Invalid => ErrorKind::InvalidInput,
                 _ => ErrorKind::Other,
             },
             _ => ErrorKind::Other,

@@ -718,18 +718,12 @@ async fn run_root(
                 .pull_image(&reference, &engine.platform, &engine.store)
                 .await?;
             let bytes = engine.store.read_blob(&pulled.image.config.digest)?;
-            let config: ImageConfig =
-                serde_json::from_slice(&bytes).map_err(|source| Error::BaseConfig {
-                    reference: reference.to_string(),
-                    source,
-                })?;
-            if config.rootfs.diff_ids.len() != pulled.image.layers.len() {
-                return Err(Error::BaseLayerCount {
-                    reference: reference.to_string(),
-                    layers: pulled.image.layers.len(),
-                    diff_ids: config.rootfs.diff_ids.len(),
-                });
-            }
+            // Size, layer count and diff_ids against the manifest's layers.
+            let config = ImageConfig::from_json_for(
+                &bytes,
+                &reference.to_string(),
+                pulled.image.layers.len(),
+            )?;
             let layers = pulled
                 .image
                 .layers

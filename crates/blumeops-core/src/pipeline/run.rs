@@ -11,6 +11,7 @@ use super::engine::{Engine, Event, State};
 use super::exec::{CopyOptions, ExecOptions};
 use crate::error::Error;
 use crate::layer::{self, Entry, EntryKind, FileData, LayerBuilder, Owner, RootfsView};
+use crate::limits;
 use crate::sandbox::{self, BindMount, CancelToken, RunSpec, Stream};
 
 /// Lines of a failing step's output shown in the error itself (the full log is on disk).
@@ -491,6 +492,7 @@ pub(super) async fn host_archive(
             source,
         };
         let mut file = std::fs::File::open(&src).map_err(io)?;
+        let compressed = file.metadata().map_err(io)?.len();
         let mut magic = [0u8; 4];
         let n = std::io::Read::read(&mut file, &mut magic).map_err(io)?;
         std::io::Seek::rewind(&mut file).map_err(io)?;
@@ -501,12 +503,50 @@ pub(super) async fn host_archive(
             }
             _ => Box::new(file),
         };
+        // The same bomb guard as for image layers, whatever the compression.
+        let (bound, _) = limits::expansion_bound(
+            compressed,
+            limits::env_u64(limits::MAX_LAYER_BYTES_ENV, limits::MAX_LAYER_BYTES),
+            limits::env_u64(limits::MAX_LAYER_RATIO_ENV, limits::MAX_LAYER_RATIO),
+        );
+        let reader = limits::ExpansionGuard::new(reader, bound, |limit| {
+            limits::LimitExceeded::new("the archive's uncompressed size", limit, "bytes")
+                .with_env(limits::MAX_LAYER_RATIO_ENV)
+        });
         let mut archive = tar::Archive::new(reader);
         archive.set_preserve_permissions(true);
         archive.set_preserve_ownerships(true);
         archive.set_overwrite(true);
-        // tar::Archive::unpack refuses entries that would land outside the directory.
-        archive.unpack(dir.path()).map_err(io)?;
+        let failed = |entry: &str, action, source| layer::Error::UnpackEntry {
+            layer: src.clone(),
+            entry: entry.to_owned(),
+            action,
+            source,
+        };
+        for entry in archive.entries().map_err(|e| failed("", "read", e))? {
+            let mut entry = entry.map_err(|e| failed("", "read", e))?;
+            let name = entry
+                .path()
+                .map_err(|e| failed("", "read", e))?
+                .into_owned();
+            let shown = name.display().to_string();
+            // As Docker does, an archive with an escaping entry is refused, not skipped.
+            if name
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(layer::Error::UnsafeEntry {
+                    layer: src.clone(),
+                    entry: shown,
+                    reason: "`..` would escape the destination",
+                }
+                .into());
+            }
+            // `unpack_in` also refuses to write through symlinks the archive made.
+            entry
+                .unpack_in(dir.path())
+                .map_err(|e| failed(&shown, "extract", e))?;
+        }
         // Entries keep the owners the archive gives them unless an owner was asked for.
         opts.preserve_owners = true;
         let mut builder = LayerBuilder::new();

@@ -340,6 +340,22 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A manifest, index or config is over one of blumeops' limits ([`crate::limits`]).
+    #[error(
+        "failed to pull {reference}: its {what} has {count} {unit}, more than the limit of {limit}"
+    )]
+    OverLimit {
+        /// The reference.
+        reference: String,
+        /// "manifest", "index" or "config".
+        what: &'static str,
+        /// What was counted: "layers", "manifests" or "bytes".
+        unit: &'static str,
+        /// How many it has.
+        count: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The manifest has a media type this client cannot use.
     #[error("failed to pull {reference}: unsupported manifest media type `{media_type}`")]
     UnsupportedMediaType {
@@ -430,6 +446,8 @@ pub enum ErrorKind {
     Integrity,
     /// The reference or manifest was not found.
     NotFound,
+    /// An image this client refuses to use (over a limit).
+    Invalid,
     /// Anything else.
     Other,
 }
@@ -456,6 +474,7 @@ impl Error {
                 ErrorKind::NotFound
             }
             Self::PlatformNotFound { .. } => ErrorKind::NotFound,
+            Self::OverLimit { .. } => ErrorKind::Invalid,
             _ => ErrorKind::Other,
         }
     }

@@ -61,7 +61,7 @@ pub const DEFAULT_UPLOAD_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
 /// Read buffer for streamed uploads.
 const UPLOAD_BUFFER: usize = 256 * 1024;
 /// Largest manifest or index accepted (zot's own limit is 4 MiB).
-const MAX_MANIFEST_BYTES: u64 = 8 * 1024 * 1024;
+const MAX_MANIFEST_BYTES: u64 = crate::limits::MAX_MANIFEST_BYTES;
 /// Largest error or token body read.
 const MAX_SMALL_BODY_BYTES: u64 = 64 * 1024;
 

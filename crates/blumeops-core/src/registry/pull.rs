@@ -71,6 +71,31 @@ impl RegistryClient {
                 url: manifest.url.clone(),
                 source,
             })?;
+        // Refuse what is over the limits before downloading anything.
+        let over = |what, unit, count: u64, limit: u64| Error::OverLimit {
+            reference: name.clone(),
+            what,
+            unit,
+            count,
+            limit,
+        };
+        let layer_count = parsed.layers().len() as u64;
+        if layer_count > crate::limits::MAX_LAYERS as u64 {
+            return Err(over(
+                "manifest",
+                "layers",
+                layer_count,
+                crate::limits::MAX_LAYERS as u64,
+            ));
+        }
+        if parsed.config().size() > crate::limits::MAX_CONFIG_BYTES {
+            return Err(over(
+                "config",
+                "bytes",
+                parsed.config().size(),
+                crate::limits::MAX_CONFIG_BYTES,
+            ));
+        }
         let config = blob_ref(&name, parsed.config())?;
         let layers = parsed
             .layers()
@@ -396,6 +421,16 @@ fn select_manifest(
             url: url.to_owned(),
             source,
         })?;
+    let count = index.manifests().len() as u64;
+    if count > crate::limits::MAX_INDEX_MANIFESTS as u64 {
+        return Err(Error::OverLimit {
+            reference: name.to_owned(),
+            what: "index",
+            unit: "manifests",
+            count,
+            limit: crate::limits::MAX_INDEX_MANIFESTS as u64,
+        });
+    }
     let mut available = Vec::new();
     for entry in index.manifests() {
         let Some(p) = entry.platform() else {

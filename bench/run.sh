@@ -133,6 +133,9 @@ measure() {
     local case=$1 tool=$2 out=$rundir/$1-$2 wall tree rss code reason
     shift 2
     log "run $run/$runs: $case, $tool"
+    # Write back what earlier work left dirty (the generated inputs, the last case's
+    # output), so no case pays for another's writes.
+    sync
     python3 "$measure_py" "$out.time" "$@" >"$out.out" 2>"$out.err" || true
     read -r wall tree rss code <"$out.time"
     echo "run $case $tool $run $wall $tree $rss $code" >>"$results"

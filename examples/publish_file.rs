@@ -7,8 +7,7 @@
 //!
 //! The password is read from `REGISTRY_PASSWORD` (through the `env:` secret source, as the
 //! CLI does) and used for the target's registry, which is also where the base is pulled from
-//! when they share a host. The benchmark harness uses this example to publish an image with a
-//! 512 MiB layer and measure peak memory.
+//! when they share a host.
 
 use std::process::ExitCode;
 

@@ -16,8 +16,6 @@ packages=(
     file
     curl             # the demo and benchmarks wait for the registry with it
     python3          # the demo and benchmarks pick free ports and summarise with it
-    time             # /usr/bin/time, peak RSS in the benchmarks
-    bc
 )
 
 # cargo-fuzz (and the nightly toolchain it needs) for the fuzz step of scripts/test.sh.

@@ -427,3 +427,65 @@ fn size_limit_evicts_after_a_build() {
     let bad = f.publish("bbbbbbb", &["--cache-max-bytes", "huge"]);
     bad.assert_code(2);
 }
+
+#[test]
+fn a_commit_elsewhere_in_the_checkout_leaves_the_container_cached() {
+    if !can_run() {
+        return;
+    }
+    let f = Fixture::new();
+    let src = f.src.path();
+    let git = |args: &[&str], date: &str| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(src)
+            .args(args)
+            .env("GIT_AUTHOR_DATE", date)
+            .env("GIT_COMMITTER_DATE", date)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    git(&["init", "-q"], "@1700000000 +0000");
+    git(&["add", "."], "@1700000000 +0000");
+    git(&["commit", "-q", "-m", "app"], "@1700000000 +0000");
+    // No SOURCE_DATE_EPOCH: the timestamp comes from git.
+    let env = [
+        ("BLUMEOPS_CACHE_DIR", f.cache.path().display().to_string()),
+        ("ZOT_CI_API_KEY", f.registry.ci_password().to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = tempdir("blumeops-out-");
+    let output = format!("oci:{}", out.path().join("layout").display());
+    let args = f.args("build", &["--output", &output]);
+    run_cli(&args, &env).assert_success();
+
+    // A commit that does not touch containers/app: same timestamp, every step cached.
+    std::fs::write(src.join("README"), "elsewhere").unwrap();
+    git(&["add", "."], "@1800000000 +0000");
+    git(&["commit", "-q", "-m", "elsewhere"], "@1800000000 +0000");
+    let again = run_cli(&args, &env);
+    again.assert_success();
+    for step in ["/dev/urandom", "sleep", "with_directory /site", "cat /site"] {
+        assert!(
+            finished_line(&again, step).contains(" cached in "),
+            "{again}"
+        );
+    }
+
+    // A commit that changes the container: new timestamps, so its steps run again.
+    std::fs::write(src.join("containers/app/site/a.txt"), "A\n").unwrap();
+    git(&["add", "."], "@1900000000 +0000");
+    git(&["commit", "-q", "-m", "app changed"], "@1900000000 +0000");
+    let changed = run_cli(&args, &env);
+    changed.assert_success();
+    let line = finished_line(&changed, "/dev/urandom");
+    assert!(
+        line.ends_with("[the build epoch or compression changed]"),
+        "{line}"
+    );
+}

@@ -90,8 +90,8 @@ pub struct CachePruneArgs {
 /// Flags shared by `build` and `publish`.
 #[derive(Debug, Args)]
 pub struct BuildFlags {
-    /// Source checkout: containers/ is looked up here, and its git HEAD gives the commit
-    /// sha and the timestamp.
+    /// Source checkout: containers/ is looked up here; its git HEAD gives the commit sha,
+    /// and the last commit that changed containers/NAME the timestamp.
     #[arg(long, default_value = ".")]
     pub src: PathBuf,
     /// Container to build, e.g. `hello`.

@@ -1,6 +1,7 @@
-//! The build's timestamp: `SOURCE_DATE_EPOCH`, else the commit time of the source's git
-//! HEAD, else 0. It becomes the image's `created` and every file mtime, so builds of the
-//! same inputs give the same digest.
+//! The build's timestamp: `SOURCE_DATE_EPOCH`, else the time of the last git commit that
+//! changed the container's sources (else of HEAD), else 0. It becomes the image's `created`
+//! and every file mtime, so builds of the same inputs give the same digest, and a commit that
+//! does not touch a container leaves its build (and its step cache) as it was.
 
 use std::path::Path;
 
@@ -28,12 +29,21 @@ pub enum EpochSource {
     Env,
     /// The commit time of git HEAD in the source directory.
     GitHead,
+    /// The time of the last commit that changed the container's own paths.
+    GitPaths,
     /// Neither was available: 0 (1970-01-01).
     Zero,
 }
 
 /// Resolve the epoch for a build whose sources are in `src`.
 pub fn resolve(src: &Path) -> Result<(u64, EpochSource), Error> {
+    resolve_for(src, &[])
+}
+
+/// Resolve the epoch for a container whose own files are `paths` (relative to `src`, e.g.
+/// `containers/NAME`): without `SOURCE_DATE_EPOCH`, the time of the last commit that changed
+/// them, falling back to HEAD's time when git knows no commit for them.
+pub fn resolve_for(src: &Path, paths: &[&str]) -> Result<(u64, EpochSource), Error> {
     if let Ok(value) = std::env::var(SOURCE_DATE_EPOCH)
         && !value.is_empty()
     {
@@ -43,17 +53,28 @@ pub fn resolve(src: &Path) -> Result<(u64, EpochSource), Error> {
             .map_err(|_| Error::Invalid { value })?;
         return Ok((secs, EpochSource::Env));
     }
-    if let Some(secs) = git_head_time(src) {
+    if !paths.is_empty()
+        && let Some(secs) = git_commit_time(src, paths)
+    {
+        return Ok((secs, EpochSource::GitPaths));
+    }
+    if let Some(secs) = git_commit_time(src, &[]) {
         return Ok((secs, EpochSource::GitHead));
     }
     Ok((0, EpochSource::Zero))
 }
 
-fn git_head_time(src: &Path) -> Option<u64> {
-    let out = std::process::Command::new("git")
+/// The commit time of HEAD, or of the last commit touching `paths`.
+fn git_commit_time(src: &Path, paths: &[&str]) -> Option<u64> {
+    let mut command = std::process::Command::new("git");
+    command
         .arg("-C")
         .arg(src)
-        .args(["log", "-1", "--format=%ct", "HEAD"])
+        .args(["log", "-1", "--format=%ct", "HEAD"]);
+    if !paths.is_empty() {
+        command.arg("--").args(paths);
+    }
+    let out = command
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .output()
@@ -108,6 +129,40 @@ mod tests {
     #[test]
     fn non_git_dir_gives_none() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(git_head_time(dir.path()), None);
+        assert_eq!(git_commit_time(dir.path(), &[]), None);
+    }
+
+    #[test]
+    fn last_commit_touching_the_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = |args: &[&str], date: &str| {
+            let ok = std::process::Command::new("git")
+                .arg("-C")
+                .arg(dir.path())
+                .args(args)
+                .env("GIT_AUTHOR_DATE", date)
+                .env("GIT_COMMITTER_DATE", date)
+                .env("GIT_AUTHOR_NAME", "t")
+                .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+                .env("GIT_COMMITTER_NAME", "t")
+                .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+                .output()
+                .unwrap()
+                .status
+                .success();
+            assert!(ok, "git {args:?}");
+        };
+        git(&["init", "-q"], "@1000 +0000");
+        for (name, date) in [("a", "@1000 +0000"), ("b", "@2000 +0000")] {
+            let d = dir.path().join("containers").join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("Dockerfile"), name).unwrap();
+            git(&["add", "."], date);
+            git(&["commit", "-q", "-m", name], date);
+        }
+        assert_eq!(git_commit_time(dir.path(), &["containers/a"]), Some(1000));
+        assert_eq!(git_commit_time(dir.path(), &["containers/b"]), Some(2000));
+        assert_eq!(git_commit_time(dir.path(), &[]), Some(2000));
+        assert_eq!(git_commit_time(dir.path(), &["containers/none"]), None);
     }
 }

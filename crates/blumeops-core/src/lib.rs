@@ -42,7 +42,10 @@ pub use definition::{
 pub use dockerfile::Error as DockerfileError;
 pub use dockerfile::{load as load_dockerfile, translate as translate_dockerfile};
 pub use epoch::Error as EpochError;
-pub use epoch::{EpochSource, SOURCE_DATE_EPOCH, resolve as resolve_epoch, rfc3339};
+pub use epoch::{
+    EpochSource, SOURCE_DATE_EPOCH, resolve as resolve_epoch, resolve_for as resolve_epoch_for,
+    rfc3339,
+};
 pub use error::{Error, ErrorKind};
 pub use export::Error as ExportError;
 pub use export::{ExportTarget, REF_NAME_ANNOTATION};

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use blumeops_core::{
     BuildArgs, CacheOptions, ClientOptions, Compression, Container, Credential, Credentials,
     DefinitionInput, Engine, EngineOptions, ImageRef, Platform, SecretSource, Store, default_jobs,
-    file_container_version, resolve_epoch,
+    file_container_version, resolve_epoch_for,
 };
 
 use crate::cli::{BuildFlags, CompressionArg, NAMESPACE};
@@ -64,7 +64,15 @@ pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
         Some(p) => p.parse().map_err(blumeops_core::Error::from)?,
         None => Platform::host(),
     };
-    let (epoch, _) = resolve_epoch(&flags.src).map_err(blumeops_core::Error::from)?;
+    // The last change to the container's own directory, so commits elsewhere in the
+    // checkout leave its timestamps, and its step cache, as they were.
+    let own_dir = format!("containers/{}", flags.container_name);
+    let paths: Vec<&str> = if flags.src.join(&own_dir).is_dir() {
+        vec![own_dir.as_str()]
+    } else {
+        Vec::new()
+    };
+    let (epoch, _) = resolve_epoch_for(&flags.src, &paths).map_err(blumeops_core::Error::from)?;
     let cache_max_bytes = blumeops_core::parse_size(&flags.cache_max_bytes).ok_or_else(|| {
         InvalidInput::new(format!(
             "--cache-max-bytes: `{}` is not a size",

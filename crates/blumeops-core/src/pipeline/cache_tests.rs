@@ -251,6 +251,35 @@ fn independent_stages_run_concurrently_within_jobs() {
 }
 
 #[test]
+fn the_same_step_in_two_stages_runs_once() {
+    if !can_run() {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let (e, log) = engine(store.path(), |o| o.jobs = 2);
+    // Two separately built, identical stages: different nodes, the same keys.
+    let stage = || base().with_exec(["sh", "-c", "sleep 1; head -c 8 /dev/urandom > /r"]);
+    let (a, b) = (stage(), stage());
+    let fin = Container::scratch()
+        .with_file_from("/a", &a, "/r", CopyOptions::default())
+        .with_file_from("/b", &b, "/r", CopyOptions::default());
+    rt.block_on(fin.build(&e)).unwrap();
+    let steps = statuses(&log, "urandom");
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert_eq!(
+        steps.iter().filter(|s| ran(s).is_some()).count(),
+        1,
+        "{steps:?}"
+    );
+    // Both copies hold the same random bytes: the second stage reused the first's layer.
+    assert_eq!(
+        rt.block_on(fin.file(&e, "/a")).unwrap(),
+        rt.block_on(fin.file(&e, "/b")).unwrap()
+    );
+}
+
+#[test]
 fn zstd_layers_are_deterministic_and_usable_by_later_steps() {
     if !can_run() {
         return;

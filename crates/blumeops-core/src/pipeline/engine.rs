@@ -267,6 +267,9 @@ struct Run<'a> {
     /// One cell per container node: a stage needed twice runs once, and a second caller
     /// waits for the first.
     cells: std::sync::Mutex<HashMap<usize, Arc<tokio::sync::OnceCell<State>>>>,
+    /// One lock per step key: two stages that reach the same step at once run it once, the
+    /// second finds the first's result in the cache.
+    key_locks: std::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     jobs: tokio::sync::Semaphore,
 }
 
@@ -318,6 +321,7 @@ impl<'a> Run<'a> {
             next_index: AtomicUsize::new(1),
             total: count_ops(container, &mut HashSet::new()),
             cells: std::sync::Mutex::new(HashMap::new()),
+            key_locks: std::sync::Mutex::new(HashMap::new()),
             jobs: tokio::sync::Semaphore::new(engine.jobs),
         }
     }
@@ -450,6 +454,16 @@ impl<'a> Run<'a> {
         let cacheable = !matches!(op, Op::HttpFile { checksum: None, .. });
         let key = inputs.key();
         let store = &engine.store;
+        // Held until the step's record is written (the permit is already held, and a
+        // holder never waits for another permit, so this cannot deadlock).
+        let key_lock = self
+            .key_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _same_step = key_lock.lock().await;
 
         let busted = engine.cache.busted(description);
         if cacheable

@@ -489,3 +489,48 @@ fn a_commit_elsewhere_in_the_checkout_leaves_the_container_cached() {
         "{line}"
     );
 }
+
+#[test]
+fn zstd_layers_push_and_verify() {
+    if !can_run() {
+        return;
+    }
+    let f = Fixture::new();
+    let out = f.publish("aaaaaaa", &["--compression", "zstd"]);
+    out.assert_success();
+    let reference = format!("{}/blumeops/app:v1-aaaaaaa", f.registry.addr());
+    let raw = skopeo_inspect_raw(&reference);
+    let m: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let types: Vec<&str> = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap())
+        .collect();
+    // The base's layer stays gzip; the four layers this build made are zstd.
+    assert_eq!(
+        types
+            .iter()
+            .filter(|t| **t == "application/vnd.oci.image.layer.v1.tar+zstd")
+            .count(),
+        4,
+        "{types:?}"
+    );
+    // skopeo checks every blob against its digest on the way.
+    let layout = tempdir("blumeops-layout-");
+    skopeo_copy_to_oci(&reference, &layout.path().join("img"), "t");
+
+    // The same build with gzip is a different image; with zstd again, the same one.
+    let again = f.publish("bbbbbbb", &["--compression", "zstd"]);
+    again.assert_success();
+    let digest = |o: &CliOutput| o.last_line().rsplit_once('@').unwrap().1.to_owned();
+    assert_eq!(digest(&again), digest(&out));
+    let gzip = f.publish("ccccccc", &[]);
+    gzip.assert_success();
+    assert_ne!(digest(&gzip), digest(&out));
+    let line = finished_line(&gzip, "/dev/urandom");
+    assert!(
+        line.ends_with("[the build epoch or compression changed]"),
+        "{line}"
+    );
+}

@@ -27,8 +27,11 @@ trap 'rm -rf "$fuzz_corpus"' EXIT
     cargo +nightly fuzz build -s none
     for t in $(cargo +nightly fuzz list); do
         mkdir -p "$fuzz_corpus/$t"
-        # New inputs go to the temporary corpus; the committed seeds are only read.
-        cargo +nightly fuzz run -s none "$t" "$fuzz_corpus/$t" "corpus/$t" -- \
+        # New inputs go to the temporary corpus; the committed seeds (where a target has
+        # any) are only read.
+        seeds=()
+        [[ ! -d corpus/$t ]] || seeds=("corpus/$t")
+        cargo +nightly fuzz run -s none "$t" "$fuzz_corpus/$t" "${seeds[@]}" -- \
             -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -timeout=20
     done
 )

@@ -22,7 +22,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use compress::{Compression, GZIP_LEVEL, ZSTD_LEVEL};
+pub use compress::{Compression, GZIP_LEVEL, LAYER_FORMAT, ZSTD_LEVEL};
 pub use diff::layer_from_overlay_upper;
 pub use fingerprint::{FileDigestCache, Fingerprint};
 pub(crate) use host::globset;

@@ -6,6 +6,11 @@
 //! last ends with a sync flush (an empty stored block, byte-aligned), so the raw deflate
 //! pieces concatenate into one valid stream; the last block is finished normally. The CRC32
 //! and length for the trailer are computed on the writer's thread as data arrives.
+//!
+//! A block that does not compress (random bytes, already compressed files) is written as
+//! stored deflate blocks instead: deflating it at the full level costs most of a layer's
+//! compression time for nothing. Whether a block is stored is decided from the block's own
+//! bytes (a fast deflate of four slices of it), so the output stays a function of the input.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -42,7 +47,37 @@ pub struct ParallelGzip<W: Write> {
     in_flight: usize,
 }
 
+/// Bytes of each of the four slices of a block that are test-compressed.
+const SAMPLE_SLICE: usize = 16 * 1024;
+
+/// A block whose slices do not shrink below this share of their size (per mille) at level 1
+/// is stored rather than deflated. Changing it changes digests.
+const STORE_ABOVE_PER_MILLE: usize = 985;
+
+/// The level to deflate `data` at: `level`, or 0 (stored) when it does not compress.
+fn block_level(level: u32, data: &[u8]) -> io::Result<u32> {
+    if data.len() < 4 * SAMPLE_SLICE {
+        return Ok(level);
+    }
+    let mut compressed = 0;
+    for i in 0..4 {
+        let start = i * (data.len() / 4);
+        compressed += deflate_raw(1, &data[start..start + SAMPLE_SLICE], true)?.len();
+    }
+    Ok(
+        if compressed * 1000 >= 4 * SAMPLE_SLICE * STORE_ABOVE_PER_MILLE {
+            0
+        } else {
+            level
+        },
+    )
+}
+
 fn deflate_block(level: u32, data: &[u8], last: bool) -> io::Result<Vec<u8>> {
+    deflate_raw(block_level(level, data)?, data, last)
+}
+
+fn deflate_raw(level: u32, data: &[u8], last: bool) -> io::Result<Vec<u8>> {
     let mut c = flate2::Compress::new(flate2::Compression::new(level), false);
     let mut out = Vec::with_capacity(data.len() / 2 + 1024);
     let flush = if last {
@@ -265,6 +300,49 @@ mod tests {
             .arg(&path)
             .status();
         if let Ok(status) = status {
+            assert!(status.success(), "gzip -t rejected the output");
+        }
+    }
+
+    #[test]
+    fn incompressible_blocks_are_stored_and_the_stream_stays_valid() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut data: Vec<u8> = (0..2 * BLOCK_SIZE)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        data.extend(
+            std::iter::repeat_n(b"text compresses well ".iter().copied(), 50_000).flatten(),
+        );
+        assert_eq!(block_level(6, &data[..BLOCK_SIZE]).unwrap(), 0);
+        assert_eq!(
+            block_level(6, &data[2 * BLOCK_SIZE..3 * BLOCK_SIZE]).unwrap(),
+            6
+        );
+        let mut enc = ParallelGzip::new(Vec::new(), 6, 2).unwrap();
+        enc.write_all(&data).unwrap();
+        let out = enc.finish().unwrap();
+        assert_eq!(gunzip(&out), data);
+        // The random part costs its size plus stored-block headers; the text shrinks a lot.
+        let text = data.len() - 2 * BLOCK_SIZE;
+        assert!(out.len() > 2 * BLOCK_SIZE, "{}", out.len());
+        assert!(
+            out.len() < 2 * BLOCK_SIZE + 1024 + text / 20,
+            "{}",
+            out.len()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.gz");
+        std::fs::write(&path, &out).unwrap();
+        if let Ok(status) = std::process::Command::new("gzip")
+            .arg("-t")
+            .arg(&path)
+            .status()
+        {
             assert!(status.success(), "gzip -t rejected the output");
         }
     }

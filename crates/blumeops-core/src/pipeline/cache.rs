@@ -99,7 +99,9 @@ impl StepInputs {
 /// The build settings every layer depends on.
 pub(crate) fn settings(epoch: u64, compression: Compression) -> Digest {
     let mut h = FieldHasher::new("settings");
-    h.u64(epoch).str(compression.media_type());
+    h.u64(epoch)
+        .str(compression.media_type())
+        .str(crate::layer::LAYER_FORMAT);
     h.finish()
 }
 

@@ -363,7 +363,8 @@ pub fn plain_line(event: &Event) -> Option<String> {
             cache,
         } => {
             let (mark, why) = cache_words(cache);
-            if detail.is_none() && why.is_empty() {
+            // Config-only steps have nothing to add; every cached or re-run step says so.
+            if detail.is_none() && why.is_empty() && !matches!(cache, CacheStatus::Hit) {
                 return None;
             }
             let detail = detail
@@ -523,7 +524,8 @@ mod tests {
                 index: 2,
                 elapsed: Duration::from_millis(10),
                 detail: None,
-                cache: CacheStatus::Hit,
+                // No line for it in plain mode (as for a config-only step).
+                cache: CacheStatus::Config,
             },
             Event::PushStarted {
                 target: "127.0.0.1:5000/blumeops/hello:v1".into(),
@@ -571,6 +573,14 @@ mod tests {
             plain_line(&finished(CacheStatus::Hit)).unwrap(),
             "[3] cached in 0.25s: layer sha256:bbbb (10 bytes)"
         );
+        // A cached step that added no layer (a WORKDIR that exists) still says it was cached.
+        let no_layer = Event::StepFinished {
+            index: 4,
+            elapsed: Duration::from_millis(1),
+            detail: None,
+            cache: CacheStatus::Hit,
+        };
+        assert_eq!(plain_line(&no_layer).unwrap(), "[4] cached in 0.00s");
         assert_eq!(
             plain_line(&finished(CacheStatus::Ran {
                 reason: "files changed: app/main.go (changed)".into()

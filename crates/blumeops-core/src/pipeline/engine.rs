@@ -560,7 +560,7 @@ fn apply_cached(
         },
         description,
     );
-    Some(format!("cached {detail}"))
+    Some(detail)
 }
 
 /// Host content a step copies, for its key.

@@ -145,6 +145,24 @@ pub(crate) fn expansion_bound(compressed: u64, max_bytes: u64, ratio: u64) -> (u
     }
 }
 
+/// [`expansion_bound`] for a stream of `compressed` bytes with the limits as configured
+/// ([`MAX_LAYER_BYTES_ENV`], [`MAX_LAYER_RATIO_ENV`], else the defaults).
+pub(crate) fn configured_expansion_bound(compressed: u64) -> u64 {
+    expansion_bound(
+        compressed,
+        env_u64(MAX_LAYER_BYTES_ENV, MAX_LAYER_BYTES),
+        env_u64(MAX_LAYER_RATIO_ENV, MAX_LAYER_RATIO),
+    )
+    .0
+}
+
+/// The failure of a guarded archive decompression (an archive as a whole, e.g. `ADD` or a
+/// compressed docker archive).
+pub(crate) fn archive_too_large(limit: u64) -> LimitExceeded {
+    LimitExceeded::new("the archive's uncompressed size", limit, "bytes")
+        .with_env(MAX_LAYER_RATIO_ENV)
+}
+
 /// Counts what a decompressor (any codec) produces and fails with [`LimitExceeded`] once it
 /// passes a bound: the guard against decompression bombs.
 pub(crate) struct ExpansionGuard<R> {

@@ -153,15 +153,11 @@ fn decompress_to_temp(
 ) -> Result<tempfile::NamedTempFile, Error> {
     // The same bomb guard as for layers, against the archive's compressed size.
     let compressed = std::fs::metadata(path).map_or(u64::MAX, |m| m.len());
-    let (bound, _) = limits::expansion_bound(
-        compressed,
-        limits::env_u64(limits::MAX_LAYER_BYTES_ENV, limits::MAX_LAYER_BYTES),
-        limits::env_u64(limits::MAX_LAYER_RATIO_ENV, limits::MAX_LAYER_RATIO),
+    let mut decoder = ExpansionGuard::new(
+        decoder,
+        limits::configured_expansion_bound(compressed),
+        limits::archive_too_large,
     );
-    let mut decoder = ExpansionGuard::new(decoder, bound, |limit| {
-        LimitExceeded::new("the archive's uncompressed size", limit, "bytes")
-            .with_env(limits::MAX_LAYER_RATIO_ENV)
-    });
     let dir = store.tmp_dir();
     let mut tmp = tempfile::Builder::new()
         .prefix("archive-")
@@ -582,11 +578,7 @@ impl<'a> Importer<'a> {
         };
         let mut diff = DigestWriter::new();
         // Bomb guard, the same for every codec: what decompression produces is bounded.
-        let (bound, _) = limits::expansion_bound(
-            size,
-            limits::env_u64(limits::MAX_LAYER_BYTES_ENV, limits::MAX_LAYER_BYTES),
-            limits::env_u64(limits::MAX_LAYER_RATIO_ENV, limits::MAX_LAYER_RATIO),
-        );
+        let bound = limits::configured_expansion_bound(size);
         let exceeded = |limit| {
             LimitExceeded::new("the layer's uncompressed size", limit, "bytes")
                 .with_env(limits::MAX_LAYER_RATIO_ENV)

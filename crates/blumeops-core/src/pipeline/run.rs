@@ -504,15 +504,11 @@ pub(super) async fn host_archive(
             _ => Box::new(file),
         };
         // The same bomb guard as for image layers, whatever the compression.
-        let (bound, _) = limits::expansion_bound(
-            compressed,
-            limits::env_u64(limits::MAX_LAYER_BYTES_ENV, limits::MAX_LAYER_BYTES),
-            limits::env_u64(limits::MAX_LAYER_RATIO_ENV, limits::MAX_LAYER_RATIO),
+        let reader = limits::ExpansionGuard::new(
+            reader,
+            limits::configured_expansion_bound(compressed),
+            limits::archive_too_large,
         );
-        let reader = limits::ExpansionGuard::new(reader, bound, |limit| {
-            limits::LimitExceeded::new("the archive's uncompressed size", limit, "bytes")
-                .with_env(limits::MAX_LAYER_RATIO_ENV)
-        });
         let mut archive = tar::Archive::new(reader);
         archive.set_preserve_permissions(true);
         archive.set_preserve_ownerships(true);

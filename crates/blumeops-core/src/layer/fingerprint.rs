@@ -30,6 +30,25 @@ pub struct Fingerprint {
     pub entries: BTreeMap<String, Digest>,
 }
 
+/// The sha256 of the host file `path` (whose metadata is `meta`), from `cache` when it
+/// knows the file unchanged, else read (and remembered in `cache`).
+pub fn host_file_digest(
+    path: &std::path::Path,
+    meta: &std::fs::Metadata,
+    cache: Option<&dyn FileDigestCache>,
+) -> io::Result<Digest> {
+    if let Some(digest) = cache.and_then(|c| c.get(path, meta)) {
+        return Ok(digest);
+    }
+    let mut digest = DigestWriter::new();
+    io::copy(&mut File::open(path)?, &mut digest)?;
+    let digest = digest.finish();
+    if let Some(c) = cache {
+        c.put(path, meta, &digest);
+    }
+    Ok(digest)
+}
+
 impl LayerBuilder {
     /// Fingerprint the entries (reads every host file). Blocking: call from a blocking
     /// thread.
@@ -73,19 +92,7 @@ impl LayerBuilder {
                             h.str("hardlink").str(first);
                         }
                         None => {
-                            let digest = match cache.and_then(|c| c.get(src, &meta)) {
-                                Some(d) => d,
-                                None => {
-                                    let mut digest = DigestWriter::new();
-                                    let mut file = File::open(src).map_err(host)?;
-                                    io::copy(&mut file, &mut digest).map_err(host)?;
-                                    let digest = digest.finish();
-                                    if let Some(c) = cache {
-                                        c.put(src, &meta, &digest);
-                                    }
-                                    digest
-                                }
-                            };
+                            let digest = host_file_digest(src, &meta, cache).map_err(host)?;
                             h.str("file").digest(&digest);
                         }
                     }

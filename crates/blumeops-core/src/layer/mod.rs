@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 pub use compress::{Compression, GZIP_LEVEL, LAYER_FORMAT, ZSTD_LEVEL};
 pub use diff::layer_from_overlay_upper;
-pub use fingerprint::{FileDigestCache, Fingerprint};
+pub use fingerprint::{FileDigestCache, Fingerprint, host_file_digest};
 pub(crate) use host::globset;
 pub(crate) use host::is_root;
 pub use host::{HostCopy, Owner};

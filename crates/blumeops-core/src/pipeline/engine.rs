@@ -586,18 +586,17 @@ async fn host_fingerprint(op: &Op, store: &Store) -> Result<HostInput, Error> {
             Ok(HostInput::Files(fingerprint))
         }
         Op::HostArchive { src, .. } => {
-            let mut file = std::fs::File::open(src).map_err(|source| Error::Io {
-                action: "open",
-                path: src.clone(),
-                source,
-            })?;
-            let mut digest = crate::reference::DigestWriter::new();
-            std::io::copy(&mut file, &mut digest).map_err(|source| Error::Io {
-                action: "read",
-                path: src.clone(),
-                source,
-            })?;
-            Ok(HostInput::Archive(digest.finish()))
+            // Like host files, an unchanged archive is not read again.
+            let table = store.file_digest_table(src);
+            let digest = std::fs::metadata(src)
+                .and_then(|meta| crate::layer::host_file_digest(src, &meta, Some(&table)))
+                .map_err(|source| Error::Io {
+                    action: "read",
+                    path: src.clone(),
+                    source,
+                })?;
+            table.save(&store);
+            Ok(HostInput::Archive(digest))
         }
         _ => Ok(HostInput::None),
     })

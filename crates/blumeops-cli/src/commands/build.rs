@@ -21,12 +21,7 @@ pub async fn run(args: BuildArgs) -> Result<ExitCode> {
             return Err(err).with_context(|| format!("failed to build {}", args.output));
         }
     };
-    prepared.progress.finish(Some(&built.image.manifest.digest));
-    super::cache::enforce_limit(
-        prepared.engine.store(),
-        prepared.cache_max_bytes,
-        prepared.progress.steps_ran(),
-    );
+    prepared.finish(&built.image.manifest.digest);
     eprintln!("wrote {} to {}", repo_tag, args.output);
     println!("{repo_tag}@{}", built.image.manifest.digest);
     Ok(ExitCode::SUCCESS)

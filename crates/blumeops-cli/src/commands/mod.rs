@@ -36,6 +36,16 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// After a successful build: the progress summary, then the cache size limit.
+    pub fn finish(&self, digest: &blumeops_core::Digest) {
+        self.progress.finish(Some(digest));
+        cache::enforce_limit(
+            self.engine.store(),
+            self.cache_max_bytes,
+            self.progress.steps_ran(),
+        );
+    }
+
     /// The tag: `VERSION-SHA`, or `VERSION` when there is no sha.
     pub fn tag(&self) -> String {
         match &self.commit_sha {

@@ -40,12 +40,7 @@ pub async fn run(args: PublishArgs) -> Result<ExitCode> {
         }
     };
     let digest = &published.report.digest;
-    prepared.progress.finish(Some(digest));
-    super::cache::enforce_limit(
-        prepared.engine.store(),
-        prepared.cache_max_bytes,
-        prepared.progress.steps_ran(),
-    );
+    prepared.finish(digest);
     let (reference, tag) = (target.to_string(), prepared.tag());
     outputs::write_workflow_outputs(&reference, digest, &tag)?;
     if args.json {

@@ -33,10 +33,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
@@ -264,29 +263,13 @@ impl FaultProxy {
             sessions: Mutex::default(),
             started: Instant::now(),
         });
-        let (shutdown, mut stop) = watch::channel(false);
+        let (shutdown, stop) = watch::channel(false);
         let accept_state = Arc::clone(&state);
-        runtime.spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    accepted = listener.accept() => accepted,
-                    _ = stop.changed() => break,
-                };
-                let Ok((stream, _)) = accepted else { continue };
-                let state = Arc::clone(&accept_state);
-                let mut stop = stop.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(Arc::clone(&state), req));
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service);
-                    tokio::select! {
-                        // A dropped connection ends here with an error: that is the point.
-                        _ = conn => {}
-                        _ = stop.changed() => {}
-                    }
-                });
-            }
-        });
+        runtime.spawn(crate::http_server::serve_http1(
+            listener,
+            stop,
+            move |req| handle(Arc::clone(&accept_state), req),
+        ));
         Self {
             addr,
             state,

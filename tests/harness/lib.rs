@@ -15,6 +15,7 @@
 mod base_image;
 pub mod cli;
 pub mod fault_proxy;
+mod http_server;
 pub mod parity;
 mod registry;
 pub mod token_auth;

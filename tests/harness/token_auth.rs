@@ -26,8 +26,6 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
@@ -305,28 +303,12 @@ impl Drop for TokenRegistry {
     }
 }
 
-async fn serve(listener: TcpListener, state: Arc<TokenState>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.changed() => break,
-        };
-        let Ok((stream, _)) = accepted else { continue };
+async fn serve(listener: TcpListener, state: Arc<TokenState>, stop: watch::Receiver<bool>) {
+    crate::http_server::serve_http1(listener, stop, move |req| {
         let state = Arc::clone(&state);
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(handle(&state, &req)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = conn => {}
-                _ = stop.changed() => {}
-            }
-        });
-    }
+        async move { Ok::<_, Infallible>(handle(&state, &req)) }
+    })
+    .await;
 }
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {

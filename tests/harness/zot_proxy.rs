@@ -40,10 +40,9 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Empty, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
@@ -234,7 +233,7 @@ impl ZotProxy {
             runtime.block_on(TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))))?;
         let addr = listener.local_addr()?;
         let log = RequestLog::default();
-        let (shutdown, mut stop) = watch::channel(false);
+        let (shutdown, stop) = watch::channel(false);
         let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         let upstream_auth = basic_header(&config.upstream_user, &config.upstream_password);
         let state = Arc::new(State {
@@ -244,28 +243,11 @@ impl ZotProxy {
             log: log.clone(),
             offsets: Mutex::new(HashMap::new()),
         });
-        runtime.spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    accepted = listener.accept() => accepted,
-                    _ = stop.changed() => break,
-                };
-                let Ok((stream, _)) = accepted else { continue };
-                let state = Arc::clone(&state);
-                let mut stop = stop.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(Arc::clone(&state), req));
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service);
-                    tokio::select! {
-                        // Errors here are clients hanging up or speaking TLS to plain HTTP
-                        // (skopeo tries HTTPS first): nothing to report.
-                        _ = conn => {}
-                        _ = stop.changed() => {}
-                    }
-                });
-            }
-        });
+        runtime.spawn(crate::http_server::serve_http1(
+            listener,
+            stop,
+            move |req| handle(Arc::clone(&state), req),
+        ));
         Ok(Self {
             addr,
             log,

@@ -10,6 +10,9 @@ packages=(
     umoci            # builds the busybox base image, unpacks results
     buildah          # independent builder, for comparisons
     busybox-static   # the base image's only binary
+    debootstrap      # the Debian base image of the rootless apt/useradd tests
+    uidmap           # newuidmap/newgidmap: the rootless executor's id ranges
+    passwd           # useradd/usermod: the rootless tests' users
     apache2-utils    # htpasswd, for the registry's users
     ca-certificates
     git

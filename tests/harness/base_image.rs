@@ -63,24 +63,90 @@ impl BaseImage {
     }
 }
 
+/// A Debian bookworm base (`scripts/debian-base.sh`: debootstrap minbase, apt included),
+/// for steps that need apt-get and useradd.
+#[derive(Debug)]
+pub struct DebianBase;
+
+impl DebianBase {
+    /// Its tag.
+    pub const TAG: &'static str = "bookworm";
+
+    /// The OCI layout directory, built on first use (debootstrap needs root and the
+    /// Debian mirror) and kept under the target directory for later runs.
+    pub fn layout() -> &'static Path {
+        static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
+        LAYOUT.get_or_init(|| {
+            cached_layout(
+                "scripts/debian-base.sh",
+                &[Self::TAG, Self::TAG],
+                &[],
+                "debian",
+                Self::TAG,
+                1800,
+            )
+        })
+    }
+
+    /// Push to `library/debian:bookworm` as `admin`.
+    pub fn push(registry: &TestRegistry) -> PushedImage {
+        let reference = format!("{}/library/debian:{}", registry.addr(), Self::TAG);
+        let output = skopeo_push(
+            &format!("oci:{}:{}", Self::layout().display(), Self::TAG),
+            &reference,
+            ADMIN_USER,
+            registry.admin_password(),
+        );
+        assert!(
+            output.status.success(),
+            "skopeo push of the Debian base to {reference} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr),
+        );
+        let digest = sha256_digest(&skopeo_inspect_raw(&reference));
+        PushedImage { reference, digest }
+    }
+}
+
 fn build_layout() -> PathBuf {
-    let script = workspace_root().join("scripts/busybox-base.sh");
+    cached_layout(
+        "scripts/busybox-base.sh",
+        &[BASE_TAG],
+        &std::fs::read("/bin/busybox").unwrap_or_default(),
+        "busybox",
+        BASE_TAG,
+        300,
+    )
+}
+
+/// Run `script OUT ARGS...` once and keep its layout under the target directory, keyed by
+/// the script (and `extra_key`); other test processes and later runs reuse it.
+fn cached_layout(
+    script: &str,
+    script_args: &[&str],
+    extra_key: &[u8],
+    name: &str,
+    tag: &str,
+    timeout_secs: u64,
+) -> PathBuf {
+    let script = workspace_root().join(script);
     let mut key = std::fs::read(&script)
         .unwrap_or_else(|e| panic!("failed to read {}: {e}", script.display()));
-    key.extend(std::fs::read("/bin/busybox").unwrap_or_default());
+    key.extend(extra_key);
     let key = sha256_digest(&key);
     let cache = target_dir().join("tmp/blumeops-e2e");
-    let dest = cache.join(format!("busybox-{BASE_TAG}-{}", &key[7..23]));
+    let dest = cache.join(format!("{name}-{tag}-{}", &key[7..23]));
     if dest.join("index.json").exists() {
         return dest;
     }
     std::fs::create_dir_all(&cache)
         .unwrap_or_else(|e| panic!("failed to create {}: {e}", cache.display()));
     let staging = cache.join(format!("staging-{}", random_hex(8)));
-    let output = Command::new("bash")
+    let output = Command::new("timeout")
+        .arg(timeout_secs.to_string())
+        .arg("bash")
         .arg(&script)
         .arg(&staging)
-        .arg(BASE_TAG)
+        .args(script_args)
         .env("SOURCE_DATE_EPOCH", "0")
         .output()
         .unwrap_or_else(|e| panic!("failed to run {}: {e}", script.display()));
@@ -96,7 +162,7 @@ fn build_layout() -> PathBuf {
         let _ = std::fs::remove_dir_all(&staging);
     }
     // Layouts from older versions of the script are dead weight.
-    let prefix = format!("busybox-{BASE_TAG}-");
+    let prefix = format!("{name}-{tag}-");
     for entry in std::fs::read_dir(&cache).into_iter().flatten().flatten() {
         let path = entry.path();
         let stale = entry

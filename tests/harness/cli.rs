@@ -177,7 +177,39 @@ pub fn run_cli_with<S: AsRef<str>>(
     cwd: &Path,
     timeout: Duration,
 ) -> CliOutput {
-    let mut command = Command::new(blumeops_bin());
+    run(Command::new(blumeops_bin()), args, envs, cwd, timeout)
+}
+
+/// [`run_cli_with`] as `user` (this process must be root): a copy of the binary that the
+/// user may run ([`crate::users::shared_bin`]), with `HOME`, `USER` and `LOGNAME` set to
+/// the user's and no supplementary groups.
+pub fn run_cli_as<S: AsRef<str>>(
+    user: &crate::users::TestUser,
+    args: &[S],
+    envs: &[(&str, &str)],
+    cwd: &Path,
+    timeout: Duration,
+) -> CliOutput {
+    use std::os::unix::process::CommandExt as _;
+    let mut command = Command::new(crate::users::shared_bin());
+    command
+        .uid(user.uid)
+        .gid(user.gid)
+        .env("HOME", &user.home)
+        .env("USER", user.name)
+        .env("LOGNAME", user.name)
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("XDG_RUNTIME_DIR");
+    run(command, args, envs, cwd, timeout)
+}
+
+fn run<S: AsRef<str>>(
+    mut command: Command,
+    args: &[S],
+    envs: &[(&str, &str)],
+    cwd: &Path,
+    timeout: Duration,
+) -> CliOutput {
     command
         .args(args.iter().map(AsRef::as_ref))
         .current_dir(cwd)
@@ -192,7 +224,7 @@ pub fn run_cli_with<S: AsRef<str>>(
     let started = Instant::now();
     let mut child = command
         .spawn()
-        .unwrap_or_else(|e| panic!("failed to run {}: {e}", blumeops_bin().display()));
+        .unwrap_or_else(|e| panic!("failed to run {:?}: {e}", command.get_program()));
     let mut stdout = child.stdout.take().expect("piped stdout");
     let mut stderr = child.stderr.take().expect("piped stderr");
     let out_reader = std::thread::spawn(move || {

@@ -1,10 +1,11 @@
 //! End-to-end test harness for blumeops.
 //!
 //! - [`TestRegistry`]: a real CNCF distribution registry (`docker-registry`) behind
-//!   [`ZotProxy`], a strict proxy that answers like zot (see `ZOT.md`) and records requests.
+//!   [`ZotProxy`], a strict proxy that answers like zot (its module doc lists the rules) and records requests.
 //! - [`BaseImage`]: the busybox base from `scripts/busybox-base.sh`, built once per process
 //!   and pushed with skopeo.
 //! - [`tools`]: skopeo/umoci wrappers for checking results independently of blumeops.
+//! - [`users`]: non-root users (with and without subordinate ids) for rootless tests;
 //! - [`cli`]: running the `blumeops` binary (build it first: `cargo build -p blumeops-cli`,
 //!   or point `BLUMEOPS_BIN` at it).
 //!
@@ -20,11 +21,12 @@ pub mod parity;
 mod registry;
 pub mod token_auth;
 pub mod tools;
+pub mod users;
 mod util;
 pub mod zot_proxy;
 
-pub use base_image::{BASE_TAG, BaseImage, PushedImage};
-pub use cli::{CliOutput, blumeops_bin, isolated_cache, run_cli, run_cli_with};
+pub use base_image::{BASE_TAG, BaseImage, DebianBase, PushedImage};
+pub use cli::{CliOutput, blumeops_bin, isolated_cache, run_cli, run_cli_as, run_cli_with};
 pub use registry::{ADMIN_USER, CI_USER, READER_USER, TestRegistry, UPSTREAM_USER};
 pub use util::{free_port, random_hex, sha256_digest, tempdir, workspace_root};
 pub use zot_proxy::{Action, RequestLog, RequestRecord, ZotProxy};

@@ -1,7 +1,7 @@
 //! A strict HTTP proxy that makes a CNCF distribution registry answer like zot.
 //!
 //! The distribution registry (`docker-registry`) is more tolerant than zot, the registry
-//! blumeops publishes to (see `ZOT.md`). This proxy sits in front of it, applies zot's
+//! blumeops publishes to. This proxy sits in front of it, applies zot's
 //! rules, forwards what passes (streaming bodies both ways) and records every request so
 //! tests can assert on what the client did:
 //!

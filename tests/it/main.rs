@@ -9,5 +9,6 @@ mod hostile;
 mod push_archive;
 mod registry_client;
 mod resilience;
+mod rootless;
 mod step_cache;
 mod test_images;

@@ -18,6 +18,18 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Where build steps run (build, publish, cache): `root` (the sandbox as root),
+    /// `rootless` (the sandbox in a user namespace of the calling user), or `auto` (root
+    /// when this process can create namespaces, else rootless). `blumeops doctor` shows
+    /// what each needs.
+    #[arg(
+        long,
+        global = true,
+        env = "BLUMEOPS_EXECUTOR",
+        default_value = "auto",
+        value_name = "auto|root|rootless"
+    )]
+    pub executor: blumeops_core::executor::ExecutorKind,
 }
 
 /// Subcommands.
@@ -51,6 +63,18 @@ pub enum Command {
     /// and logs (under $BLUMEOPS_CACHE_DIR, default ~/.cache/blumeops).
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Show which executor `auto` picks here and what each executor needs: root, namespaces,
+    /// overlayfs, user namespaces, subordinate id ranges, newuidmap/newgidmap. Exit code 1
+    /// when none can run build steps.
+    Doctor(DoctorArgs),
+}
+
+/// `doctor` flags.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `cache` subcommands.

@@ -26,6 +26,11 @@ mod exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread starts: entering the rootless executor re-runs this program in a
+    // user namespace, which only a single-threaded process may create.
+    if let Err(code) = enter_executor(&cli) {
+        return code;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -46,11 +51,39 @@ fn main() -> ExitCode {
             Command::Changed(args) => commands::changed::run(args),
             Command::PushArchive(args) => commands::push_archive::run(args).await,
             Command::Cache(cmd) => commands::cache::run(cmd),
+            Command::Doctor(args) => commands::doctor::run(&args),
         }
     });
     match result {
         Ok(code) => code,
         Err(err) => report(&err),
+    }
+}
+
+/// Make this process able to run build steps with the executor asked for: nothing to do
+/// for root, or re-run in a user namespace (rootless), exiting as that child did. Commands
+/// that run no steps skip it; `cache` enters the namespace so it can remove files owned by
+/// mapped ids, and goes on without it when there is none.
+fn enter_executor(cli: &Cli) -> Result<(), ExitCode> {
+    use blumeops_core::executor::{self, ExecutorKind, Prepared};
+    let builds = matches!(cli.command, Command::Build(_) | Command::Publish(_));
+    if !builds && !matches!(cli.command, Command::Cache(_)) {
+        return Ok(());
+    }
+    match executor::prepare(cli.executor) {
+        Ok(Prepared::Ready(ExecutorKind::Rootless)) if builds => {
+            eprintln!("executor: rootless ({})", executor::describe_current());
+            Ok(())
+        }
+        Ok(Prepared::Ready(_)) => Ok(()),
+        Ok(Prepared::Reexec(plan)) => match executor::reexec(&plan) {
+            Ok(status) => executor::exit_like(status),
+            Err(e) => Err(report(&anyhow::Error::from(blumeops_core::Error::from(e)))),
+        },
+        // Without an executor a build can still make every layer that runs no command; a
+        // step that runs one says what is missing. An executor asked for by name must work.
+        Err(_) if cli.executor == ExecutorKind::Auto || !builds => Ok(()),
+        Err(e) => Err(report(&anyhow::Error::from(blumeops_core::Error::from(e)))),
     }
 }
 

@@ -1,8 +1,8 @@
 //! The crate's error: one variant per module, plus build-level failures.
 
 use crate::{
-    definition, dockerfile, epoch, export, image, import, layer, reference, registry, sandbox,
-    secret, store,
+    definition, dockerfile, epoch, executor, export, image, import, layer, reference, registry,
+    sandbox, secret, store,
 };
 
 /// Any blumeops failure.
@@ -39,6 +39,9 @@ pub enum Error {
     /// A sandboxed command could not be set up or run.
     #[error(transparent)]
     Sandbox(#[from] sandbox::Error),
+    /// No executor can run build steps, or entering one failed.
+    #[error(transparent)]
+    Executor(#[from] executor::Error),
     /// An image archive could not be imported.
     #[error(transparent)]
     Import(#[from] import::Error),
@@ -151,6 +154,7 @@ impl Error {
                 ErrorKind::InvalidInput
             }
             Self::Export(export::Error::InvalidTarget(_)) => ErrorKind::InvalidInput,
+            Self::Store(store::Error::ForeignOwner { .. }) => ErrorKind::InvalidInput,
             Self::Dockerfile(_) => ErrorKind::InvalidInput,
             Self::Import(e) => e.kind(),
             Self::Image(_) => ErrorKind::InvalidInput,
@@ -191,6 +195,12 @@ impl Error {
             Self::Step { source, .. } => source.hint(),
             Self::Registry(e) => e.hint(),
             Self::Import(e) => e.hint(),
+            // Under a single id mapping, any failing step or id error may come from it.
+            Self::ExecFailed { .. }
+            | Self::Sandbox(_)
+            | Self::Layer(layer::Error::UnmappedOwner { .. }) => {
+                executor::single_mapping_advice().map(|a| a.to_string())
+            }
             _ => None,
         }
     }

@@ -21,6 +21,7 @@ mod definition;
 mod dockerfile;
 mod epoch;
 mod error;
+pub mod executor;
 mod export;
 mod fields;
 mod image;

@@ -4,6 +4,7 @@ pub mod build;
 pub mod cache;
 pub mod changed;
 pub mod container_version;
+pub mod doctor;
 pub mod list;
 pub mod plan;
 pub mod publish;

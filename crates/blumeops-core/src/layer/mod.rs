@@ -130,6 +130,22 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// An entry is owned by an id this user namespace does not map (rootless builds).
+    #[error(
+        "failed to unpack `{entry}` of layer `{}`: it is owned by uid {uid}, gid {gid}, which \
+         this user namespace does not map",
+        layer.display()
+    )]
+    UnmappedOwner {
+        /// The layer blob.
+        layer: PathBuf,
+        /// The entry's path as written in the tar.
+        entry: String,
+        /// Its uid.
+        uid: u32,
+        /// Its gid.
+        gid: u32,
+    },
     /// An unpacked layer did not hash to the diff_id the image config gives for it.
     #[error(
         "failed to verify layer `{}`: its uncompressed content is {actual}, the image config says {expected}",

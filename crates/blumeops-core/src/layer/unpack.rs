@@ -129,10 +129,16 @@ impl UnpackOptions {
         }
     }
 
-    /// [`UnpackOptions::privileged`] when running as root, else unprivileged settings with
-    /// `user.overlay.*` markers (for a rootless overlay mounted with `userxattr`).
+    /// [`UnpackOptions::privileged`] when running as root; as root of a user namespace (the
+    /// rootless executor) the same without device nodes (only whiteouts may be created
+    /// there) and with `user.overlay.*` markers (the overlay is mounted with `userxattr`);
+    /// else unprivileged settings with `user.overlay.*` markers.
     pub fn for_current_user() -> Self {
-        if rustix::process::geteuid().is_root() {
+        if rustix::process::geteuid().is_root() && crate::executor::in_user_namespace() {
+            Self::privileged()
+                .with_devices(false)
+                .with_overlay_xattrs(OverlayXattrs::User)
+        } else if rustix::process::geteuid().is_root() {
             Self::privileged()
         } else {
             Self::default().with_overlay_xattrs(OverlayXattrs::User)
@@ -438,6 +444,19 @@ enum Fail {
     TooLarge,
     /// A path passed a limit.
     Limit(LimitExceeded),
+    /// The owner is not mapped in this user namespace.
+    UnmappedOwner(u32, u32),
+}
+
+/// The error for a failed chown to `h`'s owner: EINVAL means the id is not mapped.
+fn owner_fail(h: &Header) -> impl FnOnce(Errno) -> Fail + '_ {
+    move |e| {
+        if e == Errno::INVAL {
+            Fail::UnmappedOwner(h.uid, h.gid)
+        } else {
+            Fail::Io("set owner of", e.into())
+        }
+    }
 }
 
 fn io_fail(action: &'static str) -> impl FnOnce(Errno) -> Fail {
@@ -588,6 +607,12 @@ impl Unpacker<'_> {
                 source,
             },
             Fail::Read(source) => Error::ReadLayer { layer, source },
+            Fail::UnmappedOwner(uid, gid) => Error::UnmappedOwner {
+                layer,
+                entry,
+                uid,
+                gid,
+            },
             Fail::TooLarge => Error::LayerTooLarge {
                 layer,
                 limit: self.opts.max_bytes,
@@ -884,7 +909,7 @@ impl Unpacker<'_> {
                 Some(rfs::Uid::from_raw(h.uid)),
                 Some(rfs::Gid::from_raw(h.gid)),
             )
-            .map_err(io_fail("set owner of"))?;
+            .map_err(owner_fail(h))?;
         }
         rfs::fchmod(fd, Mode::from_raw_mode(h.mode)).map_err(io_fail("set permissions of"))?;
         if self.opts.preserve_xattrs {
@@ -919,7 +944,7 @@ impl Unpacker<'_> {
                 Some(rfs::Gid::from_raw(h.gid)),
                 AtFlags::SYMLINK_NOFOLLOW,
             )
-            .map_err(io_fail("set owner of"))?;
+            .map_err(owner_fail(&h))?;
         }
         rfs::utimensat(
             &parent,
@@ -990,7 +1015,7 @@ impl Unpacker<'_> {
                 Some(rfs::Gid::from_raw(h.gid)),
                 AtFlags::SYMLINK_NOFOLLOW,
             )
-            .map_err(io_fail("set owner of"))?;
+            .map_err(owner_fail(&h))?;
         }
         // The node was just created by us in a directory only we write to: no symlink can be
         // at its name.

@@ -267,6 +267,36 @@ fn apply(op: &Op) -> c_int {
                 opt(data).cast(),
             ),
             Op::OverlayFs { target, options } => mount_overlay_fs(target, options),
+            Op::Sysfs { target } => {
+                let ro = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
+                let sysfs = c"sysfs".as_ptr();
+                if libc::mount(sysfs, target.as_ptr(), sysfs, ro, std::ptr::null()) == 0 {
+                    return 0;
+                }
+                if errno() != libc::EPERM {
+                    return -1;
+                }
+                // A user namespace may mount sysfs only with its own network namespace: show
+                // the host's, read-only (keeping the flags the kernel locks on it).
+                let bind = libc::MS_BIND | libc::MS_REC;
+                if libc::mount(
+                    c"/sys".as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    bind,
+                    std::ptr::null(),
+                ) == -1
+                {
+                    return -1;
+                }
+                libc::mount(
+                    std::ptr::null(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REMOUNT | ro,
+                    std::ptr::null(),
+                )
+            }
             Op::Mkdir { path, mode } => libc::mkdir(path.as_ptr(), *mode),
             Op::Device { path, host, dev } => {
                 if libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, *dev) == 0 {
@@ -524,10 +554,12 @@ fn become_user(plan: &mut Plan) {
     check(drop_capabilities(), SetupStep::DropCapabilities);
     // SAFETY: `groups` holds `len` gids; setgid/setuid take integers.
     unsafe {
-        check(
-            libc::setgroups(plan.groups.len(), plan.groups.as_ptr()),
-            SetupStep::SetGroups,
-        );
+        if !plan.setgroups_denied {
+            check(
+                libc::setgroups(plan.groups.len(), plan.groups.as_ptr()),
+                SetupStep::SetGroups,
+            );
+        }
         check(libc::setgid(gid), SetupStep::SetGid);
         check(libc::setuid(uid), SetupStep::SetUid);
     }

@@ -131,7 +131,10 @@ mod tests {
             userns_available: false,
         })
         .to_string();
-        assert!(msg.starts_with("running build steps needs root, or unprivileged user namespaces (kernel.unprivileged_userns_clone=1"), "{msg}");
+        assert!(
+            msg.starts_with("running build steps needs root, or unprivileged user namespaces"),
+            "{msg}"
+        );
         assert_eq!(
             Error::Unsupported(Requirement::Namespace("pid")).to_string(),
             "running build steps needs kernel support for pid namespaces"
@@ -150,7 +153,7 @@ mod tests {
 pub enum Requirement {
     /// Not running as root.
     Root {
-        /// Whether unprivileged user namespaces look enabled (they are not used yet).
+        /// Whether unprivileged user namespaces look enabled.
         userns_available: bool,
     },
     /// The kernel has no overlay filesystem.
@@ -167,15 +170,15 @@ impl fmt::Display for Requirement {
             Self::Root {
                 userns_available: true,
             } => f.write_str(
-                "root (unprivileged user namespaces are enabled on this host, but the sandbox \
-                 does not use them yet); run blumeops as root, e.g. with sudo",
+                "root, or this process in a user namespace: use the rootless executor \
+                 (`blumeops --executor rootless`, or the library's `executor::prepare`)",
             ),
             Self::Root {
                 userns_available: false,
             } => f.write_str(
-                "root, or unprivileged user namespaces (kernel.unprivileged_userns_clone=1, \
-                 user.max_user_namespaces>0), which the sandbox does not use yet; \
-                 run blumeops as root",
+                "root, or unprivileged user namespaces for the rootless executor \
+                 (user.max_user_namespaces > 0, kernel.unprivileged_userns_clone = 1); \
+                 `blumeops doctor` says what this host lacks",
             ),
             Self::Overlayfs => {
                 f.write_str("the overlay filesystem (`modprobe overlay`, CONFIG_OVERLAY_FS)")

@@ -20,6 +20,11 @@
 //! The upper directory holds plain files, overlay whiteouts (character devices 0/0) and
 //! opaque directories (`trusted.overlay.opaque=y`): the overlay is mounted with
 //! `metacopy=off,redirect_dir=off`.
+//!
+//! Rootless: run by root of a user namespace (see [`crate::executor`]), the same sandbox
+//! mounts the overlay with `userxattr` (opaque directories are `user.overlay.opaque=y`),
+//! bind-mounts the host's /sys and device nodes where it may not mount or create them, and
+//! leaves the supplementary groups alone when the namespace denies `setgroups`.
 
 mod child;
 mod error;

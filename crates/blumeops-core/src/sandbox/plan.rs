@@ -67,6 +67,11 @@ pub(super) enum Op {
         path: CString,
         mode: libc::mode_t,
     },
+    /// sysfs, or (when this process may not mount one: a user namespace that does not own
+    /// the network namespace) the host's /sys bind-mounted read-only.
+    Sysfs {
+        target: CString,
+    },
     /// mknod, or (when mknod is refused) an empty file with the host's node bind-mounted.
     Device {
         path: CString,
@@ -96,6 +101,9 @@ pub(super) struct Plan {
     pub(super) overlay_too_long: Option<(usize, usize, usize)>,
     pub(super) hostname: CString,
     pub(super) network_none: bool,
+    /// `/proc/self/setgroups` says `deny` (a user namespace with a single mapping): the
+    /// supplementary groups cannot be set, so they are left alone.
+    pub(super) setgroups_denied: bool,
     /// The working directory, NUL-terminated, mutated in place by `mkdir -p`.
     pub(super) cwd: Vec<u8>,
     pub(super) cwd_display: String,
@@ -376,6 +384,7 @@ fn overlay_data(
     lowers_top_first: &[PathBuf],
     upper: &Path,
     work: &Path,
+    userxattr: bool,
 ) -> Result<(PathBuf, Vec<u8>), Error> {
     let mut all: Vec<&Path> = vec![scaffold, upper, work];
     all.extend(lowers_top_first.iter().map(PathBuf::as_path));
@@ -392,8 +401,13 @@ fn overlay_data(
     data.extend_from_slice(b",workdir=");
     escape_overlay(&mut data, &rel(work));
     // Plain upper directories only: no metacopy-only files, no redirect xattrs, so the
-    // layer diff sees whole files, whiteouts and opaque directories.
-    data.extend_from_slice(b",index=off,metacopy=off,redirect_dir=off");
+    // layer diff sees whole files, whiteouts and opaque directories. With `userxattr` (in a
+    // user namespace) the kernel refuses `redirect_dir=off` but never creates redirects.
+    data.extend_from_slice(if userxattr {
+        b",userxattr,index=off,metacopy=off"
+    } else {
+        b",index=off,metacopy=off,redirect_dir=off"
+    });
     if data.len() > MOUNT_DATA_LIMIT {
         return Err(Error::TooManyLayers {
             layers: lowers_top_first.len(),
@@ -410,6 +424,7 @@ fn overlay_fs_options(
     lowers_top_first: &[PathBuf],
     upper: &Path,
     work: &Path,
+    userxattr: bool,
 ) -> Result<Vec<(CString, CString)>, Error> {
     let mut options = Vec::with_capacity(lowers_top_first.len() + 6);
     for lower in std::iter::once(scaffold).chain(lowers_top_first.iter().map(PathBuf::as_path)) {
@@ -417,8 +432,16 @@ fn overlay_fs_options(
     }
     options.push((c"upperdir".to_owned(), path_cstring(upper)?));
     options.push((c"workdir".to_owned(), path_cstring(work)?));
-    for key in [c"index", c"metacopy", c"redirect_dir"] {
-        options.push((key.to_owned(), c"off".to_owned()));
+    if userxattr {
+        options.push((c"userxattr".to_owned(), c"".to_owned()));
+    }
+    let off: &[&std::ffi::CStr] = if userxattr {
+        &[c"index", c"metacopy"]
+    } else {
+        &[c"index", c"metacopy", c"redirect_dir"]
+    };
+    for key in off {
+        options.push(((*key).to_owned(), c"off".to_owned()));
     }
     Ok(options)
 }
@@ -586,7 +609,9 @@ impl Plan {
             caches.push((source, comps, m.read_only));
         }
 
-        let overlay = overlay_data(&scaffold_root, &lowers_top_first, &upper, &work);
+        let mapping = crate::executor::current_mapping();
+        let userns = !mapping.is_initial();
+        let overlay = overlay_data(&scaffold_root, &lowers_top_first, &upper, &work, userns);
         let in_merged = |rel: &str| merged.join(rel);
         let mut ops = Vec::new();
         let mut push = |op: Op, step: SetupStep, path: PathBuf| {
@@ -633,6 +658,7 @@ impl Plan {
                             &lowers_top_first,
                             &upper,
                             &work,
+                            userns,
                         )?,
                     },
                     SetupStep::MountOverlay,
@@ -651,13 +677,9 @@ impl Plan {
         );
         let sys = in_merged("sys");
         push(
-            mount_op(
-                Some("sysfs"),
-                &sys,
-                Some("sysfs"),
-                nosuid_nodev_noexec | libc::MS_RDONLY,
-                None,
-            )?,
+            Op::Sysfs {
+                target: path_cstring(&sys)?,
+            },
             SetupStep::MountSys,
             sys,
         );
@@ -710,7 +732,12 @@ impl Plan {
                 &pts,
                 Some("devpts"),
                 libc::MS_NOSUID | libc::MS_NOEXEC,
-                Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+                // The tty group owns the ptys, when this namespace maps it.
+                Some(if mapping.maps_gid(5) {
+                    "newinstance,ptmxmode=0666,mode=0620,gid=5"
+                } else {
+                    "newinstance,ptmxmode=0666,mode=0620"
+                }),
             )?,
             SetupStep::MountDevpts,
             pts,
@@ -766,7 +793,10 @@ impl Plan {
                         source: None,
                         target: path_cstring(&target)?,
                         fstype: None,
-                        flags: libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                        flags: libc::MS_BIND
+                            | libc::MS_REMOUNT
+                            | libc::MS_RDONLY
+                            | locked_flags(source),
                         data: None,
                     },
                     SetupStep::RemountReadOnly,
@@ -829,6 +859,8 @@ impl Plan {
             overlay_too_long: too_long,
             hostname: cstring("hostname", hostname)?,
             network_none: spec.network == Network::None,
+            setgroups_denied: std::fs::read_to_string("/proc/self/setgroups")
+                .is_ok_and(|s| s.trim() == "deny"),
             cwd,
             cwd_display,
             user,
@@ -862,6 +894,34 @@ fn mount_op(
         flags,
         data: data.map(|s| cstring("mount options", s)).transpose()?,
     })
+}
+
+/// The flags of the mount holding `path` that a bind remount must repeat: in a user
+/// namespace the kernel locks them (nosuid, nodev, noexec, the atime mode), and a remount
+/// that would drop one fails with EPERM.
+fn locked_flags(path: &Path) -> c_ulong {
+    use nix::sys::statvfs::{FsFlags, statvfs};
+    let Ok(st) = statvfs(path) else {
+        return 0;
+    };
+    let f = st.flags();
+    let mut flags = 0;
+    for (have, add) in [
+        (FsFlags::ST_NOSUID, libc::MS_NOSUID),
+        (FsFlags::ST_NODEV, libc::MS_NODEV),
+        (FsFlags::ST_NOEXEC, libc::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, libc::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if f.contains(have) {
+            flags |= add;
+        }
+    }
+    if flags & (libc::MS_NOATIME | libc::MS_RELATIME) == 0 {
+        flags |= libc::MS_STRICTATIME;
+    }
+    flags
 }
 
 const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
@@ -930,6 +990,7 @@ mod tests {
             &lowers,
             Path::new("/c/tmp/upper"),
             Path::new("/c/tmp/work"),
+            false,
         )
         .unwrap();
         assert_eq!(base, Path::new("/c"));
@@ -941,8 +1002,14 @@ mod tests {
         let many: Vec<PathBuf> = (0..200)
             .map(|i| PathBuf::from(format!("/l/{i:064}")))
             .collect();
-        let err =
-            overlay_data(Path::new("/s"), &many, Path::new("/u"), Path::new("/w")).unwrap_err();
+        let err = overlay_data(
+            Path::new("/s"),
+            &many,
+            Path::new("/u"),
+            Path::new("/w"),
+            false,
+        )
+        .unwrap_err();
         assert!(
             matches!(err, Error::TooManyLayers { layers: 200, .. }),
             "{err}"

@@ -64,6 +64,21 @@ pub enum Error {
     /// No cache directory could be determined.
     #[error("no cache directory: set {CACHE_DIR_ENV} or HOME")]
     NoCacheDir,
+    /// The cache belongs to another user (e.g. written as root, now used by a user).
+    #[error(
+        "the cache `{}` belongs to {owner}, but blumeops runs as {user}: a cache serves one \
+         user, so that nothing in it ends up owned by two; use a cache of your own (set \
+         {CACHE_DIR_ENV}), or run as its owner",
+        path.display()
+    )]
+    ForeignOwner {
+        /// The cache root.
+        path: PathBuf,
+        /// Who owns it, e.g. "uid 0 (root)".
+        owner: String,
+        /// Who blumeops runs as.
+        user: String,
+    },
     /// A blob that should be in the store is not.
     #[error("blob {digest} is missing from the store at `{}`", path.display())]
     MissingBlob {
@@ -107,10 +122,41 @@ impl Store {
     /// Open (creating if needed) a store at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, Error> {
         let store = Self { root: root.into() };
+        store.check_owner()?;
         for dir in [store.blobs_dir(), store.tmp_dir()] {
             fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
         }
         Ok(store)
+    }
+
+    /// Refuse a store that another user owns, before writing anything into it. In the
+    /// rootless executor's user namespace the calling user is 0, and a store it owns shows
+    /// as owned by 0; one owned by an id the namespace does not map shows as the overflow id.
+    fn check_owner(&self) -> Result<(), Error> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = match fs::metadata(&self.root) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("inspect", &self.root)(e)),
+        };
+        let euid = rustix::process::geteuid().as_raw();
+        if meta.uid() == euid {
+            return Ok(());
+        }
+        let mapping = crate::executor::current_mapping();
+        let describe = |uid: u32| match (uid, mapping.host_uid()) {
+            (0, Some(host)) => format!("uid {host} (as 0 in this user namespace)"),
+            (65534, Some(_)) => "another user (an id this user namespace does not map, \
+                                 such as root)"
+                .to_owned(),
+            (0, None) => "uid 0 (root)".to_owned(),
+            (uid, _) => format!("uid {uid}"),
+        };
+        Err(Error::ForeignOwner {
+            path: self.root.clone(),
+            owner: describe(meta.uid()),
+            user: describe(euid),
+        })
     }
 
     /// The root directory.

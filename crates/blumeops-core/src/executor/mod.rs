@@ -1,0 +1,315 @@
+//! Where build steps run: the executors, how `auto` picks one, and what `doctor` reports.
+//!
+//! - `root`: the sandbox of [`crate::sandbox`] run by root in the host's user namespace
+//!   (overlayfs with `trusted.*` xattrs).
+//! - `rootless`: the same sandbox run by a process that [`reexec`]uted itself into a user
+//!   namespace where the calling user is 0 and its `/etc/subuid` range supplies 1–65535
+//!   (overlayfs mounted with `userxattr`, `user.overlay.*` markers). The sandbox notices the
+//!   namespace by itself ([`CurrentMapping`]) and adapts its mounts.
+//!
+//! `auto` takes `root` when this process can create mount namespaces, else `rootless` when
+//! it can create a user namespace and mount overlayfs in it, else fails naming each reason
+//! with its fix.
+
+mod idmap;
+mod probe;
+mod userns;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+pub use idmap::{
+    CurrentMapping, IdRange, MAPPED_IDS, MapLine, SUBGID_FILE, SUBUID_FILE, SingleMappingAdvice,
+};
+pub use probe::{Candidate, DoctorReport, Problem, doctor};
+pub use userns::{
+    CHILD_ENV as USERNS_CHILD_ENV, UsernsPlan, exit_like, plan_for_current_user, reexec,
+};
+
+/// Environment variable that sets the executor (`auto`, `root`, `rootless`).
+pub const EXECUTOR_ENV: &str = "BLUMEOPS_EXECUTOR";
+
+/// Which executor to use, as the user asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    /// The first that works: root, then rootless.
+    #[default]
+    Auto,
+    /// The sandbox as root in the host's user namespace.
+    Root,
+    /// The sandbox in a user namespace of the calling user.
+    Rootless,
+}
+
+impl ExecutorKind {
+    /// The names accepted by [`FromStr`].
+    pub const NAMES: [&'static str; 3] = ["auto", "root", "rootless"];
+}
+
+impl fmt::Display for ExecutorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Root => "root",
+            Self::Rootless => "rootless",
+        })
+    }
+}
+
+impl FromStr for ExecutorKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "root" => Ok(Self::Root),
+            "rootless" => Ok(Self::Rootless),
+            other => Err(format!(
+                "unknown executor `{other}` (expected one of: {})",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+/// Errors of choosing or entering an executor.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No executor can run steps here.
+    #[error("no executor can run build steps here:{}", list(.tried))]
+    NoneUsable {
+        /// Each candidate with why it cannot be used.
+        tried: Vec<Candidate>,
+    },
+    /// The executor asked for cannot run here.
+    #[error("the {} executor cannot run build steps here:{}", .candidate.name, list(std::slice::from_ref(.candidate)))]
+    Unusable {
+        /// The candidate with why it cannot be used.
+        candidate: Candidate,
+    },
+    /// Creating or mapping the user namespace failed.
+    #[error("failed to enter a user namespace: {reason}")]
+    UserNamespace {
+        /// What failed.
+        reason: String,
+    },
+    /// A system call or file operation failed.
+    #[error("failed to {action} `{}`", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn list(tried: &[Candidate]) -> String {
+    let mut s = String::new();
+    for c in tried {
+        for p in &c.problems {
+            s.push_str(&format!("\n  - {}: {}\n    fix: {}", c.name, p.what, p.fix));
+        }
+    }
+    s
+}
+
+/// What the caller must do to run steps with the chosen executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prepared {
+    /// Steps can run in this process.
+    Ready(ExecutorKind),
+    /// This process must run again in a user namespace ([`reexec`] with this plan).
+    Reexec(UsernsPlan),
+}
+
+/// Choose the executor for `kind` and say whether this process can use it as it is. Call it
+/// early, before threads are started: a [`Prepared::Reexec`] must be carried out then.
+pub fn prepare(kind: ExecutorKind) -> Result<Prepared, Error> {
+    let in_userns = !current_mapping().is_initial();
+    if std::env::var_os(userns::CHILD_ENV).is_some() {
+        // The re-executed child: its namespace is the rootless executor.
+        if !in_userns {
+            return Err(Error::UserNamespace {
+                reason: format!(
+                    "{} is set, but this process is not in a user namespace",
+                    userns::CHILD_ENV
+                ),
+            });
+        }
+        return Ok(Prepared::Ready(ExecutorKind::Rootless));
+    }
+    let root = probe::root();
+    match kind {
+        ExecutorKind::Root => {
+            if root.usable() {
+                Ok(Prepared::Ready(running_kind()))
+            } else {
+                Err(Error::Unusable { candidate: root })
+            }
+        }
+        ExecutorKind::Rootless if in_userns && root.usable() => {
+            Ok(Prepared::Ready(ExecutorKind::Rootless))
+        }
+        ExecutorKind::Rootless => {
+            let rootless = probe::rootless();
+            if rootless.usable() {
+                Ok(Prepared::Reexec(plan_for_current_user()))
+            } else {
+                Err(Error::Unusable {
+                    candidate: rootless,
+                })
+            }
+        }
+        ExecutorKind::Auto if root.usable() => Ok(Prepared::Ready(running_kind())),
+        ExecutorKind::Auto => {
+            let rootless = probe::rootless();
+            if rootless.usable() {
+                Ok(Prepared::Reexec(plan_for_current_user()))
+            } else {
+                Err(Error::NoneUsable {
+                    tried: vec![root, rootless],
+                })
+            }
+        }
+    }
+}
+
+/// The executor this process runs steps with when it can run them itself: rootless inside
+/// a user namespace, root otherwise.
+fn running_kind() -> ExecutorKind {
+    if current_mapping().is_initial() {
+        ExecutorKind::Root
+    } else {
+        ExecutorKind::Rootless
+    }
+}
+
+/// This process's id mapping, read once.
+pub fn current_mapping() -> &'static CurrentMapping {
+    static MAPPING: OnceLock<CurrentMapping> = OnceLock::new();
+    MAPPING.get_or_init(CurrentMapping::read)
+}
+
+/// Whether this process runs in a user namespace other than the host's (the rootless
+/// executor): overlays then need `userxattr` and opaque markers are `user.overlay.*`.
+pub fn in_user_namespace() -> bool {
+    !current_mapping().is_initial()
+}
+
+/// One line on how this process maps ids, for the progress output of a rootless build.
+pub fn describe_current() -> String {
+    let m = current_mapping();
+    let Some(uid) = m.host_uid() else {
+        return "the host's user namespace".to_owned();
+    };
+    let user = user_name(uid);
+    let more: u64 = m
+        .uid
+        .iter()
+        .filter(|l| l.inside != 0)
+        .map(|l| u64::from(l.count))
+        .sum();
+    if m.is_single() {
+        format!(
+            "user namespace with a single id mapping, {user} (uid {uid}) as 0; overlayfs \
+             with userxattr"
+        )
+    } else {
+        format!(
+            "user namespace, {user} (uid {uid}) as 0 and {more} ids from {SUBUID_FILE}; \
+             overlayfs with userxattr"
+        )
+    }
+}
+
+/// When this process runs with a single id mapping, what the user should do about it.
+pub fn single_mapping_advice() -> Option<SingleMappingAdvice> {
+    let mapping = current_mapping();
+    if !mapping.is_single() {
+        return None;
+    }
+    let uid = mapping.host_uid().unwrap_or(0);
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    Some(SingleMappingAdvice {
+        user: user_name(uid),
+        range: idmap::suggest_range(&read(SUBUID_FILE), &read(SUBGID_FILE), 65536),
+        helpers_missing: find_program("newuidmap").is_none() || find_program("newgidmap").is_none(),
+    })
+}
+
+/// The name of host user `uid` from `/etc/passwd` (this process may be in a user namespace,
+/// where the host's ids have other names), else the number.
+pub(crate) fn user_name(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                let id: u32 = f.nth(1)?.parse().ok()?;
+                (id == uid).then(|| name.to_owned())
+            })
+        })
+        .unwrap_or_else(|| uid.to_string())
+}
+
+/// `name` found in PATH (or the usual system directories), as an executable file.
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/bin", "/bin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_parse_and_print() {
+        for name in ExecutorKind::NAMES {
+            assert_eq!(name.parse::<ExecutorKind>().unwrap().to_string(), name);
+        }
+        let err = "docker2".parse::<ExecutorKind>().unwrap_err();
+        assert!(err.contains("auto, root, rootless"), "{err}");
+    }
+
+    #[test]
+    fn errors_list_each_problem_with_its_fix() {
+        let err = Error::NoneUsable {
+            tried: vec![
+                Candidate::unusable("root", Problem::new("not root", "run as root")),
+                Candidate::unusable(
+                    "rootless",
+                    Problem::new("user namespaces are disabled", "sysctl -w x=1"),
+                ),
+            ],
+        };
+        let text = err.to_string();
+        assert!(
+            text.contains("- root: not root\n    fix: run as root"),
+            "{text}"
+        );
+        assert!(
+            text.contains("- rootless: user namespaces are disabled\n    fix: sysctl -w x=1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn finds_programs_in_path() {
+        assert!(find_program("sh").is_some());
+        assert!(find_program("no-such-program-blumeops").is_none());
+    }
+}

@@ -48,7 +48,7 @@ const TIMEOUT: Duration = Duration::from_secs(900);
 macro_rules! require_users {
     () => {
         if !can_create_users() {
-            eprintln!("SKIPPED: needs root to create test users");
+            blumeops_core::testing::skip("needs root to create test users");
             return;
         }
     };

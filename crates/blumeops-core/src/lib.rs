@@ -34,6 +34,8 @@ mod registry;
 mod sandbox;
 mod secret;
 mod store;
+#[doc(hidden)]
+pub mod testing;
 
 pub use definition::Error as DefinitionError;
 pub use definition::{

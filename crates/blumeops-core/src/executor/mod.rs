@@ -26,6 +26,7 @@ pub use idmap::{
 pub use probe::{Candidate, DoctorReport, Problem, doctor};
 pub use userns::{
     CHILD_ENV as USERNS_CHILD_ENV, UsernsPlan, exit_like, plan_for_current_user, reexec,
+    spawn as spawn_in_user_namespace,
 };
 
 /// Environment variable that sets the executor (`auto`, `root`, `rootless`).

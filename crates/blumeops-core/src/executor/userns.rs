@@ -23,7 +23,7 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::fcntl::OFlag;
@@ -131,6 +131,23 @@ pub fn reexec(plan: &UsernsPlan) -> Result<ExitStatus, Error> {
         path: "/proc/self/exe".into(),
         source,
     })?;
+    let mut cmd = Command::new(&exe);
+    cmd.args(std::env::args_os().skip(1)).env(CHILD_ENV, "1");
+    install_forwarding();
+    let mut child = spawn(cmd, plan)?;
+    CHILD.store(child.id() as i32, Ordering::SeqCst);
+    child.wait().map_err(|source| Error::Io {
+        action: "wait for",
+        path: exe,
+        source,
+    })
+}
+
+/// Start `cmd` in a new user namespace mapped by `plan`: the child unshares it before
+/// `exec`, and runs once the maps are written. It dies with the thread that spawned it
+/// (`PR_SET_PDEATHSIG`).
+pub fn spawn(mut cmd: Command, plan: &UsernsPlan) -> Result<Child, Error> {
+    let program = PathBuf::from(cmd.get_program());
     let pipe = || {
         pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::Io {
             action: "create a pipe for",
@@ -145,8 +162,6 @@ pub fn reexec(plan: &UsernsPlan) -> Result<ExitStatus, Error> {
         std::thread::spawn(move || map_child(&plan, ready_r, go_w))
     };
     let (ready_fd, go_fd) = (ready_w.as_raw_fd(), go_r.as_raw_fd());
-    let mut cmd = Command::new(&exe);
-    cmd.args(std::env::args_os().skip(1)).env(CHILD_ENV, "1");
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
     // calls on the two inherited descriptors.
     unsafe {
@@ -171,7 +186,6 @@ pub fn reexec(plan: &UsernsPlan) -> Result<ExitStatus, Error> {
             Ok(())
         });
     }
-    install_forwarding();
     let spawned = cmd.spawn();
     drop((ready_w, go_r));
     let mapped = mapper.join().unwrap_or_else(|_| {
@@ -179,23 +193,15 @@ pub fn reexec(plan: &UsernsPlan) -> Result<ExitStatus, Error> {
             reason: "the thread writing the id maps panicked".into(),
         })
     });
-    let mut child = match (spawned, mapped) {
-        (Ok(child), Ok(())) => child,
-        (_, Err(e)) => return Err(e),
-        (Err(source), Ok(())) => {
-            return Err(Error::Io {
-                action: "start in a user namespace",
-                path: exe,
-                source,
-            });
-        }
-    };
-    CHILD.store(child.id() as i32, Ordering::SeqCst);
-    child.wait().map_err(|source| Error::Io {
-        action: "wait for",
-        path: exe,
-        source,
-    })
+    match (spawned, mapped) {
+        (Ok(child), Ok(())) => Ok(child),
+        (_, Err(e)) => Err(e),
+        (Err(source), Ok(())) => Err(Error::Io {
+            action: "start in a user namespace",
+            path: program,
+            source,
+        }),
+    }
 }
 
 /// Exit the way `status` says the child did: the same code, or the same signal.

@@ -633,10 +633,10 @@ mod tests {
             .output()
             .ok()?;
         if !out.status.success() {
-            eprintln!(
-                "skipping: overlay mount failed: {}",
+            crate::testing::skip(&format!(
+                "overlay mount failed: {}",
                 String::from_utf8_lossy(&out.stderr)
-            );
+            ));
             return None;
         }
         Some(String::from_utf8(out.stdout).unwrap())
@@ -705,7 +705,7 @@ mod tests {
                 std::fs::write(&path, "").unwrap();
             }
             if rustix::fs::setxattr(&path, xattr, b"/x", XattrFlags::empty()).is_err() {
-                eprintln!("skipping: this filesystem refuses user xattrs");
+                crate::testing::skip("this filesystem refuses user xattrs");
                 return;
             }
             let sd = tempfile::tempdir().unwrap();

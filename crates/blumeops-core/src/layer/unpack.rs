@@ -1064,7 +1064,7 @@ pub(crate) mod tests {
     pub(crate) fn is_root() -> bool {
         let root = rustix::process::geteuid().is_root();
         if !root {
-            eprintln!("skipping the privileged part of this test: not running as root");
+            crate::testing::skip("the privileged part of this test needs root");
         }
         root
     }

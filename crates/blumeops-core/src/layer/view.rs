@@ -308,7 +308,7 @@ mod tests {
     #[test]
     fn merges_layers_with_whiteouts_opaque_dirs_and_symlinks() {
         if !is_root() {
-            eprintln!("skipped: needs root for whiteout devices and trusted xattrs");
+            crate::testing::skip("needs root for whiteout devices and trusted xattrs");
             return;
         }
         let t = tempfile::tempdir().unwrap();

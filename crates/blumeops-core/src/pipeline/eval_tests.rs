@@ -16,11 +16,11 @@ const BUSYBOX: &str = "/bin/busybox";
 
 pub(super) fn can_run() -> bool {
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: running build steps needs root");
+        crate::testing::skip("running build steps needs root");
         return false;
     }
     if !Path::new(BUSYBOX).is_file() {
-        eprintln!("skipped: {BUSYBOX} (busybox-static) is not installed");
+        crate::testing::skip(&format!("{BUSYBOX} (busybox-static) is not installed"));
         return false;
     }
     true

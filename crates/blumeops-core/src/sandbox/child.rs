@@ -347,14 +347,13 @@ fn mount_overlay_fs(target: &CStr, options: &[(std::ffi::CString, std::ffi::CStr
             -1
         };
         for (key, value) in options {
-            let r = libc::syscall(
-                libc::SYS_fsconfig,
-                fs,
-                libc::FSCONFIG_SET_STRING,
-                key.as_ptr(),
-                value.as_ptr(),
-                0,
-            );
+            // An empty value is a flag option (`userxattr`).
+            let (cmd, value) = if value.is_empty() {
+                (libc::FSCONFIG_SET_FLAG, std::ptr::null())
+            } else {
+                (libc::FSCONFIG_SET_STRING, value.as_ptr())
+            };
+            let r = libc::syscall(libc::SYS_fsconfig, fs, cmd, key.as_ptr(), value, 0);
             if r == -1 {
                 return close_with(&[fs]);
             }

@@ -1,5 +1,6 @@
-//! Sandbox tests on a tiny busybox rootfs. They need root; without it they print why and
-//! pass.
+//! Sandbox tests on a tiny busybox rootfs. They need root; without it they are skipped
+//! (see [`crate::testing::skip`]). [`suite_passes_in_a_user_namespace`] runs them all again
+//! as root of a user namespace: the rootless executor's sandbox.
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, symlink};
@@ -20,7 +21,7 @@ fn is_root() -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    eprintln!("skipping: sandbox tests need root");
+    crate::testing::skip("sandbox tests need root (or the user namespace of the rootless suite)");
     false
 }
 
@@ -585,4 +586,84 @@ fn check_support_passes_as_root() {
         return;
     }
     check_support().unwrap();
+}
+
+/// Every other test of this module, and the evaluation tests that run steps (secrets, cache
+/// volumes, stages), again as root of a user namespace: the sandbox as the rootless
+/// executor runs it (overlay with `userxattr`, the host's /sys and device nodes
+/// bind-mounted, capabilities of the namespace only). As root the namespace maps root to 0
+/// and 1–65535 to unused host ids; as a user, the user to 0 and its subordinate range.
+#[test]
+fn suite_passes_in_a_user_namespace() {
+    use crate::executor::{MapLine, UsernsPlan, plan_for_current_user, spawn_in_user_namespace};
+    const NAME: &str = "suite_passes_in_a_user_namespace";
+    if crate::executor::in_user_namespace() {
+        return; // the inner run of another process's suite
+    }
+    let plan = if nix::unistd::geteuid().is_root() {
+        let map = vec![
+            MapLine {
+                inside: 0,
+                outside: 0,
+                count: 1,
+            },
+            MapLine {
+                inside: 1,
+                outside: 3_000_000,
+                count: 65535,
+            },
+        ];
+        UsernsPlan {
+            uid_map: map.clone(),
+            gid_map: map,
+            helpers: None,
+        }
+    } else {
+        let plan = plan_for_current_user();
+        if plan.is_single() {
+            crate::testing::skip("needs root, or a subordinate id range for this user");
+            return;
+        }
+        plan
+    };
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args([
+        "sandbox::tests::",
+        "pipeline::eval_tests::",
+        "--skip",
+        NAME,
+        "--test-threads",
+        "2",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let child = spawn_in_user_namespace(cmd, &plan).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the suite failed in a user namespace:\n{text}"
+    );
+    assert!(
+        !text.contains("SKIPPED"),
+        "tests skipped in the user namespace:\n{text}"
+    );
+    let ran: usize = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("running ")?
+                .strip_suffix(" tests")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    let tests = |source: &str| source.lines().filter(|l| l.trim() == "#[test]").count();
+    let expected =
+        tests(include_str!("tests.rs")) - 1 + tests(include_str!("../pipeline/eval_tests.rs"));
+    assert_eq!(ran, expected, "not every sandbox test ran:\n{text}");
 }

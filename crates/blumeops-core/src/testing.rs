@@ -17,13 +17,12 @@ pub fn skip(reason: &str) {
         .unwrap_or("unnamed test")
         .to_owned();
     eprintln!("SKIPPED {name}: {reason}");
-    if let Some(path) = std::env::var_os(SKIPS_ENV) {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
+    if let Some(path) = std::env::var_os(SKIPS_ENV)
+        && let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-        {
-            let _ = writeln!(f, "{name}: {reason}");
-        }
+    {
+        let _ = writeln!(f, "{name}: {reason}");
     }
 }

@@ -12,6 +12,9 @@
 #   warm     the same again on the same cache/storage, to the same tag
 #   changed  one file of the COPY tree changed, built and pushed to a new tag; the layer
 #            lists of the cold and changed images are compared
+#   rootless cold, warm and changed again by blumeops as an unprivileged user with a
+#            subordinate id range (`blumeops-bench`, created when missing): the rootless
+#            executor, compared with the root runs
 #   push     an image with one BENCH_LARGE_MIB (512) MiB layer of random bytes, already
 #            built: `blumeops publish` on the warm cache that built it / `skopeo copy
 #            oci:DIR docker://…` of that image, each to a new repository
@@ -49,6 +52,7 @@ measure_py=$repo/bench/lib/measure.py
 # shellcheck source=scripts/lib/registry.sh
 source scripts/lib/registry.sh
 work=$(mktemp -d "${TMPDIR:-/tmp}/blumeops-bench.XXXXXX")
+chmod 755 "$work" # the rootless runs read the inputs and the binary as another user
 # Unmount what buildah's overlay driver may have left mounted under DIR.
 unmount_under() {
     findmnt -rn -o TARGET | awk -v dir="$1/" 'index($0, dir) == 1' | sort -r |
@@ -87,6 +91,25 @@ machine() {
     echo
 }
 machine
+
+# --- the rootless runs' user ------------------------------------------------------------
+bench_user=blumeops-bench
+if ! id -u "$bench_user" >/dev/null 2>&1; then
+    useradd --create-home --shell /bin/sh --user-group "$bench_user"
+fi
+if ! grep -q "^$bench_user:" /etc/subuid || ! grep -q "^$bench_user:" /etc/subgid; then
+    usermod --add-subuids 500000-565535 --add-subgids 500000-565535 "$bench_user"
+fi
+mkdir -p "$work/bin"
+cp "$blumeops" "$work/bin/blumeops"
+chmod -R a+rX "$work/bin"
+# as_bench_user COMMAND...: run it as the bench user, with its own HOME.
+as_bench_user() {
+    setpriv --reuid="$bench_user" --regid="$bench_user" --init-groups \
+        env HOME="/home/$bench_user" USER="$bench_user" "$@"
+}
+export -f as_bench_user
+export bench_user
 
 # --- inputs, made once -----------------------------------------------------------------
 log "making the busybox base, the scenario's context and ${large_mib} MiB of random bytes"
@@ -139,7 +162,7 @@ measure() {
     python3 "$measure_py" "$out.time" "$@" >"$out.out" 2>"$out.err" || true
     read -r wall tree rss code <"$out.time"
     echo "run $case $tool $run $wall $tree $rss $code" >>"$results"
-    if [[ $tool == blumeops ]]; then
+    if [[ $tool == blumeops || $tool == rootless ]]; then
         # What it did: how many steps ran (the others were cached) and what it pushed.
         local ran pushed
         ran=$(grep -cE '^\[[0-9]+\] ran in' "$out.err" || true)
@@ -183,6 +206,24 @@ for run in $(seq "$runs"); do
     publish_cmd bench changed
     measure changed blumeops "${cmd[@]}"
     count_layer_diff blumeops blumeops/bench:v1-cold blumeops/bench:v1-changed
+
+    # Scenario, blumeops rootless: the same as an unprivileged user, on its own cache.
+    fresh_context
+    chmod -R a+rX "$src"
+    rootless_cache=$rundir/rootless-cache
+    mkdir -p "$rootless_cache"
+    chown "$bench_user:" "$rootless_cache"
+    chmod 755 "$rundir"
+    for c in cold warm changed; do
+        [[ $c != changed ]] || { change_one_file; chmod -R a+rX "$src"; }
+        sha=$c
+        [[ $c != warm ]] || sha=cold
+        publish_cmd bench "rootless-$sha"
+        cmd[0]=$work/bin/blumeops
+        measure "$c" rootless bash -c 'as_bench_user "$@"' _ env BLUMEOPS_CACHE_DIR="$rootless_cache" \
+            ZOT_CI_API_KEY="$ZOT_CI_API_KEY" SOURCE_DATE_EPOCH="$SOURCE_DATE_EPOCH" "${cmd[@]}"
+    done
+    rm -rf "$rootless_cache"
 
     # Scenario, buildah: one storage for cold, warm and changed.
     fresh_context

@@ -117,6 +117,29 @@ def main():
           "manifests compared position by position, per run.")
     print()
 
+    print(f"### Rootless executor (median of {n_runs})")
+    print()
+    print("| case | root | rootless | ratio | goal | result |")
+    print("|---|---|---|---|---|---|")
+    rc = ratio(med("cold", "rootless"), med("cold", "blumeops"))
+    passed = ok("cold", "rootless") and rc is not None and rc <= 1.2
+    print(f"| cold build + push | {secs('cold', 'blumeops')} | {secs('cold', 'rootless')} | "
+          f"{fmt(rc)} | ≤ 1.20 × root | {verdict(passed)} |")
+    goals.append((passed, f"rootless cold ≤ 1.2 × root: {fmt(rc)} ×"))
+    rw_root, rw = med("warm", "blumeops"), med("warm", "rootless")
+    delta = rw - rw_root if rw is not None and rw_root is not None else None
+    passed = ok("warm", "rootless") and delta is not None and delta <= 0.05
+    print(f"| warm rebuild + push | {secs('warm', 'blumeops')} | {secs('warm', 'rootless')} | "
+          f"{fmt(ratio(rw, rw_root))} | equal (within 0.05 s) | {verdict(passed)} |")
+    goals.append((passed, f"rootless warm equal to root (within 0.05 s): "
+                          f"{'+' if delta is not None and delta >= 0 else ''}{fmt(delta, 3)} s"))
+    print(f"| one file changed | {secs('changed', 'blumeops')} | {secs('changed', 'rootless')} | "
+          f"{fmt(ratio(med('changed', 'rootless'), med('changed', 'blumeops')))} | | |")
+    print()
+    print("Rootless: the same `blumeops publish` as an unprivileged user with a subordinate id "
+          "range, on its own cache (user namespace, overlayfs with userxattr).")
+    print()
+
     print("### Peak memory (largest over the runs)")
     print()
     print("| case | blumeops tree | blumeops largest process | peer | peer tree | peer largest process |")
@@ -156,7 +179,8 @@ def main():
     goals.append((passed, f"push throughput ≥ skopeo: {fmt(thr)} ×"))
     print()
 
-    trees = [(r[2], case) for (case, tool), rs in runs.items() if tool == "blumeops" for r in rs]
+    trees = [(r[2], case) for (case, tool), rs in runs.items()
+             if tool in ("blumeops", "rootless") for r in rs]
     peak, where = max(trees) if trees else (None, "")
     passed = peak is not None and peak <= GOAL_RSS_MIB * 1024
     goals.append((passed, f"blumeops peak memory ≤ {GOAL_RSS_MIB} MiB throughout: "

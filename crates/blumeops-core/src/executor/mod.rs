@@ -13,6 +13,7 @@
 
 mod idmap;
 mod probe;
+mod step;
 mod userns;
 
 use std::fmt;
@@ -24,6 +25,7 @@ pub use idmap::{
     CurrentMapping, IdRange, MAPPED_IDS, MapLine, SUBGID_FILE, SUBUID_FILE, SingleMappingAdvice,
 };
 pub use probe::{Candidate, DoctorReport, Problem, doctor};
+pub use step::{RootSandbox, RootlessSandbox, StepExecutor, for_this_process};
 pub use userns::{
     CHILD_ENV as USERNS_CHILD_ENV, UsernsPlan, exit_like, plan_for_current_user, reexec,
     spawn as spawn_in_user_namespace,

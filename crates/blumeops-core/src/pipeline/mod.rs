@@ -1,6 +1,20 @@
 //! The Dagger-style `Container`: an immutable, lazy chain of operations. Nothing runs until
 //! it is evaluated by [`Container::build`], [`Container::publish`] or [`Container::export`].
+//!
+//! One direction, each module using only those listed before it:
+//!
+//! - this module: the `Container` API and its operation graph (`Op`);
+//! - `exec`: options of commands, copies and mounts; `cache`: step keys and why a step ran;
+//! - `engine`: the services a build uses (store, registry, executor, settings, progress);
+//! - `state`: the image as evaluation goes, and the finished image;
+//! - `steps`: the steps that need a filesystem (commands through the executor, copies
+//!   between stages, downloads, archives);
+//! - `apply`: one operation applied to the state;
+//! - `solver`: the walk over the graph: step keys, cache lookups, concurrent stages;
+//! - `publish`: build, export, publish, and reading files out of a built container;
+//! - `plan`: the graph as data, for `blumeops plan` (nothing runs).
 
+mod apply;
 mod cache;
 #[cfg(test)]
 mod cache_tests;
@@ -9,7 +23,10 @@ mod engine;
 mod eval_tests;
 mod exec;
 mod plan;
-mod run;
+mod publish;
+mod solver;
+mod state;
+mod steps;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::engine::{Engine, Event, State};
+use super::engine::{Engine, Event};
 use super::exec::{CopyOptions, ExecOptions};
+use super::state::State;
 use crate::error::Error;
 use crate::layer::{self, Entry, EntryKind, FileData, LayerBuilder, Owner, RootfsView};
 use crate::limits;
-use crate::sandbox::{self, BindMount, CancelToken, RunSpec, Stream};
+use crate::sandbox::{BindMount, CancelToken, RunSpec, Stream};
 
 /// Lines of a failing step's output shown in the error itself (the full log is on disk).
 pub const FAILED_STEP_TAIL_LINES: usize = 100;
@@ -208,6 +209,7 @@ pub(super) async fn exec(
     let cancel = CancelToken::new();
     let guard = CancelOnDrop(cancel.clone());
     let progress = engine.progress_fn();
+    let executor = engine.executor.clone();
     let line_scrubber = scrubber.clone();
     let (outcome, stream_tails) = tokio::task::spawn_blocking(move || {
         // The last lines of each stream on its own: stdout and stderr are separate pipes,
@@ -227,7 +229,7 @@ pub(super) async fn exec(
                 });
             }
         };
-        let outcome = sandbox::run(&spec, &cancel, &mut on_line);
+        let outcome = executor.run(&spec, &cancel, &mut on_line);
         (outcome, tails)
     })
     .await

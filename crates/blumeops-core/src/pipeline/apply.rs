@@ -1,0 +1,218 @@
+//! Applying one operation to the image state: the chain's first step (a base image or
+//! scratch), config changes, and layers from files, commands and copies.
+
+use super::Op;
+use super::cache;
+use super::engine::Engine;
+use super::state::{State, push_layer, workdir_join};
+use super::steps;
+use crate::error::Error;
+use crate::fields::FieldHasher;
+use crate::image::{BlobRef, ImageConfig, media_types};
+use crate::layer::LayerBuilder;
+use crate::reference::ImageRef;
+
+/// The first step of a chain: pull the base image, or start from scratch.
+pub(super) async fn run_root(
+    engine: &Engine,
+    op: &Op,
+    state: &mut Option<State>,
+) -> Result<Option<String>, Error> {
+    match op {
+        Op::From(reference) => {
+            let reference: ImageRef = reference.parse()?;
+            let pulled = engine
+                .registry
+                .pull_image(&reference, &engine.platform, &engine.store)
+                .await?;
+            let bytes = engine.store.read_blob(&pulled.image.config.digest)?;
+            // Size, layer count and diff_ids against the manifest's layers.
+            let config = ImageConfig::from_json_for(
+                &bytes,
+                &reference.to_string(),
+                pulled.image.layers.len(),
+            )?;
+            let layers = pulled
+                .image
+                .layers
+                .iter()
+                .map(|l| BlobRef {
+                    media_type: media_types::to_oci_layer(&l.media_type).to_owned(),
+                    ..l.clone()
+                })
+                .collect();
+            // Mark the base as used, for least-recently-used eviction.
+            for blob in pulled.image.layers.iter().chain([&pulled.image.config]) {
+                engine.store.touch(&engine.store.blob_path(&blob.digest));
+            }
+            // The base is keyed by what was pulled, not by its (movable) tag.
+            let mut key = FieldHasher::new(cache::KEY_VERSION);
+            key.str("from").digest(&pulled.image.manifest.digest);
+            let detail = format!("{}", pulled.image.manifest.digest);
+            *state = Some(State::root(config, layers, key.finish(), op));
+            Ok(Some(detail))
+        }
+        Op::Scratch | Op::ScratchDefaultPath => {
+            let mut config = ImageConfig {
+                architecture: engine.platform.architecture().to_owned(),
+                os: engine.platform.os().to_owned(),
+                variant: engine.platform.variant().map(str::to_owned),
+                ..ImageConfig::default()
+            };
+            if matches!(op, Op::ScratchDefaultPath) {
+                config.config.set_env("PATH", crate::sandbox::DEFAULT_PATH);
+            }
+            let mut key = FieldHasher::new(cache::KEY_VERSION);
+            key.str("scratch")
+                .bool(matches!(op, Op::ScratchDefaultPath))
+                .str(&engine.platform.to_string());
+            *state = Some(State::root(config, Vec::new(), key.finish(), op));
+            Ok(None)
+        }
+        _ => unreachable!("a chain starts with from or scratch"),
+    }
+}
+
+/// Apply `op` to `state`; returns what to show for the step (a layer's digest and size).
+pub(super) async fn apply_op(
+    engine: &Engine,
+    op: &Op,
+    state: &mut State,
+    description: &str,
+    index: usize,
+    source_state: Option<&State>,
+) -> Result<Option<String>, Error> {
+    let rc = &mut state.config.config;
+    match op {
+        Op::From(_) | Op::Scratch | Op::ScratchDefaultPath => unreachable!("handled by run_root"),
+        // Owner names need the image's /etc/passwd and /etc/group.
+        Op::NewFile { .. } | Op::HostFile { .. } | Op::HostDirectory { .. } => {
+            let mut builder = LayerBuilder::new();
+            match op {
+                Op::NewFile {
+                    path,
+                    contents,
+                    mode,
+                    owner,
+                } => {
+                    builder.add_bytes(path, contents.clone(), *mode, *owner)?;
+                }
+                Op::HostFile { path, src, opts } | Op::HostDirectory { path, src, opts } => {
+                    let opts = steps::with_owner_resolved(engine, state, opts).await?;
+                    if matches!(op, Op::HostFile { .. }) {
+                        builder.add_host_file(path, src, &opts)?;
+                    } else {
+                        builder.add_host_dir(path, src, &opts)?;
+                    }
+                }
+                _ => unreachable!(),
+            }
+            let store = engine.store.clone();
+            let (compression, epoch) = (engine.compression, engine.epoch);
+            let layer =
+                tokio::task::spawn_blocking(move || builder.write(&store, compression, epoch))
+                    .await
+                    .map_err(|_| Error::TaskPanicked)??;
+            return Ok(Some(push_layer(engine, state, layer, description)));
+        }
+        Op::Env(k, v) => rc.set_env(k, v),
+        Op::Workdir(p) => {
+            let joined = workdir_join(rc.working_dir.as_deref(), p);
+            rc.working_dir = Some(joined.clone());
+            // Like Docker, make sure the directory exists in the image.
+            if let Some(layer) = steps::ensure_dir(engine, state, &joined).await? {
+                return Ok(Some(push_layer(engine, state, layer, description)));
+            }
+        }
+        Op::User(u) => rc.user = Some(u.clone()),
+        Op::Label(k, v) => {
+            rc.labels.insert(k.clone(), v.clone());
+        }
+        Op::Annotation(k, v) => {
+            state.annotations.insert(k.clone(), v.clone());
+        }
+        Op::ExposedPort(p, proto) => {
+            rc.exposed_ports
+                .insert(format!("{p}/{proto}"), Default::default());
+        }
+        Op::Entrypoint(a) => {
+            rc.entrypoint = Some(a.clone());
+            // As Docker does: a new entrypoint drops the inherited default arguments.
+            rc.cmd = None;
+        }
+        Op::DefaultArgs(a) => rc.cmd = Some(a.clone()),
+        Op::Volume(p) => {
+            rc.volumes.insert(p.clone(), Default::default());
+        }
+        Op::StopSignal(sig) => rc.stop_signal = Some(sig.clone()),
+        Op::Healthcheck(h) => {
+            rc.other.insert("Healthcheck".to_owned(), h.to_json());
+        }
+        Op::Shell(a) => {
+            rc.other.insert("Shell".to_owned(), serde_json::json!(a));
+        }
+        Op::Author(a) => state.config.author = Some(a.clone()),
+        Op::OnBuild(t) => {
+            let triggers = rc
+                .other
+                .entry("OnBuild".to_owned())
+                .or_insert_with(|| serde_json::json!([]));
+            match triggers.as_array_mut() {
+                Some(list) => list.push(serde_json::json!(t)),
+                None => *triggers = serde_json::json!([t]),
+            }
+        }
+        Op::EnvExpand(k, template) => {
+            let env = |n: &str| rc.env_value(n).map(str::to_owned);
+            let value = crate::dockerfile::expand_env_template(template, &env);
+            rc.set_env(k, &value);
+        }
+        Op::Unmount(path) => state.mounts.retain(|(p, _)| p != path),
+        Op::MountCache { path, volume } => {
+            state.mounts.retain(|(p, _)| p != path);
+            state.mounts.push((path.clone(), volume.clone()));
+        }
+        Op::SecretVariable(v) => {
+            state.secrets.retain(|s| s.name != v.name);
+            state.secrets.push(v.clone());
+        }
+        Op::Exec { .. }
+        | Op::CopyFrom { .. }
+        | Op::CopyPathFrom { .. }
+        | Op::Remove { .. }
+        | Op::HttpFile { .. }
+        | Op::HostArchive { .. } => {
+            let layer = match op {
+                Op::Exec { args, opts } => steps::exec(engine, state, index, args, opts).await?,
+                Op::CopyFrom {
+                    path,
+                    src_path,
+                    opts,
+                    ..
+                }
+                | Op::CopyPathFrom {
+                    path,
+                    src_path,
+                    opts,
+                    ..
+                } => {
+                    let source = source_state.expect("copy source evaluated first");
+                    steps::copy_from(engine, state, source, path, src_path, opts).await?
+                }
+                Op::Remove { path, .. } => steps::remove(engine, state, path).await?,
+                Op::HttpFile {
+                    path,
+                    url,
+                    checksum,
+                    opts,
+                } => steps::http_file(engine, state, path, url, checksum.as_ref(), opts).await?,
+                Op::HostArchive { path, src, opts } => {
+                    steps::host_archive(engine, state, path, src, opts).await?
+                }
+                _ => unreachable!("matched above"),
+            };
+            return Ok(Some(push_layer(engine, state, layer, description)));
+        }
+    }
+    Ok(None)
+}

@@ -71,7 +71,7 @@ impl Report {
 }
 
 /// Steps reported by number (`STEP_FAILED`), in a fixed order.
-pub(super) const STEPS: [SetupStep; 14] = [
+pub(super) const STEPS: [SetupStep; 15] = [
     SetupStep::Unshare,
     SetupStep::ForkInit,
     SetupStep::SetHostname,
@@ -84,6 +84,7 @@ pub(super) const STEPS: [SetupStep; 14] = [
     SetupStep::SetGid,
     SetupStep::SetUid,
     SetupStep::DropCapabilities,
+    SetupStep::Seccomp,
     SetupStep::MakePrivate,
     SetupStep::Wait,
 ];
@@ -298,14 +299,7 @@ fn apply(op: &Op) -> c_int {
                 )
             }
             Op::Mkdir { path, mode } => libc::mkdir(path.as_ptr(), *mode),
-            Op::Device { path, host, dev } => {
-                if libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, *dev) == 0 {
-                    return 0;
-                }
-                if errno() != libc::EPERM {
-                    return -1;
-                }
-                // No right to create device nodes: bind-mount the host's.
+            Op::Device { path, host } => {
                 let fd = libc::open(
                     path.as_ptr(),
                     libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
@@ -549,6 +543,20 @@ fn become_user(plan: &mut Plan) {
         plan.home_env[..5].copy_from_slice(b"HOME=");
         plan.home_env[5..5 + home.len()].copy_from_slice(home);
         plan.home_env[5 + home.len()] = 0;
+    }
+    // Last while the init still has CAP_SYS_ADMIN (no `no_new_privs` needed, so setuid
+    // programs keep working), after every mount.
+    for prog in &plan.seccomp {
+        // SAFETY: the program outlives the process; seccomp copies it into the kernel.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                prog as *const libc::sock_fprog,
+            )
+        };
+        check(r as c_int, SetupStep::Seccomp);
     }
     check(drop_capabilities(), SetupStep::DropCapabilities);
     // SAFETY: `groups` holds `len` gids; setgid/setuid take integers.

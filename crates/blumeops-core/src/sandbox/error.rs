@@ -106,6 +106,9 @@ pub enum Error {
     /// The step was cancelled.
     #[error("build step cancelled")]
     Cancelled,
+    /// The seccomp filter could not be built.
+    #[error("{0}")]
+    Seccomp(String),
 }
 
 impl Error {
@@ -228,8 +231,8 @@ pub enum SetupStep {
     BindEtcFile,
     /// Bind-mounting a cache volume.
     BindCache,
-    /// Making a bind mount read-only.
-    RemountReadOnly,
+    /// Making a mount nodev (and read-only when asked).
+    RestrictMount,
     /// Setting the hostname.
     SetHostname,
     /// Bringing up the loopback interface.
@@ -250,6 +253,8 @@ pub enum SetupStep {
     SetUid,
     /// Dropping capabilities from the bounding set.
     DropCapabilities,
+    /// Installing the seccomp filter.
+    Seccomp,
     /// Waiting for the sandbox.
     Wait,
 }
@@ -273,7 +278,7 @@ impl fmt::Display for SetupStep {
             Self::CreateSymlink => "create symbolic link",
             Self::BindEtcFile => "bind-mount",
             Self::BindCache => "bind-mount cache volume at",
-            Self::RemountReadOnly => "make read-only the mount at",
+            Self::RestrictMount => "restrict (nodev, read-only) the mount at",
             Self::SetHostname => "set hostname",
             Self::LoopbackUp => "bring up the loopback interface in",
             Self::PivotRoot => "switch root to",
@@ -284,6 +289,7 @@ impl fmt::Display for SetupStep {
             Self::SetGid => "set group id of",
             Self::SetUid => "set user id of",
             Self::DropCapabilities => "drop capabilities of",
+            Self::Seccomp => "install the seccomp filter for",
             Self::Wait => "wait for",
         })
     }

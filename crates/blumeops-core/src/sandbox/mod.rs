@@ -5,12 +5,15 @@
 //! [`run`] is synchronous and blocks until the command ends: call it from a blocking thread
 //! (`tokio::task::spawn_blocking`), never on an async worker.
 //!
-//! Inside the sandbox the command finds: the layers merged with overlayfs, a fresh /proc, a
-//! read-only /sys, a tmpfs /dev with null, zero, full, random, urandom, tty, /dev/pts
-//! (new devpts instance), /dev/shm and the fd/stdin/stdout/stderr links, read-only
-//! /etc/hosts and /etc/resolv.conf (host copies; only localhost and no DNS servers without
-//! network), the cache volumes, the hostname, and the capabilities of Docker's default set.
-//! None of those mountpoints end up in the upper directory; see the `plan` module for how.
+//! Inside the sandbox the command finds: the layers merged with overlayfs (nodev), a fresh
+//! /proc, a read-only /sys, a nodev tmpfs /dev with the host's null, zero, full, random,
+//! urandom and tty bind-mounted, /dev/pts (new devpts instance), /dev/shm and the
+//! fd/stdin/stdout/stderr links, read-only /etc/hosts and /etc/resolv.conf (host copies;
+//! only localhost and no DNS servers without network), the cache volumes (nodev), the
+//! hostname, the capabilities of Docker's default set, and a seccomp filter modelled on
+//! Docker's default profile (see `seccomp`: no mounts, no namespaces, no device nodes but
+//! whiteouts). None of those mountpoints end up in the upper directory; see the `plan`
+//! module for how.
 //!
 //! Output: `stdout_path` receives stdout byte for byte. `log_path` receives stdout and
 //! stderr combined, line by line in the order the lines complete, without prefixes (a line
@@ -23,13 +26,14 @@
 //!
 //! Rootless: run by root of a user namespace (see [`crate::executor`]), the same sandbox
 //! mounts the overlay with `userxattr` (opaque directories are `user.overlay.opaque=y`),
-//! bind-mounts the host's /sys and device nodes where it may not mount or create them, and
-//! leaves the supplementary groups alone when the namespace denies `setgroups`.
+//! bind-mounts the host's /sys where it may not mount sysfs, and leaves the supplementary
+//! groups alone when the namespace denies `setgroups`.
 
 mod child;
 mod error;
 mod output;
 mod plan;
+mod seccomp;
 #[cfg(test)]
 mod tests;
 mod user;

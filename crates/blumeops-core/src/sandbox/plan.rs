@@ -72,11 +72,11 @@ pub(super) enum Op {
     Sysfs {
         target: CString,
     },
-    /// mknod, or (when mknod is refused) an empty file with the host's node bind-mounted.
+    /// An empty file with the host's device node bind-mounted on it (never `mknod`: /dev is
+    /// a nodev tmpfs, and the bind mount carries the host's device-friendly mount flags).
     Device {
         path: CString,
         host: CString,
-        dev: libc::dev_t,
     },
     Symlink {
         target: CString,
@@ -104,6 +104,8 @@ pub(super) struct Plan {
     /// `/proc/self/setgroups` says `deny` (a user namespace with a single mapping): the
     /// supplementary groups cannot be set, so they are left alone.
     pub(super) setgroups_denied: bool,
+    /// The seccomp filters, installed in this order before capabilities are dropped.
+    pub(super) seccomp: Vec<libc::sock_fprog>,
     /// The working directory, NUL-terminated, mutated in place by `mkdir -p`.
     pub(super) cwd: Vec<u8>,
     pub(super) cwd_display: String,
@@ -668,6 +670,19 @@ impl Plan {
             }
             Err(e) => return Err(e),
         };
+        // Device nodes that come with the image stay inert: the rootfs is nodev (one
+        // remount for both ways of mounting the overlay).
+        push(
+            Op::Mount {
+                source: None,
+                target: path_cstring(&merged)?,
+                fstype: None,
+                flags: libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NODEV,
+                data: None,
+            },
+            SetupStep::RestrictMount,
+            merged.clone(),
+        );
         let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         let proc = in_merged("proc");
         push(
@@ -689,26 +704,20 @@ impl Plan {
                 Some("tmpfs"),
                 &dev,
                 Some("tmpfs"),
-                libc::MS_NOSUID | libc::MS_STRICTATIME,
+                // nodev: a node a step makes here is inert; the few devices a step gets
+                // are the host's, bind-mounted below (their mount allows devices).
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_STRICTATIME,
                 Some("mode=755,size=65536k"),
             )?,
             SetupStep::MountTmpfs,
             dev.clone(),
         );
-        for (name, major, minor) in [
-            ("null", 1, 3),
-            ("zero", 1, 5),
-            ("full", 1, 7),
-            ("random", 1, 8),
-            ("urandom", 1, 9),
-            ("tty", 5, 0),
-        ] {
+        for name in ["null", "zero", "full", "random", "urandom", "tty"] {
             let path = dev.join(name);
             push(
                 Op::Device {
                     path: path_cstring(&path)?,
                     host: cstring("device", format!("/dev/{name}"))?,
-                    dev: libc::makedev(major, minor),
                 },
                 SetupStep::CreateDevice,
                 path,
@@ -787,22 +796,23 @@ impl Plan {
                 step,
                 target.clone(),
             );
-            if read_only {
-                push(
-                    Op::Mount {
-                        source: None,
-                        target: path_cstring(&target)?,
-                        fstype: None,
-                        flags: libc::MS_BIND
-                            | libc::MS_REMOUNT
-                            | libc::MS_RDONLY
-                            | locked_flags(source),
-                        data: None,
-                    },
-                    SetupStep::RemountReadOnly,
-                    target,
-                );
-            }
+            // Every bind mount is nodev (a cache volume may hold nodes a step made).
+            let ro = if read_only { libc::MS_RDONLY } else { 0 };
+            push(
+                Op::Mount {
+                    source: None,
+                    target: path_cstring(&target)?,
+                    fstype: None,
+                    flags: libc::MS_BIND
+                        | libc::MS_REMOUNT
+                        | libc::MS_NODEV
+                        | ro
+                        | locked_flags(source),
+                    data: None,
+                },
+                SetupStep::RestrictMount,
+                target,
+            );
             Ok(())
         };
         bind(
@@ -861,6 +871,15 @@ impl Plan {
             network_none: spec.network == Network::None,
             setgroups_denied: std::fs::read_to_string("/proc/self/setgroups")
                 .is_ok_and(|s| s.trim() == "deny"),
+            seccomp: super::seccomp::filters()
+                .map_err(Error::Seccomp)?
+                .iter()
+                .map(|p| libc::sock_fprog {
+                    len: p.len() as u16,
+                    // The programs live for the whole process (built once).
+                    filter: p.as_ptr().cast_mut().cast(),
+                })
+                .collect(),
             cwd,
             cwd_display,
             user,

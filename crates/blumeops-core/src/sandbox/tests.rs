@@ -14,7 +14,7 @@ use super::*;
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "ls", "id", "mkdir", "hostname", "touch", "rm", "sleep", "env", "pwd",
-    "seq", "wc", "head", "test", "grep", "kill", "stat", "readlink",
+    "seq", "wc", "head", "test", "grep", "kill", "stat", "readlink", "mknod", "unshare", "mount",
 ];
 
 fn is_root() -> bool {
@@ -586,6 +586,103 @@ fn check_support_passes_as_root() {
         return;
     }
     check_support().unwrap();
+}
+
+/// A hostile step cannot make a device node anywhere it can write: the rootfs (overlay),
+/// /dev, a cache volume. A 0/0 character device (an overlay whiteout) stays allowed.
+#[test]
+fn device_nodes_cannot_be_created_anywhere() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let cache = fx.dir.path().join("cache");
+    fs::create_dir(&cache).unwrap();
+    let mut spec = fx.spec(&[
+        "sh",
+        "-c",
+        "for d in /dev /root /data /c; do \
+           mknod $d/hd b 254 0 && echo made $d/hd; mknod $d/mem c 1 1 && echo made $d/mem; \
+         done; mknod /dev/wh c 0 0 && echo whiteout ok; true",
+    ]);
+    spec.mounts.push(BindMount {
+        source: cache.clone(),
+        target: "/c".into(),
+        read_only: false,
+    });
+    let ran = run_ok(&spec);
+    assert!(
+        !ran.log.contains("made "),
+        "a device node was made:\n{}",
+        ran.log
+    );
+    assert_eq!(
+        ran.log.matches("Operation not permitted").count(),
+        8,
+        "{}",
+        ran.log
+    );
+    assert!(ran.stdout.contains("whiteout ok"), "{}", ran.log);
+    assert!(tree(&cache).is_empty(), "{:?}", tree(&cache));
+    assert!(tree(&spec.upper).is_empty(), "{:?}", tree(&spec.upper));
+}
+
+/// A device node that comes with the image (a base layer carrying one) cannot be opened:
+/// the rootfs is mounted nodev. In a user namespace no such node can even be made.
+#[test]
+fn device_nodes_in_the_image_cannot_be_opened() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let layer = fx.layer("devices", &[]);
+    let made = nix::sys::stat::mknod(
+        &layer.join("mem"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    );
+    if crate::executor::in_user_namespace() {
+        assert_eq!(made, Err(nix::errno::Errno::EPERM));
+        return;
+    }
+    made.unwrap();
+    let mut spec = fx.spec(&["sh", "-c", "echo x > /mem; echo w=$?; cat /mem; echo r=$?"]);
+    spec.lowers.push(layer);
+    let ran = run_ok(&spec);
+    assert!(
+        ran.stdout.contains("w=1") && ran.stdout.contains("r=1"),
+        "{}",
+        ran.log
+    );
+    assert!(ran.log.contains("Permission denied"), "{}", ran.log);
+}
+
+/// What Docker's seccomp profile refuses is refused with EPERM: new namespaces (user,
+/// mount, network) and mounts.
+#[test]
+fn namespaces_and_mounts_are_refused() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let spec = fx.spec(&[
+        "sh",
+        "-c",
+        "unshare -U true; echo user=$?; unshare -m true; echo mnt=$?; unshare -n true; \
+         echo net=$?; mount -t tmpfs none /data; echo mount=$?; echo ok > /dev/null && echo null",
+    ]);
+    let ran = run_ok(&spec);
+    for (what, line) in ran.stdout.lines().filter_map(|l| l.split_once('=')) {
+        assert_ne!(line, "0", "{what} was allowed:\n{}", ran.log);
+    }
+    assert_eq!(ran.stdout.lines().count(), 5, "{}", ran.log);
+    assert!(ran.stdout.ends_with("null\n"), "{}", ran.log);
+    assert!(
+        ran.log.matches("Operation not permitted").count() >= 3,
+        "{}",
+        ran.log
+    );
 }
 
 /// Every other test of this module, and the evaluation tests that run steps (secrets, cache

@@ -170,15 +170,27 @@ fn make_removable(path: &Path) -> Result<(), Error> {
     if !meta.is_dir() {
         return Ok(());
     }
+    // Another remover (a step's own cleanup racing a build's clearing of tmp/) may delete
+    // parts of the tree meanwhile: what is gone needs no fixing.
+    let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
     if meta.mode() & 0o700 != 0o700 {
-        fs::set_permissions(
+        match fs::set_permissions(
             path,
             fs::Permissions::from_mode((meta.mode() | 0o700) & 0o7777),
-        )
-        .map_err(io_err("set permissions on", path))?;
+        ) {
+            Err(e) if gone(&e) => return Ok(()),
+            other => other.map_err(io_err("set permissions on", path))?,
+        }
     }
-    for entry in fs::read_dir(path).map_err(io_err("read directory", path))? {
-        let entry = entry.map_err(io_err("read directory", path))?;
+    let entries = match fs::read_dir(path) {
+        Err(e) if gone(&e) => return Ok(()),
+        other => other.map_err(io_err("read directory", path))?,
+    };
+    for entry in entries {
+        let entry = match entry {
+            Err(e) if gone(&e) => continue,
+            other => other.map_err(io_err("read directory", path))?,
+        };
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
             make_removable(&entry.path())?;
         }

@@ -78,7 +78,7 @@ pub(super) async fn apply_op(
     engine: &Engine,
     op: &Op,
     state: &mut State,
-    description: &str,
+    history: &str,
     index: usize,
     source_state: Option<&State>,
 ) -> Result<Option<String>, Error> {
@@ -113,7 +113,7 @@ pub(super) async fn apply_op(
                 tokio::task::spawn_blocking(move || builder.write(&store, compression, epoch))
                     .await
                     .map_err(|_| Error::TaskPanicked)??;
-            return Ok(Some(push_layer(engine, state, layer, description)));
+            return Ok(Some(push_layer(engine, state, layer, history)));
         }
         Op::Env(k, v) => rc.set_env(k, v),
         Op::Workdir(p) => {
@@ -121,7 +121,7 @@ pub(super) async fn apply_op(
             rc.working_dir = Some(joined.clone());
             // Like Docker, make sure the directory exists in the image.
             if let Some(layer) = steps::ensure_dir(engine, state, &joined).await? {
-                return Ok(Some(push_layer(engine, state, layer, description)));
+                return Ok(Some(push_layer(engine, state, layer, history)));
             }
         }
         Op::User(u) => rc.user = Some(u.clone()),
@@ -211,7 +211,7 @@ pub(super) async fn apply_op(
                 }
                 _ => unreachable!("matched above"),
             };
-            return Ok(Some(push_layer(engine, state, layer, description)));
+            return Ok(Some(push_layer(engine, state, layer, history)));
         }
     }
     Ok(None)

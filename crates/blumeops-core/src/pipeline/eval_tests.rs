@@ -323,3 +323,41 @@ fn workdir_sees_through_the_top_layers_only_as_far_as_needed() {
             .is_ok()
     );
 }
+
+/// Where the checkout lives never enters the image: the same files copied from two
+/// directories give the same digest, and the history names only the copied file.
+#[test]
+fn host_paths_stay_out_of_the_image() {
+    let rt = rt();
+    let build = |dir: &Path| {
+        let ctx = dir.join("checkout/containers/app");
+        std::fs::create_dir_all(ctx.join("site")).unwrap();
+        std::fs::write(ctx.join("script.sh"), "echo hi\n").unwrap();
+        std::fs::write(ctx.join("site/index.html"), "hi\n").unwrap();
+        let c = Container::scratch()
+            .with_file(
+                "/usr/local/bin/script.sh",
+                ctx.join("script.sh"),
+                HostCopy::default().with_mode(0o755),
+            )
+            .with_directory("/srv", ctx.join("site"), HostCopy::default());
+        let store = tempfile::tempdir().unwrap();
+        rt.block_on(c.build(&engine(store.path(), None))).unwrap()
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (x, y) = (build(a.path()), build(b.path()));
+    assert_eq!(x.image.manifest.digest, y.image.manifest.digest);
+    let history: Vec<String> = x
+        .config
+        .history
+        .iter()
+        .filter_map(|h| h.created_by.clone())
+        .collect();
+    assert_eq!(
+        history,
+        [
+            "blumeops: with_file /usr/local/bin/script.sh from script.sh",
+            "blumeops: with_directory /srv from site"
+        ]
+    );
+}

@@ -117,7 +117,26 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    /// What progress output and history say about this step.
+    /// What the image's history says about this step: [`Op::describe`] with host paths cut
+    /// to their last component, so where the checkout lives never enters the image.
+    pub(crate) fn history(&self) -> String {
+        let name = |src: &std::path::Path| {
+            src.file_name()
+                .map_or_else(|| ".".to_owned(), |n| n.to_string_lossy().into_owned())
+        };
+        match self {
+            Self::HostFile { path, src, .. } => format!("with_file {path} from {}", name(src)),
+            Self::HostDirectory { path, src, .. } => {
+                format!("with_directory {path} from {}", name(src))
+            }
+            Self::HostArchive { path, src, .. } => {
+                format!("with_host_archive {path} from {}", name(src))
+            }
+            _ => self.describe(),
+        }
+    }
+
+    /// What progress output says about this step.
     pub(crate) fn describe(&self) -> String {
         match self {
             Self::From(r) => format!("from {r}"),

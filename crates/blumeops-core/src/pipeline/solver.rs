@@ -190,7 +190,7 @@ impl<'a> Run<'a> {
         let slot = cache::slot(Some(&st.slot), op);
         let mut inputs = StepInputs::new(&st.key, cache::operation(op));
         if !makes_layer(op) {
-            let detail = apply_op(engine, op, st, description, index, source).await?;
+            let detail = apply_op(engine, op, st, &op.history(), index, source).await?;
             st.key = cache::state_after(&inputs.key(), None);
             st.slot = slot;
             return Ok((detail, CacheStatus::Config));
@@ -230,7 +230,7 @@ impl<'a> Run<'a> {
             && busted.is_none()
             && let Some(record) = store.step_record(&key)
         {
-            let detail = apply_cached(engine, op, st, &key, &record, description);
+            let detail = apply_cached(engine, op, st, &key, &record, &op.history());
             finish_step(store, st, &key, slot, &inputs, record.layer.as_ref())?;
             return Ok((detail, CacheStatus::Hit));
         }
@@ -241,7 +241,7 @@ impl<'a> Run<'a> {
         };
 
         let layers_before = st.layers.len();
-        let detail = apply_op(engine, op, st, description, index, source).await?;
+        let detail = apply_op(engine, op, st, &op.history(), index, source).await?;
         let layer = (st.layers.len() > layers_before).then(|| {
             let blob = st.layers.last().expect("a layer was added");
             CachedLayer {
@@ -297,7 +297,7 @@ fn apply_cached(
     st: &mut State,
     key: &Digest,
     record: &StepRecord,
-    description: &str,
+    history: &str,
 ) -> Option<String> {
     match op {
         Op::Workdir(p) => {
@@ -318,7 +318,7 @@ fn apply_cached(
             blob: layer.blob(),
             diff_id: layer.diff_id.clone(),
         },
-        description,
+        history,
     );
     Some(detail)
 }

@@ -53,14 +53,14 @@ pub(super) fn push_layer(
     engine: &Engine,
     state: &mut State,
     layer: crate::layer::Layer,
-    description: &str,
+    history: &str,
 ) -> String {
     let detail = format!("layer {} ({} bytes)", layer.blob.digest, layer.blob.size);
     state.config.rootfs.diff_ids.push(layer.diff_id);
     state.layers.push(layer.blob);
     state.config.history.push(History {
         created: Some(epoch::rfc3339(engine.epoch)),
-        created_by: Some(format!("blumeops: {description}")),
+        created_by: Some(format!("blumeops: {history}")),
         ..History::default()
     });
     detail

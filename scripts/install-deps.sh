@@ -12,6 +12,7 @@ packages=(
     busybox-static   # the base image's only binary
     debootstrap      # the Debian base image of the rootless apt/useradd tests
     uidmap           # newuidmap/newgidmap: the rootless executor's id ranges
+    slirp4netns      # isolated step networks (user-mode networking)
     passwd           # useradd/usermod: the rootless tests' users
     apache2-utils    # htpasswd, for the registry's users
     ca-certificates

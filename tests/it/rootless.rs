@@ -501,3 +501,83 @@ fn rootless_apt_and_useradd_on_debian_match_the_root_build() {
     TestUser::remove_tree(xdg.path());
     TestUser::remove_tree(nr_xdg.path());
 }
+
+/// Steps run in a network namespace of their own: a service on the host's 127.0.0.1 (here a
+/// TCP listener of this test; on a CI runner, a Docker-in-Docker daemon) is out of reach of
+/// a default step, as root and rootless, and within reach of `RUN --network=host`.
+#[test]
+fn default_steps_cannot_reach_the_host_loopback() {
+    require_users!();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            use std::io::Write as _;
+            let _ = stream.write_all(b"hello\n");
+        }
+    });
+    let user = TestUser::with_range();
+    let registry = TestRegistry::start();
+    let base = BaseImage::push(&registry);
+    let src = source(
+        &format!(
+            "ARG CONTAINER_APP_VERSION=1.0.0\nARG BASE_IMAGE\nFROM ${{BASE_IMAGE}}\n\
+             RUN (nc -w 3 127.0.0.1 {port} </dev/null || echo unreachable) > /default\n\
+             RUN --network=host (nc -w 3 127.0.0.1 {port} </dev/null || echo unreachable) > /host\n"
+        ),
+        user,
+    );
+    let read = |dir: &Path, file: &str| {
+        let bundle = tempdir("blumeops-bundle-");
+        umoci_unpack(
+            &format!("{}:v1.0.0-abc1234", dir.display()),
+            &bundle.path().join("b"),
+        );
+        std::fs::read_to_string(bundle.path().join("b/rootfs").join(file)).unwrap()
+    };
+    let root_out = tempdir("blumeops-root-out-");
+    let root = build_as_root(src.path(), &registry, &base, &root_out.path().join("img"));
+    root.assert_success();
+    assert!(
+        root.stderr
+            .contains("uses the host's network, loopback included (--network=host)"),
+        "{root}"
+    );
+    assert_eq!(
+        read(&root_out.path().join("img"), "default"),
+        "unreachable\n",
+        "{root}"
+    );
+    assert_eq!(
+        read(&root_out.path().join("img"), "host"),
+        "hello\n",
+        "{root}"
+    );
+
+    let out = user.tempdir("blumeops-rl-out-");
+    let xdg = user.tempdir("blumeops-rl-xdg-");
+    let rootless = build_as(
+        user,
+        src.path(),
+        &registry,
+        &base,
+        &out.path().join("img"),
+        xdg.path(),
+    );
+    rootless.assert_success();
+    assert!(
+        !rootless.stderr.contains("cannot get") && !rootless.stderr.contains("/dev/net/tun"),
+        "the rootless build fell back to the host's network:\n{rootless}"
+    );
+    assert_eq!(
+        read(&out.path().join("img"), "default"),
+        "unreachable\n",
+        "{rootless}"
+    );
+    assert_eq!(
+        read(&out.path().join("img"), "host"),
+        "hello\n",
+        "{rootless}"
+    );
+    TestUser::remove_tree(xdg.path());
+}

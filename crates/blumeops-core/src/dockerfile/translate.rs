@@ -560,7 +560,8 @@ impl Translator<'_> {
     fn run(&self, st: &mut Stage, inst: &Instruction) -> Result<(), Error> {
         let mut opts = ExecOptions::default();
         match inst.flag("network") {
-            None | Some("default" | "host") => {}
+            None | Some("default") => {}
+            Some("host") => opts = opts.with_network(Network::Host),
             Some("none") => opts = opts.with_network(Network::None),
             Some(other) => {
                 return Err(self.err(

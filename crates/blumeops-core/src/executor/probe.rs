@@ -232,7 +232,29 @@ pub fn root() -> Candidate {
         "overlayfs"
     };
     c.detail("filesystem", mode);
+    network(&mut c);
     c
+}
+
+/// The network steps get by default: isolated through slirp4netns, or the host's.
+fn network(c: &mut Candidate) {
+    match crate::sandbox::user_network() {
+        Ok(slirp) => c.detail(
+            "network",
+            format!(
+                "isolated: a namespace per step, outbound through {} (no host loopback)",
+                slirp.display()
+            ),
+        ),
+        Err(why) => {
+            c.detail("network", "the host's (isolation unavailable)");
+            c.warnings.push(Problem::new(
+                format!("steps cannot get an isolated network: {why}"),
+                "install slirp4netns and make /dev/net/tun usable; until then steps share \
+                 the host's network, loopback included",
+            ));
+        }
+    }
 }
 
 fn read_sysctl(path: &str) -> Option<String> {
@@ -384,6 +406,7 @@ pub fn rootless() -> Candidate {
             "check that blumeops may fork and write to the temporary directory",
         )),
     }
+    network(&mut c);
     c.detail(
         "fuse-overlayfs",
         find_program("fuse-overlayfs").map_or_else(

@@ -313,6 +313,7 @@ pub(crate) fn operation(op: &Op) -> Digest {
                 h.str(k).str(v);
             }
             h.str(match opts.network {
+                Network::Isolated => "isolated",
                 Network::Host => "host",
                 Network::None => "none",
             });

@@ -47,8 +47,12 @@ impl fmt::Display for Expect {
 /// Network access of a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Network {
-    /// Share the host's network (package installs need it).
+    /// Its own network namespace with outbound access through user-mode networking
+    /// (slirp4netns): the internet and package mirrors, but not the host's loopback. Without
+    /// slirp4netns installed, the host's network (with a warning).
     #[default]
+    Isolated,
+    /// Share the host's network, loopback included (`RUN --network=host`).
     Host,
     /// Only a loopback interface.
     None,

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::engine::{Engine, Event};
+use super::exec::Network;
 use super::exec::{CopyOptions, ExecOptions};
 use super::state::State;
 use crate::error::Error;
 use crate::layer::{self, Entry, EntryKind, FileData, LayerBuilder, Owner, RootfsView};
 use crate::limits;
-use crate::sandbox::{BindMount, CancelToken, RunSpec, Stream};
+use crate::sandbox::{self, BindMount, CancelToken, RunSpec, Stream};
 
 /// Lines of a failing step's output shown in the error itself (the full log is on disk).
 pub const FAILED_STEP_TAIL_LINES: usize = 100;
@@ -184,6 +185,33 @@ pub(super) async fn exec(
             read_only: false,
         });
     }
+    // Isolated is the default; say so whenever a step gets the host's network instead.
+    let network = match opts.network {
+        Network::Isolated => match sandbox::user_network() {
+            Ok(_) => Network::Isolated,
+            Err(why) => {
+                engine.emit(Event::StepOutput {
+                    index,
+                    stderr: true,
+                    line: format!(
+                        "blumeops: {why}; so this step uses the host's network, loopback included"
+                    ),
+                });
+                Network::Host
+            }
+        },
+        Network::Host => {
+            engine.emit(Event::StepOutput {
+                index,
+                stderr: true,
+                line: "blumeops: this step uses the host's network, loopback included \
+                       (--network=host)"
+                    .to_owned(),
+            });
+            Network::Host
+        }
+        other => other,
+    };
     let spec = RunSpec {
         lowers,
         upper: upper.clone(),
@@ -193,7 +221,7 @@ pub(super) async fn exec(
         cwd: rc.working_dir.clone().unwrap_or_else(|| "/".to_owned()),
         user: rc.user.clone().filter(|u| !u.is_empty()),
         hostname: "blumeops".to_owned(),
-        network: opts.network,
+        network,
         mounts,
         stdin: opts.stdin.clone(),
         log_path: log_path.clone(),

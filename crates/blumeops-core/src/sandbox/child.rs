@@ -26,6 +26,8 @@ use super::user::{self, Id};
 
 /// The report pipe's descriptor in the children.
 const REPORT_FD: c_int = 3;
+/// Where the init waits for its network (isolated steps only).
+const NET_SYNC_FD: c_int = 4;
 
 /// Record kinds.
 pub(super) const STARTED: u32 = 1;
@@ -71,7 +73,7 @@ impl Report {
 }
 
 /// Steps reported by number (`STEP_FAILED`), in a fixed order.
-pub(super) const STEPS: [SetupStep; 15] = [
+pub(super) const STEPS: [SetupStep; 16] = [
     SetupStep::Unshare,
     SetupStep::ForkInit,
     SetupStep::SetHostname,
@@ -85,6 +87,7 @@ pub(super) const STEPS: [SetupStep; 15] = [
     SetupStep::SetUid,
     SetupStep::DropCapabilities,
     SetupStep::Seccomp,
+    SetupStep::WaitNetwork,
     SetupStep::MakePrivate,
     SetupStep::Wait,
 ];
@@ -99,6 +102,8 @@ pub(super) struct ChildFds {
     pub(super) stdout: RawFd,
     pub(super) stderr: RawFd,
     pub(super) report: RawFd,
+    /// Read end of the network-ready pipe, for isolated steps.
+    pub(super) net_sync: Option<RawFd>,
 }
 
 /// Fork the helper. Returns its PID in the parent; the child never returns.
@@ -176,13 +181,16 @@ fn helper(plan: &mut Plan, fds: &ChildFds, parent: libc::pid_t) -> ! {
         if libc::getppid() != parent {
             exit(1);
         }
-        // Move our four descriptors to 0..=3 and close everything else: other runs' pipes
-        // must not stay open here (they would never see EOF while we live).
-        let mut high = [0; 4];
-        for (slot, fd) in high
-            .iter_mut()
-            .zip([fds.stdin, fds.stdout, fds.stderr, fds.report])
-        {
+        // Move our descriptors to 0..=4 and close everything else: other runs' pipes must
+        // not stay open here (they would never see EOF while we live).
+        let mut high = [0; 5];
+        for (slot, fd) in high.iter_mut().zip([
+            fds.stdin,
+            fds.stdout,
+            fds.stderr,
+            fds.report,
+            fds.net_sync.unwrap_or(fds.report),
+        ]) {
             *slot = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
             if *slot == -1 {
                 exit(1);
@@ -196,15 +204,25 @@ fn helper(plan: &mut Plan, fds: &ChildFds, parent: libc::pid_t) -> ! {
         if libc::dup3(high[3], REPORT_FD, libc::O_CLOEXEC) == -1 {
             exit(1);
         }
-        if libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) == -1 {
-            for fd in 4..4096 {
+        // Without a network to wait for, fd 4 is a spare copy of the report pipe, closed
+        // below with the rest.
+        let keep = if fds.net_sync.is_some() {
+            if libc::dup3(high[4], NET_SYNC_FD, libc::O_CLOEXEC) == -1 {
+                exit(1);
+            }
+            5u32
+        } else {
+            4u32
+        };
+        if libc::syscall(libc::SYS_close_range, keep, u32::MAX, 0u32) == -1 {
+            for fd in keep as c_int..4096 {
                 libc::close(fd);
             }
         }
     }
     let mut flags =
         libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
-    if plan.network_none {
+    if plan.own_network {
         flags |= libc::CLONE_NEWNET;
     }
     // SAFETY: unshare affects only this process.
@@ -597,8 +615,20 @@ fn init(plan: &mut Plan) -> ! {
             libc::sethostname(name.as_ptr().cast(), name.len()),
             SetupStep::SetHostname,
         );
-        if plan.network_none {
+        if plan.own_network {
             check(loopback_up(), SetupStep::LoopbackUp);
+        }
+        if plan.slirp.is_some() {
+            // The parent starts slirp4netns on our network namespace and says when it is up.
+            let mut go = [0u8; 1];
+            let n = libc::read(NET_SYNC_FD, go.as_mut_ptr().cast(), 1);
+            if n != 1 {
+                fail_step(
+                    SetupStep::WaitNetwork,
+                    if n == 0 { libc::EPIPE } else { errno() },
+                );
+            }
+            libc::close(NET_SYNC_FD);
         }
         check(libc::chdir(plan.merged.as_ptr()), SetupStep::PivotRoot);
         check(

@@ -109,6 +109,12 @@ pub enum Error {
     /// The seccomp filter could not be built.
     #[error("{0}")]
     Seccomp(String),
+    /// The step's user-mode network could not be set up.
+    #[error("failed to set up the step's network: {reason}")]
+    Network {
+        /// What went wrong (with slirp4netns's own message when it printed one).
+        reason: String,
+    },
 }
 
 impl Error {
@@ -255,6 +261,10 @@ pub enum SetupStep {
     DropCapabilities,
     /// Installing the seccomp filter.
     Seccomp,
+    /// Starting slirp4netns.
+    StartNetwork,
+    /// Waiting for the step's network to come up.
+    WaitNetwork,
     /// Waiting for the sandbox.
     Wait,
 }
@@ -290,6 +300,8 @@ impl fmt::Display for SetupStep {
             Self::SetUid => "set user id of",
             Self::DropCapabilities => "drop capabilities of",
             Self::Seccomp => "install the seccomp filter for",
+            Self::StartNetwork => "start",
+            Self::WaitNetwork => "wait for the network of",
             Self::Wait => "wait for",
         })
     }

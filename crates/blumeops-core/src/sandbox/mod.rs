@@ -31,6 +31,7 @@
 
 mod child;
 mod error;
+mod network;
 mod output;
 mod plan;
 mod seccomp;
@@ -52,6 +53,7 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{Pid, pipe2};
 
 pub use error::{Error, Requirement, SetupStep};
+pub use network::user_network;
 pub use plan::{DEFAULT_HOSTNAME, DEFAULT_PATH};
 
 use crate::Network;
@@ -225,6 +227,14 @@ pub fn run(
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (rep_r, rep_w) = pipe()?;
+    // Isolated steps: the init waits on this pipe until slirp4netns has its network up.
+    let (net_r, net_w) = match plan.slirp {
+        Some(_) => {
+            let (r, w) = pipe()?;
+            (Some(r), Some(w))
+        }
+        None => (None, None),
+    };
     let (in_r, in_w): (OwnedFd, Option<OwnedFd>) = match &spec.stdin {
         Some(_) => {
             let (r, w) = pipe()?;
@@ -252,6 +262,7 @@ pub fn run(
             stdout: out_w.as_raw_fd(),
             stderr: err_w.as_raw_fd(),
             report: rep_w.as_raw_fd(),
+            net_sync: net_r.as_ref().map(AsRawFd::as_raw_fd),
         },
     )
     .map_err(|source| Error::Setup {
@@ -260,7 +271,27 @@ pub fn run(
         source,
     })?;
     let helper = Pid::from_raw(helper);
-    drop((out_w, err_w, rep_w, in_r));
+    drop((out_w, err_w, rep_w, in_r, net_r));
+    // Started when the init reports its PID; stopped (exit pipe closed) when this returns.
+    let mut user_network: Option<network::UserNetwork> = None;
+    let mut network_error: Option<Error> = None;
+    let slirp = plan.slirp.clone();
+    let mut net_w = net_w;
+    let mut on_started = |init: Pid| {
+        let (Some(slirp), Some(go)) = (&slirp, net_w.take()) else {
+            return true;
+        };
+        match network::UserNetwork::start(slirp, init.as_raw()) {
+            Ok(net) => {
+                user_network = Some(net);
+                nix::unistd::write(&go, &[1]).is_ok()
+            }
+            Err(e) => {
+                network_error = Some(e);
+                false
+            }
+        }
+    };
 
     let pumped = pump(
         &mut sink,
@@ -269,7 +300,9 @@ pub fn run(
         [out_r, err_r, rep_r],
         in_w,
         spec.stdin.as_deref().unwrap_or_default(),
+        &mut on_started,
     );
+    drop(user_network);
     // Always reap the helper, even when pumping failed (it is dead or being killed then).
     if pumped.is_err() {
         let _ = kill(helper, Signal::SIGKILL);
@@ -282,6 +315,11 @@ pub fn run(
     };
     let duration = started.elapsed();
     let pumped = pumped?;
+    if let Some(error) = network_error {
+        sink.note(&error_chain(&error))?;
+        sink.finish()?;
+        return Err(error);
+    }
     if pumped.cancelled {
         let _ = sink.note("step cancelled");
         sink.finish()?;
@@ -449,6 +487,7 @@ fn pump(
     fds: [OwnedFd; 3],
     mut stdin: Option<OwnedFd>,
     mut input: &[u8],
+    on_started: &mut dyn FnMut(Pid) -> bool,
 ) -> Result<Pumped, Error> {
     let mut open = [true; 3];
     let mut buf = vec![0u8; 64 * 1024];
@@ -528,7 +567,12 @@ fn pump(
                         pending.drain(..RECORD);
                         let r = Report::decode(&record);
                         if r.kind == child::STARTED {
-                            init = Some(Pid::from_raw(r.extra));
+                            let pid = Pid::from_raw(r.extra);
+                            init = Some(pid);
+                            // The init waits for its network; without one it must not run.
+                            if !on_started(pid) {
+                                let _ = kill(pid, Signal::SIGKILL);
+                            }
                         }
                         reports.push(r);
                     }

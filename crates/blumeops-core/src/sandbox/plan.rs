@@ -100,7 +100,10 @@ pub(super) struct Plan {
     /// `EINVAL` from the new mount API then means the kernel lacks `lowerdir+`.
     pub(super) overlay_too_long: Option<(usize, usize, usize)>,
     pub(super) hostname: CString,
-    pub(super) network_none: bool,
+    /// A network namespace of its own (none or isolated).
+    pub(super) own_network: bool,
+    /// slirp4netns, for an isolated network: the init waits for it before the command.
+    pub(super) slirp: Option<PathBuf>,
     /// `/proc/self/setgroups` says `deny` (a user namespace with a single mapping): the
     /// supplementary groups cannot be set, so they are left alone.
     pub(super) setgroups_denied: bool,
@@ -571,6 +574,14 @@ impl Plan {
                 .into_bytes(),
                 Vec::new(),
             ),
+            // Only the step's own loopback, and slirp4netns's resolver.
+            Network::Isolated => (
+                format!(
+                    "127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                )
+                .into_bytes(),
+                format!("nameserver {}\n", super::network::DNS_ADDRESS).into_bytes(),
+            ),
         };
         let hosts_file = files.join("hosts");
         let resolv_file = files.join("resolv.conf");
@@ -868,7 +879,13 @@ impl Plan {
             merged_path: merged,
             overlay_too_long: too_long,
             hostname: cstring("hostname", hostname)?,
-            network_none: spec.network == Network::None,
+            own_network: spec.network != Network::Host,
+            slirp: match spec.network {
+                Network::Isolated => Some(
+                    super::network::user_network().map_err(|reason| Error::Network { reason })?,
+                ),
+                _ => None,
+            },
             setgroups_denied: std::fs::read_to_string("/proc/self/setgroups")
                 .is_ok_and(|s| s.trim() == "deny"),
             seccomp: super::seccomp::filters()

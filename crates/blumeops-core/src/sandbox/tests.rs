@@ -15,6 +15,7 @@ use super::*;
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "ls", "id", "mkdir", "hostname", "touch", "rm", "sleep", "env", "pwd",
     "seq", "wc", "head", "test", "grep", "kill", "stat", "readlink", "mknod", "unshare", "mount",
+    "nc",
 ];
 
 fn is_root() -> bool {
@@ -683,6 +684,48 @@ fn namespaces_and_mounts_are_refused() {
         "{}",
         ran.log
     );
+}
+
+/// An isolated step (the default network) has its own `tap0` through slirp4netns and
+/// slirp's resolver, and cannot reach a service on the host's loopback, neither at
+/// 127.0.0.1 nor through slirp's host address; a host-network step can.
+#[test]
+fn isolated_steps_cannot_reach_the_host_loopback() {
+    if !is_root() {
+        return;
+    }
+    if let Err(why) = user_network() {
+        panic!("isolated networking cannot run here: {why}");
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            use std::io::Write as _;
+            let mut stream = stream;
+            let _ = stream.write_all(b"hello\n");
+        }
+    });
+    let fx = Fixture::new();
+    let probe = format!(
+        "grep -c tap0 /proc/net/dev; cat /etc/resolv.conf; \
+         nc -w 3 127.0.0.1 {port} </dev/null && echo reached-loopback; \
+         nc -w 3 10.0.2.2 {port} </dev/null && echo reached-slirp-host; true"
+    );
+    let mut isolated = fx.spec(&["sh", "-c", &probe]);
+    isolated.network = Network::Isolated;
+    let ran = run_ok(&isolated);
+    assert!(
+        ran.stdout.starts_with("1\nnameserver 10.0.2.3\n"),
+        "{}",
+        ran.log
+    );
+    assert!(!ran.stdout.contains("reached"), "{}", ran.log);
+    assert!(!ran.stdout.contains("hello"), "{}", ran.log);
+
+    let mut host = fx.spec(&["sh", "-c", &format!("nc -w 3 127.0.0.1 {port} </dev/null")]);
+    host.network = Network::Host;
+    assert_eq!(run_ok(&host).stdout, "hello\n");
 }
 
 /// Every other test of this module, and the evaluation tests that run steps (secrets, cache

@@ -171,6 +171,10 @@ pub struct BuildFlags {
         default_value = "20G"
     )]
     pub cache_max_bytes: String,
+    /// Most processes a build step may have at once, enforced with a pids cgroup where one
+    /// can be made (`blumeops doctor` says); 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = blumeops_core::DEFAULT_PIDS_MAX)]
+    pub step_pids_max: u64,
     /// Layer compression for the layers this build creates.
     #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
     pub compression: CompressionArg,

@@ -91,9 +91,9 @@ pub use registry::{
 };
 pub use sandbox::Error as SandboxError;
 pub use sandbox::{
-    BindMount, CancelToken, DEFAULT_HOSTNAME, DEFAULT_PATH, Requirement as SandboxRequirement,
-    RunOutcome, RunSpec, SetupStep as SandboxSetupStep, Stream, TAIL_LINES,
-    check_support as check_sandbox_support, run as run_sandboxed,
+    BindMount, CancelToken, DEFAULT_HOSTNAME, DEFAULT_PATH, DEFAULT_PIDS_MAX,
+    Requirement as SandboxRequirement, RunOutcome, RunSpec, SetupStep as SandboxSetupStep, Stream,
+    TAIL_LINES, check_support as check_sandbox_support, run as run_sandboxed,
 };
 pub use secret::Error as SecretError;
 pub use secret::{ACCEPTED_FORMS as SECRET_FORMS, Secret, SecretSource};

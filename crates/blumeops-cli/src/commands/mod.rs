@@ -115,6 +115,7 @@ pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
             CompressionArg::Gzip => Compression::Gzip,
             CompressionArg::Zstd => Compression::Zstd,
         },
+        step_pids_max: (flags.step_pids_max > 0).then_some(flags.step_pids_max),
         ..EngineOptions::new(store)
     })?;
 

@@ -236,8 +236,23 @@ pub fn root() -> Candidate {
     c
 }
 
-/// The network steps get by default: isolated through slirp4netns, or the host's.
+/// The network steps get by default (isolated through slirp4netns, or the host's), and
+/// whether a pids cgroup can limit their processes.
 fn network(c: &mut Candidate) {
+    match crate::sandbox::pids_cgroup_parent() {
+        Some(dir) => c.detail(
+            "process limit",
+            format!("a pids cgroup per step, under {}", dir.display()),
+        ),
+        None => {
+            c.detail("process limit", "none (no writable pids cgroup)");
+            c.warnings.push(Problem::new(
+                "no pids cgroup can be made here, so a fork bomb in a step is not contained",
+                "run blumeops where cgroup v1's pids hierarchy is writable (root), or under \
+                 cgroup v2 with the pids controller delegated (systemd `Delegate=yes`)",
+            ));
+        }
+    }
     match crate::sandbox::user_network() {
         Ok(slirp) => c.detail(
             "network",

@@ -86,6 +86,9 @@ pub struct EngineOptions {
     /// Runs the steps that run commands (default:
     /// [`crate::executor::for_this_process`]).
     pub executor: Arc<dyn StepExecutor>,
+    /// Most processes a command step may have at once, where a pids cgroup can be made
+    /// (default [`crate::sandbox::DEFAULT_PIDS_MAX`]; `None`: no limit).
+    pub step_pids_max: Option<u64>,
 }
 
 /// Default for [`EngineOptions::jobs`]: the number of cores.
@@ -106,6 +109,7 @@ impl EngineOptions {
             cache: CacheOptions::default(),
             jobs: default_jobs(),
             executor: crate::executor::for_this_process(),
+            step_pids_max: Some(crate::sandbox::DEFAULT_PIDS_MAX),
         }
     }
 }
@@ -123,6 +127,7 @@ pub struct Engine {
     pub(super) jobs: usize,
     /// Runs the steps that run commands.
     pub(super) executor: Arc<dyn StepExecutor>,
+    pub(super) step_pids_max: Option<u64>,
 }
 
 impl fmt::Debug for Engine {
@@ -149,6 +154,7 @@ impl Engine {
             cache: options.cache,
             jobs: options.jobs.max(1),
             executor: options.executor,
+            step_pids_max: options.step_pids_max,
         })
     }
 

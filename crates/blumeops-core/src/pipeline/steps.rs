@@ -226,6 +226,7 @@ pub(super) async fn exec(
         stdin: opts.stdin.clone(),
         log_path: log_path.clone(),
         stdout_path: stdout_path.clone(),
+        pids_max: engine.step_pids_max,
     };
     let scrubber = Scrubber::new(
         state

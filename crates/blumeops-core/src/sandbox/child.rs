@@ -618,8 +618,9 @@ fn init(plan: &mut Plan) -> ! {
         if plan.own_network {
             check(loopback_up(), SetupStep::LoopbackUp);
         }
-        if plan.slirp.is_some() {
-            // The parent starts slirp4netns on our network namespace and says when it is up.
+        if plan.wait_for_go {
+            // The parent moves us into our cgroup and starts slirp4netns on our network
+            // namespace, then says so.
             let mut go = [0u8; 1];
             let n = libc::read(NET_SYNC_FD, go.as_mut_ptr().cast(), 1);
             if n != 1 {

@@ -29,6 +29,7 @@
 //! bind-mounts the host's /sys where it may not mount sysfs, and leaves the supplementary
 //! groups alone when the namespace denies `setgroups`.
 
+mod cgroup;
 mod child;
 mod error;
 mod network;
@@ -52,6 +53,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{Pid, pipe2};
 
+pub use cgroup::{DEFAULT_PIDS_MAX, pids_cgroup_parent};
 pub use error::{Error, Requirement, SetupStep};
 pub use network::user_network;
 pub use plan::{DEFAULT_HOSTNAME, DEFAULT_PATH};
@@ -109,6 +111,9 @@ pub struct RunSpec {
     pub log_path: PathBuf,
     /// Stdout alone, as written.
     pub stdout_path: PathBuf,
+    /// Most processes the step may have at once (a pids cgroup, where one can be made;
+    /// `None`: no limit). See [`DEFAULT_PIDS_MAX`].
+    pub pids_max: Option<u64>,
 }
 
 /// How the command ended.
@@ -227,13 +232,15 @@ pub fn run(
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (rep_r, rep_w) = pipe()?;
-    // Isolated steps: the init waits on this pipe until slirp4netns has its network up.
-    let (net_r, net_w) = match plan.slirp {
-        Some(_) => {
-            let (r, w) = pipe()?;
-            (Some(r), Some(w))
-        }
-        None => (None, None),
+    // The step's pids cgroup, where one can be made.
+    let cgroup = spec.pids_max.and_then(cgroup::StepCgroup::create);
+    // The init waits on this pipe until it is in its cgroup and its network is up.
+    plan.wait_for_go = plan.slirp.is_some() || cgroup.is_some();
+    let (net_r, net_w) = if plan.wait_for_go {
+        let (r, w) = pipe()?;
+        (Some(r), Some(w))
+    } else {
+        (None, None)
     };
     let (in_r, in_w): (OwnedFd, Option<OwnedFd>) = match &spec.stdin {
         Some(_) => {
@@ -278,19 +285,29 @@ pub fn run(
     let slirp = plan.slirp.clone();
     let mut net_w = net_w;
     let mut on_started = |init: Pid| {
-        let (Some(slirp), Some(go)) = (&slirp, net_w.take()) else {
+        let Some(go) = net_w.take() else {
             return true;
         };
-        match network::UserNetwork::start(slirp, init.as_raw()) {
-            Ok(net) => {
-                user_network = Some(net);
-                nix::unistd::write(&go, &[1]).is_ok()
-            }
-            Err(e) => {
-                network_error = Some(e);
-                false
+        if let Some(group) = &cgroup
+            && let Err(source) = group.add(init.as_raw())
+        {
+            network_error = Some(Error::Io {
+                action: "move the step into the cgroup",
+                path: group.path().to_owned(),
+                source,
+            });
+            return false;
+        }
+        if let Some(slirp) = &slirp {
+            match network::UserNetwork::start(slirp, init.as_raw()) {
+                Ok(net) => user_network = Some(net),
+                Err(e) => {
+                    network_error = Some(e);
+                    return false;
+                }
             }
         }
+        nix::unistd::write(&go, &[1]).is_ok()
     };
 
     let pumped = pump(

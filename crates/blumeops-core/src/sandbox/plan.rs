@@ -104,6 +104,9 @@ pub(super) struct Plan {
     pub(super) own_network: bool,
     /// slirp4netns, for an isolated network: the init waits for it before the command.
     pub(super) slirp: Option<PathBuf>,
+    /// The init waits for the parent's word before the command: set by `run` when the step
+    /// gets a cgroup or a network.
+    pub(super) wait_for_go: bool,
     /// `/proc/self/setgroups` says `deny` (a user namespace with a single mapping): the
     /// supplementary groups cannot be set, so they are left alone.
     pub(super) setgroups_denied: bool,
@@ -897,6 +900,7 @@ impl Plan {
                     filter: p.as_ptr().cast_mut().cast(),
                 })
                 .collect(),
+            wait_for_go: false,
             cwd,
             cwd_display,
             user,

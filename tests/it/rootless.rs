@@ -112,12 +112,30 @@ fn build_as(
     dir: &Path,
     xdg: &Path,
 ) -> CliOutput {
+    build_as_with(user, src, registry, base, dir, xdg, &[])
+}
+
+/// [`build_as`] with more environment.
+fn build_as_with(
+    user: &TestUser,
+    src: &Path,
+    registry: &TestRegistry,
+    base: &PushedImage,
+    dir: &Path,
+    xdg: &Path,
+    env: &[(&str, &str)],
+) -> CliOutput {
     let out = format!("oci:{}", dir.display());
     let xdg = xdg.display().to_string();
+    let mut envs = vec![
+        ("XDG_CACHE_HOME", xdg.as_str()),
+        ("SOURCE_DATE_EPOCH", EPOCH),
+    ];
+    envs.extend_from_slice(env);
     run_cli_as(
         user,
         &build_args(src, registry, base, &out),
-        &[("XDG_CACHE_HOME", &xdg), ("SOURCE_DATE_EPOCH", EPOCH)],
+        &envs,
         Path::new("/"),
         TIMEOUT,
     )
@@ -459,6 +477,39 @@ fn rootless_apt_and_useradd_on_debian_match_the_root_build() {
         digest(&root),
         "rootless and root images differ"
     );
+    // The copying fallback (no overlayfs in the user namespace) gives the same image.
+    let copy_xdg = user.tempdir("blumeops-rl-copy-xdg-");
+    let copied = build_as_with(
+        user,
+        src.path(),
+        &registry,
+        &base,
+        &out.path().join("copy"),
+        copy_xdg.path(),
+        &[("BLUMEOPS_ROOTLESS_FS", "copy")],
+    );
+    copied.assert_success();
+    // Its files are the same. (Its layers may still differ in entries that change nothing,
+    // which overlayfs adds as a side effect of how a file was used: a file opened for
+    // writing and left as it was, an opaque marker on a directory that is new anyway.)
+    let unpack = |dir: &Path| {
+        let bundle = tempdir("blumeops-bundle-");
+        umoci_unpack(
+            &format!("{}:v1.0.0-abc1234", dir.display()),
+            &bundle.path().join("b"),
+        );
+        blumeops_e2e::parity::Tree::snapshot(&bundle.path().join("b/rootfs"))
+    };
+    let (overlay_tree, copy_tree) = (
+        unpack(&root_out.path().join("img")),
+        unpack(&out.path().join("copy")),
+    );
+    assert!(
+        overlay_tree.entries == copy_tree.entries && overlay_tree.hardlinks == copy_tree.hardlinks,
+        "the copy fallback's files differ from the root build's: {:?}",
+        blumeops_e2e::parity::diff_trees(&copy_tree, &overlay_tree).diffs
+    );
+    TestUser::remove_tree(copy_xdg.path());
 
     let owners = layer_owners(&out.path().join("img"));
     assert_no_host_ids(&owners);
@@ -579,5 +630,46 @@ fn default_steps_cannot_reach_the_host_loopback() {
         "hello\n",
         "{rootless}"
     );
+    TestUser::remove_tree(xdg.path());
+}
+
+/// Without overlayfs in the user namespace (forced here with `BLUMEOPS_ROOTLESS_FS=copy`),
+/// steps run on a copy of the layers and their changes are turned into overlayfs's form:
+/// the same image as root's, and the progress output names the slower fallback.
+#[test]
+fn rootless_copy_fallback_has_the_root_build_digest() {
+    require_users!();
+    let user = TestUser::with_range();
+    let registry = TestRegistry::start();
+    let base = BaseImage::push(&registry);
+    let src = source(SANDBOX_DOCKERFILE, user);
+    let root_out = tempdir("blumeops-root-out-");
+    let root = build_as_root(src.path(), &registry, &base, &root_out.path().join("img"));
+    root.assert_success();
+
+    let out = user.tempdir("blumeops-copy-out-");
+    let xdg = user.tempdir("blumeops-copy-xdg-");
+    let copied = build_as_with(
+        user,
+        src.path(),
+        &registry,
+        &base,
+        &out.path().join("img"),
+        xdg.path(),
+        &[("BLUMEOPS_ROOTLESS_FS", "copy")],
+    );
+    copied.assert_success();
+    assert!(
+        copied.stderr.contains(
+            "copying the layers for every step (no overlayfs in a user namespace here: slower)"
+        ),
+        "{copied}"
+    );
+    assert_eq!(
+        digest(&copied),
+        digest(&root),
+        "the copy fallback's image differs"
+    );
+    assert_no_host_ids(&layer_owners(&out.path().join("img")));
     TestUser::remove_tree(xdg.path());
 }

@@ -1,6 +1,6 @@
 //! Where build steps run: the executors, how `auto` picks one, and what `doctor` reports.
 //!
-//! - `root`: the sandbox of [`crate::sandbox`] run by root in the host's user namespace
+//! - `root`: the step sandbox run by root in the host's user namespace
 //!   (overlayfs with `trusted.*` xattrs).
 //! - `rootless`: the same sandbox run by a process that [`reexec`]uted itself into a user
 //!   namespace where the calling user is 0 and its `/etc/subuid` range supplies 1–65535
@@ -219,16 +219,15 @@ pub fn describe_current() -> String {
         .filter(|l| l.inside != 0)
         .map(|l| u64::from(l.count))
         .sum();
-    if m.is_single() {
-        format!(
-            "user namespace with a single id mapping, {user} (uid {uid}) as 0; overlayfs \
-             with userxattr"
-        )
+    let fs = if crate::sandbox::copies_rootfs() {
+        "copying the layers for every step (no overlayfs in a user namespace here: slower)"
     } else {
-        format!(
-            "user namespace, {user} (uid {uid}) as 0 and {more} ids from {SUBUID_FILE}; \
-             overlayfs with userxattr"
-        )
+        "overlayfs with userxattr"
+    };
+    if m.is_single() {
+        format!("user namespace with a single id mapping, {user} (uid {uid}) as 0; {fs}")
+    } else {
+        format!("user namespace, {user} (uid {uid}) as 0 and {more} ids from {SUBUID_FILE}; {fs}")
     }
 }
 

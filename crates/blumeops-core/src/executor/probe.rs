@@ -384,8 +384,32 @@ pub fn rootless() -> Candidate {
     }
 
     // The real thing: a user namespace with overlayfs (userxattr) in it.
+    let forced_copy = std::env::var(crate::sandbox::ROOTLESS_FS_ENV).as_deref() == Ok("copy");
     match probe_userns_overlay(uid, gid) {
+        Ok(None) if forced_copy => c.detail(
+            "filesystem",
+            format!(
+                "copies of the layers for every step ({}=copy; slower)",
+                crate::sandbox::ROOTLESS_FS_ENV
+            ),
+        ),
         Ok(None) => c.detail("filesystem", "overlayfs with userxattr (Linux 5.11+)"),
+        Ok(Some((3, e))) => {
+            // No overlayfs in a user namespace: steps copy the layers instead.
+            c.detail("filesystem", "copies of the layers for every step (slower)");
+            c.warnings.push(Problem::new(
+                format!(
+                    "mounting overlayfs in a user namespace failed ({}), so every rootless \
+                     step copies the image's layers first: slower",
+                    os_error(e)
+                ),
+                if overlay_known() {
+                    "use Linux 5.11 or newer (overlayfs with userxattr), or run as root"
+                } else {
+                    NO_OVERLAY_FIX
+                },
+            ));
+        }
         Ok(Some((stage, e))) => {
             let (what, fix) = match stage {
                 1 => (
@@ -403,15 +427,10 @@ pub fn rootless() -> Candidate {
                 ),
                 _ => (
                     format!(
-                        "mounting overlayfs in a user namespace failed ({}): the kernel needs \
-                         Linux 5.11+ for overlay with userxattr",
+                        "the user namespace probe failed at stage {stage} ({})",
                         os_error(e)
                     ),
-                    if overlay_known() {
-                        "use a kernel 5.11 or newer, or run as root".to_owned()
-                    } else {
-                        NO_OVERLAY_FIX.to_owned()
-                    },
+                    "run `blumeops doctor` as the user that builds".to_owned(),
                 ),
             };
             c.problems.push(Problem::new(what, fix));

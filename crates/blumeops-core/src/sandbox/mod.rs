@@ -31,6 +31,7 @@
 
 mod cgroup;
 mod child;
+mod copyfs;
 mod error;
 mod network;
 mod output;
@@ -54,6 +55,7 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{Pid, pipe2};
 
 pub use cgroup::{DEFAULT_PIDS_MAX, pids_cgroup_parent};
+pub use copyfs::{ROOTLESS_FS_ENV, copies_rootfs};
 pub use error::{Error, Requirement, SetupStep};
 pub use network::user_network;
 pub use plan::{DEFAULT_HOSTNAME, DEFAULT_PATH};
@@ -369,6 +371,9 @@ pub fn run(
         sink.finish()?;
         return Err(error);
     };
+    if let Some((rootfs, baseline)) = &plan.copy {
+        copyfs::diff(rootfs, baseline, &spec.upper)?;
+    }
     let (exit_code, signal) = if libc::WIFSIGNALED(status) {
         let sig = libc::WTERMSIG(status);
         (128 + sig, Some(sig))
@@ -611,4 +616,54 @@ fn pump(
         reports,
         cancelled: killed || cancel.is_cancelled() && init.is_none(),
     })
+}
+
+/// Whether this process can mount overlayfs with `userxattr` (it runs in a user namespace):
+/// tried in a child with a mount namespace of its own, on directories in the temporary
+/// directory.
+#[expect(unsafe_code, reason = "the probe forks and mounts in the child")]
+pub(crate) fn overlay_mountable() -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(dir) = tempfile::Builder::new().prefix("blumeops-ovl-").tempdir() else {
+        return false;
+    };
+    let p = |d: &str| dir.path().join(d);
+    for d in ["lower", "upper", "work", "merged"] {
+        if std::fs::create_dir(p(d)).is_err() {
+            return false;
+        }
+    }
+    let (Ok(data), Ok(merged)) = (
+        std::ffi::CString::new(format!(
+            "lowerdir={},upperdir={},workdir={},userxattr",
+            p("lower").display(),
+            p("upper").display(),
+            p("work").display()
+        )),
+        std::ffi::CString::new(p("merged").as_os_str().as_bytes()),
+    ) else {
+        return false;
+    };
+    // SAFETY: the child makes two system calls on strings prepared before the fork and
+    // exits; the parent reaps it.
+    unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            let ok = libc::unshare(libc::CLONE_NEWNS) == 0
+                && libc::mount(
+                    c"overlay".as_ptr(),
+                    merged.as_ptr(),
+                    c"overlay".as_ptr(),
+                    0,
+                    data.as_ptr().cast(),
+                ) == 0;
+            libc::_exit(i32::from(!ok));
+        }
+        if pid < 0 {
+            return false;
+        }
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+    }
 }

@@ -107,6 +107,9 @@ pub(super) struct Plan {
     /// The init waits for the parent's word before the command: set by `run` when the step
     /// gets a cgroup or a network.
     pub(super) wait_for_go: bool,
+    /// The copied rootfs and what it held, when the step runs on a copy instead of an
+    /// overlay (see `copyfs`): its changes move into the upper directory afterwards.
+    pub(super) copy: Option<(PathBuf, super::copyfs::Baseline)>,
     /// `/proc/self/setgroups` says `deny` (a user namespace with a single mapping): the
     /// supplementary groups cannot be set, so they are left alone.
     pub(super) setgroups_denied: bool,
@@ -628,6 +631,17 @@ impl Plan {
         let mapping = crate::executor::current_mapping();
         let userns = !mapping.is_initial();
         let overlay = overlay_data(&scaffold_root, &lowers_top_first, &upper, &work, userns);
+        // Rootless without overlayfs: a copy of the layers (and the scaffold) instead.
+        let copy = if userns && super::copyfs::copies_rootfs() {
+            let rootfs = dir.path().join("rootfs");
+            fs::create_dir(&rootfs).map_err(io_err("create sandbox directory", &rootfs))?;
+            let mut layers = vec![scaffold_root.clone()];
+            layers.extend(lowers_top_first.iter().cloned());
+            let baseline = super::copyfs::populate(&layers, &rootfs)?;
+            Some((rootfs, baseline))
+        } else {
+            None
+        };
         let in_merged = |rel: &str| merged.join(rel);
         let mut ops = Vec::new();
         let mut push = |op: Op, step: SetupStep, path: PathBuf| {
@@ -640,6 +654,21 @@ impl Plan {
             root.to_owned(),
         );
         let too_long = match overlay {
+            _ if copy.is_some() => {
+                let rootfs = &copy.as_ref().expect("checked").0;
+                push(
+                    Op::Mount {
+                        source: Some(path_cstring(rootfs)?),
+                        target: path_cstring(&merged)?,
+                        fstype: None,
+                        flags: libc::MS_BIND | libc::MS_REC,
+                        data: None,
+                    },
+                    SetupStep::MountOverlay,
+                    merged.clone(),
+                );
+                None
+            }
             Ok((base, data)) => {
                 push(
                     Op::Chdir {
@@ -901,6 +930,7 @@ impl Plan {
                 })
                 .collect(),
             wait_for_go: false,
+            copy,
             cwd,
             cwd_display,
             user,

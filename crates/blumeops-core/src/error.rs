@@ -195,6 +195,12 @@ impl Error {
             Self::Step { source, .. } => source.hint(),
             Self::Registry(e) => e.hint(),
             Self::Import(e) => e.hint(),
+            // No executor: every one that was tried, with why it cannot run and its fix.
+            Self::Sandbox(sandbox::Error::Unsupported(_)) => {
+                executor::prepare(executor::ExecutorKind::Auto)
+                    .err()
+                    .map(|e| e.to_string())
+            }
             // Under a single id mapping, any failing step or id error may come from it.
             Self::ExecFailed { .. }
             | Self::Sandbox(_)

@@ -13,6 +13,7 @@ packages=(
     debootstrap      # the Debian base image of the rootless apt/useradd tests
     uidmap           # newuidmap/newgidmap: the rootless executor's id ranges
     slirp4netns      # isolated step networks (user-mode networking)
+    fuse-overlayfs   # rootless steps where the kernel has no overlayfs in user namespaces
     passwd           # useradd/usermod: the rootless tests' users
     apache2-utils    # htpasswd, for the registry's users
     ca-certificates

@@ -17,9 +17,14 @@ echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet
 echo "== cargo build (the CLI the end-to-end tests run)"
 cargo build --locked -p blumeops-cli
-# Debian's udev rules make /dev/net/tun 0666; some VMs leave it 0600, which keeps the
-# rootless tests' slirp4netns (isolated step networks) from opening it.
-[[ ! -c /dev/net/tun || $(id -u) -ne 0 ]] || chmod 0666 /dev/net/tun
+# Debian's udev rules make /dev/net/tun and /dev/fuse 0666; some VMs leave them 0600,
+# which keeps the rootless tests' slirp4netns (isolated step networks) and fuse-overlayfs
+# from opening them.
+if [[ $(id -u) -eq 0 ]]; then
+    for dev in /dev/net/tun /dev/fuse; do
+        [[ ! -c $dev ]] || chmod 0666 "$dev"
+    done
+fi
 echo "== cargo test"
 # Tests that cannot run here record a line in this file (blumeops_core::testing::skip).
 work=$(mktemp -d)

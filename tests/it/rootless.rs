@@ -477,21 +477,11 @@ fn rootless_apt_and_useradd_on_debian_match_the_root_build() {
         digest(&root),
         "rootless and root images differ"
     );
-    // The copying fallback (no overlayfs in the user namespace) gives the same image.
-    let copy_xdg = user.tempdir("blumeops-rl-copy-xdg-");
-    let copied = build_as_with(
-        user,
-        src.path(),
-        &registry,
-        &base,
-        &out.path().join("copy"),
-        copy_xdg.path(),
-        &[("BLUMEOPS_ROOTLESS_FS", "copy")],
-    );
-    copied.assert_success();
-    // Its files are the same. (Its layers may still differ in entries that change nothing,
-    // which overlayfs adds as a side effect of how a file was used: a file opened for
-    // writing and left as it was, an opaque marker on a directory that is new anyway.)
+    // The fallback without overlayfs in the user namespace gives the same files. (Layers may
+    // still
+    // differ in entries that change nothing, which the kernel's overlayfs adds as a side
+    // effect of how a file was used: a file opened for writing and left as it was, an opaque
+    // marker on a directory made where one was deleted.)
     let unpack = |dir: &Path| {
         let bundle = tempdir("blumeops-bundle-");
         umoci_unpack(
@@ -500,16 +490,26 @@ fn rootless_apt_and_useradd_on_debian_match_the_root_build() {
         );
         blumeops_e2e::parity::Tree::snapshot(&bundle.path().join("b/rootfs"))
     };
-    let (overlay_tree, copy_tree) = (
-        unpack(&root_out.path().join("img")),
-        unpack(&out.path().join("copy")),
+    let overlay_tree = unpack(&root_out.path().join("img"));
+    let fs = "copy";
+    let fs_xdg = user.tempdir("blumeops-rl-fs-xdg-");
+    let built = build_as_with(
+        user,
+        src.path(),
+        &registry,
+        &base,
+        &out.path().join(fs),
+        fs_xdg.path(),
+        &[("BLUMEOPS_ROOTLESS_FS", fs)],
     );
+    built.assert_success();
+    let tree = unpack(&out.path().join(fs));
     assert!(
-        overlay_tree.entries == copy_tree.entries && overlay_tree.hardlinks == copy_tree.hardlinks,
-        "the copy fallback's files differ from the root build's: {:?}",
-        blumeops_e2e::parity::diff_trees(&copy_tree, &overlay_tree).diffs
+        overlay_tree.entries == tree.entries && overlay_tree.hardlinks == tree.hardlinks,
+        "the {fs} fallback's files differ from the root build's: {:?}",
+        blumeops_e2e::parity::diff_trees(&tree, &overlay_tree).diffs
     );
-    TestUser::remove_tree(copy_xdg.path());
+    TestUser::remove_tree(fs_xdg.path());
 
     let owners = layer_owners(&out.path().join("img"));
     assert_no_host_ids(&owners);
@@ -633,11 +633,12 @@ fn default_steps_cannot_reach_the_host_loopback() {
     TestUser::remove_tree(xdg.path());
 }
 
-/// Without overlayfs in the user namespace (forced here with `BLUMEOPS_ROOTLESS_FS=copy`),
-/// steps run on a copy of the layers and their changes are turned into overlayfs's form:
-/// the same image as root's, and the progress output names the slower fallback.
+/// Without overlayfs in the user namespace, steps run on a copy of the layers whose changes
+/// are turned into overlayfs's form; fuse-overlayfs when asked for (both forced here with
+/// `BLUMEOPS_ROOTLESS_FS`): the same image as root's, and the progress output names the
+/// fallback.
 #[test]
-fn rootless_copy_fallback_has_the_root_build_digest() {
+fn rootless_fallbacks_have_the_root_build_digest() {
     require_users!();
     let user = TestUser::with_range();
     let registry = TestRegistry::start();
@@ -647,29 +648,35 @@ fn rootless_copy_fallback_has_the_root_build_digest() {
     let root = build_as_root(src.path(), &registry, &base, &root_out.path().join("img"));
     root.assert_success();
 
-    let out = user.tempdir("blumeops-copy-out-");
-    let xdg = user.tempdir("blumeops-copy-xdg-");
-    let copied = build_as_with(
-        user,
-        src.path(),
-        &registry,
-        &base,
-        &out.path().join("img"),
-        xdg.path(),
-        &[("BLUMEOPS_ROOTLESS_FS", "copy")],
-    );
-    copied.assert_success();
-    assert!(
-        copied.stderr.contains(
-            "copying the layers for every step (no overlayfs in a user namespace here: slower)"
+    for (fs, says) in [
+        (
+            "fuse-overlayfs",
+            "fuse-overlayfs (/usr/bin/fuse-overlayfs; asked for with BLUMEOPS_ROOTLESS_FS)",
         ),
-        "{copied}"
-    );
-    assert_eq!(
-        digest(&copied),
-        digest(&root),
-        "the copy fallback's image differs"
-    );
-    assert_no_host_ids(&layer_owners(&out.path().join("img")));
-    TestUser::remove_tree(xdg.path());
+        (
+            "copy",
+            "copying the layers for every step (no overlayfs in a user namespace here: slower)",
+        ),
+    ] {
+        let out = user.tempdir("blumeops-fallback-out-");
+        let xdg = user.tempdir("blumeops-fallback-xdg-");
+        let built = build_as_with(
+            user,
+            src.path(),
+            &registry,
+            &base,
+            &out.path().join("img"),
+            xdg.path(),
+            &[("BLUMEOPS_ROOTLESS_FS", fs)],
+        );
+        built.assert_success();
+        assert!(built.stderr.contains(says), "{built}");
+        assert_eq!(
+            digest(&built),
+            digest(&root),
+            "the {fs} fallback's image differs"
+        );
+        assert_no_host_ids(&layer_owners(&out.path().join("img")));
+        TestUser::remove_tree(xdg.path());
+    }
 }

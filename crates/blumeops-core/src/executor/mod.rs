@@ -219,11 +219,7 @@ pub fn describe_current() -> String {
         .filter(|l| l.inside != 0)
         .map(|l| u64::from(l.count))
         .sum();
-    let fs = if crate::sandbox::copies_rootfs() {
-        "copying the layers for every step (no overlayfs in a user namespace here: slower)"
-    } else {
-        "overlayfs with userxattr"
-    };
+    let fs = crate::sandbox::rootless_fs().describe();
     if m.is_single() {
         format!("user namespace with a single id mapping, {user} (uid {uid}) as 0; {fs}")
     } else {

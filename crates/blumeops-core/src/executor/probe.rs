@@ -384,23 +384,21 @@ pub fn rootless() -> Candidate {
     }
 
     // The real thing: a user namespace with overlayfs (userxattr) in it.
-    let forced_copy = std::env::var(crate::sandbox::ROOTLESS_FS_ENV).as_deref() == Ok("copy");
+    let forced = std::env::var(crate::sandbox::ROOTLESS_FS_ENV).unwrap_or_default();
     match probe_userns_overlay(uid, gid) {
-        Ok(None) if forced_copy => c.detail(
+        Ok(None) if forced == "copy" || forced == "fuse-overlayfs" => c.detail(
             "filesystem",
-            format!(
-                "copies of the layers for every step ({}=copy; slower)",
-                crate::sandbox::ROOTLESS_FS_ENV
-            ),
+            format!("{forced} ({}={forced})", crate::sandbox::ROOTLESS_FS_ENV),
         ),
         Ok(None) => c.detail("filesystem", "overlayfs with userxattr (Linux 5.11+)"),
         Ok(Some((3, e))) => {
-            // No overlayfs in a user namespace: steps copy the layers instead.
-            c.detail("filesystem", "copies of the layers for every step (slower)");
+            // No overlayfs in a user namespace: copies of the layers.
+            let fallback = "copies of the layers for every step";
+            c.detail("filesystem", format!("{fallback} (slower)"));
             c.warnings.push(Problem::new(
                 format!(
-                    "mounting overlayfs in a user namespace failed ({}), so every rootless \
-                     step copies the image's layers first: slower",
+                    "mounting overlayfs in a user namespace failed ({}), so rootless steps \
+                     use {fallback}: slower",
                     os_error(e)
                 ),
                 if overlay_known() {
@@ -444,11 +442,12 @@ pub fn rootless() -> Candidate {
     c.detail(
         "fuse-overlayfs",
         find_program("fuse-overlayfs").map_or_else(
-            || "not found (not needed with kernel overlayfs)".to_owned(),
+            || "not found (used only when asked for)".to_owned(),
             |p| {
                 format!(
-                    "{} (not used: this version mounts kernel overlayfs)",
-                    p.display()
+                    "{} (used only with {}=fuse-overlayfs)",
+                    p.display(),
+                    crate::sandbox::ROOTLESS_FS_ENV
                 )
             },
         ),

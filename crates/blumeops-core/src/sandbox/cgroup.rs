@@ -59,6 +59,7 @@ impl StepCgroup {
     pub(super) fn create(max: u64) -> Option<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let parent = parent()?;
+        remove_leftovers(&parent);
         let dir = parent.join(format!(
             "blumeops-step-{}-{}",
             std::process::id(),
@@ -91,6 +92,28 @@ impl Drop for StepCgroup {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Remove step cgroups that a killed blumeops left behind: named for a process that no
+/// longer exists, and empty (the kernel refuses to remove a cgroup that is not).
+fn remove_leftovers(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(owner) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("blumeops-step-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if owner != std::process::id() && !Path::new(&format!("/proc/{owner}")).exists() {
+            let _ = fs::remove_dir(entry.path());
         }
     }
 }

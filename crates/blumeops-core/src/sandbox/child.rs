@@ -225,6 +225,26 @@ fn helper(plan: &mut Plan, fds: &ChildFds, parent: libc::pid_t) -> ! {
     if plan.own_network {
         flags |= libc::CLONE_NEWNET;
     }
+    // fuse-overlayfs first, in a mount namespace of this helper but outside the step's PID
+    // namespace (created below, so that the init is its PID 1).
+    let fuse = match &plan.fuse {
+        Some(f) => {
+            // SAFETY: unshare and mount affect only this process's namespaces.
+            unsafe {
+                check(libc::unshare(libc::CLONE_NEWNS), SetupStep::Unshare);
+                let private = libc::MS_REC | libc::MS_PRIVATE;
+                let root = c"/".as_ptr();
+                let null = std::ptr::null();
+                check(
+                    libc::mount(null, root, null, private, null.cast()),
+                    SetupStep::MakePrivate,
+                );
+            }
+            flags &= !libc::CLONE_NEWNS;
+            Some(start_fuse(f))
+        }
+        None => None,
+    };
     // SAFETY: unshare affects only this process.
     check(unsafe { libc::unshare(flags) }, SetupStep::Unshare);
     // SAFETY: the init child only makes system calls on prepared memory (see `init`).
@@ -257,6 +277,13 @@ fn helper(plan: &mut Plan, fds: &ChildFds, parent: libc::pid_t) -> ! {
             fail_step(SetupStep::Wait, errno());
         }
     }
+    if let Some(daemon) = fuse {
+        // SAFETY: signalling and reaping our own child.
+        unsafe {
+            libc::kill(daemon, libc::SIGKILL);
+            libc::waitpid(daemon, std::ptr::null_mut(), 0);
+        }
+    }
     report(Report {
         kind: EXITED,
         index: 0,
@@ -264,6 +291,50 @@ fn helper(plan: &mut Plan, fds: &ChildFds, parent: libc::pid_t) -> ! {
         extra: status,
     });
     exit(0)
+}
+
+/// fuse's superblock magic, as `statfs` reports it.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// Start fuse-overlayfs in the foreground and wait until its mount is up. Returns its PID.
+fn start_fuse(fuse: &super::plan::FuseMount) -> libc::pid_t {
+    // SAFETY: fork, then in the child only descriptor calls and execve on prepared strings;
+    // in this process statfs polling on a prepared path and waitpid on the child.
+    unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // Not the step's output, and none of the step's pipes (they must reach EOF).
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            let envp: [*const c_char; 1] = [std::ptr::null()];
+            libc::execve(fuse.program.as_ptr(), fuse.argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127);
+        }
+        if pid < 0 {
+            fail_step(SetupStep::MountOverlay, errno());
+        }
+        // Up to 10 s for the mount to appear; the daemon exiting means it failed.
+        for _ in 0..2000 {
+            let mut st: libc::statfs = std::mem::zeroed();
+            if libc::statfs(fuse.merged.as_ptr(), &mut st) == 0
+                && st.f_type as i64 == FUSE_SUPER_MAGIC
+            {
+                return pid;
+            }
+            let mut status = 0;
+            if libc::waitpid(pid, &mut status, libc::WNOHANG) == pid {
+                fail_step(SetupStep::MountOverlay, libc::EIO);
+            }
+            libc::usleep(5000);
+        }
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+        fail_step(SetupStep::MountOverlay, libc::ETIMEDOUT)
+    }
 }
 
 fn apply(op: &Op) -> c_int {
@@ -596,6 +667,15 @@ fn init(plan: &mut Plan) -> ! {
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         libc::umask(0);
+    }
+    if plan.fuse.is_some() {
+        // A mount namespace of our own (with the fuse mount in it): pivot_root moves the
+        // root of every process of a namespace, and the daemon's must stay where it is.
+        // SAFETY: unshare affects only this process.
+        check(
+            unsafe { libc::unshare(libc::CLONE_NEWNS) },
+            SetupStep::Unshare,
+        );
     }
     for (i, planned) in plan.ops.iter().enumerate() {
         if apply(&planned.op) == -1 {

@@ -15,26 +15,11 @@ use std::fs::{self, File, Metadata};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use rustix::fs::{AtFlags, FileType, Mode, Timestamps, XattrFlags};
 
 use super::Error;
-
-/// Environment variable forcing the rootless filesystem: `overlay` or `copy`.
-pub const ROOTLESS_FS_ENV: &str = "BLUMEOPS_ROOTLESS_FS";
-
-/// Whether rootless steps copy their rootfs instead of mounting overlayfs: forced by
-/// [`ROOTLESS_FS_ENV`], else when an overlay with `userxattr` cannot be mounted here.
-pub fn copies_rootfs() -> bool {
-    static COPY: OnceLock<bool> = OnceLock::new();
-    *COPY.get_or_init(|| match std::env::var(ROOTLESS_FS_ENV).as_deref() {
-        Ok("copy") => true,
-        Ok("overlay") => false,
-        _ => crate::executor::in_user_namespace() && !super::overlay_mountable(),
-    })
-}
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
     move |source| Error::Io {

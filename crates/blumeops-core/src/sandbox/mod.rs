@@ -36,6 +36,7 @@ mod error;
 mod network;
 mod output;
 mod plan;
+mod rootless_fs;
 mod seccomp;
 #[cfg(test)]
 mod tests;
@@ -55,10 +56,10 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{Pid, pipe2};
 
 pub use cgroup::{DEFAULT_PIDS_MAX, pids_cgroup_parent};
-pub use copyfs::{ROOTLESS_FS_ENV, copies_rootfs};
 pub use error::{Error, Requirement, SetupStep};
 pub use network::user_network;
 pub use plan::{DEFAULT_HOSTNAME, DEFAULT_PATH};
+pub use rootless_fs::{ROOTLESS_FS_ENV, RootlessFs, rootless_fs};
 
 use crate::Network;
 use child::{ChildFds, RECORD, Report};
@@ -373,6 +374,9 @@ pub fn run(
     };
     if let Some((rootfs, baseline)) = &plan.copy {
         copyfs::diff(rootfs, baseline, &spec.upper)?;
+    }
+    if let Some(lowers) = &plan.fuse_lowers {
+        rootless_fs::normalize_fuse_upper(&spec.upper, lowers)?;
     }
     let (exit_code, signal) = if libc::WIFSIGNALED(status) {
         let sig = libc::WTERMSIG(status);

@@ -84,6 +84,19 @@ pub(super) enum Op {
     },
 }
 
+/// fuse-overlayfs for a rootless step without kernel overlayfs: run by the sandbox's helper
+/// in the foreground, outside the step's PID namespace (a step must not see, signal or
+/// trace the daemon that writes its filesystem) and outside the mount namespace the init
+/// switches root in.
+pub(super) struct FuseMount {
+    pub(super) program: CString,
+    /// argv, NULL-terminated; the strings live in `_args`.
+    pub(super) argv: Vec<*const libc::c_char>,
+    _args: Vec<CString>,
+    /// Where it mounts (the merged directory).
+    pub(super) merged: CString,
+}
+
 /// An operation with what to say if it fails.
 pub(super) struct PlannedOp {
     pub(super) op: Op,
@@ -110,6 +123,11 @@ pub(super) struct Plan {
     /// The copied rootfs and what it held, when the step runs on a copy instead of an
     /// overlay (see `copyfs`): its changes move into the upper directory afterwards.
     pub(super) copy: Option<(PathBuf, super::copyfs::Baseline)>,
+    /// The lower directories (top first, scaffold included) when fuse-overlayfs mounts the
+    /// rootfs: its upper directory is brought to kernel overlayfs's form afterwards.
+    pub(super) fuse_lowers: Option<Vec<PathBuf>>,
+    /// fuse-overlayfs to start before the init.
+    pub(super) fuse: Option<FuseMount>,
     /// `/proc/self/setgroups` says `deny` (a user namespace with a single mapping): the
     /// supplementary groups cannot be set, so they are left alone.
     pub(super) setgroups_denied: bool,
@@ -632,7 +650,12 @@ impl Plan {
         let userns = !mapping.is_initial();
         let overlay = overlay_data(&scaffold_root, &lowers_top_first, &upper, &work, userns);
         // Rootless without overlayfs: a copy of the layers (and the scaffold) instead.
-        let copy = if userns && super::copyfs::copies_rootfs() {
+        let fs_mode = if userns {
+            super::rootless_fs().clone()
+        } else {
+            super::RootlessFs::Overlay
+        };
+        let copy = if fs_mode == super::RootlessFs::Copy {
             let rootfs = dir.path().join("rootfs");
             fs::create_dir(&rootfs).map_err(io_err("create sandbox directory", &rootfs))?;
             let mut layers = vec![scaffold_root.clone()];
@@ -653,7 +676,42 @@ impl Plan {
             SetupStep::MakePrivate,
             root.to_owned(),
         );
+        let fuse = match &fs_mode {
+            super::RootlessFs::FuseOverlayfs(program) => {
+                let mut lowers = vec![scaffold_root.clone()];
+                lowers.extend(lowers_top_first.iter().cloned());
+                let mut options = b"lowerdir=".to_vec();
+                for (i, l) in lowers.iter().enumerate() {
+                    if i > 0 {
+                        options.push(b':');
+                    }
+                    escape_overlay(&mut options, l);
+                }
+                options.extend_from_slice(b",upperdir=");
+                escape_overlay(&mut options, &upper);
+                options.extend_from_slice(b",workdir=");
+                escape_overlay(&mut options, &work);
+                let args = vec![
+                    path_cstring(program)?,
+                    c"-f".to_owned(),
+                    c"-o".to_owned(),
+                    cstring("fuse-overlayfs options", options)?,
+                    path_cstring(&merged)?,
+                ];
+                let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+                argv.push(std::ptr::null());
+                Some(FuseMount {
+                    program: path_cstring(program)?,
+                    argv,
+                    _args: args,
+                    merged: path_cstring(&merged)?,
+                })
+            }
+            _ => None,
+        };
         let too_long = match overlay {
+            // fuse-overlayfs: the helper mounts it before the init starts (see `child`).
+            _ if fuse.is_some() => None,
             _ if copy.is_some() => {
                 let rootfs = &copy.as_ref().expect("checked").0;
                 push(
@@ -931,6 +989,12 @@ impl Plan {
                 .collect(),
             wait_for_go: false,
             copy,
+            fuse,
+            fuse_lowers: matches!(fs_mode, super::RootlessFs::FuseOverlayfs(_)).then(|| {
+                let mut lowers = vec![scaffold_root.clone()];
+                lowers.extend(lowers_top_first.iter().cloned());
+                lowers
+            }),
             cwd,
             cwd_display,
             user,

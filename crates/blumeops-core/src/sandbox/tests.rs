@@ -780,6 +780,17 @@ fn suite_passes_in_a_user_namespace_copying_the_rootfs() {
     suite_in_a_user_namespace(Some("copy"));
 }
 
+/// The same with fuse-overlayfs (`BLUMEOPS_ROOTLESS_FS=fuse-overlayfs`), the fallback
+/// before copies.
+#[test]
+fn suite_passes_in_a_user_namespace_with_fuse_overlayfs() {
+    if crate::executor::find_program("fuse-overlayfs").is_none() {
+        crate::testing::skip("fuse-overlayfs is not installed");
+        return;
+    }
+    suite_in_a_user_namespace(Some("fuse-overlayfs"));
+}
+
 fn suite_in_a_user_namespace(rootless_fs: Option<&str>) {
     use crate::executor::{MapLine, UsernsPlan, plan_for_current_user, spawn_in_user_namespace};
     const NAME: &str = "suite_passes_in_a_user_namespace";
@@ -857,6 +868,6 @@ fn suite_in_a_user_namespace(rootless_fs: Option<&str>) {
         .unwrap_or(0);
     let tests = |source: &str| source.lines().filter(|l| l.trim() == "#[test]").count();
     let expected =
-        tests(include_str!("tests.rs")) - 2 + tests(include_str!("../pipeline/eval_tests.rs"));
+        tests(include_str!("tests.rs")) - 3 + tests(include_str!("../pipeline/eval_tests.rs"));
     assert_eq!(ran, expected, "not every sandbox test ran:\n{text}");
 }

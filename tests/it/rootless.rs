@@ -5,7 +5,7 @@
 //! Needs root (to create the users and to build as root), `uidmap` (newuidmap/newgidmap)
 //! and, for the Debian case, debootstrap and Debian's mirror.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -194,29 +194,73 @@ fn assert_no_host_ids(owners: &[(u32, u32, String)]) {
     );
 }
 
+/// A test registry with a base image, a checkout of a Dockerfile that `user` can read, and
+/// root's build of it into `oci:root_out/img`.
+struct RootBuild {
+    registry: TestRegistry,
+    base: PushedImage,
+    src: tempfile::TempDir,
+    root_out: tempfile::TempDir,
+    root: CliOutput,
+}
+
+impl RootBuild {
+    fn new(dockerfile: &str, user: &TestUser, base: fn(&TestRegistry) -> PushedImage) -> Self {
+        let registry = TestRegistry::start();
+        let base = base(&registry);
+        let src = source(dockerfile, user);
+        let root_out = tempdir("blumeops-root-out-");
+        let root = build_as_root(src.path(), &registry, &base, &root_out.path().join("img"));
+        root.assert_success();
+        Self {
+            registry,
+            base,
+            src,
+            root_out,
+            root,
+        }
+    }
+
+    fn image(&self) -> PathBuf {
+        self.root_out.path().join("img")
+    }
+
+    /// Build the same as `user` into `oci:dir`, with its cache under `XDG_CACHE_HOME=xdg`.
+    fn build_as(&self, user: &TestUser, dir: &Path, xdg: &Path, env: &[(&str, &str)]) -> CliOutput {
+        build_as_with(
+            user,
+            self.src.path(),
+            &self.registry,
+            &self.base,
+            dir,
+            xdg,
+            env,
+        )
+    }
+}
+
+/// The image in the OCI layout `dir` (tag `v1.0.0-abc1234`), unpacked with umoci; the
+/// rootfs is `bundle/b/rootfs`.
+fn unpack(dir: &Path) -> tempfile::TempDir {
+    let bundle = tempdir("blumeops-bundle-");
+    umoci_unpack(
+        &format!("{}:v1.0.0-abc1234", dir.display()),
+        &bundle.path().join("b"),
+    );
+    bundle
+}
+
 #[test]
 fn rootless_build_with_a_range_has_the_root_build_digest() {
     require_users!();
     let user = TestUser::with_range();
-    let registry = TestRegistry::start();
-    let base = BaseImage::push(&registry);
-    let src = source(SANDBOX_DOCKERFILE, user);
-
-    let root_out = tempdir("blumeops-root-out-");
-    let root = build_as_root(src.path(), &registry, &base, &root_out.path().join("img"));
-    root.assert_success();
+    let fx = RootBuild::new(SANDBOX_DOCKERFILE, user, BaseImage::push);
+    let root = &fx.root;
     assert!(!root.stderr.contains("executor: rootless"), "{root}");
 
     let out = user.tempdir("blumeops-rl-out-");
     let xdg = user.tempdir("blumeops-rl-xdg-");
-    let rootless = build_as(
-        user,
-        src.path(),
-        &registry,
-        &base,
-        &out.path().join("img"),
-        xdg.path(),
-    );
+    let rootless = fx.build_as(user, &out.path().join("img"), xdg.path(), &[]);
     rootless.assert_success();
     assert!(
         rootless
@@ -239,7 +283,7 @@ fn rootless_build_with_a_range_has_the_root_build_digest() {
     );
     assert_eq!(
         digest(&rootless),
-        digest(&root),
+        digest(root),
         "rootless and root images differ"
     );
 
@@ -259,16 +303,9 @@ fn rootless_build_with_a_range_has_the_root_build_digest() {
     );
 
     // A second build reuses the user's cache: every step cached.
-    let again = build_as(
-        user,
-        src.path(),
-        &registry,
-        &base,
-        &out.path().join("img2"),
-        xdg.path(),
-    );
+    let again = fx.build_as(user, &out.path().join("img2"), xdg.path(), &[]);
     again.assert_success();
-    assert_eq!(digest(&again), digest(&root));
+    assert_eq!(digest(&again), digest(root));
     assert!(
         !again.stderr.contains(" ran in "),
         "a step ran again\n{again}"
@@ -453,63 +490,39 @@ fn rootless_apt_and_useradd_on_debian_match_the_root_build() {
     if !Path::new("/usr/sbin/debootstrap").exists() {
         panic!("debootstrap is missing: scripts/install-deps.sh installs it");
     }
-    let registry = TestRegistry::start();
-    let base = DebianBase::push(&registry);
     let user = TestUser::with_range();
-    let src = source(DEBIAN_DOCKERFILE, user);
-
-    let root_out = tempdir("blumeops-root-out-");
-    let root = build_as_root(src.path(), &registry, &base, &root_out.path().join("img"));
-    root.assert_success();
+    let fx = RootBuild::new(DEBIAN_DOCKERFILE, user, DebianBase::push);
     let out = user.tempdir("blumeops-rl-out-");
     let xdg = user.tempdir("blumeops-rl-xdg-");
-    let rootless = build_as(
-        user,
-        src.path(),
-        &registry,
-        &base,
-        &out.path().join("img"),
-        xdg.path(),
-    );
+    let rootless = fx.build_as(user, &out.path().join("img"), xdg.path(), &[]);
     rootless.assert_success();
     assert_eq!(
         digest(&rootless),
-        digest(&root),
+        digest(&fx.root),
         "rootless and root images differ"
     );
-    // The fallback without overlayfs in the user namespace gives the same files. (Layers may
-    // still
-    // differ in entries that change nothing, which the kernel's overlayfs adds as a side
-    // effect of how a file was used: a file opened for writing and left as it was, an opaque
-    // marker on a directory made where one was deleted.)
-    let unpack = |dir: &Path| {
-        let bundle = tempdir("blumeops-bundle-");
-        umoci_unpack(
-            &format!("{}:v1.0.0-abc1234", dir.display()),
-            &bundle.path().join("b"),
-        );
-        blumeops_e2e::parity::Tree::snapshot(&bundle.path().join("b/rootfs"))
-    };
-    let overlay_tree = unpack(&root_out.path().join("img"));
-    let fs = "copy";
-    let fs_xdg = user.tempdir("blumeops-rl-fs-xdg-");
-    let built = build_as_with(
+
+    // The fallback without overlayfs in the user namespace gives the same files. (Its layers
+    // may still differ in entries that change nothing, which the kernel's overlayfs adds as a
+    // side effect of how a file was used: a file opened for writing and left as it was, an
+    // opaque marker on a directory made where one was deleted.)
+    let copy_xdg = user.tempdir("blumeops-rl-copy-xdg-");
+    let copied = fx.build_as(
         user,
-        src.path(),
-        &registry,
-        &base,
-        &out.path().join(fs),
-        fs_xdg.path(),
-        &[("BLUMEOPS_ROOTLESS_FS", fs)],
+        &out.path().join("copy"),
+        copy_xdg.path(),
+        &[("BLUMEOPS_ROOTLESS_FS", "copy")],
     );
-    built.assert_success();
-    let tree = unpack(&out.path().join(fs));
+    copied.assert_success();
+    let tree =
+        |dir: &Path| blumeops_e2e::parity::Tree::snapshot(&unpack(dir).path().join("b/rootfs"));
+    let (overlay_tree, copy_tree) = (tree(&fx.image()), tree(&out.path().join("copy")));
     assert!(
-        overlay_tree.entries == tree.entries && overlay_tree.hardlinks == tree.hardlinks,
-        "the {fs} fallback's files differ from the root build's: {:?}",
-        blumeops_e2e::parity::diff_trees(&tree, &overlay_tree).diffs
+        overlay_tree.entries == copy_tree.entries && overlay_tree.hardlinks == copy_tree.hardlinks,
+        "the copy fallback's files differ from the root build's: {:?}",
+        blumeops_e2e::parity::diff_trees(&copy_tree, &overlay_tree).diffs
     );
-    TestUser::remove_tree(fs_xdg.path());
+    TestUser::remove_tree(copy_xdg.path());
 
     let owners = layer_owners(&out.path().join("img"));
     assert_no_host_ids(&owners);
@@ -520,11 +533,7 @@ fn rootless_apt_and_useradd_on_debian_match_the_root_build() {
         "/home/app is not owned by 1001"
     );
     // The image runs jq, and the last step ran as app.
-    let bundle = tempdir("blumeops-bundle-");
-    umoci_unpack(
-        &format!("{}:{}", out.path().join("img").display(), "v1.0.0-abc1234"),
-        &bundle.path().join("b"),
-    );
+    let bundle = unpack(&out.path().join("img"));
     let rootfs = bundle.path().join("b/rootfs");
     let jq = chroot_run(&rootfs, &["jq", "--version"]);
     assert!(jq.status.success(), "jq does not run in the image");
@@ -541,8 +550,8 @@ fn rootless_apt_and_useradd_on_debian_match_the_root_build() {
     let failed = build_as(
         nr,
         nr_src.path(),
-        &registry,
-        &base,
+        &fx.registry,
+        &fx.base,
         &nr_out.path().join("img"),
         nr_xdg.path(),
     );
@@ -568,53 +577,30 @@ fn default_steps_cannot_reach_the_host_loopback() {
         }
     });
     let user = TestUser::with_range();
-    let registry = TestRegistry::start();
-    let base = BaseImage::push(&registry);
-    let src = source(
+    let fx = RootBuild::new(
         &format!(
             "ARG CONTAINER_APP_VERSION=1.0.0\nARG BASE_IMAGE\nFROM ${{BASE_IMAGE}}\n\
              RUN (nc -w 3 127.0.0.1 {port} </dev/null || echo unreachable) > /default\n\
              RUN --network=host (nc -w 3 127.0.0.1 {port} </dev/null || echo unreachable) > /host\n"
         ),
         user,
+        BaseImage::push,
     );
     let read = |dir: &Path, file: &str| {
-        let bundle = tempdir("blumeops-bundle-");
-        umoci_unpack(
-            &format!("{}:v1.0.0-abc1234", dir.display()),
-            &bundle.path().join("b"),
-        );
-        std::fs::read_to_string(bundle.path().join("b/rootfs").join(file)).unwrap()
+        std::fs::read_to_string(unpack(dir).path().join("b/rootfs").join(file)).unwrap()
     };
-    let root_out = tempdir("blumeops-root-out-");
-    let root = build_as_root(src.path(), &registry, &base, &root_out.path().join("img"));
-    root.assert_success();
+    let root = &fx.root;
     assert!(
         root.stderr
             .contains("uses the host's network, loopback included (--network=host)"),
         "{root}"
     );
-    assert_eq!(
-        read(&root_out.path().join("img"), "default"),
-        "unreachable\n",
-        "{root}"
-    );
-    assert_eq!(
-        read(&root_out.path().join("img"), "host"),
-        "hello\n",
-        "{root}"
-    );
+    assert_eq!(read(&fx.image(), "default"), "unreachable\n", "{root}");
+    assert_eq!(read(&fx.image(), "host"), "hello\n", "{root}");
 
     let out = user.tempdir("blumeops-rl-out-");
     let xdg = user.tempdir("blumeops-rl-xdg-");
-    let rootless = build_as(
-        user,
-        src.path(),
-        &registry,
-        &base,
-        &out.path().join("img"),
-        xdg.path(),
-    );
+    let rootless = fx.build_as(user, &out.path().join("img"), xdg.path(), &[]);
     rootless.assert_success();
     assert!(
         !rootless.stderr.contains("cannot get") && !rootless.stderr.contains("/dev/net/tun"),
@@ -641,12 +627,7 @@ fn default_steps_cannot_reach_the_host_loopback() {
 fn rootless_fallbacks_have_the_root_build_digest() {
     require_users!();
     let user = TestUser::with_range();
-    let registry = TestRegistry::start();
-    let base = BaseImage::push(&registry);
-    let src = source(SANDBOX_DOCKERFILE, user);
-    let root_out = tempdir("blumeops-root-out-");
-    let root = build_as_root(src.path(), &registry, &base, &root_out.path().join("img"));
-    root.assert_success();
+    let fx = RootBuild::new(SANDBOX_DOCKERFILE, user, BaseImage::push);
 
     for (fs, says) in [
         (
@@ -660,11 +641,8 @@ fn rootless_fallbacks_have_the_root_build_digest() {
     ] {
         let out = user.tempdir("blumeops-fallback-out-");
         let xdg = user.tempdir("blumeops-fallback-xdg-");
-        let built = build_as_with(
+        let built = fx.build_as(
             user,
-            src.path(),
-            &registry,
-            &base,
             &out.path().join("img"),
             xdg.path(),
             &[("BLUMEOPS_ROOTLESS_FS", fs)],
@@ -673,7 +651,7 @@ fn rootless_fallbacks_have_the_root_build_digest() {
         assert!(built.stderr.contains(says), "{built}");
         assert_eq!(
             digest(&built),
-            digest(&root),
+            digest(&fx.root),
             "the {fs} fallback's image differs"
         );
         assert_no_host_ids(&layer_owners(&out.path().join("img")));

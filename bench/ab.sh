@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# A/B timing of two blumeops binaries on the bench scenario's cold build, in pairs of runs
+# (which one goes first alternates) so both see the same machine: each run is `blumeops build --output oci:DIR` of
+# bench/scenario from an empty cache (no push), against a throwaway local registry holding
+# the busybox base.
+#
+#   bench/ab.sh OLD_BIN NEW_BIN [RUNS]      (RUNS per binary, default 7)
+#
+# Prints every run's wall time, the medians, NEW/OLD of the medians and the median of the
+# per-run ratios. Used to measure what a change
+# costs, e.g. the sandbox hardening (see BENCHMARKS.md). Needs root and
+# scripts/install-deps.sh's packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ $# -ge 2 ]] || {
+    echo "usage: bench/ab.sh OLD_BIN NEW_BIN [RUNS]" >&2
+    exit 2
+}
+old=$(realpath "$1")
+new=$(realpath "$2")
+runs=${3:-7}
+[[ -x $old && -x $new && $runs =~ ^[1-9][0-9]*$ ]] || {
+    echo "bench/ab.sh: OLD_BIN and NEW_BIN must be executables, RUNS a positive integer" >&2
+    exit 2
+}
+
+# shellcheck source=scripts/lib/registry.sh
+source scripts/lib/registry.sh
+work=$(mktemp -d "${TMPDIR:-/tmp}/blumeops-ab.XXXXXX")
+trap 'stop_registry; rm -rf "$work"' EXIT
+user=zot-ci
+password="zak_$(head -c16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+export SOURCE_DATE_EPOCH=1700000000 ZOT_CI_API_KEY=$password
+
+scripts/busybox-base.sh "$work/base" 1.37 >/dev/null 2>&1
+start_registry "$work" "$user" "$password"
+push_oci_layout "$work/base:1.37" library/busybox:1.37 "$user" "$password"
+src=$work/src
+mkdir -p "$src/containers/bench"
+cp bench/scenario/Dockerfile "$src/containers/bench/Dockerfile"
+python3 bench/scenario/gen-context.py "$src/containers/bench"
+
+one() { # BIN -> wall seconds of one cold build
+    local cache out start end
+    cache=$(mktemp -d "$work/cache.XXXXXX")
+    out=$(mktemp -d "$work/out.XXXXXX")
+    sync
+    start=$(date +%s.%N)
+    BLUMEOPS_CACHE_DIR=$cache "$1" build --progress plain --src "$src" --container-name bench \
+        --version v1 --commit-sha ab --registry "$REGISTRY_ADDR" --registry-username "$user" \
+        --registry-password env:ZOT_CI_API_KEY \
+        --build-arg "BASE_IMAGE=$REGISTRY_ADDR/library/busybox:1.37" \
+        --output "oci:$out/img" >/dev/null 2>"$work/last.err" || {
+        tail -5 "$work/last.err" >&2
+        exit 1
+    }
+    end=$(date +%s.%N)
+    rm -rf "$cache" "$out"
+    python3 -c "print(f'{$end - $start:.3f}')"
+}
+
+old_times=()
+new_times=()
+for i in $(seq "$runs"); do
+    # Which goes first alternates, so a machine that speeds up or slows down over the runs
+    # does not favour one side.
+    if ((i % 2)); then
+        o=$(one "$old")
+        n=$(one "$new")
+    else
+        n=$(one "$new")
+        o=$(one "$old")
+    fi
+    old_times+=("$o")
+    new_times+=("$n")
+    echo "run $i: old $o s, new $n s" >&2
+done
+python3 - "${old_times[*]}" "${new_times[*]}" <<'PY'
+import statistics, sys
+old = [float(x) for x in sys.argv[1].split()]
+new = [float(x) for x in sys.argv[2].split()]
+mo, mn = statistics.median(old), statistics.median(new)
+print(f"old: median {mo:.3f} s  ({', '.join(f'{x:.2f}' for x in old)})")
+print(f"new: median {mn:.3f} s  ({', '.join(f'{x:.2f}' for x in new)})")
+pairs = sorted(n / o for o, n in zip(old, new))
+print(f"new/old: {mn / mo:.3f} (medians); {statistics.median(pairs):.3f} (median of the "
+      f"{len(pairs)} pairs: {', '.join(f'{r:.2f}' for r in pairs)})")
+PY

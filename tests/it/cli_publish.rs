@@ -450,3 +450,31 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// blumeops starts where the system has no CA certificates (an image without
+/// `ca-certificates`; here `SSL_CERT_FILE`/`SSL_CERT_DIR` name nothing): it says once that it
+/// uses its built-in roots, and a publish to a plain-HTTP loopback registry works.
+#[test]
+fn publish_works_without_system_ca_certificates() {
+    let fx = Fixture::new();
+    let cache = isolated_cache();
+    let out = fx.publish(
+        cache.path(),
+        fx.registry.ci_password(),
+        &[
+            ("SSL_CERT_FILE", "/nonexistent/ca.pem"),
+            ("SSL_CERT_DIR", "/nonexistent"),
+        ],
+    );
+    out.assert_success();
+    assert_eq!(
+        out.stderr
+            .matches("no CA certificates found on this system")
+            .count(),
+        1,
+        "{out}"
+    );
+    let (reference, digest) = split_ref(out.last_line());
+    assert_eq!(reference, fx.target());
+    assert_eq!(sha256_digest(&skopeo_inspect_raw(&fx.target())), digest);
+}

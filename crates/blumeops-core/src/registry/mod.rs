@@ -190,6 +190,29 @@ struct Call<'a> {
     limit: Limit,
 }
 
+/// When the system has no CA certificates (an image without `ca-certificates`, an
+/// `SSL_CERT_FILE`/`SSL_CERT_DIR` naming nothing), Mozilla's roots built into blumeops, so
+/// HTTPS registries still verify; said once on stderr. `None` when the system has roots:
+/// they are used, with `SSL_CERT_FILE` and `SSL_CERT_DIR` honoured.
+fn builtin_roots_if_none_on_system() -> Option<Vec<reqwest::Certificate>> {
+    static NOTE: std::sync::Once = std::sync::Once::new();
+    if !rustls_native_certs::load_native_certs().certs.is_empty() {
+        return None;
+    }
+    NOTE.call_once(|| {
+        eprintln!(
+            "note: no CA certificates found on this system (install ca-certificates, or set \
+             SSL_CERT_FILE); using the Mozilla roots built into blumeops for HTTPS"
+        );
+    });
+    Some(
+        webpki_root_certs::TLS_SERVER_ROOT_CERTS
+            .iter()
+            .filter_map(|der| reqwest::Certificate::from_der(der.as_ref()).ok())
+            .collect(),
+    )
+}
+
 /// The auth a request went out with.
 enum Sent {
     Anonymous,
@@ -200,10 +223,14 @@ enum Sent {
 impl RegistryClient {
     /// A client with these options.
     pub fn new(options: ClientOptions) -> Result<Self, Error> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("blumeops/", env!("CARGO_PKG_VERSION")))
-            .tcp_keepalive(Duration::from_secs(30))
+            .tcp_keepalive(Duration::from_secs(30));
+        if let Some(roots) = builtin_roots_if_none_on_system() {
+            builder = builder.tls_certs_only(roots);
+        }
+        let http = builder
             .build()
             .map_err(|source| Error::BuildClient { source })?;
         Ok(Self {

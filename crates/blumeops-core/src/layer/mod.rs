@@ -32,6 +32,7 @@ pub use unpack::{
     DEFAULT_MAX_UNPACK_BYTES, OverlayXattrs, UnpackOptions, UnpackStats, unpack_layer,
 };
 pub use view::{OwnerLookupError, RootfsView};
+pub(crate) use view::{is_opaque, is_whiteout};
 
 use crate::image::BlobRef;
 use crate::reference::{Digest, DigestWriter};

@@ -30,13 +30,14 @@ pub struct ViewEntry {
     pub meta: Metadata,
 }
 
-fn is_whiteout(meta: &Metadata) -> bool {
+/// An overlay whiteout: a character device 0/0.
+pub(crate) fn is_whiteout(meta: &Metadata) -> bool {
     meta.file_type().is_char_device() && meta.rdev() == 0
 }
 
-/// Opaque in either namespace: root unpacks with `trusted.overlay.*`, the rootless executor
-/// with `user.overlay.*`.
-fn is_opaque(dir: &Path) -> bool {
+/// An overlay opaque directory, in either namespace: root unpacks with `trusted.overlay.*`,
+/// the rootless executor with `user.overlay.*`.
+pub(crate) fn is_opaque(dir: &Path) -> bool {
     ["trusted.overlay.opaque", "user.overlay.opaque"]
         .iter()
         .any(|name| {

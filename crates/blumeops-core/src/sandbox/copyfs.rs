@@ -19,29 +19,8 @@ use std::time::Duration;
 
 use rustix::fs::{AtFlags, FileType, Mode, Timestamps, XattrFlags};
 
-use super::Error;
-
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    }
-}
-
-fn is_whiteout(meta: &Metadata) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    meta.file_type().is_char_device() && meta.rdev() == 0
-}
-
-fn is_opaque(path: &Path) -> bool {
-    ["trusted.overlay.opaque", "user.overlay.opaque"]
-        .iter()
-        .any(|name| {
-            let mut buf = [0u8; 4];
-            matches!(rustix::fs::lgetxattr(path, *name, &mut buf), Ok(1) if buf[0] == b'y')
-        })
-}
+use super::{Error, io_err};
+use crate::layer::{is_opaque, is_whiteout};
 
 fn remove(path: &Path) -> Result<(), Error> {
     match fs::symlink_metadata(path) {

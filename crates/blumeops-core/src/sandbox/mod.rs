@@ -203,6 +203,18 @@ pub fn check_support() -> Result<(), Error> {
     Ok(())
 }
 
+/// An [`Error::Io`] for `action` on `path`.
+pub(super) fn io_err<'a>(
+    action: &'static str,
+    path: &'a std::path::Path,
+) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
 fn setup_error(step: SetupStep, path: impl Into<PathBuf>, errno: nix::errno::Errno) -> Error {
     Error::Setup {
         step,

@@ -29,8 +29,9 @@ use tempfile::TempDir;
 
 use super::error::SetupStep;
 use super::user::UserSpec;
-use super::{Error, RunSpec};
+use super::{Error, RunSpec, io_err};
 use crate::Network;
+use crate::layer::{is_opaque, is_whiteout};
 
 /// Used when the spec's hostname is empty.
 pub const DEFAULT_HOSTNAME: &str = "blumeops";
@@ -154,14 +155,6 @@ pub(super) struct Plan {
     _dir: TempDir,
 }
 
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    }
-}
-
 fn cstring(field: &'static str, value: impl Into<Vec<u8>>) -> Result<CString, Error> {
     CString::new(value).map_err(|e| Error::InvalidSpec {
         field,
@@ -212,33 +205,6 @@ enum Found {
         index: usize,
         symlink: bool,
     },
-}
-
-fn is_whiteout(meta: &Metadata) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    meta.file_type().is_char_device() && meta.rdev() == 0
-}
-
-#[expect(unsafe_code, reason = "lgetxattr has no safe wrapper in std or nix")]
-fn is_opaque(path: &Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    let mut value = [0u8; 4];
-    [c"trusted.overlay.opaque", c"user.overlay.opaque"]
-        .iter()
-        .any(|name| {
-            // SAFETY: both strings are NUL-terminated and `value` is writable for its length.
-            let n = unsafe {
-                libc::lgetxattr(
-                    c.as_ptr(),
-                    name.as_ptr(),
-                    value.as_mut_ptr().cast(),
-                    value.len(),
-                )
-            };
-            n == 1 && value[0] == b'y'
-        })
 }
 
 /// Look `components` up through `layers` (top first) as overlayfs would.

@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use super::Error;
+use super::{Error, io_err};
 
 /// Environment variable forcing the rootless filesystem: `overlay`, `fuse-overlayfs` or
 /// `copy`.
@@ -77,14 +77,6 @@ const FUSE_OPAQUE: &str = "user.fuseoverlayfs.opaque";
 /// `user.fuseoverlayfs.*` bookkeeping goes.
 pub(super) fn normalize_fuse_upper(upper: &Path, lowers: &[PathBuf]) -> Result<(), Error> {
     normalize_dir(upper, Path::new(""), lowers)
-}
-
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    }
 }
 
 fn normalize_dir(upper: &Path, rel: &Path, lowers: &[PathBuf]) -> Result<(), Error> {

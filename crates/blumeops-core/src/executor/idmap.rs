@@ -196,26 +196,45 @@ pub struct SingleMappingAdvice {
     pub helpers_missing: bool,
 }
 
+impl SingleMappingAdvice {
+    /// The advice for host user `user`: a free range of 65536 ids, and whether the helpers
+    /// are missing too.
+    pub fn for_user(user: String) -> Self {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        Self {
+            user,
+            range: suggest_range(&read(SUBUID_FILE), &read(SUBGID_FILE), 65536),
+            helpers_missing: super::find_program("newuidmap").is_none()
+                || super::find_program("newgidmap").is_none(),
+        }
+    }
+
+    /// What to run: `as root: `usermod …``, and the helpers' package when they are missing.
+    pub fn fix(&self) -> String {
+        let last = u64::from(self.range.start) + u64::from(self.range.count) - 1;
+        let mut fix = format!(
+            "as root: `usermod --add-subuids {start}-{last} --add-subgids {start}-{last} {user}`",
+            user = self.user,
+            start = self.range.start,
+        );
+        if self.helpers_missing {
+            fix.push_str(", and install newuidmap/newgidmap (Debian: `apt-get install uidmap`)");
+        }
+        fix
+    }
+}
+
 impl fmt::Display for SingleMappingAdvice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let last = u64::from(self.range.start) + u64::from(self.range.count) - 1;
         write!(
             f,
             "this build ran in a user namespace with a single id mapping (only the user `{user}` \
              as 0), because `{user}` has no range in {SUBUID_FILE} and {SUBGID_FILE}; steps that \
              use any other user or group id fail (apt dropping to `_apt`, `useradd`, \
-             `chown 1000`, a layer owning files by another id). Give `{user}` a range, as root: \
-             `usermod --add-subuids {start}-{last} --add-subgids {start}-{last} {user}`",
+             `chown 1000`, a layer owning files by another id). Give `{user}` a range, {fix}",
             user = self.user,
-            start = self.range.start,
-        )?;
-        if self.helpers_missing {
-            write!(
-                f,
-                ", and install newuidmap/newgidmap (Debian: `apt-get install uidmap`)"
-            )?;
-        }
-        Ok(())
+            fix = self.fix(),
+        )
     }
 }
 

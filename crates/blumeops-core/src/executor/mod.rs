@@ -24,6 +24,7 @@ use std::sync::OnceLock;
 pub use idmap::{
     CurrentMapping, IdRange, MAPPED_IDS, MapLine, SUBGID_FILE, SUBUID_FILE, SingleMappingAdvice,
 };
+pub(crate) use probe::overlay_mountable;
 pub use probe::{Candidate, DoctorReport, Problem, doctor};
 pub use step::{RootSandbox, RootlessSandbox, StepExecutor, for_this_process};
 pub use userns::{
@@ -170,17 +171,22 @@ pub fn prepare(kind: ExecutorKind) -> Result<Prepared, Error> {
                 })
             }
         }
-        ExecutorKind::Auto if root.usable() => Ok(Prepared::Ready(running_kind())),
-        ExecutorKind::Auto => {
-            let rootless = probe::rootless();
-            if rootless.usable() {
-                Ok(Prepared::Reexec(plan_for_current_user()))
-            } else {
-                Err(Error::NoneUsable {
-                    tried: vec![root, rootless],
-                })
-            }
-        }
+        ExecutorKind::Auto => auto_from(root, probe::rootless),
+    }
+}
+
+/// What `auto` picks given the root candidate, probing rootless only when root is unusable.
+fn auto_from(root: Candidate, rootless: impl FnOnce() -> Candidate) -> Result<Prepared, Error> {
+    if root.usable() {
+        return Ok(Prepared::Ready(running_kind()));
+    }
+    let rootless = rootless();
+    if rootless.usable() {
+        Ok(Prepared::Reexec(plan_for_current_user()))
+    } else {
+        Err(Error::NoneUsable {
+            tried: vec![root, rootless],
+        })
     }
 }
 
@@ -233,13 +239,9 @@ pub fn single_mapping_advice() -> Option<SingleMappingAdvice> {
     if !mapping.is_single() {
         return None;
     }
-    let uid = mapping.host_uid().unwrap_or(0);
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    Some(SingleMappingAdvice {
-        user: user_name(uid),
-        range: idmap::suggest_range(&read(SUBUID_FILE), &read(SUBGID_FILE), 65536),
-        helpers_missing: find_program("newuidmap").is_none() || find_program("newgidmap").is_none(),
-    })
+    Some(SingleMappingAdvice::for_user(user_name(
+        mapping.host_uid().unwrap_or(0),
+    )))
 }
 
 /// The name of host user `uid` from `/etc/passwd` (this process may be in a user namespace,

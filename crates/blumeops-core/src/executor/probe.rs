@@ -92,7 +92,9 @@ pub struct DoctorReport {
 
 /// Probe every executor.
 pub fn doctor() -> DoctorReport {
-    let auto = super::prepare(ExecutorKind::Auto);
+    // Each probe once: `auto`'s choice comes from the same candidates the report shows.
+    let (root, rootless) = (root(), rootless());
+    let auto = super::auto_from(root.clone(), || rootless.clone());
     let mapping = super::current_mapping();
     let uid = mapping
         .host_uid()
@@ -108,7 +110,7 @@ pub fn doctor() -> DoctorReport {
         uid,
         user: user_name(uid),
         in_user_namespace: !mapping.is_initial(),
-        candidates: vec![root(), rootless()],
+        candidates: vec![root, rootless],
     }
 }
 
@@ -351,20 +353,7 @@ pub fn rootless() -> Candidate {
     }
     let plan = super::plan_for_current_user();
     if plan.is_single() {
-        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-        let advice = idmap::SingleMappingAdvice {
-            user: user.clone(),
-            range: idmap::suggest_range(&read(SUBUID_FILE), &read(SUBGID_FILE), 65536),
-            helpers_missing: helpers.iter().any(Option::is_none),
-        };
-        let last = u64::from(advice.range.start) + 65535;
-        let mut fix = format!(
-            "as root: `usermod --add-subuids {s}-{last} --add-subgids {s}-{last} {user}`",
-            s = advice.range.start
-        );
-        if advice.helpers_missing {
-            fix.push_str(" and `apt-get install uidmap` (newuidmap/newgidmap)");
-        }
+        let fix = idmap::SingleMappingAdvice::for_user(user.clone()).fix();
         c.warnings.push(Problem::new(
             format!(
                 "only one id can be mapped ({user} as 0): steps that use other users or \
@@ -385,7 +374,7 @@ pub fn rootless() -> Candidate {
 
     // The real thing: a user namespace with overlayfs (userxattr) in it.
     let forced = std::env::var(crate::sandbox::ROOTLESS_FS_ENV).unwrap_or_default();
-    match probe_userns_overlay(uid, gid) {
+    match probe_overlay(Some((uid, gid))) {
         Ok(None) if forced == "copy" || forced == "fuse-overlayfs" => c.detail(
             "filesystem",
             format!("{forced} ({}={forced})", crate::sandbox::ROOTLESS_FS_ENV),
@@ -455,10 +444,18 @@ pub fn rootless() -> Candidate {
     c
 }
 
-/// In a child: a new user namespace mapping only this user, a mount namespace, and an
-/// overlay with `userxattr` on directories in the temporary directory. `None` when it
-/// works, else the failing stage (1 unshare, 2 maps, 3 mount) and errno.
-fn probe_userns_overlay(uid: u32, gid: u32) -> std::io::Result<Option<(u8, i32)>> {
+/// Whether this process (already in a user namespace) can mount overlayfs with `userxattr`,
+/// tried in a child with a mount namespace of its own.
+pub(crate) fn overlay_mountable() -> bool {
+    matches!(probe_overlay(None), Ok(None))
+}
+
+/// In a child: a new user namespace mapping only this user (with `Some((uid, gid))`; with
+/// `None` the child stays in this process's), a mount namespace, and an overlay with
+/// `userxattr` on directories in the temporary directory. `None` when it works, else the
+/// failing stage (1 unshare, 2 maps, 3 mount) and errno.
+fn probe_overlay(new_userns: Option<(u32, u32)>) -> std::io::Result<Option<(u8, i32)>> {
+    let (uid, gid) = new_userns.unwrap_or_default();
     let dir = tempfile::Builder::new()
         .prefix("blumeops-probe-")
         .tempdir()?;
@@ -491,12 +488,18 @@ fn probe_userns_overlay(uid: u32, gid: u32) -> std::io::Result<Option<(u8, i32)>
     let result = in_child(|| {
         // SAFETY: namespace and mount system calls in the forked child on prepared strings.
         unsafe {
-            if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
+            let userns = if new_userns.is_some() {
+                libc::CLONE_NEWUSER
+            } else {
+                0
+            };
+            if libc::unshare(userns | libc::CLONE_NEWNS) != 0 {
                 return (1, errno());
             }
-            if !write(c"/proc/self/setgroups", "deny")
-                || !write(c"/proc/self/uid_map", &uid_map)
-                || !write(c"/proc/self/gid_map", &gid_map)
+            if new_userns.is_some()
+                && (!write(c"/proc/self/setgroups", "deny")
+                    || !write(c"/proc/self/uid_map", &uid_map)
+                    || !write(c"/proc/self/gid_map", &gid_map))
             {
                 return (2, errno());
             }

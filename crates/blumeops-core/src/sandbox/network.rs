@@ -38,8 +38,14 @@ pub(super) fn slirp4netns() -> Option<PathBuf> {
 
 /// Whether isolated steps can get their network here: slirp4netns is installed and this
 /// process may open `/dev/net/tun` (as root, or rootless when the node is 0666, as Debian's
-/// udev rules make it). Else why not, with the fix.
+/// udev rules make it). Else why not, with the fix. Checked once per process: every step
+/// asks (the pipeline to choose the mode, the sandbox for the binary).
 pub fn user_network() -> Result<PathBuf, String> {
+    static CHECKED: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    CHECKED.get_or_init(check_user_network).clone()
+}
+
+fn check_user_network() -> Result<PathBuf, String> {
     let slirp = slirp4netns().ok_or_else(|| {
         "slirp4netns is not installed (Debian: apt-get install slirp4netns)".to_owned()
     })?;

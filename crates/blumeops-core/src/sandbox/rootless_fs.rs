@@ -59,7 +59,7 @@ pub fn rootless_fs() -> &'static RootlessFs {
             }
             _ => {}
         }
-        if !crate::executor::in_user_namespace() || super::overlay_mountable() {
+        if !crate::executor::in_user_namespace() || crate::executor::overlay_mountable() {
             return RootlessFs::Overlay;
         }
         RootlessFs::Copy

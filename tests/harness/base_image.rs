@@ -45,21 +45,28 @@ impl BaseImage {
 
     /// Push to `REPO:1.37` as `admin`; panics if skopeo fails.
     pub fn push_to(registry: &TestRegistry, repo: &str) -> PushedImage {
-        let reference = format!("{}/{repo}:{BASE_TAG}", registry.addr());
-        let output = skopeo_push(
+        push_layout(
+            registry,
             &Self::oci_reference(),
-            &reference,
-            ADMIN_USER,
-            registry.admin_password(),
-        );
-        assert!(
-            output.status.success(),
-            "skopeo push of the base image to {reference} failed:\n{}\nproxy log:\n{}",
-            String::from_utf8_lossy(&output.stderr),
-            registry.log_summary(),
-        );
-        let digest = sha256_digest(&skopeo_inspect_raw(&reference));
-        PushedImage { reference, digest }
+            &format!("{}/{repo}:{BASE_TAG}", registry.addr()),
+        )
+    }
+}
+
+/// Push the OCI layout image `source` (`oci:DIR:TAG`) to `reference` as `admin`; panics
+/// with skopeo's message and the proxy's log if it fails.
+fn push_layout(registry: &TestRegistry, source: &str, reference: &str) -> PushedImage {
+    let output = skopeo_push(source, reference, ADMIN_USER, registry.admin_password());
+    assert!(
+        output.status.success(),
+        "skopeo push of {source} to {reference} failed:\n{}\nproxy log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        registry.log_summary(),
+    );
+    let digest = sha256_digest(&skopeo_inspect_raw(reference));
+    PushedImage {
+        reference: reference.to_owned(),
+        digest,
     }
 }
 
@@ -90,20 +97,11 @@ impl DebianBase {
 
     /// Push to `library/debian:bookworm` as `admin`.
     pub fn push(registry: &TestRegistry) -> PushedImage {
-        let reference = format!("{}/library/debian:{}", registry.addr(), Self::TAG);
-        let output = skopeo_push(
+        push_layout(
+            registry,
             &format!("oci:{}:{}", Self::layout().display(), Self::TAG),
-            &reference,
-            ADMIN_USER,
-            registry.admin_password(),
-        );
-        assert!(
-            output.status.success(),
-            "skopeo push of the Debian base to {reference} failed:\n{}",
-            String::from_utf8_lossy(&output.stderr),
-        );
-        let digest = sha256_digest(&skopeo_inspect_raw(&reference));
-        PushedImage { reference, digest }
+            &format!("{}/library/debian:{}", registry.addr(), Self::TAG),
+        )
     }
 }
 

@@ -4,14 +4,11 @@
 //! it is converted to the OCI one:
 //! - a character device 0/0 `dir/NAME` (a whiteout) becomes an empty file `dir/.wh.NAME`
 //!   (mode 0, root); so does a regular file carrying an `overlay.whiteout` xattr;
-//! - a directory with `overlay.opaque=y` (trusted or user namespace), or fuse-overlayfs's
-//!   `user.fuseoverlayfs.opaque=y`, becomes the directory entry plus an empty
-//!   `dir/.wh..wh..opq` (fuse-overlayfs's own `.wh..wh..opq` and `.wh..opq` entries are
-//!   dropped);
+//! - a directory with `overlay.opaque=y` (trusted or user namespace) becomes the directory
+//!   entry plus an empty `dir/.wh..wh..opq`;
 //! - regular files (streamed from disk when the layer is written), directories, symlinks,
 //!   devices and fifos keep their mode (with setuid/setgid/sticky), uid/gid and xattrs;
-//!   `trusted.overlay.*`, `user.overlay.*`, `user.fuseoverlayfs.*` and `security.selinux`
-//!   (a host label) are dropped;
+//!   `trusted.overlay.*`, `user.overlay.*` and `security.selinux` (a host label) are dropped;
 //! - regular files sharing an inode become a file (the first path in sorted order) and hard
 //!   links to it. Sockets are skipped (tar cannot hold them).
 //!
@@ -134,17 +131,9 @@ fn overlay_xattr<'a>(xattrs: &'a BTreeMap<String, Vec<u8>>, key: &str) -> Option
         .map(Vec::as_slice)
 }
 
-/// fuse-overlayfs's opaque-directory xattr.
-const FUSE_OPAQUE: &str = "user.fuseoverlayfs.opaque";
-
-/// The xattrs that go into the layer: not overlayfs's or fuse-overlayfs's bookkeeping, not
-/// the host's SELinux label.
+/// The xattrs that go into the layer.
 fn image_xattrs(mut xattrs: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
-    xattrs.retain(|name, _| {
-        !is_overlay_xattr(name)
-            && !name.starts_with("user.fuseoverlayfs.")
-            && name != "security.selinux"
-    });
+    xattrs.retain(|name, _| !is_overlay_xattr(name) && name != "security.selinux");
     xattrs
 }
 
@@ -197,11 +186,6 @@ impl Walk {
             };
             let meta = std::fs::symlink_metadata(&host).map_err(host_err("read", &host))?;
             let ft = meta.file_type();
-            // fuse-overlayfs marks an opaque directory with these two entries as well as its
-            // xattr; the layer gets the one OCI marker.
-            if name == ".wh..wh..opq" || (name == ".wh..opq" && ft.is_char_device()) {
-                continue;
-            }
             if ft.is_char_device() && meta.rdev() == 0 {
                 self.whiteout(rel, name)?;
                 continue;
@@ -270,9 +254,7 @@ impl Walk {
             } else {
                 continue;
             };
-            let opaque = ft.is_dir()
-                && (overlay_xattr(&xattrs, "opaque") == Some(b"y")
-                    || xattrs.get(FUSE_OPAQUE).map(Vec::as_slice) == Some(b"y"));
+            let opaque = ft.is_dir() && overlay_xattr(&xattrs, "opaque") == Some(b"y");
             let mut entry_meta = EntryMeta::default().with_mtime(mtime);
             entry_meta.xattrs = image_xattrs(xattrs);
             self.builder

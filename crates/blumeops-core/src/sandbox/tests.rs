@@ -542,11 +542,11 @@ fn cancel_kills_the_whole_tree() {
         return;
     }
     let fx = Fixture::new();
-    let spec = fx.spec(&[
-        "sh",
-        "-c",
-        "sleep 1001 & sleep 1001 & echo started; sleep 1001",
-    ]);
+    // A marker of this process's own: the same suite may run at once in other processes
+    // (the user-namespace suites), and their sleepers must not count here.
+    let marker = (1_000_000 + std::process::id()).to_string();
+    let script = format!("sleep {marker} & sleep {marker} & echo started; sleep {marker}");
+    let spec = fx.spec(&["sh", "-c", &script]);
     let cancel = CancelToken::new();
     let started = Instant::now();
     let result = std::thread::scope(|s| {
@@ -559,7 +559,7 @@ fn cancel_kills_the_whole_tree() {
     });
     assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(pids_with("1001"), []);
+    assert_eq!(pids_with(&marker), []);
     no_sandbox_leftovers(&spec);
 }
 

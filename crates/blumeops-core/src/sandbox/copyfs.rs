@@ -6,9 +6,15 @@
 //! layer writer and the image bytes are the same as with overlayfs. It is slower: every
 //! step copies the whole image first.
 //!
-//! What changed is told by inode and ctime: ctime cannot be set from user space, and the
+//! What changed is told by identity and ctime: ctime cannot be set from user space, and the
 //! step starts only once the filesystem's clock has moved past the end of the copy, so an
-//! entry the step touched has a later ctime than every entry of the copy.
+//! entry the step touched has a later ctime than every entry of the copy. An entry's
+//! identity is its inode number and, where the filesystem records it, its birth time:
+//! ext4 hands a freed inode number to the next new file at once, so after
+//! `rm -rf /data && mkdir /data` the new directory often has the old one's number, and only
+//! the birth time tells that it replaced the copy's (overlayfs makes it opaque). Where there
+//! is no birth time, the copy's directories are held open during the step, so their numbers
+//! cannot be reused.
 
 use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
@@ -146,10 +152,46 @@ fn apply_layer(src: &Path, dest: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// What the copy held: each path's inode, and the end of the copy on the filesystem clock.
+/// Which file a path names: inode number and birth time (when the filesystem has one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    ino: u64,
+    born: Option<(i64, u32)>,
+}
+
+fn identity(path: &Path) -> io::Result<Identity> {
+    use rustix::fs::StatxFlags;
+    let st = rustix::fs::statx(
+        rustix::fs::CWD,
+        path,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::INO | StatxFlags::BTIME,
+    )?;
+    let born = (StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::BTIME))
+        .then_some((st.stx_btime.tv_sec, st.stx_btime.tv_nsec));
+    Ok(Identity {
+        ino: st.stx_ino,
+        born,
+    })
+}
+
+/// What the copy held: each path's identity, and the end of the copy on the filesystem
+/// clock.
 pub(super) struct Baseline {
-    inodes: HashMap<PathBuf, u64>,
+    entries: HashMap<PathBuf, Identity>,
     copied_at: (i64, i64),
+    /// The copy's directories, open while the step runs when there is no birth time.
+    _held: Vec<rustix::fd::OwnedFd>,
+}
+
+impl Baseline {
+    /// Whether `rel` (now `now`) is the very entry the copy had there.
+    fn is_copied(&self, rel: &Path, now: io::Result<Identity>) -> bool {
+        let (Ok(now), Some(then)) = (now, self.entries.get(rel)) else {
+            return false;
+        };
+        now.ino == then.ino && (then.born.is_none() || now.born == then.born)
+    }
 }
 
 fn ctime(meta: &Metadata) -> (i64, i64) {
@@ -159,14 +201,25 @@ fn ctime(meta: &Metadata) -> (i64, i64) {
 /// Copy `lowers_top_first` into the empty directory `rootfs`, then wait until the
 /// filesystem's clock has passed the copy.
 pub(super) fn populate(lowers_top_first: &[PathBuf], rootfs: &Path) -> Result<Baseline, Error> {
+    populate_with(lowers_top_first, rootfs, true)
+}
+
+/// `populate`, using birth times or (`birth_times` false, as on a filesystem without them)
+/// holding the directories open.
+fn populate_with(
+    lowers_top_first: &[PathBuf],
+    rootfs: &Path,
+    birth_times: bool,
+) -> Result<Baseline, Error> {
     for layer in lowers_top_first.iter().rev() {
         apply_layer(layer, rootfs)?;
         if let Ok(meta) = fs::metadata(layer) {
             copy_meta(&meta, layer, rootfs)?;
         }
     }
-    let mut inodes = HashMap::new();
-    record(rootfs, Path::new(""), &mut inodes)?;
+    let mut entries = HashMap::new();
+    let mut held = Vec::new();
+    record(rootfs, Path::new(""), birth_times, &mut entries, &mut held)?;
     let marker = rootfs.with_extension("copied");
     let touch = |p: &Path| -> Result<(i64, i64), Error> {
         File::create(p).map_err(io_err("create", p))?;
@@ -180,21 +233,68 @@ pub(super) fn populate(lowers_top_first: &[PathBuf], rootfs: &Path) -> Result<Ba
     while touch(&marker)? <= copied_at {
         std::thread::sleep(Duration::from_millis(1));
     }
-    Ok(Baseline { inodes, copied_at })
+    Ok(Baseline {
+        entries,
+        copied_at,
+        _held: held,
+    })
 }
 
-fn record(root: &Path, rel: &Path, out: &mut HashMap<PathBuf, u64>) -> Result<(), Error> {
+fn record(
+    root: &Path,
+    rel: &Path,
+    birth_times: bool,
+    out: &mut HashMap<PathBuf, Identity>,
+    held: &mut Vec<rustix::fd::OwnedFd>,
+) -> Result<(), Error> {
     let dir = root.join(rel);
     for entry in fs::read_dir(&dir).map_err(io_err("read directory", &dir))? {
         let entry = entry.map_err(io_err("read directory", &dir))?;
         let path = rel.join(entry.file_name());
-        let meta = entry.metadata().map_err(io_err("inspect", &entry.path()))?;
-        out.insert(path.clone(), meta.ino());
-        if meta.is_dir() {
-            record(root, &path, out)?;
+        let src = entry.path();
+        let mut id = identity(&src).map_err(io_err("inspect", &src))?;
+        if !birth_times {
+            id.born = None;
+        }
+        out.insert(path.clone(), id);
+        if entry.file_type().map_err(io_err("inspect", &src))?.is_dir() {
+            if id.born.is_none() {
+                held.push(hold(&src)?);
+            }
+            record(root, &path, birth_times, out, held)?;
         }
     }
     Ok(())
+}
+
+/// Keep a directory's inode (and so its number) alive while the step runs.
+fn hold(dir: &Path) -> Result<rustix::fd::OwnedFd, Error> {
+    use rustix::fs::OFlags;
+    let open = || {
+        rustix::fs::open(
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+    };
+    match open() {
+        Err(rustix::io::Errno::MFILE) => {
+            raise_open_files_limit();
+            open()
+        }
+        other => other,
+    }
+    .map_err(|e| io_err("hold open", dir)(e.into()))
+}
+
+/// Raise the soft limit on open files to the hard one (as Go programs do at start).
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
 }
 
 /// Move what the step changed in `rootfs` into the empty directory `upper`, in overlayfs's
@@ -204,14 +304,15 @@ pub(super) fn diff(rootfs: &Path, base: &Baseline, upper: &Path) -> Result<(), E
     // directory that is still the copy's own (a replaced directory is opaque and says it
     // all).
     let mut gone: Vec<&PathBuf> = base
-        .inodes
+        .entries
         .keys()
         .filter(|p| fs::symlink_metadata(rootfs.join(p)).is_err())
         .filter(|p| {
             let parent = p.parent().unwrap_or(Path::new(""));
+            let dir = rootfs.join(parent);
             parent.as_os_str().is_empty()
-                || fs::symlink_metadata(rootfs.join(parent))
-                    .is_ok_and(|m| m.is_dir() && base.inodes.get(parent) == Some(&m.ino()))
+                || (fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir())
+                    && base.is_copied(parent, identity(&dir)))
         })
         .collect();
     gone.sort();
@@ -290,9 +391,9 @@ impl Walk<'_> {
             let path = rel.join(&name);
             let src = self.rootfs.join(&path);
             let meta = fs::symlink_metadata(&src).map_err(io_err("inspect", &src))?;
-            let same_inode = self.base.inodes.get(&path) == Some(&meta.ino());
+            let copied = self.base.is_copied(&path, identity(&src));
             let touched = ctime(&meta) > self.base.copied_at;
-            match (same_inode, meta.is_dir()) {
+            match (copied, meta.is_dir()) {
                 // A directory of the copy: its children may have changed; it goes into the
                 // upper directory itself only when it was touched (or for a child).
                 (true, true) => {
@@ -311,7 +412,7 @@ impl Walk<'_> {
                 _ => {
                     self.ensure_parents(&path)?;
                     let dest = self.upper.join(&path);
-                    let replaced_dir = meta.is_dir() && self.base.inodes.contains_key(&path);
+                    let replaced_dir = meta.is_dir() && self.base.entries.contains_key(&path);
                     fs::rename(&src, &dest)
                         .map_err(io_err("move into the upper directory", &dest))?;
                     if replaced_dir {
@@ -327,5 +428,47 @@ impl Walk<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `rm -rf /data && mkdir /data` between the copy and the diff, several times so that
+    /// ext4 hands the new directory a freed inode number: the new /data is opaque and alone.
+    fn a_replaced_directory_is_opaque(birth_times: bool) {
+        for _ in 0..4 {
+            let dir = tempfile::tempdir().unwrap();
+            let layer = dir.path().join("layer");
+            fs::create_dir_all(layer.join("data/sub")).unwrap();
+            for f in ["data/a", "data/b", "data/sub/c"] {
+                fs::write(layer.join(f), f).unwrap();
+            }
+            let (rootfs, upper) = (dir.path().join("rootfs"), dir.path().join("upper"));
+            fs::create_dir(&rootfs).unwrap();
+            fs::create_dir(&upper).unwrap();
+            let base = populate_with(std::slice::from_ref(&layer), &rootfs, birth_times).unwrap();
+            fs::remove_dir_all(rootfs.join("data")).unwrap();
+            fs::create_dir(rootfs.join("data")).unwrap();
+            fs::write(rootfs.join("data/new"), "new").unwrap();
+            diff(&rootfs, &base, &upper).unwrap();
+            let names: Vec<_> = fs::read_dir(upper.join("data"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["new"]);
+            assert!(is_opaque(&upper.join("data")), "birth times: {birth_times}");
+        }
+    }
+
+    #[test]
+    fn a_replaced_directory_is_told_by_its_birth_time() {
+        a_replaced_directory_is_opaque(true);
+    }
+
+    #[test]
+    fn a_replaced_directory_is_told_without_birth_times() {
+        a_replaced_directory_is_opaque(false);
     }
 }

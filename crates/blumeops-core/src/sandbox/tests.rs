@@ -332,6 +332,30 @@ fn writes_go_to_upper_and_deletions_become_whiteouts() {
     no_sandbox_leftovers(&spec);
 }
 
+/// A directory removed and made again hides everything that was below it (overlayfs makes
+/// it opaque), also when the filesystem gives it the old directory's inode number, as ext4
+/// does at once: several runs, so that such a reuse happens.
+#[test]
+fn a_directory_removed_and_made_again_is_opaque() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    for _ in 0..4 {
+        let spec = fx.spec(&[
+            "sh",
+            "-c",
+            "rm -rf /data && mkdir /data && echo new > /data/new",
+        ]);
+        run_ok(&spec);
+        assert_eq!(tree(&spec.upper), ["data", "data/new"]);
+        assert!(
+            crate::layer::is_opaque(&spec.upper.join("data")),
+            "the new /data is not opaque"
+        );
+    }
+}
+
 #[test]
 fn mountpoints_existing_in_the_image_stay_out_of_upper() {
     if !is_root() {

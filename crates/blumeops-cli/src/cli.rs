@@ -19,15 +19,16 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Where build steps run (build, publish, cache): `root` (the sandbox as root),
-    /// `rootless` (the sandbox in a user namespace of the calling user), or `auto` (root
-    /// when this process can create namespaces, else rootless). `blumeops doctor` shows
-    /// what each needs.
+    /// `rootless` (the sandbox in a user namespace of the calling user), `docker` (the
+    /// whole build in a helper container of a Docker Engine API: DOCKER_HOST,
+    /// /var/run/docker.sock or podman's socket), or `auto` (the first of those that works
+    /// here). `blumeops doctor` shows what each needs.
     #[arg(
         long,
         global = true,
         env = "BLUMEOPS_EXECUTOR",
         default_value = "auto",
-        value_name = "auto|root|rootless"
+        value_name = "auto|root|rootless|docker"
     )]
     pub executor: blumeops_core::executor::ExecutorKind,
 }
@@ -67,6 +68,18 @@ pub enum Command {
     /// overlayfs, user namespaces, subordinate id ranges, newuidmap/newgidmap. Exit code 1
     /// when none can run build steps.
     Doctor(DoctorArgs),
+    /// The docker executor's engine, run by blumeops in its helper container: reads the
+    /// handshake on stdin, then runs ARGS.
+    #[command(hide = true)]
+    Engine(EngineArgs),
+}
+
+/// `engine` arguments.
+#[derive(Debug, Args)]
+pub struct EngineArgs {
+    /// The blumeops command line to run.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<String>,
 }
 
 /// `doctor` flags.
@@ -178,6 +191,18 @@ pub struct BuildFlags {
     /// Layer compression for the layers this build creates.
     #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
     pub compression: CompressionArg,
+    /// Docker executor: the engine image to run [default: one made from this executable
+    /// and loaded into the daemon].
+    #[arg(long, value_name = "REF", env = "BLUMEOPS_ENGINE_IMAGE")]
+    pub engine_image: Option<String>,
+    /// Docker executor: the volume holding the engine's cache, kept between builds.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "BLUMEOPS_ENGINE_VOLUME",
+        default_value = blumeops_core::executor::docker::DEFAULT_VOLUME
+    )]
+    pub engine_volume: String,
 }
 
 /// `--compression` values.

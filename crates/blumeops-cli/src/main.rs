@@ -26,11 +26,57 @@ mod exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Engine(args) = &cli.command {
+        engine(&args.args);
+    }
+    run(cli)
+}
+
+/// The docker executor's engine: take the handshake from stdin, run the command line the
+/// client sent, report its exit code, and exit once the client has what it needs.
+fn engine(args: &[String]) -> ! {
+    let serving = match blumeops_core::executor::docker::serve::start() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: blumeops engine: {e}");
+            std::process::exit(i32::from(exit::INVALID_INPUT));
+        }
+    };
+    let inner = match Cli::try_parse_from(
+        std::iter::once("blumeops".to_owned()).chain(args.iter().cloned()),
+    ) {
+        Ok(cli) if matches!(cli.command, Command::Build(_) | Command::Publish(_)) => cli,
+        Ok(_) => {
+            eprintln!("error: blumeops engine: only build and publish run in the engine");
+            serving.finish(i32::from(exit::INVALID_INPUT));
+        }
+        Err(e) => {
+            let _ = e.print();
+            serving.finish(i32::from(exit::INVALID_INPUT));
+        }
+    };
+    let code = run(inner);
+    serving.finish(if code == ExitCode::SUCCESS {
+        0
+    } else {
+        last_code()
+    });
+}
+
+/// The code of the last [`report`]ed failure (1 when none was recorded).
+fn last_code() -> i32 {
+    i32::from(LAST_CODE.load(std::sync::atomic::Ordering::SeqCst).max(1))
+}
+
+static LAST_CODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+fn run(cli: Cli) -> ExitCode {
     // Before any thread starts: entering the rootless executor re-runs this program in a
     // user namespace, which only a single-threaded process may create.
-    if let Err(code) = enter_executor(&cli) {
-        return code;
-    }
+    let docker = match enter_executor(&cli) {
+        Ok(docker) => docker,
+        Err(code) => return code,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -43,6 +89,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Publish(args) if docker => commands::remote::publish(args).await,
+            Command::Build(args) if docker => commands::remote::build(args).await,
             Command::Publish(args) => commands::publish::run(args).await,
             Command::Build(args) => commands::build::run(args).await,
             Command::ContainerVersion(args) => commands::container_version::run(args),
@@ -52,6 +100,7 @@ fn main() -> ExitCode {
             Command::PushArchive(args) => commands::push_archive::run(args).await,
             Command::Cache(cmd) => commands::cache::run(cmd),
             Command::Doctor(args) => commands::doctor::run(&args),
+            Command::Engine(_) => unreachable!("handled in main"),
         }
     });
     match result {
@@ -63,26 +112,33 @@ fn main() -> ExitCode {
 /// Make this process able to run build steps with the executor asked for: nothing to do
 /// for root, or re-run in a user namespace (rootless), exiting as that child did. Commands
 /// that run no steps skip it; `cache` enters the namespace so it can remove files owned by
-/// mapped ids, and goes on without it when there is none.
-fn enter_executor(cli: &Cli) -> Result<(), ExitCode> {
+/// mapped ids, and goes on without it when there is none. `Ok(true)`: build through the
+/// docker executor.
+fn enter_executor(cli: &Cli) -> Result<bool, ExitCode> {
     use blumeops_core::executor::{self, ExecutorKind, Prepared};
     let builds = matches!(cli.command, Command::Build(_) | Command::Publish(_));
     if !builds && !matches!(cli.command, Command::Cache(_)) {
-        return Ok(());
+        return Ok(false);
     }
-    match executor::prepare(cli.executor) {
+    // `cache` acts on this machine's cache; the docker executor's lives in its volume.
+    let kind = match cli.executor {
+        ExecutorKind::Docker if !builds => ExecutorKind::Auto,
+        kind => kind,
+    };
+    match executor::prepare(kind) {
         Ok(Prepared::Ready(ExecutorKind::Rootless)) if builds => {
             eprintln!("executor: rootless ({})", executor::describe_current());
-            Ok(())
+            Ok(false)
         }
-        Ok(Prepared::Ready(_)) => Ok(()),
+        Ok(Prepared::Ready(_)) => Ok(false),
+        Ok(Prepared::Docker) => Ok(builds),
         Ok(Prepared::Reexec(plan)) => match executor::reexec(&plan) {
             Ok(status) => executor::exit_like(status),
             Err(e) => Err(report(&anyhow::Error::from(blumeops_core::Error::from(e)))),
         },
         // Without an executor a build can still make every layer that runs no command; a
         // step that runs one says what is missing. An executor asked for by name must work.
-        Err(_) if cli.executor == ExecutorKind::Auto || !builds => Ok(()),
+        Err(_) if kind == ExecutorKind::Auto || !builds => Ok(false),
         Err(e) => Err(report(&anyhow::Error::from(blumeops_core::Error::from(e)))),
     }
 }
@@ -116,5 +172,6 @@ fn report(err: &anyhow::Error) -> ExitCode {
         Some(ErrorKind::Integrity) => exit::INTEGRITY,
         _ => exit::FAILURE,
     };
+    LAST_CODE.store(code, std::sync::atomic::Ordering::SeqCst);
     ExitCode::from(code)
 }

@@ -93,9 +93,32 @@ pub enum SecretSource {
     Cmd(String),
 }
 
+/// Values handed to this process for secret sources it cannot read itself: the docker
+/// executor's engine gets the client's over its stdin, never in its environment.
+static PROVIDED: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Make [`SecretSource::resolve`] of the source written `source` (`env:NAME`) give `value`.
+pub fn provide(source: &str, value: String) {
+    let mut provided = PROVIDED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    provided.retain(|(s, _)| s != source);
+    provided.push((source.to_owned(), value));
+}
+
 impl SecretSource {
     /// Read the secret.
     pub fn resolve(&self) -> Result<Secret, Error> {
+        let text = self.to_string();
+        let provided = PROVIDED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find(|(s, _)| *s == text)
+            .map(|(_, v)| v.clone());
+        if let Some(value) = provided {
+            return Ok(Secret::new(value));
+        }
         let value = match self {
             Self::Env(name) => match std::env::var(name) {
                 Ok(v) => v,

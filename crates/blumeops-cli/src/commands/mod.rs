@@ -9,6 +9,7 @@ pub mod list;
 pub mod plan;
 pub mod publish;
 pub mod push_archive;
+pub mod remote;
 
 use std::path::Path;
 

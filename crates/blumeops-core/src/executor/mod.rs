@@ -7,10 +7,14 @@
 //!   (overlayfs mounted with `userxattr`, `user.overlay.*` markers). The sandbox notices the
 //!   namespace by itself ([`CurrentMapping`]) and adapts its mounts.
 //!
+//! - `docker`: the whole build in a helper container of a Docker Engine API, with blumeops
+//!   itself as the engine running the root sandbox there ([`docker`]).
+//!
 //! `auto` takes `root` when this process can create mount namespaces, else `rootless` when
-//! it can create a user namespace and mount overlayfs in it, else fails naming each reason
-//! with its fix.
+//! it can create a user namespace and mount overlayfs in it, else `docker` when a Docker
+//! Engine API answers, else fails naming each reason with its fix.
 
+pub mod docker;
 mod idmap;
 mod probe;
 mod step;
@@ -46,11 +50,13 @@ pub enum ExecutorKind {
     Root,
     /// The sandbox in a user namespace of the calling user.
     Rootless,
+    /// The build in a helper container of a Docker Engine API.
+    Docker,
 }
 
 impl ExecutorKind {
     /// The names accepted by [`FromStr`].
-    pub const NAMES: [&'static str; 3] = ["auto", "root", "rootless"];
+    pub const NAMES: [&'static str; 4] = ["auto", "root", "rootless", "docker"];
 }
 
 impl fmt::Display for ExecutorKind {
@@ -59,6 +65,7 @@ impl fmt::Display for ExecutorKind {
             Self::Auto => "auto",
             Self::Root => "root",
             Self::Rootless => "rootless",
+            Self::Docker => "docker",
         })
     }
 }
@@ -71,6 +78,7 @@ impl FromStr for ExecutorKind {
             "auto" => Ok(Self::Auto),
             "root" => Ok(Self::Root),
             "rootless" => Ok(Self::Rootless),
+            "docker" => Ok(Self::Docker),
             other => Err(format!(
                 "unknown executor `{other}` (expected one of: {})",
                 Self::NAMES.join(", ")
@@ -95,6 +103,9 @@ pub enum Error {
         /// The candidate with why it cannot be used.
         candidate: Candidate,
     },
+    /// The docker executor failed.
+    #[error(transparent)]
+    Docker(#[from] docker::Error),
     /// Creating or mapping the user namespace failed.
     #[error("failed to enter a user namespace: {reason}")]
     UserNamespace {
@@ -131,6 +142,8 @@ pub enum Prepared {
     Ready(ExecutorKind),
     /// This process must run again in a user namespace ([`reexec`] with this plan).
     Reexec(UsernsPlan),
+    /// The build must run through the Docker Engine API ([`docker`]).
+    Docker,
 }
 
 /// Choose the executor for `kind` and say whether this process can use it as it is. Call it
@@ -171,23 +184,39 @@ pub fn prepare(kind: ExecutorKind) -> Result<Prepared, Error> {
                 })
             }
         }
-        ExecutorKind::Auto => auto_from(root, probe::rootless),
+        ExecutorKind::Docker => {
+            let docker = probe::docker();
+            if docker.usable() {
+                Ok(Prepared::Docker)
+            } else {
+                Err(Error::Unusable { candidate: docker })
+            }
+        }
+        ExecutorKind::Auto => auto_from(root, probe::rootless, probe::docker),
     }
 }
 
-/// What `auto` picks given the root candidate, probing rootless only when root is unusable.
-fn auto_from(root: Candidate, rootless: impl FnOnce() -> Candidate) -> Result<Prepared, Error> {
+/// What `auto` picks given the root candidate, probing the next only when the one before is
+/// unusable.
+fn auto_from(
+    root: Candidate,
+    rootless: impl FnOnce() -> Candidate,
+    docker: impl FnOnce() -> Candidate,
+) -> Result<Prepared, Error> {
     if root.usable() {
         return Ok(Prepared::Ready(running_kind()));
     }
     let rootless = rootless();
     if rootless.usable() {
-        Ok(Prepared::Reexec(plan_for_current_user()))
-    } else {
-        Err(Error::NoneUsable {
-            tried: vec![root, rootless],
-        })
+        return Ok(Prepared::Reexec(plan_for_current_user()));
     }
+    let docker = docker();
+    if docker.usable() {
+        return Ok(Prepared::Docker);
+    }
+    Err(Error::NoneUsable {
+        tried: vec![root, rootless, docker],
+    })
 }
 
 /// The executor this process runs steps with when it can run them itself: rootless inside

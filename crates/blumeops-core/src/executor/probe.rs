@@ -93,8 +93,8 @@ pub struct DoctorReport {
 /// Probe every executor.
 pub fn doctor() -> DoctorReport {
     // Each probe once: `auto`'s choice comes from the same candidates the report shows.
-    let (root, rootless) = (root(), rootless());
-    let auto = super::auto_from(root.clone(), || rootless.clone());
+    let (root, rootless, docker) = (root(), rootless(), docker());
+    let auto = super::auto_from(root.clone(), || rootless.clone(), || docker.clone());
     let mapping = super::current_mapping();
     let uid = mapping
         .host_uid()
@@ -103,6 +103,7 @@ pub fn doctor() -> DoctorReport {
         auto: match &auto {
             Ok(Prepared::Ready(kind)) => Some(*kind),
             Ok(Prepared::Reexec(_)) => Some(ExecutorKind::Rootless),
+            Ok(Prepared::Docker) => Some(ExecutorKind::Docker),
             Err(_) => None,
         },
         auto_error: auto.err().map(|e| e.to_string()),
@@ -110,8 +111,47 @@ pub fn doctor() -> DoctorReport {
         uid,
         user: user_name(uid),
         in_user_namespace: !mapping.is_initial(),
-        candidates: vec![root, rootless],
+        candidates: vec![root, rootless, docker],
     }
+}
+
+/// The docker executor: a Docker Engine API that answers, and a helper image this client
+/// can make for it.
+pub(super) fn docker() -> Candidate {
+    use super::docker::{client_arch, endpoint};
+    let mut c = Candidate::new("docker");
+    match endpoint::find_blocking() {
+        Ok(info) => {
+            c.detail("endpoint", info.endpoint.clone());
+            c.detail(
+                "daemon",
+                format!(
+                    "{} (API {}, {}/{})",
+                    info.version, info.api_version, info.os, info.arch
+                ),
+            );
+            if cfg!(target_os = "linux") && info.os == "linux" && info.arch == client_arch() {
+                c.detail("engine image", "made from this executable");
+            } else {
+                c.warnings.push(Problem::new(
+                    format!(
+                        "this client ({}/{}) cannot make an engine for a {}/{} daemon",
+                        std::env::consts::OS,
+                        client_arch(),
+                        info.os,
+                        info.arch
+                    ),
+                    "pass --engine-image REF (a blumeops-engine image of this version)",
+                ));
+            }
+        }
+        Err(e) => c.problems.push(Problem::new(
+            e.to_string(),
+            "set DOCKER_HOST (tcp://127.0.0.1:2375 for a Docker-in-Docker sidecar, or \
+             unix:///PATH), or mount the daemon's socket at /var/run/docker.sock",
+        )),
+    }
+    c
 }
 
 fn kernel_release() -> String {

@@ -605,6 +605,25 @@ impl Container {
         self.ops().iter().map(|op| op.describe()).collect()
     }
 
+    /// The host files and directories this container's steps copy, with each copy's
+    /// filters (`.dockerignore` included), other containers it copies from included: what a
+    /// build elsewhere (the docker executor) must be sent.
+    pub fn host_inputs(&self) -> Vec<(PathBuf, HostCopy)> {
+        let mut out = Vec::new();
+        for op in self.ops() {
+            match op {
+                Op::HostFile { src, opts, .. }
+                | Op::HostDirectory { src, opts, .. }
+                | Op::HostArchive { src, opts, .. } => out.push((src.clone(), opts.clone())),
+                Op::CopyFrom { source, .. } | Op::CopyPathFrom { source, .. } => {
+                    out.extend(source.host_inputs());
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// Operations from the root to this container.
     pub(crate) fn ops(&self) -> Vec<&Op> {
         let mut ops = Vec::new();

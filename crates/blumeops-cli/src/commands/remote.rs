@@ -1,0 +1,282 @@
+//! `build` and `publish` through the docker executor: what depends on this checkout and
+//! this environment (version, commit, timestamp, build context, the registry password) is
+//! resolved here; the build runs in the engine container; results come back here as a
+//! local build leaves them (the output files, the `REF@DIGEST` line or `--json`, the
+//! workflow output files, the exit code).
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use blumeops_core::executor::docker::{
+    self, ENGINE_OUT_DIR, ENGINE_SRC_DIR, context, endpoint, helper, session,
+};
+use blumeops_core::{ExportTarget, SecretSource, resolve_epoch_for};
+use clap::ValueEnum as _;
+
+use super::{git_short_sha, load_container};
+use crate::cli::{BuildArgs, BuildFlags, PublishArgs};
+use crate::{outputs, progress};
+
+/// `publish` through the engine.
+pub async fn publish(args: PublishArgs) -> Result<ExitCode> {
+    let mut extra = Vec::new();
+    if args.allow_overwrite {
+        extra.push("--allow-overwrite".to_owned());
+    }
+    extra.push("--json".to_owned()); // parsed here, printed as the user asked
+    let run = Remote::new(&args.build, "publish", extra, None)?;
+    if run.commit_sha.is_none() {
+        anyhow::bail!(blumeops_core::Error::from(
+            blumeops_core::DefinitionError::Invalid {
+                name: args.build.container_name.clone(),
+                message: format!(
+                    "cannot determine the commit sha: `{}` is not a git checkout; pass --commit-sha",
+                    args.build.src.display()
+                ),
+            }
+        ));
+    }
+    let (code, stdout) = run.run(&args.build, false).await?;
+    if code != 0 {
+        return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+    }
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("the engine printed no result")?;
+    let result: serde_json::Value =
+        serde_json::from_str(last).context("the engine's result is not JSON")?;
+    let field = |name: &str| {
+        result[name]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("the engine's result has no `{name}`"))
+    };
+    let (reference, digest, tag) = (field("ref")?, field("digest")?, field("tag")?);
+    let digest: blumeops_core::Digest = digest
+        .parse()
+        .map_err(|_| anyhow::anyhow!("the engine's digest `{digest}` is not valid"))?;
+    outputs::write_workflow_outputs(&reference, &digest, &tag)?;
+    if args.json {
+        println!("{}", outputs::json_line(&reference, &digest, &tag));
+    } else {
+        println!("{reference}@{digest}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `build` through the engine.
+pub async fn build(args: BuildArgs) -> Result<ExitCode> {
+    let output: ExportTarget = args.output.parse().map_err(blumeops_core::Error::from)?;
+    let (inside, local) = match &output {
+        ExportTarget::OciLayout { dir, .. } => (format!("{ENGINE_OUT_DIR}/image"), dir.clone()),
+        ExportTarget::DockerArchive { path, .. } => {
+            (format!("{ENGINE_OUT_DIR}/image.tar"), path.clone())
+        }
+    };
+    let kind = if inside.ends_with(".tar") {
+        "docker-archive"
+    } else {
+        "oci"
+    };
+    let extra = vec!["--output".to_owned(), format!("{kind}:{inside}")];
+    let run = Remote::new(&args.build, "build", extra, Some((inside, local.clone())))?;
+    let (code, _) = run.run(&args.build, true).await?;
+    if code == 0 {
+        eprintln!("copied the image to {}", args.output);
+    }
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// One command for the engine, resolved on this side.
+struct Remote {
+    args: Vec<String>,
+    env: Vec<String>,
+    handshake: session::Handshake,
+    context: Vec<u8>,
+    fetch: Option<(String, PathBuf)>,
+    commit_sha: Option<String>,
+}
+
+impl Remote {
+    fn new(
+        flags: &BuildFlags,
+        command: &str,
+        extra: Vec<String>,
+        fetch: Option<(String, PathBuf)>,
+    ) -> Result<Self> {
+        let name = &flags.container_name;
+        let (container, default_version) =
+            load_container(&flags.src, name, &flags.build_args, flags.version.is_none())?;
+        let version = flags.version.clone().unwrap_or(default_version);
+        let commit_sha = match &flags.commit_sha {
+            Some(sha) => Some(sha.clone()),
+            None => git_short_sha(&flags.src),
+        };
+        let own_dir = format!("containers/{name}");
+        let paths: Vec<&str> = if flags.src.join(&own_dir).is_dir() {
+            vec![own_dir.as_str()]
+        } else {
+            Vec::new()
+        };
+        let (epoch, _) =
+            resolve_epoch_for(&flags.src, &paths).map_err(blumeops_core::Error::from)?;
+
+        let mut handshake = session::Handshake {
+            client_version: env!("CARGO_PKG_VERSION").to_owned(),
+            ..Default::default()
+        };
+        if let Some(source) = &flags.registry_password {
+            let parsed: SecretSource = source
+                .parse()
+                .map_err(blumeops_core::Error::from)
+                .context("invalid --registry-password")?;
+            let value = parsed.resolve().map_err(blumeops_core::Error::from)?;
+            handshake
+                .secrets
+                .insert(parsed.to_string(), value.expose().to_owned());
+        }
+        let context = context::archive(
+            &container,
+            &flags.src,
+            &[
+                PathBuf::from(&own_dir).join("Dockerfile"),
+                PathBuf::from(&own_dir).join(".dockerignore"),
+            ],
+        )
+        .map_err(blumeops_core::executor::Error::from)
+        .map_err(blumeops_core::Error::from)?;
+
+        let progress = match progress::Mode::resolve(flags.progress) {
+            progress::Mode::Tty => "tty",
+            progress::Mode::Plain => "plain",
+        };
+        let mut args: Vec<String> = vec!["--executor".into(), "root".into(), command.into()];
+        let mut flag = |name: &str, value: &str| {
+            args.push(format!("--{name}"));
+            args.push(value.to_owned());
+        };
+        flag("src", ENGINE_SRC_DIR);
+        flag("container-name", name);
+        flag("version", &version);
+        if let Some(sha) = &commit_sha {
+            flag("commit-sha", sha);
+        }
+        for a in &flags.build_args {
+            flag("build-arg", a);
+        }
+        if let Some(p) = &flags.platform {
+            flag("platform", p);
+        }
+        flag("registry", &flags.registry);
+        flag("registry-username", &flags.registry_username);
+        if let Some(source) = &flags.registry_password {
+            // Only the source's name: its value travels in the handshake.
+            flag("registry-password", source);
+        }
+        flag("retries", &flags.retry.retries.to_string());
+        flag("retry-max-time", &flags.retry.retry_max_time.to_string());
+        flag("progress", progress);
+        for step in &flags.no_cache_steps {
+            flag("no-cache-step", step);
+        }
+        if let Some(jobs) = flags.jobs {
+            flag("jobs", &jobs.to_string());
+        }
+        flag("cache-max-bytes", &flags.cache_max_bytes);
+        flag("step-pids-max", &flags.step_pids_max.to_string());
+        let compression = flags.compression.to_possible_value().expect("named");
+        flag("compression", compression.get_name());
+        if flags.plain_http {
+            args.push("--plain-http".into());
+        }
+        if flags.no_cache {
+            args.push("--no-cache".into());
+        }
+        args.extend(extra);
+        let env = vec![
+            format!("{}={epoch}", blumeops_core::SOURCE_DATE_EPOCH),
+            "CI=1".to_owned(),
+        ];
+        Ok(Self {
+            args,
+            env,
+            handshake,
+            context,
+            fetch,
+            commit_sha,
+        })
+    }
+
+    /// Run it; stdout passes through when `show_stdout`, and is returned either way.
+    async fn run(self, flags: &BuildFlags, show_stdout: bool) -> Result<(i32, String)> {
+        let core =
+            |e: docker::Error| blumeops_core::Error::from(blumeops_core::executor::Error::from(e));
+        let (endpoint, client, info) = endpoint::find().await.map_err(core)?;
+        let mut note = |n: &str| eprintln!("executor: {n}");
+        let image = match &flags.engine_image {
+            Some(image) => {
+                helper::ensure_named(&client, &endpoint, image)
+                    .await
+                    .map_err(core)?;
+                image.clone()
+            }
+            None => helper::ensure(&client, &endpoint, &info, &mut note)
+                .await
+                .map_err(core)?,
+        };
+        eprintln!(
+            "executor: docker ({endpoint}, {} {}/{}; engine {image}, cache volume {})",
+            info.version, info.os, info.arch, flags.engine_volume
+        );
+        let name = session::new_name();
+        let request = session::RemoteRun {
+            docker: &client,
+            endpoint: &endpoint,
+            image,
+            name: name.clone(),
+            volume: flags.engine_volume.clone(),
+            args: self.args,
+            env: self.env,
+            handshake: self.handshake,
+            context: self.context,
+            fetch: self.fetch,
+        };
+        let mut stdout = Vec::new();
+        let mut output = |stderr: bool, bytes: &[u8]| {
+            if stderr {
+                let mut e = std::io::stderr().lock();
+                let _ = e.write_all(bytes);
+                let _ = e.flush();
+            } else {
+                stdout.extend_from_slice(bytes);
+                if show_stdout {
+                    let mut o = std::io::stdout().lock();
+                    let _ = o.write_all(bytes);
+                    let _ = o.flush();
+                }
+            }
+        };
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("failed to watch for SIGTERM")?;
+        let outcome = tokio::select! {
+            r = session::run(request, &mut output) => r,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("interrupted: stopping the engine container {name}");
+                session::remove(&client, &name).await;
+                return Ok((130, String::new()));
+            }
+            _ = terminate.recv() => {
+                eprintln!("terminated: stopping the engine container {name}");
+                session::remove(&client, &name).await;
+                return Ok((143, String::new()));
+            }
+        };
+        let code = outcome.map_err(core)?;
+        Ok((code, String::from_utf8_lossy(&stdout).into_owned()))
+    }
+}

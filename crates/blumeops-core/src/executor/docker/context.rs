@@ -1,0 +1,278 @@
+//! The build context sent to the engine: only the host files the container's steps copy
+//! ([`Container::host_inputs`]), with each copy's filters (`.dockerignore` among them), at
+//! their paths relative to the checkout, plus the container's own Dockerfile and
+//! `.dockerignore`. Modes, owners and times travel as they are, so the engine's layers are
+//! the ones a local build makes.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+use globset::GlobSet;
+
+use super::Error;
+use crate::layer::HostCopy;
+use crate::pipeline::Container;
+
+/// The tar of what `container` reads under `src`, paths relative to `src`. `extra` lists
+/// more files relative to `src` to send when they exist (the Dockerfile, `.dockerignore`).
+pub fn archive(container: &Container, src: &Path, extra: &[PathBuf]) -> Result<Vec<u8>, Error> {
+    let src = src.canonicalize().map_err(|source| Error::Io {
+        action: "resolve the source checkout",
+        path: src.to_owned(),
+        source,
+    })?;
+    let mut sent = Sent {
+        src: &src,
+        tar: tar::Builder::new(Vec::new()),
+        done: BTreeSet::new(),
+    };
+    sent.tar.follow_symlinks(false);
+    for rel in extra {
+        let path = src.join(rel);
+        if path.is_file() {
+            sent.file(&path)?;
+        }
+    }
+    for (path, opts) in container.host_inputs() {
+        let meta = std::fs::metadata(&path).map_err(|source| Error::Io {
+            action: "read",
+            path: path.clone(),
+            source,
+        })?;
+        if meta.is_dir() {
+            let filters = Filters::new(&path, &opts)?;
+            sent.dir(&path, "", &filters)?;
+        } else {
+            sent.file(&path)?;
+        }
+    }
+    sent.tar.into_inner().map_err(|source| Error::Io {
+        action: "write",
+        path: PathBuf::from("the build context archive"),
+        source,
+    })
+}
+
+struct Filters {
+    include: GlobSet,
+    exclude: GlobSet,
+    filter_includes: bool,
+}
+
+impl Filters {
+    fn new(path: &Path, opts: &HostCopy) -> Result<Self, Error> {
+        let set = |what, patterns: &[String]| {
+            crate::layer::globset(what, patterns).map_err(|e| Error::Context {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })
+        };
+        Ok(Self {
+            include: set("include", &opts.include)?,
+            exclude: set("exclude", &opts.exclude)?,
+            filter_includes: !opts.include.is_empty(),
+        })
+    }
+}
+
+struct Sent<'a> {
+    src: &'a Path,
+    tar: tar::Builder<Vec<u8>>,
+    /// Paths (relative to `src`) already in the archive.
+    done: BTreeSet<PathBuf>,
+}
+
+impl Sent<'_> {
+    /// `path` relative to the checkout; a path outside it cannot be sent.
+    fn relative(&self, path: &Path) -> Result<PathBuf, Error> {
+        let abs = match path.parent() {
+            // The entry itself may be a symlink: resolve only its directory.
+            Some(parent) if !parent.as_os_str().is_empty() => parent
+                .canonicalize()
+                .map_err(|source| Error::Io {
+                    action: "resolve",
+                    path: parent.to_owned(),
+                    source,
+                })?
+                .join(path.file_name().unwrap_or_default()),
+            _ => path.to_owned(),
+        };
+        abs.strip_prefix(self.src)
+            .map(Path::to_owned)
+            .map_err(|_| Error::Context {
+                path: path.to_owned(),
+                reason: format!(
+                    "it is outside the source checkout {} (--src); the docker executor sends \
+                     only files under it",
+                    self.src.display()
+                ),
+            })
+    }
+
+    /// Add the parents of `rel` that are not in the archive yet.
+    fn parents(&mut self, rel: &Path) -> Result<(), Error> {
+        let mut missing = Vec::new();
+        let mut parent = rel.parent();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            if self.done.contains(p) {
+                break;
+            }
+            missing.push(p.to_owned());
+            parent = p.parent();
+        }
+        for p in missing.into_iter().rev() {
+            self.entry(&self.src.join(&p), &p)?;
+        }
+        Ok(())
+    }
+
+    /// One entry (not recursing into directories).
+    fn entry(&mut self, path: &Path, rel: &Path) -> Result<(), Error> {
+        if !self.done.insert(rel.to_owned()) {
+            return Ok(());
+        }
+        let meta = std::fs::symlink_metadata(path).map_err(|source| Error::Io {
+            action: "read",
+            path: path.to_owned(),
+            source,
+        })?;
+        let ft = meta.file_type();
+        if !(ft.is_dir() || ft.is_file() || ft.is_symlink()) {
+            return Err(Error::Context {
+                path: path.to_owned(),
+                reason: "sockets, fifos and devices cannot be copied into an image".to_owned(),
+            });
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+        header.set_uid(u64::from(meta.uid()));
+        header.set_gid(u64::from(meta.gid()));
+        let io = |source| Error::Io {
+            action: "send",
+            path: path.to_owned(),
+            source,
+        };
+        if ft.is_file() {
+            let file = std::fs::File::open(path).map_err(io)?;
+            self.tar.append_data(&mut header, rel, file).map_err(io)
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(path).map_err(io)?;
+            self.tar.append_link(&mut header, rel, target).map_err(io)
+        } else {
+            self.tar
+                .append_data(&mut header, rel, std::io::empty())
+                .map_err(io)
+        }
+    }
+
+    fn file(&mut self, path: &Path) -> Result<(), Error> {
+        let rel = self.relative(path)?;
+        self.parents(&rel)?;
+        self.entry(path, &rel)
+    }
+
+    /// `dir` and what its copy takes from it (`within`: the path below the copied root).
+    fn dir(&mut self, dir: &Path, within: &str, filters: &Filters) -> Result<(), Error> {
+        let rel = self.relative(dir)?;
+        self.parents(&rel)?;
+        self.entry(dir, &rel)?;
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .and_then(|it| it.map(|e| e.map(|e| e.file_name())).collect())
+            .map_err(|source| Error::Io {
+                action: "read directory",
+                path: dir.to_owned(),
+                source,
+            })?;
+        names.sort();
+        for name in names {
+            let path = dir.join(&name);
+            let name = name.to_string_lossy();
+            let below = if within.is_empty() {
+                name.into_owned()
+            } else {
+                format!("{within}/{name}")
+            };
+            if filters.exclude.is_match(&below) {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path).map_err(|source| Error::Io {
+                action: "read",
+                path: path.clone(),
+                source,
+            })?;
+            if meta.is_dir() {
+                self.dir(&path, &below, filters)?;
+            } else if !filters.filter_includes || filters.include.is_match(&below) {
+                let rel = rel.join(path.file_name().unwrap_or_default());
+                self.entry(&path, &rel)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(archive: &[u8]) -> Vec<String> {
+        tar::Archive::new(archive)
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn sends_what_the_steps_copy_minus_what_they_exclude() {
+        let src = tempfile::tempdir().unwrap();
+        let dir = src.path().join("containers/app");
+        std::fs::create_dir_all(dir.join("files/skip")).unwrap();
+        std::fs::write(dir.join("Dockerfile"), "FROM x\n").unwrap();
+        std::fs::write(dir.join("files/a.sh"), "a").unwrap();
+        std::fs::write(dir.join("files/secret.env"), "s").unwrap();
+        std::fs::write(dir.join("files/skip/b"), "b").unwrap();
+        std::fs::write(dir.join("one"), "1").unwrap();
+        std::fs::write(src.path().join("unrelated"), "u").unwrap();
+        let opts = HostCopy {
+            exclude: vec!["secret.env".into(), "skip".into()],
+            ..HostCopy::default()
+        };
+        let container = Container::scratch()
+            .with_directory("/files", dir.join("files"), opts)
+            .with_file("/one", dir.join("one"), HostCopy::default());
+        let archive = archive(
+            &container,
+            src.path(),
+            &[PathBuf::from("containers/app/Dockerfile")],
+        )
+        .unwrap();
+        assert_eq!(
+            names(&archive),
+            [
+                "containers",
+                "containers/app",
+                "containers/app/Dockerfile",
+                "containers/app/files",
+                "containers/app/files/a.sh",
+                "containers/app/one",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_file_outside_the_checkout_is_refused_by_name() {
+        let src = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::NamedTempFile::new().unwrap();
+        let container = Container::scratch().with_file("/x", elsewhere.path(), HostCopy::default());
+        let err = archive(&container, src.path(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("outside the source checkout"), "{err}");
+        assert!(
+            err.contains(&elsewhere.path().display().to_string()),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,365 @@
+//! One build through the docker executor, the client's side.
+//!
+//! 1. Create the helper container (auto-removed when it exits) with the cache volume, the
+//!    host network, and the privileges the root sandbox needs, nothing secret in its config.
+//! 2. Stream the build context into it (`PUT /containers/ID/archive`).
+//! 3. Attach, start, and send the handshake on its stdin: this client's version and the
+//!    secrets (the registry password), as one JSON line.
+//! 4. Pass its stdout and stderr through until it says it is done (a [`DONE_MARKER`] line
+//!    with its exit code); copy `build --output` results back; tell it to exit.
+//!
+//! The helper exits as soon as its stdin closes without the goodbye: a client killed even
+//! by SIGKILL drops the attach connection, so the helper stops and the daemon removes it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, DeviceMapping, HostConfig, Mount, MountType};
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use tokio::io::AsyncWriteExt as _;
+
+use super::{ENGINE_CACHE_DIR, ENGINE_LABEL, ENGINE_SRC_DIR, Endpoint, Error};
+
+/// The line (on the helper's stdout) that ends a build: `DONE_MARKER CODE`.
+pub const DONE_MARKER: &str = "\u{1}blumeops-engine-done";
+/// What the client writes on the helper's stdin once it has what it needs.
+pub const GOODBYE: &str = "bye";
+
+/// The first line the client writes on the helper's stdin.
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Handshake {
+    /// The client's blumeops version.
+    pub client_version: String,
+    /// Secret source text (`env:ZOT_CI_API_KEY`) → the value the client read from it.
+    pub secrets: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Handshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handshake")
+            .field("client_version", &self.client_version)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// What to run in the helper.
+pub struct RemoteRun<'a> {
+    /// The daemon.
+    pub docker: &'a Docker,
+    /// Its address, for messages.
+    pub endpoint: &'a Endpoint,
+    /// The helper image.
+    pub image: String,
+    /// The container name ([`new_name`]); the caller removes it with [`remove`] on Ctrl-C.
+    pub name: String,
+    /// The cache volume.
+    pub volume: String,
+    /// The blumeops command line for the helper (without the program name).
+    pub args: Vec<String>,
+    /// Environment for the helper (nothing secret).
+    pub env: Vec<String>,
+    /// Sent on stdin.
+    pub handshake: Handshake,
+    /// The build context, unpacked at [`ENGINE_SRC_DIR`].
+    pub context: Vec<u8>,
+    /// A path in the helper to copy to this client's filesystem after the build.
+    pub fetch: Option<(String, PathBuf)>,
+}
+
+/// A fresh helper container name.
+pub fn new_name() -> String {
+    let mut bytes = [0u8; 6];
+    let _ = getrandom(&mut bytes);
+    format!("blumeops-engine-{}", hex::encode(bytes))
+}
+
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read as _;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+/// Remove the helper, whatever state it is in (Ctrl-C, errors).
+pub async fn remove(docker: &Docker, name: &str) {
+    let _ = docker
+        .remove_container(
+            name,
+            Some(bollard::query_parameters::RemoveContainerOptions {
+                force: true,
+                v: false,
+                link: false,
+            }),
+        )
+        .await;
+}
+
+/// Run it. `output(stderr, bytes)` gets the helper's output as it comes (stdout without the
+/// done marker). Returns the helper's exit code.
+pub async fn run(
+    req: RemoteRun<'_>,
+    output: &mut (dyn FnMut(bool, &[u8]) + Send),
+) -> Result<i32, Error> {
+    let result = run_inner(&req, output).await;
+    // Gone already when it exited by itself; this covers every other way out.
+    remove(req.docker, &req.name).await;
+    result
+}
+
+async fn run_inner(
+    req: &RemoteRun<'_>,
+    output: &mut (dyn FnMut(bool, &[u8]) + Send),
+) -> Result<i32, Error> {
+    let (docker, endpoint, name) = (req.docker, req.endpoint, req.name.as_str());
+    let api = |action: &str| {
+        let action = action.to_owned();
+        move |e| Error::api(endpoint, action, e)
+    };
+    let tun = std::path::Path::new("/dev/net/tun").exists() || !endpoint_is_local(endpoint);
+    let host_config = HostConfig {
+        network_mode: Some("host".to_owned()),
+        auto_remove: Some(true),
+        // What the root sandbox does: mount, unshare, pivot_root, bring up a step's
+        // loopback; /proc and /sys unmasked so a step's own can be mounted.
+        cap_add: Some(vec!["SYS_ADMIN".to_owned(), "NET_ADMIN".to_owned()]),
+        security_opt: Some(vec![
+            "seccomp=unconfined".to_owned(),
+            "apparmor=unconfined".to_owned(),
+        ]),
+        masked_paths: Some(Vec::new()),
+        readonly_paths: Some(Vec::new()),
+        devices: tun.then(|| {
+            vec![DeviceMapping {
+                path_on_host: Some("/dev/net/tun".to_owned()),
+                path_in_container: Some("/dev/net/tun".to_owned()),
+                cgroup_permissions: Some("rwm".to_owned()),
+            }]
+        }),
+        mounts: Some(vec![Mount {
+            target: Some(ENGINE_CACHE_DIR.to_owned()),
+            source: Some(req.volume.clone()),
+            typ: Some(MountType::VOLUME),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    let mut labels = std::collections::HashMap::new();
+    labels.insert(ENGINE_LABEL.to_owned(), "run".to_owned());
+    let config = ContainerCreateBody {
+        image: Some(req.image.clone()),
+        cmd: Some(
+            ["engine", "--"]
+                .into_iter()
+                .map(str::to_owned)
+                .chain(req.args.iter().cloned())
+                .collect(),
+        ),
+        env: Some(req.env.clone()),
+        working_dir: Some(ENGINE_SRC_DIR.to_owned()),
+        attach_stdin: Some(true),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        open_stdin: Some(true),
+        stdin_once: Some(true),
+        tty: Some(false),
+        labels: Some(labels),
+        host_config: Some(host_config),
+        ..Default::default()
+    };
+    docker
+        .create_container(
+            Some(bollard::query_parameters::CreateContainerOptions {
+                name: Some(name.to_owned()),
+                platform: String::new(),
+            }),
+            config,
+        )
+        .await
+        .map_err(api("create the engine container"))?;
+    docker
+        .upload_to_container(
+            name,
+            Some(bollard::query_parameters::UploadToContainerOptions {
+                path: ENGINE_SRC_DIR.to_owned(),
+                ..Default::default()
+            }),
+            bollard::body_full(req.context.clone().into()),
+        )
+        .await
+        .map_err(api("copy the build context into the engine container"))?;
+    let attached = docker
+        .attach_container(
+            name,
+            Some(bollard::query_parameters::AttachContainerOptions {
+                stdin: true,
+                stdout: true,
+                stderr: true,
+                stream: true,
+                logs: false,
+                detach_keys: None,
+            }),
+        )
+        .await
+        .map_err(api("attach to the engine container"))?;
+    let (mut stream, mut input) = (attached.output, attached.input);
+    docker
+        .start_container(name, None)
+        .await
+        .map_err(api("start the engine container"))?;
+    let mut line = serde_json::to_vec(&req.handshake).expect("JSON");
+    line.push(b'\n');
+    input
+        .write_all(&line)
+        .await
+        .map_err(|e| Error::api(endpoint, "send the handshake", e.into()))?;
+    input.flush().await.ok();
+
+    let mut pending = Vec::new();
+    let mut done = None;
+    let mut said_goodbye = false;
+    loop {
+        let chunk = match stream.next().await {
+            Some(Ok(chunk)) => Some(chunk),
+            _ => None, // the connection ends with the helper
+        };
+        match chunk {
+            Some(bollard::container::LogOutput::StdErr { message }) => output(true, &message),
+            Some(bollard::container::LogOutput::StdOut { message }) => {
+                pending.extend_from_slice(&message);
+                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    let text = String::from_utf8_lossy(&line);
+                    match text.trim_end().strip_prefix(DONE_MARKER) {
+                        Some(code) if done.is_none() => done = code.trim().parse::<i32>().ok(),
+                        _ => output(false, &line),
+                    }
+                }
+            }
+            Some(_) => {}
+            None => break,
+        }
+        // Done: copy the results while the helper waits, then let it go; what it still
+        // prints (stderr may lag stdout) passes through until it exits.
+        if let (Some(code), false) = (done, said_goodbye) {
+            said_goodbye = true;
+            if code == 0
+                && let Some((inside, local)) = &req.fetch
+            {
+                fetch(docker, endpoint, name, inside, local).await?;
+            }
+            let _ = input.write_all(format!("{GOODBYE}\n").as_bytes()).await;
+            let _ = input.flush().await;
+        }
+    }
+    if !pending.is_empty() {
+        output(false, &pending);
+    }
+    match done {
+        Some(code) => Ok(code),
+        None => Err(Error::EngineGone {
+            container: name.to_owned(),
+            exit_code: exit_code(docker, name).await,
+        }),
+    }
+}
+
+/// Whether the daemon runs on this machine (so its /dev/net/tun is ours to check).
+fn endpoint_is_local(endpoint: &Endpoint) -> bool {
+    match endpoint {
+        Endpoint::Unix(_) => true,
+        Endpoint::Tcp(addr) => addr.starts_with("127.") || addr.starts_with("localhost"),
+    }
+}
+
+async fn exit_code(docker: &Docker, name: &str) -> Option<i64> {
+    let mut wait = docker.wait_container(
+        name,
+        Some(bollard::query_parameters::WaitContainerOptions {
+            condition: "not-running".to_owned(),
+        }),
+    );
+    match wait.next().await? {
+        Ok(r) => Some(r.status_code),
+        Err(bollard::errors::Error::DockerContainerWaitError { code, .. }) => Some(code),
+        Err(_) => None,
+    }
+}
+
+/// Copy `inside` (a file or directory in the helper) to `local`.
+async fn fetch(
+    docker: &Docker,
+    endpoint: &Endpoint,
+    name: &str,
+    inside: &str,
+    local: &std::path::Path,
+) -> Result<(), Error> {
+    let bytes: Vec<u8> = docker
+        .download_from_container(
+            name,
+            Some(bollard::query_parameters::DownloadFromContainerOptions {
+                path: inside.to_owned(),
+            }),
+        )
+        .map_ok(|b| b.to_vec())
+        .try_concat()
+        .await
+        .map_err(|e| {
+            Error::api(
+                endpoint,
+                format!("copy {inside} out of the engine container"),
+                e,
+            )
+        })?;
+    let local = local.to_owned();
+    tokio::task::spawn_blocking(move || unpack_result(&bytes, &local))
+        .await
+        .map_err(|_| Error::Io {
+            action: "write",
+            path: PathBuf::from("the build result"),
+            source: std::io::Error::other("task panicked"),
+        })?
+}
+
+/// Unpack the archive of one file or directory (its first path component is its own name)
+/// at `local`.
+fn unpack_result(bytes: &[u8], local: &std::path::Path) -> Result<(), Error> {
+    let io = |action, path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| Error::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    let mut archive = tar::Archive::new(bytes);
+    for entry in archive.entries().map_err(io("read", local))? {
+        let mut entry = entry.map_err(io("read", local))?;
+        let path = entry.path().map_err(io("read", local))?.into_owned();
+        let rest: PathBuf = path.components().skip(1).collect();
+        if rest
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(Error::Context {
+                path,
+                reason: "the engine sent a path that leaves the output".to_owned(),
+            });
+        }
+        let dest = if rest.as_os_str().is_empty() {
+            local.to_owned()
+        } else {
+            local.join(&rest)
+        };
+        if entry.header().entry_type().is_dir() {
+            std::fs::create_dir_all(&dest).map_err(io("create", &dest))?;
+            continue;
+        }
+        if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+        }
+        let _ = std::fs::remove_file(&dest);
+        entry.set_preserve_permissions(true);
+        entry.unpack(&dest).map_err(io("write", &dest))?;
+    }
+    Ok(())
+}

@@ -15,6 +15,7 @@ packages=(
     slirp4netns      # isolated step networks (user-mode networking)
     fuse-overlayfs   # rootless steps where the kernel has no overlayfs in user namespaces
     passwd           # useradd/usermod: the rootless tests' users
+    docker.io        # dockerd and docker: the docker executor's tests
     apache2-utils    # htpasswd, for the registry's users
     ca-certificates
     git

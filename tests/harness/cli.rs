@@ -18,7 +18,7 @@ use crate::util::{tempdir, workspace_root};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Environment variables cleared from every run so tests only see what they set.
-const CLEARED_ENV: [&str; 8] = [
+const CLEARED_ENV: [&str; 14] = [
     "BLUMEOPS_CACHE_DIR",
     "BLUMEOPS_CACHE_MAX_BYTES",
     "SOURCE_DATE_EPOCH",
@@ -27,6 +27,12 @@ const CLEARED_ENV: [&str; 8] = [
     "REGISTRY_AUTH_FILE",
     "RUST_LOG",
     "CARGO_TARGET_DIR",
+    "DOCKER_HOST",
+    "BLUMEOPS_EXECUTOR",
+    "BLUMEOPS_ENGINE_IMAGE",
+    "BLUMEOPS_ENGINE_VOLUME",
+    "GITHUB_OUTPUT",
+    "FORGEJO_OUTPUT",
 ];
 
 /// The `blumeops` binary: `$BLUMEOPS_BIN`, else `<target>/<profile>/blumeops` next to this

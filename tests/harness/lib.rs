@@ -6,6 +6,7 @@
 //!   and pushed with skopeo.
 //! - [`tools`]: skopeo/umoci wrappers for checking results independently of blumeops.
 //! - [`users`]: non-root users (with and without subordinate ids) for rootless tests;
+//! - [`dockerd`]: a Docker daemon (and a Debian job image) for the docker executor's tests;
 //! - [`cli`]: running the `blumeops` binary (build it first: `cargo build -p blumeops-cli`,
 //!   or point `BLUMEOPS_BIN` at it).
 //!
@@ -15,6 +16,7 @@
 
 mod base_image;
 pub mod cli;
+pub mod dockerd;
 pub mod fault_proxy;
 mod http_server;
 pub mod parity;

@@ -1,0 +1,434 @@
+//! The docker executor: blumeops in an unprivileged job container (default seccomp and
+//! capabilities, the host network, the daemon's socket mounted, `DOCKER_HOST` set), as on
+//! the Kubernetes runner with its Docker-in-Docker sidecar, and from the host with
+//! `--executor docker`. The daemon is Debian's dockerd ([`Dockerd`]); the registry is the
+//! test registry behind zot's rules.
+//!
+//! The tests share one daemon and check that no container is left, so they hold [`SERIAL`]
+//! while they run.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use blumeops_e2e::dockerd::{self, Dockerd};
+use blumeops_e2e::{
+    BaseImage, CliOutput, PushedImage, TestRegistry, blumeops_bin, isolated_cache, run_cli_with,
+    tools::umoci_unpack,
+};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const EPOCH: &str = "1700000000";
+const TIMEOUT: Duration = Duration::from_secs(600);
+const TAG: &str = "v1.0.0-abc1234";
+
+/// COPY from the context (one file left out by `.dockerignore`), RUN steps, a cache mount.
+const DOCKERFILE: &str = r#"ARG CONTAINER_APP_VERSION=1.0.0
+ARG BASE_IMAGE
+FROM ${BASE_IMAGE}
+COPY files/ /opt/files/
+RUN mkdir -p /data && ls /opt/files > /data/list && id -u > /data/uid
+RUN --mount=type=cache,target=/cache echo cached > /cache/v && cp /cache/v /from-cache
+CMD ["cat", "/data/list"]
+"#;
+
+macro_rules! require_dockerd {
+    () => {
+        if let Err(why) = dockerd::available() {
+            blumeops_core::testing::skip(&why);
+            return;
+        }
+    };
+}
+
+/// A checkout with `containers/app` (the Dockerfile, `files/`, `.dockerignore`).
+fn checkout(dockerfile: &str) -> tempfile::TempDir {
+    let src = tempfile::Builder::new()
+        .prefix("blumeops-docker-src-")
+        .tempdir()
+        .unwrap();
+    let dir = src.path().join("containers/app");
+    std::fs::create_dir_all(dir.join("files")).unwrap();
+    std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+    std::fs::write(dir.join("files/a"), "a\n").unwrap();
+    std::fs::write(dir.join("files/local.env"), "not for the image\n").unwrap();
+    std::fs::write(dir.join(".dockerignore"), "files/local.env\n").unwrap();
+    src
+}
+
+/// Flags of a build or publish of `app` at `src` (as the job or the host sees it).
+fn flags(src: &str, registry: &TestRegistry, base: &PushedImage) -> Vec<String> {
+    [
+        "--src",
+        src,
+        "--container-name",
+        "app",
+        "--commit-sha",
+        "abc1234",
+        "--registry",
+        &registry.addr(),
+        "--build-arg",
+        &format!("BASE_IMAGE={}", base.reference),
+        "--progress",
+        "plain",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// `build --output oci:DIR` on the host with the root sandbox.
+fn host_build(src: &Path, registry: &TestRegistry, base: &PushedImage, dir: &Path) -> CliOutput {
+    let cache = isolated_cache();
+    let mut args = vec!["build".to_owned()];
+    args.extend(flags(&src.display().to_string(), registry, base));
+    args.extend(["--output".to_owned(), format!("oci:{}", dir.display())]);
+    let out = run_cli_with(
+        &args,
+        &[
+            ("BLUMEOPS_CACHE_DIR", &cache.path().display().to_string()),
+            ("SOURCE_DATE_EPOCH", EPOCH),
+            ("BLUMEOPS_EXECUTOR", "root"),
+        ],
+        Path::new("/"),
+        TIMEOUT,
+    );
+    out.assert_success();
+    out
+}
+
+fn digest(out: &CliOutput) -> String {
+    out.last_line()
+        .rsplit_once('@')
+        .unwrap_or_else(|| panic!("no REF@DIGEST line\n{out}"))
+        .1
+        .to_owned()
+}
+
+/// A job container running blumeops, as a CI runner starts one.
+struct Job<'a> {
+    daemon: &'a Dockerd,
+    name: String,
+    volume: String,
+    src: &'a Path,
+    out: tempfile::TempDir,
+}
+
+impl<'a> Job<'a> {
+    fn new(daemon: &'a Dockerd, src: &'a Path, volume: &str) -> Self {
+        Self {
+            daemon,
+            name: format!("blumeops-test-job-{}", std::process::id()),
+            volume: volume.to_owned(),
+            src,
+            out: tempfile::Builder::new()
+                .prefix("blumeops-job-out-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    /// `docker run` arguments for `blumeops ARGS` (plus `-d` when `detach`), with `mounts`
+    /// and `env` added.
+    fn run_args(&self, detach: bool, extra: &[String], blumeops: &[String]) -> Vec<String> {
+        let socket = self.daemon.socket().display().to_string();
+        let mut args: Vec<String> = vec!["run".into(), "--name".into(), self.name.clone()];
+        args.push(if detach { "-d" } else { "--rm" }.into());
+        for a in [
+            "--network",
+            "host",
+            "-v",
+            &format!("{socket}:/var/run/docker.sock"),
+            "-v",
+            &format!("{}:/usr/local/bin/blumeops:ro", blumeops_bin().display()),
+            "-v",
+            &format!("{}:/src:ro", self.src.display()),
+            "-v",
+            &format!("{}:/out", self.out.path().display()),
+            "-e",
+            "DOCKER_HOST=unix:///var/run/docker.sock",
+            "-e",
+            &format!("SOURCE_DATE_EPOCH={EPOCH}"),
+            "-e",
+            "GITHUB_OUTPUT=/out/github-output",
+            "-e",
+            &format!("BLUMEOPS_ENGINE_VOLUME={}", self.volume),
+        ] {
+            args.push(a.to_owned());
+        }
+        args.extend(extra.iter().cloned());
+        args.push(self.daemon.job_image().to_owned());
+        args.push("blumeops".into());
+        args.extend(blumeops.iter().cloned());
+        args
+    }
+
+    /// Run to the end; returns (exit code, stdout, stderr).
+    fn run(&self, extra: &[String], blumeops: &[String]) -> (i32, String, String) {
+        let args = self.run_args(false, extra, blumeops);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.daemon.docker(&refs);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// Wait until `check` holds, for at most `secs` seconds.
+fn wait_for(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    check()
+}
+
+/// `blumeops publish` in a job container (with `--registry-password env:ZOT_CI_API_KEY`,
+/// as the Forgejo step runs it) gives the host's root build digest, leaves the workflow
+/// outputs in the job's filesystem, and a second job reuses the cache volume.
+#[test]
+fn publish_from_an_unprivileged_job_container_has_the_host_digest() {
+    require_dockerd!();
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let daemon = Dockerd::shared();
+    let registry = TestRegistry::start();
+    let base = BaseImage::push(&registry);
+    let src = checkout(DOCKERFILE);
+    let host_out = tempfile::tempdir().unwrap();
+    let host = host_build(src.path(), &registry, &base, &host_out.path().join("img"));
+
+    let volume = format!("blumeops-test-cache-{}", std::process::id());
+    let job = Job::new(daemon, src.path(), &volume);
+    let mut blumeops = vec!["publish".to_owned()];
+    blumeops.extend(flags("/src", &registry, &base));
+    blumeops.extend([
+        "--registry-password".to_owned(),
+        "env:ZOT_CI_API_KEY".to_owned(),
+    ]);
+    let env = vec![
+        "-e".to_owned(),
+        format!("ZOT_CI_API_KEY={}", registry.ci_password()),
+    ];
+    let (code, stdout, stderr) = job.run(&env, &blumeops);
+    let shown = format!("exit {code}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        stderr.contains("executor: docker (unix:///var/run/docker.sock"),
+        "{shown}"
+    );
+    let line = stdout.lines().last().unwrap_or_default();
+    let reference = format!("{}/blumeops/app:{TAG}", registry.addr());
+    assert_eq!(line, format!("{reference}@{}", digest(&host)), "{shown}");
+    let outputs = std::fs::read_to_string(job.out.path().join("github-output")).unwrap();
+    assert_eq!(
+        outputs,
+        format!("ref={reference}\ndigest={}\ntag={TAG}\n", digest(&host))
+    );
+    let inspected = blumeops_e2e::tools::skopeo_inspect(&reference);
+    assert_eq!(inspected["Digest"], digest(&host));
+    assert!(
+        !stderr.contains(registry.ci_password()) && !stdout.contains(registry.ci_password()),
+        "the password was printed"
+    );
+
+    // A second job on the same daemon: every step from the volume's cache.
+    let (code, stdout, stderr) = job.run(&env, &blumeops);
+    let shown = format!("exit {code}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
+    assert_eq!(code, 0, "{shown}");
+    assert!(stderr.contains("cached in"), "{shown}");
+    assert!(!stderr.contains(" ran in "), "a step ran again:\n{shown}");
+    assert!(stderr.contains("nothing pushed"), "{shown}");
+
+    assert_eq!(daemon.containers(), Vec::<String>::new(), "containers left");
+    daemon.docker_ok(&["volume", "rm", &volume]);
+}
+
+/// While a slow step runs, the registry password (raw, as Basic auth's base64 of
+/// `user:password`, and URL-encoded) is in no container's config (`docker inspect`) or
+/// process list (`docker top`); killing the job container then leaves no container and
+/// no tag. The job reads the password from a mounted file, so that the job container's own
+/// config holds none either.
+#[test]
+fn secrets_stay_out_of_the_daemon_and_a_killed_job_leaves_nothing() {
+    require_dockerd!();
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let daemon = Dockerd::shared();
+    let registry = TestRegistry::start();
+    let base = BaseImage::push(&registry);
+    let src = checkout(
+        "ARG CONTAINER_APP_VERSION=1.0.0\nARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n\
+         RUN echo slow-step-started && sleep 120\n",
+    );
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("key"), registry.ci_password()).unwrap();
+    let volume = format!("blumeops-test-cache-kill-{}", std::process::id());
+    let job = Job::new(daemon, src.path(), &volume);
+    let mut blumeops = vec!["publish".to_owned()];
+    blumeops.extend(flags("/src", &registry, &base));
+    blumeops.extend([
+        "--registry-password".to_owned(),
+        "file:/secrets/key".to_owned(),
+    ]);
+    let extra = vec![
+        "-v".to_owned(),
+        format!("{}:/secrets:ro", secrets.path().display()),
+    ];
+    let args = job.run_args(true, &extra, &blumeops);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    daemon.docker_ok(&refs);
+
+    let engine = || {
+        daemon
+            .docker_ok(&["ps", "-q", "--filter", "label=org.blumeops.engine=run"])
+            .trim()
+            .to_owned()
+    };
+    let started = wait_for(120, || {
+        let id = engine();
+        !id.is_empty()
+            && String::from_utf8_lossy(&daemon.docker(&["top", &id]).stdout).contains("sleep 120")
+    });
+    let job_logs = daemon.docker(&["logs", &job.name]);
+    assert!(
+        started,
+        "the slow step did not start:\n{}{}",
+        String::from_utf8_lossy(&job_logs.stdout),
+        String::from_utf8_lossy(&job_logs.stderr)
+    );
+
+    let password = registry.ci_password();
+    let forms = [
+        ("the password", password.to_owned()),
+        (
+            "base64 of user:password",
+            base64::engine::general_purpose::STANDARD.encode(format!("zot-ci:{password}")),
+        ),
+        (
+            "the URL-encoded password",
+            url::form_urlencoded::byte_serialize(password.as_bytes()).collect::<String>(),
+        ),
+    ];
+    let mut seen = String::new();
+    for id in daemon.containers() {
+        seen.push_str(&daemon.docker_ok(&["inspect", &id]));
+        seen.push_str(&daemon.docker_ok(&["top", &id, "-eo", "pid,args"]));
+    }
+    assert!(seen.contains("sleep 120"), "the listing misses the step");
+    for (what, form) in &forms {
+        assert!(
+            !seen.contains(form.as_str()),
+            "{what} is visible to the daemon"
+        );
+    }
+
+    // SIGKILL the client: the engine notices its stdin closing, stops, and is removed.
+    daemon.docker_ok(&["kill", &job.name]);
+    let gone = wait_for(30, || {
+        daemon
+            .docker_ok(&["ps", "-q", "--filter", "label=org.blumeops.engine=run"])
+            .trim()
+            .is_empty()
+    });
+    assert!(gone, "the engine container outlived its client");
+    daemon.docker_ok(&["rm", "-f", &job.name]);
+    assert_eq!(daemon.containers(), Vec::<String>::new(), "containers left");
+    let app_manifests: Vec<_> = registry
+        .manifest_puts()
+        .into_iter()
+        .filter(|r| r.path.contains("/blumeops/app/"))
+        .collect();
+    assert!(
+        app_manifests.is_empty(),
+        "a killed publish pushed a manifest: {app_manifests:?}"
+    );
+    daemon.docker_ok(&["volume", "rm", &volume]);
+}
+
+/// From the host with `--executor docker`: `build --output oci:DIR` lands in this
+/// filesystem with the root build's digest and without what `.dockerignore` leaves out; a
+/// failing step's whole output and exit code reach the client.
+#[test]
+fn build_output_and_step_failures_come_back_to_the_client() {
+    require_dockerd!();
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let daemon = Dockerd::shared();
+    let registry = TestRegistry::start();
+    let base = BaseImage::push(&registry);
+    let src = checkout(DOCKERFILE);
+    let host_out = tempfile::tempdir().unwrap();
+    let host = host_build(src.path(), &registry, &base, &host_out.path().join("img"));
+
+    let volume = format!("blumeops-test-cache-host-{}", std::process::id());
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("img");
+    let env = [
+        ("DOCKER_HOST", daemon.host()),
+        ("BLUMEOPS_EXECUTOR", "docker".to_owned()),
+        ("BLUMEOPS_ENGINE_VOLUME", volume.clone()),
+        ("SOURCE_DATE_EPOCH", EPOCH.to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut args = vec!["build".to_owned()];
+    args.extend(flags(&src.path().display().to_string(), &registry, &base));
+    args.extend(["--output".to_owned(), format!("oci:{}", dir.display())]);
+    let built = run_cli_with(&args, &env, Path::new("/"), TIMEOUT);
+    built.assert_success();
+    assert_eq!(digest(&built), digest(&host), "{built}");
+    let bundle = tempfile::tempdir().unwrap();
+    umoci_unpack(
+        &format!("{}:{TAG}", dir.display()),
+        &bundle.path().join("b"),
+    );
+    let rootfs = bundle.path().join("b/rootfs");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("data/list")).unwrap(),
+        "a\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("from-cache")).unwrap(),
+        "cached\n"
+    );
+
+    let failing = checkout(
+        "ARG CONTAINER_APP_VERSION=1.0.0\nARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n\
+         RUN echo first-line-on-stdout && echo second-line-on-stderr >&2 && exit 3\n",
+    );
+    let mut args = vec!["build".to_owned()];
+    args.extend(flags(
+        &failing.path().display().to_string(),
+        &registry,
+        &base,
+    ));
+    args.extend([
+        "--output".to_owned(),
+        format!("oci:{}", out.path().join("failed").display()),
+    ]);
+    let failed = run_cli_with(&args, &env, Path::new("/"), TIMEOUT);
+    failed.assert_code(1);
+    for wanted in [
+        "first-line-on-stdout",
+        "second-line-on-stderr",
+        "command exited with code 3",
+    ] {
+        assert!(
+            failed.stderr.contains(wanted),
+            "{wanted} missing:\n{failed}"
+        );
+    }
+    assert!(!out.path().join("failed").exists(), "{failed}");
+    assert_eq!(daemon.containers(), Vec::<String>::new(), "containers left");
+    daemon.docker_ok(&["volume", "rm", &volume]);
+}

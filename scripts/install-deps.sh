@@ -16,7 +16,7 @@ packages=(
     fuse-overlayfs   # rootless steps where the kernel has no overlayfs in user namespaces
     passwd           # useradd/usermod: the rootless tests' users
     apache2-utils    # htpasswd, for the registry's users
-    ca-certificates
+    ca-certificates  # HTTPS roots; update-ca-certificates makes the TLS tests' private store
     git
     file
     curl             # the demo and benchmarks wait for the registry with it

@@ -17,7 +17,7 @@ packages=(
     passwd           # useradd/usermod: the rootless tests' users
     docker.io        # dockerd and docker: the docker executor's tests
     apache2-utils    # htpasswd, for the registry's users
-    ca-certificates
+    ca-certificates  # HTTPS roots; update-ca-certificates makes the TLS tests' private store
     git
     file
     curl             # the demo and benchmarks wait for the registry with it

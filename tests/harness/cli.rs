@@ -186,6 +186,19 @@ pub fn run_cli_with<S: AsRef<str>>(
     run(Command::new(blumeops_bin()), args, envs, cwd, timeout)
 }
 
+/// [`run_cli_with`] through `wrapper`, a command that runs the program named by its last
+/// argument: the binary is added there, then `args`.
+pub fn run_cli_wrapped<S: AsRef<str>>(
+    mut wrapper: Command,
+    args: &[S],
+    envs: &[(&str, &str)],
+    cwd: &Path,
+    timeout: Duration,
+) -> CliOutput {
+    wrapper.arg(blumeops_bin());
+    run(wrapper, args, envs, cwd, timeout)
+}
+
 /// [`run_cli_with`] as `user` (this process must be root): a copy of the binary that the
 /// user may run ([`crate::users::shared_bin`]), with `HOME`, `USER` and `LOGNAME` set to
 /// the user's and no supplementary groups.

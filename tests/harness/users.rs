@@ -39,7 +39,7 @@ pub fn can_create_users() -> bool {
 }
 
 /// The effective uid, from /proc (the harness has no libc binding of its own).
-fn effective_uid() -> u32 {
+pub(crate) fn effective_uid() -> u32 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

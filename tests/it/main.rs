@@ -13,3 +13,4 @@ mod resilience;
 mod rootless;
 mod step_cache;
 mod test_images;
+mod tls;

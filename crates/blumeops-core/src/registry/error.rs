@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use crate::reference::{Digest, Platform};
 
+use super::tls::CertificateProblem;
+
 /// What the client was doing when something failed; shown as `failed to <operation> ...`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -151,6 +153,24 @@ pub enum Error {
         registry: String,
         /// The URL that could not be reached.
         url: String,
+        /// Cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The registry's (or its token service's) TLS certificate was refused. Never retried:
+    /// the same certificate is refused again.
+    #[error("failed to {operation} {target}: cannot verify {host} over HTTPS: {problem}")]
+    Certificate {
+        /// What was being done.
+        operation: Operation,
+        /// What it was done to.
+        target: String,
+        /// Registry as written in the reference.
+        registry: String,
+        /// `host:port` whose certificate was refused.
+        host: String,
+        /// What is wrong with the certificate.
+        problem: Box<CertificateProblem>,
         /// Cause.
         #[source]
         source: reqwest::Error,
@@ -439,8 +459,8 @@ pub enum ErrorKind {
     Denied,
     /// The tag exists with another digest.
     TagConflict,
-    /// Connection refused, DNS failure, timeout, or transient failures (5xx, 429, dropped
-    /// connections) that outlasted every retry.
+    /// Connection refused, DNS failure, timeout, a refused TLS certificate, or transient
+    /// failures (5xx, 429, dropped connections) that outlasted every retry.
     Unreachable,
     /// Digest or size did not match.
     Integrity,
@@ -456,9 +476,10 @@ impl Error {
     /// How the CLI should classify this failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Unreachable { .. } | Self::Timeout { .. } | Self::Retried { .. } => {
-                ErrorKind::Unreachable
-            }
+            Self::Unreachable { .. }
+            | Self::Certificate { .. }
+            | Self::Timeout { .. }
+            | Self::Retried { .. } => ErrorKind::Unreachable,
             Self::Request { source, .. } if source.is_connect() || source.is_timeout() => {
                 ErrorKind::Unreachable
             }
@@ -490,6 +511,7 @@ impl Error {
             } else {
                 "check that the registry is running and the address is right".to_owned()
             }),
+            Self::Certificate { host, problem, .. } => Some(problem.hint(host)),
             Self::Timeout { .. } => {
                 Some("the registry or the network is slow or stuck; try again".to_owned())
             }
@@ -633,6 +655,32 @@ mod tests {
             assert!(display.contains(want), "{display} lacks {want}");
         }
         assert_eq!(err.kind(), ErrorKind::Unauthorized);
+    }
+
+    #[test]
+    fn refused_certificate_names_the_host_and_the_problem() {
+        let err = Error::Certificate {
+            operation: Operation::CheckTag,
+            target: "zot.example/blumeops/hello:v1".into(),
+            registry: "zot.example".into(),
+            host: "zot.example:443".into(),
+            problem: Box::new(CertificateProblem::UnknownIssuer),
+            source: reqwest::Proxy::all("http://[").expect_err("an invalid URL"),
+        };
+        assert_eq!(
+            err.to_string(),
+            "failed to check tag zot.example/blumeops/hello:v1: cannot verify zot.example:443 \
+             over HTTPS: certificate is not trusted (unknown issuer)"
+        );
+        assert_eq!(err.kind(), ErrorKind::Unreachable);
+        let hint = err.hint().unwrap();
+        assert!(hint.contains("update-ca-certificates"), "{hint}");
+        assert!(hint.contains("SSL_CERT_FILE"), "{hint}");
+        assert_eq!(
+            crate::Error::from(err).kind(),
+            crate::ErrorKind::Unreachable,
+            "exit code 5"
+        );
     }
 
     #[test]

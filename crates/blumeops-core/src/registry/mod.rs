@@ -1,7 +1,10 @@
 //! Registry client: pull into the store, push from the store, with zot's rules in mind.
 //!
 //! - Loopback registries (and every registry with [`ClientOptions::plain_http`]) are spoken to
-//!   over plain HTTP, others over HTTPS.
+//!   over plain HTTP, others over HTTPS. Loopback means the reference's host is `localhost` or
+//!   a loopback IP literal; a name that resolves to a loopback address still gets HTTPS.
+//! - A refused TLS certificate is reported as [`Error::Certificate`], naming the host and what
+//!   is wrong, and never retried.
 //! - Requests go out anonymously first. A 401 is answered from its `WWW-Authenticate`
 //!   challenge: `Basic` with the configured credentials (sent up front from then on), `Bearer`
 //!   with a token from the challenge's realm, cached per host and scope. A 401 after
@@ -24,6 +27,7 @@ mod pull;
 mod push;
 mod retry;
 mod tags;
+mod tls;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,6 +44,7 @@ use auth::{AuthCache, Challenge};
 pub use credentials::{Credential, Credentials};
 pub use error::{Error, ErrorKind, Operation, ServerError};
 pub use retry::{MAX_RETRY_AFTER, RetryPolicy};
+pub use tls::CertificateProblem;
 
 /// Default number of parallel blob uploads (zot has a global storage lock: a few help).
 pub const DEFAULT_MAX_PARALLEL_UPLOADS: usize = 3;
@@ -574,7 +579,22 @@ fn gave_up(call: &Call<'_>) -> impl FnOnce(Error, u32, Duration) -> Error {
 }
 
 fn transport_error(call: &Call<'_>, source: reqwest::Error) -> Error {
-    if source.is_connect() {
+    if let Some(problem) = CertificateProblem::find(&source) {
+        // A token realm may be another host than the registry: name the one refused.
+        let url = source.url().unwrap_or(call.url);
+        let host = match (url.host_str(), url.port_or_known_default()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            _ => host_port(url),
+        };
+        Error::Certificate {
+            operation: call.operation,
+            target: call.target.to_owned(),
+            registry: call.repo.registry.clone(),
+            host,
+            problem: Box::new(problem),
+            source,
+        }
+    } else if source.is_connect() {
         Error::Unreachable {
             operation: call.operation,
             target: call.target.to_owned(),

@@ -3,7 +3,8 @@
 //!
 //! A *transient* failure is a transport error (refused or reset connection, a body cut
 //! mid-stream, a timeout), 408, 429 or a 5xx other than 501/505. Everything else — 401, 403,
-//! 404, other 4xx, digest and size mismatches, local I/O — is final on the first attempt.
+//! 404, other 4xx, a refused TLS certificate, digest and size mismatches, local I/O — is final
+//! on the first attempt.
 //! Giving up on a transient failure yields [`Error::Retried`], naming the last error and the
 //! attempts made.
 
@@ -96,6 +97,8 @@ pub(crate) fn transient_status(status: StatusCode) -> bool {
 pub(crate) fn classify(error: &Error) -> Verdict {
     match error {
         Error::Unreachable { .. } | Error::Timeout { .. } => Verdict::Transient { after: None },
+        // The same certificate is refused again.
+        Error::Certificate { .. } => Verdict::Final,
         // A request that could not be built (bad header, bad URL) fails the same way again.
         Error::Request { source, .. } if source.is_builder() || source.is_redirect() => {
             Verdict::Final
@@ -402,6 +405,14 @@ mod tests {
                 url: "u".into(),
                 expected: crate::reference::Digest::of(b"a"),
                 actual: crate::reference::Digest::of(b"b"),
+            },
+            Error::Certificate {
+                operation: super::super::Operation::CheckTag,
+                target: "t".into(),
+                registry: "r".into(),
+                host: "r:443".into(),
+                problem: Box::new(super::super::CertificateProblem::UnknownIssuer),
+                source: reqwest::Proxy::all("http://[").expect_err("an invalid URL"),
             },
         ];
         for e in &finals {

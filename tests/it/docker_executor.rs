@@ -18,7 +18,8 @@ use blumeops_e2e::{
     tools::umoci_unpack,
 };
 
-static SERIAL: Mutex<()> = Mutex::new(());
+/// Held by every test that uses the shared daemon (also the TLS tests through it).
+pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
 
 const EPOCH: &str = "1700000000";
 const TIMEOUT: Duration = Duration::from_secs(600);

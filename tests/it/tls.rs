@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use blumeops_e2e::dockerd::{self, Dockerd};
 use blumeops_e2e::tls_registry::{OTHER_HOST, ServerCert, TLS_HOST, TlsRegistry, Trust};
 use blumeops_e2e::{
     CI_USER, CliOutput, isolated_cache, run_cli_wrapped, sha256_digest, workspace_root,
@@ -22,6 +23,16 @@ const TIMEOUT: Duration = Duration::from_secs(300);
 /// `blumeops publish` of hello to `registry` as `zot-ci`, on the base at `base`, with the CA
 /// trusted as `trust` says.
 fn publish(registry: &TlsRegistry, base: &str, trust: Trust) -> CliOutput {
+    publish_with(registry, base, trust, &[])
+}
+
+/// [`publish`] with more environment.
+fn publish_with(
+    registry: &TlsRegistry,
+    base: &str,
+    trust: Trust,
+    env: &[(&str, &str)],
+) -> CliOutput {
     let cache = isolated_cache();
     let cache_path = cache.path().display().to_string();
     let src = workspace_root().display().to_string();
@@ -53,7 +64,10 @@ fn publish(registry: &TlsRegistry, base: &str, trust: Trust) -> CliOutput {
         &[
             (KEY_VAR, registry.password()),
             ("BLUMEOPS_CACHE_DIR", &cache_path),
-        ],
+        ]
+        .into_iter()
+        .chain(env.iter().copied())
+        .collect::<Vec<_>>(),
         &workspace_root(),
         TIMEOUT,
     );
@@ -70,6 +84,45 @@ fn publish_and_verify(trust: Trust) {
     let base = registry.push_base();
     let out = publish(&registry, &base.reference, trust);
     out.assert_success();
+    verify(&registry, &base, &out);
+}
+
+/// [`publish_and_verify`] through the docker executor: the engine trusts what the client
+/// trusts (its CA certificates travel in the helper image) and resolves the registry's name
+/// as the client does (the client's /etc/hosts names are the helper's extra hosts).
+fn publish_through_docker_and_verify(trust: Trust) {
+    if let Err(why) = dockerd::available() {
+        blumeops_core::testing::skip(&why);
+        return;
+    }
+    let Some(registry) = TlsRegistry::start(ServerCert::Valid) else {
+        return;
+    };
+    let _serial = crate::docker_executor::SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let daemon = Dockerd::shared();
+    let base = registry.push_base();
+    let volume = format!("blumeops-test-tls-{}", std::process::id());
+    let host = daemon.host();
+    let out = publish_with(
+        &registry,
+        &base.reference,
+        trust,
+        &[
+            ("DOCKER_HOST", &host),
+            ("BLUMEOPS_EXECUTOR", "docker"),
+            ("BLUMEOPS_ENGINE_VOLUME", &volume),
+        ],
+    );
+    out.assert_success();
+    assert!(out.stderr.contains("executor: docker ("), "{out}");
+    verify(&registry, &base, &out);
+    assert_eq!(daemon.containers(), Vec::<String>::new(), "containers left");
+    daemon.docker_ok(&["volume", "rm", &volume]);
+}
+
+fn verify(registry: &TlsRegistry, base: &blumeops_e2e::PushedImage, out: &CliOutput) {
     let target = format!("{}/blumeops/hello:{TAG}", registry.addr());
     let (reference, digest) = out
         .last_line()
@@ -85,6 +138,16 @@ fn publish_and_verify(trust: Trust) {
         manifest["layers"][0]["digest"], base_manifest["layers"][0]["digest"],
         "not built on the base pulled over HTTPS"
     );
+}
+
+#[test]
+fn publish_through_the_docker_executor_trusting_the_ca_through_ssl_cert_file() {
+    publish_through_docker_and_verify(Trust::CertFile);
+}
+
+#[test]
+fn publish_through_the_docker_executor_trusting_the_ca_through_the_system_store() {
+    publish_through_docker_and_verify(Trust::SystemStore);
 }
 
 #[test]

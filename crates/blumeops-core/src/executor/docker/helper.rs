@@ -18,10 +18,28 @@ pub const HELPER_REPOSITORY: &str = "blumeops-engine";
 /// Where the client's CA bundle goes (where Debian's ca-certificates puts it).
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// The files of the helper image: image path → host path.
+/// Where a file of the helper image comes from.
+#[derive(Debug, Clone)]
+enum Source {
+    /// A file on this machine.
+    Host(PathBuf),
+    /// Made here (the CA bundle).
+    Bytes(Vec<u8>),
+}
+
+impl Source {
+    fn read(&self) -> Result<Vec<u8>, Error> {
+        match self {
+            Self::Host(path) => std::fs::read(path).map_err(io("read", path)),
+            Self::Bytes(b) => Ok(b.clone()),
+        }
+    }
+}
+
+/// The files of the helper image: image path → where it comes from.
 #[derive(Debug, Clone)]
 pub struct HelperFiles {
-    files: BTreeMap<String, PathBuf>,
+    files: BTreeMap<String, Source>,
     /// Notes for the user about what is missing (slirp4netns, CA bundle).
     pub notes: Vec<String>,
 }
@@ -31,19 +49,19 @@ impl HelperFiles {
     pub fn collect() -> Result<Self, Error> {
         let exe = PathBuf::from("/proc/self/exe");
         let mut files = BTreeMap::new();
-        files.insert(ENGINE_EXE.to_owned(), exe.clone());
+        files.insert(ENGINE_EXE.to_owned(), Source::Host(exe.clone()));
         let mut notes = Vec::new();
         // ldd must be given the real path: /proc/self/exe would name ldd's own process.
         let real = std::env::current_exe().map_err(io("find", &exe))?;
         for lib in libraries(&real, true)? {
-            files.insert(lib.to_string_lossy().into_owned(), lib);
+            files.insert(lib.to_string_lossy().into_owned(), Source::Host(lib));
         }
         match crate::executor::find_program("slirp4netns") {
             Some(slirp) => match libraries(&slirp, false) {
                 Ok(libs) => {
-                    files.insert("/usr/bin/slirp4netns".to_owned(), slirp);
+                    files.insert("/usr/bin/slirp4netns".to_owned(), Source::Host(slirp));
                     for lib in libs {
-                        files.insert(lib.to_string_lossy().into_owned(), lib);
+                        files.insert(lib.to_string_lossy().into_owned(), Source::Host(lib));
                     }
                 }
                 Err(e) => notes.push(format!(
@@ -58,11 +76,11 @@ impl HelperFiles {
         }
         match ca_bundle() {
             Some(bundle) => {
-                files.insert(CA_BUNDLE.to_owned(), bundle);
+                files.insert(CA_BUNDLE.to_owned(), Source::Bytes(bundle));
             }
             None => notes.push(
-                "no CA bundle found here (SSL_CERT_FILE, /etc/ssl/certs/ca-certificates.crt): \
-                 the engine trusts its built-in roots only"
+                "no CA certificates found here (SSL_CERT_FILE, SSL_CERT_DIR, \
+                 /etc/ssl/certs/ca-certificates.crt): the engine trusts its built-in roots only"
                     .to_owned(),
             ),
         }
@@ -72,17 +90,23 @@ impl HelperFiles {
     /// `blumeops-engine:VERSION-DIGEST12`, from the files' contents.
     pub fn tag(&self) -> Result<String, Error> {
         let mut hash = Sha256::new();
-        for (inside, host) in &self.files {
+        for (inside, source) in &self.files {
             hash.update(inside.as_bytes());
             hash.update([0]);
-            let mut file = std::fs::File::open(host).map_err(io("read", host))?;
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = std::io::Read::read(&mut file, &mut buf).map_err(io("read", host))?;
-                if n == 0 {
-                    break;
+            match source {
+                Source::Bytes(b) => hash.update(b),
+                Source::Host(host) => {
+                    let mut file = std::fs::File::open(host).map_err(io("read", host))?;
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        let n =
+                            std::io::Read::read(&mut file, &mut buf).map_err(io("read", host))?;
+                        if n == 0 {
+                            break;
+                        }
+                        hash.update(&buf[..n]);
+                    }
                 }
-                hash.update(&buf[..n]);
             }
             hash.update([0]);
         }
@@ -98,18 +122,22 @@ impl HelperFiles {
     pub fn archive(&self, tag: &str) -> Result<Vec<u8>, Error> {
         let layer = self.layer()?;
         let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&layer)));
+        let mut env = vec![
+            "PATH=/usr/local/bin:/usr/bin:/bin".to_owned(),
+            format!("BLUMEOPS_CACHE_DIR={ENGINE_CACHE_DIR}"),
+            // There is no ld.so.cache: the libraries' directories, as the client had them
+            // (steps get an environment of their own).
+            format!("LD_LIBRARY_PATH={}", self.library_dirs().join(":")),
+        ];
+        if self.files.contains_key(CA_BUNDLE) {
+            env.push(format!("SSL_CERT_FILE={CA_BUNDLE}"));
+        }
         let config = serde_json::json!({
             "architecture": super::client_arch(),
             "os": "linux",
             "config": {
                 "Entrypoint": [ENGINE_EXE],
-                "Env": [
-                    "PATH=/usr/local/bin:/usr/bin:/bin",
-                    format!("BLUMEOPS_CACHE_DIR={ENGINE_CACHE_DIR}"),
-                    // There is no ld.so.cache: the libraries' directories, as the client
-                    // had them (steps get an environment of their own).
-                    format!("LD_LIBRARY_PATH={}", self.library_dirs().join(":")),
-                ],
+                "Env": env,
                 "Labels": {
                     ENGINE_LABEL: "helper",
                     VERSION_LABEL: env!("CARGO_PKG_VERSION"),
@@ -191,8 +219,8 @@ impl HelperFiles {
             0o644,
         )?;
         append_bytes(&mut tar, "etc/group", b"root:x:0:\n", 0o644)?;
-        for (inside, host) in &self.files {
-            let data = std::fs::read(host).map_err(io("read", host))?;
+        for (inside, source) in &self.files {
+            let data = source.read()?;
             let mode = if inside.ends_with(".crt") {
                 0o644
             } else {
@@ -228,20 +256,53 @@ fn append_bytes(
         .map_err(io("write", Path::new(name)))
 }
 
-/// The CA bundle this client trusts: `SSL_CERT_FILE`, else Debian's, Fedora's or Alpine's.
-fn ca_bundle() -> Option<PathBuf> {
-    let from_env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
-    from_env
-        .into_iter()
-        .chain(
+/// The CA certificates this client trusts, as one PEM bundle: those of `SSL_CERT_FILE`
+/// and `SSL_CERT_DIR` when either is set (as the registry client reads them), else the
+/// system bundle (Debian's, Fedora's or Alpine's).
+fn ca_bundle() -> Option<Vec<u8>> {
+    let file = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty());
+    let dir = std::env::var_os("SSL_CERT_DIR").filter(|v| !v.is_empty());
+    let mut pems: Vec<PathBuf> = Vec::new();
+    if file.is_some() || dir.is_some() {
+        pems.extend(file.map(PathBuf::from));
+        if let Some(dir) = dir
+            && let Ok(entries) = std::fs::read_dir(&dir)
+        {
+            let mut found: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            found.sort();
+            pems.extend(found);
+        }
+    } else {
+        pems.extend(
             [
                 "/etc/ssl/certs/ca-certificates.crt",
                 "/etc/pki/tls/certs/ca-bundle.crt",
                 "/etc/ssl/cert.pem",
             ]
-            .map(PathBuf::from),
-        )
-        .find(|p| p.is_file())
+            .map(PathBuf::from)
+            .into_iter()
+            .find(|p| p.is_file()),
+        );
+    }
+    // Each certificate once (a store holds the bundle and its hashed links to the same).
+    let mut seen = std::collections::BTreeSet::new();
+    let mut bundle = Vec::new();
+    for path in pems.iter().filter(|p| p.is_file()) {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        for block in text.split_inclusive("-----END CERTIFICATE-----") {
+            let Some(start) = block.find("-----BEGIN CERTIFICATE-----") else {
+                continue;
+            };
+            let cert = block[start..].trim().to_owned();
+            if cert.ends_with("-----END CERTIFICATE-----") && seen.insert(cert.clone()) {
+                bundle.extend_from_slice(cert.as_bytes());
+                bundle.push(b'\n');
+            }
+        }
+    }
+    (!bundle.is_empty()).then_some(bundle)
 }
 
 /// The shared libraries `program` needs (its interpreter included), by `ldd`; for this

@@ -135,6 +135,9 @@ async fn run_inner(
                 cgroup_permissions: Some("rwm".to_owned()),
             }]
         }),
+        extra_hosts: Some(client_hosts(
+            &std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
+        )),
         mounts: Some(vec![Mount {
             target: Some(ENGINE_CACHE_DIR.to_owned()),
             source: Some(req.volume.clone()),
@@ -263,6 +266,29 @@ async fn run_inner(
     }
 }
 
+/// The names this client's `/etc/hosts` gives (`name:address`, Docker's `ExtraHosts`
+/// form), so that the engine reaches a registry by the same name as the client, e.g. one
+/// only listed there. Loopback's own names are the helper's already.
+fn client_hosts(hosts: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in hosts.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        let mut fields = line.split_whitespace();
+        let Some(addr) = fields.next() else { continue };
+        if addr.parse::<std::net::IpAddr>().is_err() {
+            continue;
+        }
+        for name in fields {
+            if name == "localhost" || name.starts_with("ip6-") || name.starts_with("localhost.") {
+                continue;
+            }
+            out.push(format!("{name}:{addr}"));
+        }
+    }
+    out.truncate(256);
+    out
+}
+
 /// Whether the daemon runs on this machine (so its /dev/net/tun is ours to check).
 fn endpoint_is_local(endpoint: &Endpoint) -> bool {
     match endpoint {
@@ -362,4 +388,34 @@ fn unpack_result(bytes: &[u8], local: &std::path::Path) -> Result<(), Error> {
         entry.unpack(&dest).map_err(io("write", &dest))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwards_named_hosts_but_not_loopback_names() {
+        let hosts = "127.0.0.1\tlocalhost\n::1 localhost ip6-localhost ip6-loopback\n\
+                     # comment\n127.0.0.1 registry.blumeops.test reg # the test registry\n\
+                     10.0.0.5 zot.lan\nnot-an-address name\n";
+        assert_eq!(
+            client_hosts(hosts),
+            [
+                "registry.blumeops.test:127.0.0.1",
+                "reg:127.0.0.1",
+                "zot.lan:10.0.0.5"
+            ]
+        );
+    }
+
+    #[test]
+    fn handshake_debug_shows_no_secret() {
+        let mut h = Handshake::default();
+        h.secrets
+            .insert("env:ZOT_CI_API_KEY".into(), "hunter2-secret".into());
+        let shown = format!("{h:?}");
+        assert!(shown.contains("env:ZOT_CI_API_KEY"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
 }

@@ -15,6 +15,10 @@
 #   rootless cold, warm and changed again by blumeops as an unprivileged user with a
 #            subordinate id range (`blumeops-bench`, created when missing): the rootless
 #            executor, compared with the root runs
+#   docker   cold, warm and changed again by blumeops as a client of the docker executor
+#            (`--executor docker`, Debian's dockerd started for the benchmark on its own
+#            socket; the engine image is loaded once before the runs, not measured), on a
+#            cache volume of its own per run, compared with the root runs
 #   push     an image with one BENCH_LARGE_MIB (512) MiB layer of random bytes, already
 #            built: `blumeops publish` on the warm cache that built it / `skopeo copy
 #            oci:DIR docker://…` of that image, each to a new repository
@@ -60,6 +64,7 @@ unmount_under() {
 }
 cleanup() {
     stop_registry
+    stop_dockerd
     unmount_under "$work"
     rm -rf "$work"
 }
@@ -87,6 +92,7 @@ machine() {
     echo "- blumeops $commit, $(rustc --version 2>/dev/null || echo 'rustc ?'), release build"
     echo "- $(buildah --version | cut -d' ' -f1-3) (overlay storage driver, --isolation chroot); $(skopeo --version)"
     echo "- registry: $(docker-registry --version | awk '{print $1, $3}') on loopback, htpasswd (bcrypt) auth, storage on local disk"
+    echo "- dockerd $(dockerd --version | awk '{print $3}' | tr -d ,) (the docker executor's daemon, on this machine)"
     echo "- runs: $runs; large layer: $large_mib MiB"
     echo
 }
@@ -110,6 +116,31 @@ as_bench_user() {
 }
 export -f as_bench_user
 export bench_user
+
+# --- the docker executor's daemon ---------------------------------------------------------
+dockerd_pid=
+stop_dockerd() {
+    [[ -n $dockerd_pid ]] || return 0
+    kill "$dockerd_pid" 2>/dev/null || true
+    wait "$dockerd_pid" 2>/dev/null || true
+    dockerd_pid=
+    unmount_under "$work/dockerd"
+}
+mkdir -p "$work/dockerd"
+dockerd --host "unix://$work/dockerd/docker.sock" --data-root "$work/dockerd/data" \
+    --exec-root "$work/dockerd/exec" --pidfile "$work/dockerd/pid" \
+    --bridge none --iptables=false --ip6tables=false --ip-masq=false \
+    >"$work/dockerd/log" 2>&1 &
+dockerd_pid=$!
+export DOCKER_HOST=unix://$work/dockerd/docker.sock
+for _ in $(seq 150); do
+    docker version >/dev/null 2>&1 && break
+    sleep 0.2
+done
+docker version >/dev/null 2>&1 || {
+    tail -20 "$work/dockerd/log" >&2
+    exit 1
+}
 
 # --- inputs, made once -----------------------------------------------------------------
 log "making the busybox base, the scenario's context and ${large_mib} MiB of random bytes"
@@ -162,7 +193,7 @@ measure() {
     python3 "$measure_py" "$out.time" "$@" >"$out.out" 2>"$out.err" || true
     read -r wall tree rss code <"$out.time"
     echo "run $case $tool $run $wall $tree $rss $code" >>"$results"
-    if [[ $tool == blumeops || $tool == rootless ]]; then
+    if [[ $tool == blumeops || $tool == rootless || $tool == docker ]]; then
         # What it did: how many steps ran (the others were cached) and what it pushed.
         local ran pushed
         ran=$(grep -cE '^\[[0-9]+\] ran in' "$out.err" || true)
@@ -224,6 +255,30 @@ for run in $(seq "$runs"); do
             ZOT_CI_API_KEY="$ZOT_CI_API_KEY" SOURCE_DATE_EPOCH="$SOURCE_DATE_EPOCH" "${cmd[@]}"
     done
     rm -rf "$rootless_cache"
+
+    # Scenario, blumeops through the docker executor: the client here, the build in the
+    # engine container, on a cache volume of its own.
+    fresh_context
+    if [[ $run == 1 ]]; then
+        log "loading the engine image into dockerd (not measured)"
+        publish_cmd bench warmup
+        started=$(date +%s.%N)
+        "${cmd[@]}" --executor docker --engine-volume blumeops-bench-warmup \
+            >"$work/warmup.out" 2>"$work/warmup.err" || {
+            tail -20 "$work/warmup.err" >&2
+            exit 1
+        }
+        echo "engineload $(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$started" "$(date +%s.%N)")" >>"$results"
+        docker volume rm blumeops-bench-warmup >/dev/null
+    fi
+    for c in cold warm changed; do
+        [[ $c != changed ]] || change_one_file
+        sha=$c
+        [[ $c != warm ]] || sha=cold
+        publish_cmd bench "docker-$sha"
+        measure "$c" docker "${cmd[@]}" --executor docker --engine-volume "blumeops-bench-$run"
+    done
+    docker volume rm "blumeops-bench-$run" >/dev/null || true
 
     # Scenario, buildah: one storage for cold, warm and changed.
     fresh_context

@@ -10,6 +10,8 @@ Lines of RESULTS_FILE (written by bench/run.sh):
     layers TOOL RUN N                 layers differing between the cold and changed images
     bytes RUN N                       size of the large image (config + layers + manifest)
     pushphase RUN SECONDS             blumeops' own timer for the upload in the push case
+    engineload SECONDS                the docker executor's first build (engine image load
+                                      + a cold build, on another volume), not a goal
 """
 
 import statistics
@@ -23,7 +25,7 @@ def main():
     runs = defaultdict(list)  # (case, tool) -> [(run, wall, tree, rss, code)]
     reasons = defaultdict(list)  # (case, tool) -> [text]
     layers = defaultdict(list)  # tool -> [n]
-    sizes, pushphase, did = [], [], []
+    sizes, pushphase, did, engineload = [], [], [], []
     for line in open(sys.argv[1]):
         f = line.split()
         if not f:
@@ -41,6 +43,8 @@ def main():
             sizes.append(int(f[2]))
         elif f[0] == "pushphase":
             pushphase.append(float(f[2]))
+        elif f[0] == "engineload":
+            engineload.append(float(f[1]))
     n_runs = max((r[0] for rs in runs.values() for r in rs), default=0)
 
     def ok(case, tool):
@@ -138,6 +142,32 @@ def main():
     print()
     print("Rootless: the same `blumeops publish` as an unprivileged user with a subordinate id "
           "range, on its own cache (user namespace, overlayfs with userxattr).")
+    print()
+
+    print(f"### Docker executor (median of {n_runs})")
+    print()
+    print("| case | root (host) | docker executor | ratio | goal | result |")
+    print("|---|---|---|---|---|---|")
+    dc = ratio(med("cold", "docker"), med("cold", "blumeops"))
+    passed = ok("cold", "docker") and dc is not None and dc <= 1.3
+    print(f"| cold build + push | {secs('cold', 'blumeops')} | {secs('cold', 'docker')} | "
+          f"{fmt(dc)} | ≤ 1.30 × host | {verdict(passed)} |")
+    goals.append((passed, f"docker executor cold ≤ 1.3 × host: {fmt(dc)} ×"))
+    dw_root, dw = med("warm", "blumeops"), med("warm", "docker")
+    over = dw - dw_root if dw is not None and dw_root is not None else None
+    passed = ok("warm", "docker") and over is not None and over <= 1.0
+    print(f"| warm rebuild + push | {secs('warm', 'blumeops')} | {secs('warm', 'docker')} | "
+          f"{fmt(ratio(dw, dw_root))} | ≤ host + 1 s | {verdict(passed)} |")
+    goals.append((passed, f"docker executor warm overhead ≤ 1 s: "
+                          f"{'+' if over is not None and over >= 0 else ''}{fmt(over, 2)} s"))
+    print(f"| one file changed | {secs('changed', 'blumeops')} | {secs('changed', 'docker')} | "
+          f"{fmt(ratio(med('changed', 'docker'), med('changed', 'blumeops')))} | | |")
+    print()
+    print("Docker executor: the same `blumeops publish` with `--executor docker` against "
+          "Debian's dockerd on this machine (host network), a cache volume per run; the "
+          "engine image was loaded before the runs"
+          + (f" (that first build, load included, took {engineload[0]:.2f} s)" if engineload else "")
+          + ". Its memory is the client's alone (the engine runs under dockerd).")
     print()
 
     print("### Peak memory (largest over the runs)")

@@ -125,8 +125,16 @@ impl Remote {
         let (epoch, _) =
             resolve_epoch_for(&flags.src, &paths).map_err(blumeops_core::Error::from)?;
 
+        let ca_bundle = helper::client_ca_bundle();
+        if ca_bundle.is_none() {
+            eprintln!(
+                "executor: no CA certificates found here (SSL_CERT_FILE, SSL_CERT_DIR, \
+                 /etc/ssl/certs/ca-certificates.crt): the engine trusts its built-in roots only"
+            );
+        }
         let mut handshake = session::Handshake {
             client_version: env!("CARGO_PKG_VERSION").to_owned(),
+            ca_bundle,
             ..Default::default()
         };
         if let Some(source) = &flags.registry_password {

@@ -1,7 +1,8 @@
-//! The helper image: this executable, the shared libraries it loads, slirp4netns (for
-//! isolated step networks) with its libraries, and the CA bundle this client trusts, as a
-//! one-layer image loaded through the API (`POST /images/load`). Its tag carries a digest
-//! of those files, so an unchanged blumeops reuses the image already loaded.
+//! The helper image: this executable, the shared libraries it loads, and slirp4netns (for
+//! isolated step networks) with its libraries, as a one-layer image loaded through the API
+//! (`POST /images/load`). Its tag carries a digest of those files, so an unchanged blumeops
+//! reuses the image already loaded. (The CA certificates the client trusts travel in the
+//! handshake, so they need no image of their own.)
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,53 +16,33 @@ use super::{ENGINE_CACHE_DIR, ENGINE_LABEL, Endpoint, Error, VERSION_LABEL};
 pub const ENGINE_EXE: &str = "/usr/local/bin/blumeops";
 /// The repository of locally made helper images.
 pub const HELPER_REPOSITORY: &str = "blumeops-engine";
-/// Where the client's CA bundle goes (where Debian's ca-certificates puts it).
-const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// Where a file of the helper image comes from.
-#[derive(Debug, Clone)]
-enum Source {
-    /// A file on this machine.
-    Host(PathBuf),
-    /// Made here (the CA bundle).
-    Bytes(Vec<u8>),
-}
-
-impl Source {
-    fn read(&self) -> Result<Vec<u8>, Error> {
-        match self {
-            Self::Host(path) => std::fs::read(path).map_err(io("read", path)),
-            Self::Bytes(b) => Ok(b.clone()),
-        }
-    }
-}
-
-/// The files of the helper image: image path → where it comes from.
+/// The files of the helper image: image path → host path.
 #[derive(Debug, Clone)]
 pub struct HelperFiles {
-    files: BTreeMap<String, Source>,
-    /// Notes for the user about what is missing (slirp4netns, CA bundle).
+    files: BTreeMap<String, PathBuf>,
+    /// Notes for the user about what is missing (slirp4netns).
     pub notes: Vec<String>,
 }
 
 impl HelperFiles {
-    /// Collect the files: `/proc/self/exe`, its libraries, slirp4netns, the CA bundle.
+    /// Collect the files: `/proc/self/exe`, its libraries, slirp4netns.
     pub fn collect() -> Result<Self, Error> {
         let exe = PathBuf::from("/proc/self/exe");
         let mut files = BTreeMap::new();
-        files.insert(ENGINE_EXE.to_owned(), Source::Host(exe.clone()));
+        files.insert(ENGINE_EXE.to_owned(), exe.clone());
         let mut notes = Vec::new();
         // ldd must be given the real path: /proc/self/exe would name ldd's own process.
         let real = std::env::current_exe().map_err(io("find", &exe))?;
         for lib in libraries(&real, true)? {
-            files.insert(lib.to_string_lossy().into_owned(), Source::Host(lib));
+            files.insert(lib.to_string_lossy().into_owned(), lib);
         }
         match crate::executor::find_program("slirp4netns") {
             Some(slirp) => match libraries(&slirp, false) {
                 Ok(libs) => {
-                    files.insert("/usr/bin/slirp4netns".to_owned(), Source::Host(slirp));
+                    files.insert("/usr/bin/slirp4netns".to_owned(), slirp);
                     for lib in libs {
-                        files.insert(lib.to_string_lossy().into_owned(), Source::Host(lib));
+                        files.insert(lib.to_string_lossy().into_owned(), lib);
                     }
                 }
                 Err(e) => notes.push(format!(
@@ -74,39 +55,23 @@ impl HelperFiles {
                     .to_owned(),
             ),
         }
-        match ca_bundle() {
-            Some(bundle) => {
-                files.insert(CA_BUNDLE.to_owned(), Source::Bytes(bundle));
-            }
-            None => notes.push(
-                "no CA certificates found here (SSL_CERT_FILE, SSL_CERT_DIR, \
-                 /etc/ssl/certs/ca-certificates.crt): the engine trusts its built-in roots only"
-                    .to_owned(),
-            ),
-        }
         Ok(Self { files, notes })
     }
 
     /// `blumeops-engine:VERSION-DIGEST12`, from the files' contents.
     pub fn tag(&self) -> Result<String, Error> {
         let mut hash = Sha256::new();
-        for (inside, source) in &self.files {
+        for (inside, host) in &self.files {
             hash.update(inside.as_bytes());
             hash.update([0]);
-            match source {
-                Source::Bytes(b) => hash.update(b),
-                Source::Host(host) => {
-                    let mut file = std::fs::File::open(host).map_err(io("read", host))?;
-                    let mut buf = vec![0u8; 1 << 20];
-                    loop {
-                        let n =
-                            std::io::Read::read(&mut file, &mut buf).map_err(io("read", host))?;
-                        if n == 0 {
-                            break;
-                        }
-                        hash.update(&buf[..n]);
-                    }
+            let mut file = std::fs::File::open(host).map_err(io("read", host))?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = std::io::Read::read(&mut file, &mut buf).map_err(io("read", host))?;
+                if n == 0 {
+                    break;
                 }
+                hash.update(&buf[..n]);
             }
             hash.update([0]);
         }
@@ -122,16 +87,13 @@ impl HelperFiles {
     pub fn archive(&self, tag: &str) -> Result<Vec<u8>, Error> {
         let layer = self.layer()?;
         let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&layer)));
-        let mut env = vec![
+        let env = vec![
             "PATH=/usr/local/bin:/usr/bin:/bin".to_owned(),
             format!("BLUMEOPS_CACHE_DIR={ENGINE_CACHE_DIR}"),
             // There is no ld.so.cache: the libraries' directories, as the client had them
             // (steps get an environment of their own).
             format!("LD_LIBRARY_PATH={}", self.library_dirs().join(":")),
         ];
-        if self.files.contains_key(CA_BUNDLE) {
-            env.push(format!("SSL_CERT_FILE={CA_BUNDLE}"));
-        }
         let config = serde_json::json!({
             "architecture": super::client_arch(),
             "os": "linux",
@@ -219,8 +181,8 @@ impl HelperFiles {
             0o644,
         )?;
         append_bytes(&mut tar, "etc/group", b"root:x:0:\n", 0o644)?;
-        for (inside, source) in &self.files {
-            let data = source.read()?;
+        for (inside, host) in &self.files {
+            let data = std::fs::read(host).map_err(io("read", host))?;
             let mode = if inside.ends_with(".crt") {
                 0o644
             } else {
@@ -259,7 +221,7 @@ fn append_bytes(
 /// The CA certificates this client trusts, as one PEM bundle: those of `SSL_CERT_FILE`
 /// and `SSL_CERT_DIR` when either is set (as the registry client reads them), else the
 /// system bundle (Debian's, Fedora's or Alpine's).
-fn ca_bundle() -> Option<Vec<u8>> {
+pub fn client_ca_bundle() -> Option<String> {
     let file = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty());
     let dir = std::env::var_os("SSL_CERT_DIR").filter(|v| !v.is_empty());
     let mut pems: Vec<PathBuf> = Vec::new();
@@ -302,7 +264,7 @@ fn ca_bundle() -> Option<Vec<u8>> {
             }
         }
     }
-    (!bundle.is_empty()).then_some(bundle)
+    (!bundle.is_empty()).then(|| String::from_utf8_lossy(&bundle).into_owned())
 }
 
 /// The shared libraries `program` needs (its interpreter included), by `ldd`; for this

@@ -43,6 +43,9 @@ pub fn start() -> Result<Serving, String> {
     for (source, value) in handshake.secrets {
         crate::secret::provide(&source, value);
     }
+    if let Some(bundle) = &handshake.ca_bundle {
+        trust(bundle)?;
+    }
     let (tx, goodbye) = mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -67,6 +70,27 @@ pub fn start() -> Result<Serving, String> {
         }
     });
     Ok(Serving { goodbye })
+}
+
+/// Trust what the client trusts: its CA bundle where this process looks for the system's
+/// (`SSL_CERT_FILE` when the image sets it, else Debian's path), before anything reads it.
+fn trust(bundle: &str) -> Result<(), String> {
+    let path = std::env::var_os("SSL_CERT_FILE")
+        .filter(|v| !v.is_empty())
+        .map_or_else(
+            || std::path::PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+            std::path::PathBuf::from,
+        );
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("failed to create {}: {e}", parent.display()))?;
+    }
+    std::fs::write(&path, bundle).map_err(|e| {
+        format!(
+            "failed to write the client's CA certificates to {}: {e}",
+            path.display()
+        )
+    })
 }
 
 impl Serving {

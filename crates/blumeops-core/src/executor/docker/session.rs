@@ -33,6 +33,8 @@ pub struct Handshake {
     pub client_version: String,
     /// Secret source text (`env:ZOT_CI_API_KEY`) → the value the client read from it.
     pub secrets: BTreeMap<String, String>,
+    /// The CA certificates the client trusts (PEM), for the engine to trust the same.
+    pub ca_bundle: Option<String>,
 }
 
 impl std::fmt::Debug for Handshake {
@@ -40,6 +42,7 @@ impl std::fmt::Debug for Handshake {
         f.debug_struct("Handshake")
             .field("client_version", &self.client_version)
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("ca_bundle", &self.ca_bundle.as_ref().map(String::len))
             .finish()
     }
 }

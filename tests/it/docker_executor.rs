@@ -433,3 +433,114 @@ fn build_output_and_step_failures_come_back_to_the_client() {
     assert_eq!(daemon.containers(), Vec::<String>::new(), "containers left");
     daemon.docker_ok(&["volume", "rm", &volume]);
 }
+
+/// The engine image from a registry (`--engine-image`), as a Mac or a daemon of another
+/// architecture uses it: `blumeops publish --container-name blumeops-engine` makes it, the
+/// daemon pulls it, and the build through it has the host's digest. An engine image of
+/// another version is refused by name.
+#[test]
+fn an_engine_image_from_the_registry_builds_the_same_image() {
+    require_dockerd!();
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let daemon = Dockerd::shared();
+    let registry = TestRegistry::start();
+    let base = BaseImage::push(&registry);
+    let src = checkout(DOCKERFILE);
+    let host_out = tempfile::tempdir().unwrap();
+    let host = host_build(src.path(), &registry, &base, &host_out.path().join("img"));
+
+    let cache = isolated_cache();
+    let cache_dir = cache.path().display().to_string();
+    let password_env = ("ZOT_CI_API_KEY", registry.ci_password());
+    let engine = run_cli_with(
+        &[
+            "publish",
+            "--container-name",
+            "blumeops-engine",
+            "--commit-sha",
+            "abc1234",
+            "--registry",
+            &registry.addr(),
+            "--registry-password",
+            "env:ZOT_CI_API_KEY",
+            "--progress",
+            "plain",
+        ],
+        &[
+            ("BLUMEOPS_CACHE_DIR", &cache_dir),
+            ("SOURCE_DATE_EPOCH", EPOCH),
+            password_env,
+        ],
+        Path::new("/"),
+        TIMEOUT,
+    );
+    engine.assert_success();
+    let engine_ref = engine.last_line().split('@').next().unwrap().to_owned();
+    assert!(
+        engine_ref.ends_with(&format!(
+            "/blumeops/blumeops-engine:{}-abc1234",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{engine}"
+    );
+
+    let volume = format!("blumeops-test-cache-image-{}", std::process::id());
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("img");
+    let env = [
+        ("DOCKER_HOST", daemon.host()),
+        ("BLUMEOPS_EXECUTOR", "docker".to_owned()),
+        ("BLUMEOPS_ENGINE_VOLUME", volume.clone()),
+        ("BLUMEOPS_ENGINE_IMAGE", engine_ref.clone()),
+        ("SOURCE_DATE_EPOCH", EPOCH.to_owned()),
+        ("ZOT_CI_API_KEY", registry.ci_password().to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut args = vec!["build".to_owned()];
+    args.extend(flags(&src.path().display().to_string(), &registry, &base));
+    // The daemon pulls the engine image from the target registry with this password.
+    args.extend([
+        "--registry-password".to_owned(),
+        "env:ZOT_CI_API_KEY".to_owned(),
+        "--output".to_owned(),
+        format!("oci:{}", dir.display()),
+    ]);
+    let built = run_cli_with(&args, &env, Path::new("/"), TIMEOUT);
+    built.assert_success();
+    assert!(
+        built.stderr.contains(&format!("engine {engine_ref}")),
+        "{built}"
+    );
+    assert_eq!(digest(&built), digest(&host), "{built}");
+    let loaded = daemon.docker_ok(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(
+        loaded.contains(&engine_ref),
+        "the daemon did not pull {engine_ref}:\n{loaded}"
+    );
+
+    // An image of another blumeops version (here: hello, which has no version label).
+    let wrong = format!("{}/library/busybox:1.37", registry.addr());
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(k, v)| {
+            if *k == "BLUMEOPS_ENGINE_IMAGE" {
+                (*k, wrong.as_str())
+            } else {
+                (*k, *v)
+            }
+        })
+        .collect();
+    let refused = run_cli_with(&args, &env, Path::new("/"), TIMEOUT);
+    refused.assert_code(1);
+    assert!(
+        refused.stderr.contains(&format!(
+            "the engine image {wrong} is blumeops unknown, this client is {}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{refused}"
+    );
+    assert_eq!(daemon.containers(), Vec::<String>::new(), "containers left");
+    let _ = daemon.docker(&["volume", "rm", &volume]);
+}

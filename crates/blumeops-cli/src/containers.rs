@@ -5,6 +5,7 @@ use blumeops_core::ContainerDefinition;
 /// Every native definition, by name.
 pub fn native() -> Vec<&'static dyn ContainerDefinition> {
     vec![
+        &blumeops_container_blumeops_engine::Engine,
         &blumeops_container_hello::Hello,
         &blumeops_container_navidrome::Navidrome,
     ]

@@ -231,7 +231,15 @@ mod tests {
         let names: Vec<&str> = entries.keys().map(String::as_str).collect();
         assert_eq!(
             names,
-            ["both", "broken", "hello", "navidrome", "nixy", "web"]
+            [
+                "blumeops-engine",
+                "both",
+                "broken",
+                "hello",
+                "navidrome",
+                "nixy",
+                "web"
+            ]
         );
         assert_eq!(entries["hello"].types, ["native"]);
         assert_eq!(entries["hello"].version.as_deref(), Some("v1.0.0"));
@@ -241,15 +249,15 @@ mod tests {
         assert_eq!(entries["broken"].version, None);
         let text = table(&entries);
         assert!(
-            text.starts_with("NAME       TYPES           VERSION\n"),
+            text.starts_with("NAME             TYPES           VERSION\n"),
             "{text}"
         );
         assert!(
-            text.contains("hello      native          v1.0.0\n"),
+            text.contains("hello            native          v1.0.0\n"),
             "{text}"
         );
         assert!(
-            text.contains("broken     dockerfile      unknown\n"),
+            text.contains("broken           dockerfile      unknown\n"),
             "{text}"
         );
     }

@@ -227,7 +227,17 @@ impl Remote {
         let mut note = |n: &str| eprintln!("executor: {n}");
         let image = match &flags.engine_image {
             Some(image) => {
-                helper::ensure_named(&client, &endpoint, image)
+                // The daemon pulls it; from the target registry, with this build's password.
+                let same_registry = image.split('/').next() == Some(flags.registry.as_str());
+                let password = flags
+                    .registry_password
+                    .as_deref()
+                    .and_then(|source| source.parse::<SecretSource>().ok())
+                    .and_then(|source| self.handshake.secrets.get(&source.to_string()));
+                let credentials = password
+                    .filter(|_| same_registry)
+                    .map(|p| (flags.registry_username.clone(), p.clone()));
+                helper::ensure_named(&client, &endpoint, image, credentials)
                     .await
                     .map_err(core)?;
                 image.clone()

@@ -87,13 +87,7 @@ impl HelperFiles {
     pub fn archive(&self, tag: &str) -> Result<Vec<u8>, Error> {
         let layer = self.layer()?;
         let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&layer)));
-        let env = vec![
-            "PATH=/usr/local/bin:/usr/bin:/bin".to_owned(),
-            format!("BLUMEOPS_CACHE_DIR={ENGINE_CACHE_DIR}"),
-            // There is no ld.so.cache: the libraries' directories, as the client had them
-            // (steps get an environment of their own).
-            format!("LD_LIBRARY_PATH={}", self.library_dirs().join(":")),
-        ];
+        let env = self.env();
         let config = serde_json::json!({
             "architecture": super::client_arch(),
             "os": "linux",
@@ -126,6 +120,52 @@ impl HelperFiles {
         }
         out.into_inner()
             .map_err(io("write", Path::new("the helper archive")))
+    }
+
+    /// The image's environment.
+    fn env(&self) -> Vec<String> {
+        vec![
+            "PATH=/usr/local/bin:/usr/bin:/bin".to_owned(),
+            format!("BLUMEOPS_CACHE_DIR={ENGINE_CACHE_DIR}"),
+            // There is no ld.so.cache: the libraries' directories, as the client had them
+            // (steps get an environment of their own).
+            format!("LD_LIBRARY_PATH={}", self.library_dirs().join(":")),
+        ]
+    }
+
+    /// The engine image as a container definition (for `containers/blumeops-engine`, an
+    /// engine image published to a registry for clients that cannot make one): the helper
+    /// layer, extracted from a tar kept in `scratch` (older ones there are removed), and
+    /// the helper's config.
+    pub fn container(&self, scratch: &Path) -> Result<crate::Container, Error> {
+        let tag = self.tag()?;
+        let digest = tag.rsplit('-').next().unwrap_or_default();
+        let name = format!("blumeops-engine-{digest}.tar");
+        let tar = scratch.join(&name);
+        if !tar.is_file() {
+            let staging = scratch.join(format!(".{name}.{}", std::process::id()));
+            std::fs::write(&staging, self.layer()?).map_err(io("write", &staging))?;
+            std::fs::rename(&staging, &tar).map_err(io("write", &tar))?;
+        }
+        for entry in std::fs::read_dir(scratch).into_iter().flatten().flatten() {
+            let other = entry.file_name().to_string_lossy().into_owned();
+            if other.starts_with("blumeops-engine-") && other.ends_with(".tar") && other != name {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let mut container = crate::Container::scratch().with_host_archive(
+            "/",
+            tar,
+            crate::layer::HostCopy::default(),
+        );
+        for var in self.env() {
+            let (k, v) = var.split_once('=').expect("NAME=VALUE");
+            container = container.with_env_variable(k, v);
+        }
+        Ok(container
+            .with_entrypoint([ENGINE_EXE])
+            .with_label(ENGINE_LABEL, "helper")
+            .with_label(VERSION_LABEL, env!("CARGO_PKG_VERSION")))
     }
 
     /// The directories of the shared libraries, in order.
@@ -170,6 +210,8 @@ impl HelperFiles {
             });
             header.set_size(0);
             header.set_mtime(0);
+            header.set_uid(0);
+            header.set_gid(0);
             let name = format!("{}/", dir.to_string_lossy().trim_start_matches('/'));
             tar.append_data(&mut header, name, std::io::empty())
                 .map_err(io("write", dir))?;
@@ -214,6 +256,8 @@ fn append_bytes(
     header.set_mode(mode);
     header.set_size(data.len() as u64);
     header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
     tar.append_data(&mut header, name, data)
         .map_err(io("write", Path::new(name)))
 }
@@ -354,10 +398,23 @@ pub async fn ensure(
     Ok(tag)
 }
 
-/// Make sure the daemon has `image` (pulling it when missing) and that it is this version.
-pub async fn ensure_named(docker: &Docker, endpoint: &Endpoint, image: &str) -> Result<(), Error> {
+/// Make sure the daemon has `image` (pulling it when missing, with `credentials` as
+/// `(user, password)` when given) and that it is this version.
+pub async fn ensure_named(
+    docker: &Docker,
+    endpoint: &Endpoint,
+    image: &str,
+    credentials: Option<(String, String)>,
+) -> Result<(), Error> {
     use futures_util::TryStreamExt as _;
     if docker.inspect_image(image).await.is_err() {
+        let registry = image.split('/').next().unwrap_or_default().to_owned();
+        let auth = credentials.map(|(username, password)| bollard::auth::DockerCredentials {
+            username: Some(username),
+            password: Some(password),
+            serveraddress: Some(registry),
+            ..Default::default()
+        });
         docker
             .create_image(
                 Some(bollard::query_parameters::CreateImageOptions {
@@ -365,7 +422,7 @@ pub async fn ensure_named(docker: &Docker, endpoint: &Endpoint, image: &str) -> 
                     ..Default::default()
                 }),
                 None,
-                None,
+                auth,
             )
             .try_collect::<Vec<_>>()
             .await

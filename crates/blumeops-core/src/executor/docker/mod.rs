@@ -64,8 +64,9 @@ pub enum Error {
     /// This client cannot make a helper image the daemon can run.
     #[error(
         "this blumeops cannot provide an engine for the daemon at {endpoint} ({daemon}; this \
-         client is {client}): pass --engine-image REF (a blumeops-engine image of the same \
-         version)"
+         client is {client}): pass --engine-image REF, a blumeops-engine image of this \
+         version (`blumeops publish --container-name blumeops-engine` on a {daemon} machine \
+         makes one)"
     )]
     NoHelperImage {
         /// The endpoint.

@@ -22,27 +22,32 @@ pub struct Dockerd {
     socket: PathBuf,
 }
 
-static CHILD: Mutex<Option<Child>> = Mutex::new(None);
+static CHILD: Mutex<Option<(Child, PathBuf)>> = Mutex::new(None);
 
 extern "C" fn stop_at_exit() {
     if let Ok(mut guard) = CHILD.lock()
-        && let Some(mut child) = guard.take()
+        && let Some((mut child, dir)) = guard.take()
     {
-        // SIGTERM lets it stop containerd and unmount; then make sure.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        stop(&mut child);
+        remove(&dir);
     }
+}
+
+/// Stop dockerd: SIGTERM lets it stop containerd and unmount; then make sure.
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[allow(unsafe_code)]
@@ -83,6 +88,7 @@ impl Dockerd {
     }
 
     fn start() -> Dockerd {
+        remove_stale();
         // Short paths: the socket path must fit in sun_path, and containerd's below it.
         let dir = target_dir()
             .join("tmp")
@@ -111,7 +117,7 @@ impl Dockerd {
             .stderr(log)
             .spawn()
             .expect("failed to start dockerd");
-        *CHILD.lock().unwrap() = Some(child);
+        *CHILD.lock().unwrap() = Some((child, dir.clone()));
         // SAFETY: registering a plain function to run at exit.
         #[allow(unsafe_code)]
         unsafe {
@@ -190,6 +196,41 @@ impl Dockerd {
             self.docker_ok(&["import", &layer.to_string_lossy(), NAME]);
         });
         NAME
+    }
+}
+
+/// Remove a daemon's directory, unmounting what it left mounted there (its network
+/// namespace file stays mounted after it exits).
+fn remove(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let prefix = format!("{}/", dir.display());
+    let mut targets: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|t| t.starts_with(&prefix))
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for target in targets {
+        let _ = Command::new("umount").args(["-l", target]).status();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Remove the directories of daemons that are gone (a test process that was killed).
+fn remove_stale() {
+    let tmp = target_dir().join("tmp");
+    for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("dockerd-") {
+            continue;
+        }
+        let alive = std::fs::read_to_string(entry.path().join("dockerd.pid"))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            remove(&entry.path());
+        }
     }
 }
 

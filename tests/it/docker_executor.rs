@@ -544,3 +544,67 @@ fn an_engine_image_from_the_registry_builds_the_same_image() {
     assert_eq!(daemon.containers(), Vec::<String>::new(), "containers left");
     let _ = daemon.docker(&["volume", "rm", &volume]);
 }
+
+/// SIGTERM to a client (a runner cancelling the job) removes the engine container at once
+/// and exits with 143.
+#[test]
+fn sigterm_on_the_client_removes_the_engine() {
+    require_dockerd!();
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let daemon = Dockerd::shared();
+    let registry = TestRegistry::start();
+    let base = BaseImage::push(&registry);
+    let src = checkout(
+        "ARG CONTAINER_APP_VERSION=1.0.0\nARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n\
+         RUN sleep 120\n",
+    );
+    let volume = format!("blumeops-test-cache-term-{}", std::process::id());
+    let mut args = vec!["build".to_owned()];
+    args.extend(flags(&src.path().display().to_string(), &registry, &base));
+    args.extend(["--output".to_owned(), "oci:/nonexistent/never".to_owned()]);
+    let mut client = std::process::Command::new(blumeops_bin())
+        .args(&args)
+        .env("DOCKER_HOST", daemon.host())
+        .env("BLUMEOPS_EXECUTOR", "docker")
+        .env("BLUMEOPS_ENGINE_VOLUME", &volume)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let engine = || {
+        daemon
+            .docker_ok(&["ps", "-q", "--filter", "label=org.blumeops.engine=run"])
+            .trim()
+            .to_owned()
+    };
+    let started = wait_for(120, || {
+        let id = engine();
+        !id.is_empty()
+            && String::from_utf8_lossy(&daemon.docker(&["top", &id]).stdout).contains("sleep 120")
+    });
+    if !started {
+        let _ = client.kill();
+    }
+    assert!(started, "the slow step did not start");
+    let at = Instant::now();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &client.id().to_string()])
+        .status();
+    let output = client.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(143), "{stderr}");
+    assert!(
+        stderr.contains("terminated: stopping the engine container"),
+        "{stderr}"
+    );
+    assert!(
+        at.elapsed() < Duration::from_secs(20),
+        "the client took {:?} to stop",
+        at.elapsed()
+    );
+    assert_eq!(daemon.containers(), Vec::<String>::new(), "containers left");
+    let _ = daemon.docker(&["volume", "rm", &volume]);
+}

@@ -108,6 +108,107 @@ fn digest(out: &CliOutput) -> String {
         .to_owned()
 }
 
+/// What every test here starts with: the shared daemon (held alone), a registry with the
+/// busybox base, a checkout of `dockerfile`, and (when `host` is set) the host's root build
+/// of it.
+struct Setup {
+    _serial: std::sync::MutexGuard<'static, ()>,
+    daemon: &'static Dockerd,
+    registry: TestRegistry,
+    base: PushedImage,
+    src: tempfile::TempDir,
+    host_digest: Option<String>,
+    _host_out: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(dockerfile: &str, host: bool) -> Self {
+        let serial = SERIAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let daemon = Dockerd::shared();
+        let registry = TestRegistry::start();
+        let base = BaseImage::push(&registry);
+        let src = checkout(dockerfile);
+        let host_out = tempfile::tempdir().unwrap();
+        let host_digest = host.then(|| {
+            digest(&host_build(
+                src.path(),
+                &registry,
+                &base,
+                &host_out.path().join("img"),
+            ))
+        });
+        Self {
+            _serial: serial,
+            daemon,
+            registry,
+            base,
+            src,
+            host_digest,
+            _host_out: host_out,
+        }
+    }
+
+    fn host_digest(&self) -> &str {
+        self.host_digest.as_deref().expect("built on the host")
+    }
+
+    /// `build` flags for the checkout, writing `oci:DIR`.
+    fn build_args(&self, dir: &Path) -> Vec<String> {
+        let mut args = vec!["build".to_owned()];
+        args.extend(flags(
+            &self.src.path().display().to_string(),
+            &self.registry,
+            &self.base,
+        ));
+        args.extend(["--output".to_owned(), format!("oci:{}", dir.display())]);
+        args
+    }
+
+    /// Wait until a step whose command line holds `marker` runs in the engine container.
+    fn wait_for_step(&self, marker: &str) -> bool {
+        wait_for(120, || {
+            let id = self.engine();
+            !id.is_empty()
+                && String::from_utf8_lossy(&self.daemon.docker(&["top", &id]).stdout)
+                    .contains(marker)
+        })
+    }
+
+    /// The running engine container's id (empty when there is none).
+    fn engine(&self) -> String {
+        self.daemon
+            .docker_ok(&["ps", "-q", "--filter", "label=org.blumeops.engine=run"])
+            .trim()
+            .to_owned()
+    }
+
+    /// Environment of a host client of the docker executor, with its cache on `volume`.
+    fn client_env(&self, volume: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("DOCKER_HOST", self.daemon.host()),
+            ("BLUMEOPS_EXECUTOR", "docker".to_owned()),
+            ("BLUMEOPS_ENGINE_VOLUME", volume.to_owned()),
+            ("SOURCE_DATE_EPOCH", EPOCH.to_owned()),
+        ]
+    }
+
+    /// No container is left the moment the client is done, so `volume` is free to go.
+    fn finish(&self, volume: &str) {
+        assert_eq!(
+            self.daemon.containers(),
+            Vec::<String>::new(),
+            "containers left"
+        );
+        self.daemon.docker_ok(&["volume", "rm", volume]);
+    }
+}
+
+fn pairs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
 /// A job container running blumeops, as a CI runner starts one.
 struct Job<'a> {
     daemon: &'a Dockerd,
@@ -197,20 +298,12 @@ fn wait_for(secs: u64, mut check: impl FnMut() -> bool) -> bool {
 #[test]
 fn publish_from_an_unprivileged_job_container_has_the_host_digest() {
     require_dockerd!();
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let daemon = Dockerd::shared();
-    let registry = TestRegistry::start();
-    let base = BaseImage::push(&registry);
-    let src = checkout(DOCKERFILE);
-    let host_out = tempfile::tempdir().unwrap();
-    let host = host_build(src.path(), &registry, &base, &host_out.path().join("img"));
-
+    let fx = Setup::new(DOCKERFILE, true);
+    let (registry, host) = (&fx.registry, fx.host_digest());
     let volume = format!("blumeops-test-cache-{}", std::process::id());
-    let job = Job::new(daemon, src.path(), &volume);
+    let job = Job::new(fx.daemon, fx.src.path(), &volume);
     let mut blumeops = vec!["publish".to_owned()];
-    blumeops.extend(flags("/src", &registry, &base));
+    blumeops.extend(flags("/src", registry, &fx.base));
     blumeops.extend([
         "--registry-password".to_owned(),
         "env:ZOT_CI_API_KEY".to_owned(),
@@ -228,14 +321,14 @@ fn publish_from_an_unprivileged_job_container_has_the_host_digest() {
     );
     let line = stdout.lines().last().unwrap_or_default();
     let reference = format!("{}/blumeops/app:{TAG}", registry.addr());
-    assert_eq!(line, format!("{reference}@{}", digest(&host)), "{shown}");
+    assert_eq!(line, format!("{reference}@{host}"), "{shown}");
     let outputs = std::fs::read_to_string(job.out.path().join("github-output")).unwrap();
     assert_eq!(
         outputs,
-        format!("ref={reference}\ndigest={}\ntag={TAG}\n", digest(&host))
+        format!("ref={reference}\ndigest={host}\ntag={TAG}\n")
     );
     let inspected = blumeops_e2e::tools::skopeo_inspect(&reference);
-    assert_eq!(inspected["Digest"], digest(&host));
+    assert_eq!(inspected["Digest"], host);
     assert!(
         !stderr.contains(registry.ci_password()) && !stdout.contains(registry.ci_password()),
         "the password was printed"
@@ -248,9 +341,7 @@ fn publish_from_an_unprivileged_job_container_has_the_host_digest() {
     assert!(stderr.contains("cached in"), "{shown}");
     assert!(!stderr.contains(" ran in "), "a step ran again:\n{shown}");
     assert!(stderr.contains("nothing pushed"), "{shown}");
-
-    assert_eq!(daemon.containers(), Vec::<String>::new(), "containers left");
-    daemon.docker_ok(&["volume", "rm", &volume]);
+    fx.finish(&volume);
 }
 
 /// While a slow step runs, the registry password (raw, as Basic auth's base64 of
@@ -261,22 +352,18 @@ fn publish_from_an_unprivileged_job_container_has_the_host_digest() {
 #[test]
 fn secrets_stay_out_of_the_daemon_and_a_killed_job_leaves_nothing() {
     require_dockerd!();
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let daemon = Dockerd::shared();
-    let registry = TestRegistry::start();
-    let base = BaseImage::push(&registry);
-    let src = checkout(
+    let fx = Setup::new(
         "ARG CONTAINER_APP_VERSION=1.0.0\nARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n\
          RUN echo slow-step-started && sleep 120\n",
+        false,
     );
+    let (daemon, registry) = (fx.daemon, &fx.registry);
     let secrets = tempfile::tempdir().unwrap();
     std::fs::write(secrets.path().join("key"), registry.ci_password()).unwrap();
     let volume = format!("blumeops-test-cache-kill-{}", std::process::id());
-    let job = Job::new(daemon, src.path(), &volume);
+    let job = Job::new(daemon, fx.src.path(), &volume);
     let mut blumeops = vec!["publish".to_owned()];
-    blumeops.extend(flags("/src", &registry, &base));
+    blumeops.extend(flags("/src", registry, &fx.base));
     blumeops.extend([
         "--registry-password".to_owned(),
         "file:/secrets/key".to_owned(),
@@ -288,18 +375,7 @@ fn secrets_stay_out_of_the_daemon_and_a_killed_job_leaves_nothing() {
     let args = job.run_args(true, &extra, &blumeops);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     daemon.docker_ok(&refs);
-
-    let engine = || {
-        daemon
-            .docker_ok(&["ps", "-q", "--filter", "label=org.blumeops.engine=run"])
-            .trim()
-            .to_owned()
-    };
-    let started = wait_for(120, || {
-        let id = engine();
-        !id.is_empty()
-            && String::from_utf8_lossy(&daemon.docker(&["top", &id]).stdout).contains("sleep 120")
-    });
+    let started = fx.wait_for_step("sleep 120");
     let job_logs = daemon.docker(&["logs", &job.name]);
     assert!(
         started,
@@ -335,15 +411,11 @@ fn secrets_stay_out_of_the_daemon_and_a_killed_job_leaves_nothing() {
 
     // SIGKILL the client: the engine notices its stdin closing, stops, and is removed.
     daemon.docker_ok(&["kill", &job.name]);
-    let gone = wait_for(30, || {
-        daemon
-            .docker_ok(&["ps", "-q", "--filter", "label=org.blumeops.engine=run"])
-            .trim()
-            .is_empty()
-    });
-    assert!(gone, "the engine container outlived its client");
+    assert!(
+        wait_for(30, || fx.engine().is_empty()),
+        "the engine container outlived its client"
+    );
     daemon.docker_ok(&["rm", "-f", &job.name]);
-    assert_eq!(daemon.containers(), Vec::<String>::new(), "containers left");
     let app_manifests: Vec<_> = registry
         .manifest_puts()
         .into_iter()
@@ -353,41 +425,33 @@ fn secrets_stay_out_of_the_daemon_and_a_killed_job_leaves_nothing() {
         app_manifests.is_empty(),
         "a killed publish pushed a manifest: {app_manifests:?}"
     );
-    daemon.docker_ok(&["volume", "rm", &volume]);
+    fx.finish(&volume);
 }
 
 /// From the host with `--executor docker`: `build --output oci:DIR` lands in this
-/// filesystem with the root build's digest and without what `.dockerignore` leaves out; a
-/// failing step's whole output and exit code reach the client.
+/// filesystem with the root build's digest and without what `.dockerignore` leaves out,
+/// also for two builds at once on one cache volume; a failing step's whole output and exit
+/// code reach the client.
 #[test]
 fn build_output_and_step_failures_come_back_to_the_client() {
     require_dockerd!();
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let daemon = Dockerd::shared();
-    let registry = TestRegistry::start();
-    let base = BaseImage::push(&registry);
-    let src = checkout(DOCKERFILE);
-    let host_out = tempfile::tempdir().unwrap();
-    let host = host_build(src.path(), &registry, &base, &host_out.path().join("img"));
-
+    let fx = Setup::new(DOCKERFILE, true);
     let volume = format!("blumeops-test-cache-host-{}", std::process::id());
     let out = tempfile::tempdir().unwrap();
-    let dir = out.path().join("img");
-    let env = [
-        ("DOCKER_HOST", daemon.host()),
-        ("BLUMEOPS_EXECUTOR", "docker".to_owned()),
-        ("BLUMEOPS_ENGINE_VOLUME", volume.clone()),
-        ("SOURCE_DATE_EPOCH", EPOCH.to_owned()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut args = vec!["build".to_owned()];
-    args.extend(flags(&src.path().display().to_string(), &registry, &base));
-    args.extend(["--output".to_owned(), format!("oci:{}", dir.display())]);
-    let built = run_cli_with(&args, &env, Path::new("/"), TIMEOUT);
-    built.assert_success();
-    assert_eq!(digest(&built), digest(&host), "{built}");
+    let (dir, second_dir) = (out.path().join("img"), out.path().join("second"));
+    let env = fx.client_env(&volume);
+    let env = pairs(&env);
+    // Two builds at once on one volume: the store's lock keeps them apart.
+    let (built, second) = std::thread::scope(|scope| {
+        let second = scope
+            .spawn(|| run_cli_with(&fx.build_args(&second_dir), &env, Path::new("/"), TIMEOUT));
+        let built = run_cli_with(&fx.build_args(&dir), &env, Path::new("/"), TIMEOUT);
+        (built, second.join().unwrap())
+    });
+    for out in [&built, &second] {
+        out.assert_success();
+        assert_eq!(digest(out), fx.host_digest(), "{out}");
+    }
     let bundle = tempfile::tempdir().unwrap();
     umoci_unpack(
         &format!("{}:{TAG}", dir.display()),
@@ -410,8 +474,8 @@ fn build_output_and_step_failures_come_back_to_the_client() {
     let mut args = vec!["build".to_owned()];
     args.extend(flags(
         &failing.path().display().to_string(),
-        &registry,
-        &base,
+        &fx.registry,
+        &fx.base,
     ));
     args.extend([
         "--output".to_owned(),
@@ -430,30 +494,20 @@ fn build_output_and_step_failures_come_back_to_the_client() {
         );
     }
     assert!(!out.path().join("failed").exists(), "{failed}");
-    assert_eq!(daemon.containers(), Vec::<String>::new(), "containers left");
-    daemon.docker_ok(&["volume", "rm", &volume]);
+    fx.finish(&volume);
 }
 
 /// The engine image from a registry (`--engine-image`), as a Mac or a daemon of another
 /// architecture uses it: `blumeops publish --container-name blumeops-engine` makes it, the
-/// daemon pulls it, and the build through it has the host's digest. An engine image of
-/// another version is refused by name.
+/// daemon pulls it (with the target registry's password), and the build through it has the
+/// host's digest. An engine image of another version is refused by name.
 #[test]
 fn an_engine_image_from_the_registry_builds_the_same_image() {
     require_dockerd!();
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let daemon = Dockerd::shared();
-    let registry = TestRegistry::start();
-    let base = BaseImage::push(&registry);
-    let src = checkout(DOCKERFILE);
-    let host_out = tempfile::tempdir().unwrap();
-    let host = host_build(src.path(), &registry, &base, &host_out.path().join("img"));
-
+    let fx = Setup::new(DOCKERFILE, true);
+    let registry = &fx.registry;
     let cache = isolated_cache();
     let cache_dir = cache.path().display().to_string();
-    let password_env = ("ZOT_CI_API_KEY", registry.ci_password());
     let engine = run_cli_with(
         &[
             "publish",
@@ -471,7 +525,7 @@ fn an_engine_image_from_the_registry_builds_the_same_image() {
         &[
             ("BLUMEOPS_CACHE_DIR", &cache_dir),
             ("SOURCE_DATE_EPOCH", EPOCH),
-            password_env,
+            ("ZOT_CI_API_KEY", registry.ci_password()),
         ],
         Path::new("/"),
         TIMEOUT,
@@ -488,51 +542,33 @@ fn an_engine_image_from_the_registry_builds_the_same_image() {
 
     let volume = format!("blumeops-test-cache-image-{}", std::process::id());
     let out = tempfile::tempdir().unwrap();
-    let dir = out.path().join("img");
-    let env = [
-        ("DOCKER_HOST", daemon.host()),
-        ("BLUMEOPS_EXECUTOR", "docker".to_owned()),
-        ("BLUMEOPS_ENGINE_VOLUME", volume.clone()),
-        ("BLUMEOPS_ENGINE_IMAGE", engine_ref.clone()),
-        ("SOURCE_DATE_EPOCH", EPOCH.to_owned()),
-        ("ZOT_CI_API_KEY", registry.ci_password().to_owned()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut args = vec!["build".to_owned()];
-    args.extend(flags(&src.path().display().to_string(), &registry, &base));
-    // The daemon pulls the engine image from the target registry with this password.
+    let mut env = fx.client_env(&volume);
+    env.push(("ZOT_CI_API_KEY", registry.ci_password().to_owned()));
+    env.push(("BLUMEOPS_ENGINE_IMAGE", engine_ref.clone()));
+    let mut args = fx.build_args(&out.path().join("img"));
     args.extend([
         "--registry-password".to_owned(),
         "env:ZOT_CI_API_KEY".to_owned(),
-        "--output".to_owned(),
-        format!("oci:{}", dir.display()),
     ]);
-    let built = run_cli_with(&args, &env, Path::new("/"), TIMEOUT);
+    let built = run_cli_with(&args, &pairs(&env), Path::new("/"), TIMEOUT);
     built.assert_success();
     assert!(
         built.stderr.contains(&format!("engine {engine_ref}")),
         "{built}"
     );
-    assert_eq!(digest(&built), digest(&host), "{built}");
-    let loaded = daemon.docker_ok(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert_eq!(digest(&built), fx.host_digest(), "{built}");
+    let loaded = fx
+        .daemon
+        .docker_ok(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]);
     assert!(
         loaded.contains(&engine_ref),
         "the daemon did not pull {engine_ref}:\n{loaded}"
     );
 
-    // An image of another blumeops version (here: hello, which has no version label).
+    // An image of another blumeops version (here: busybox, which has no version label).
     let wrong = format!("{}/library/busybox:1.37", registry.addr());
-    let env: Vec<(&str, &str)> = env
-        .iter()
-        .map(|(k, v)| {
-            if *k == "BLUMEOPS_ENGINE_IMAGE" {
-                (*k, wrong.as_str())
-            } else {
-                (*k, *v)
-            }
-        })
-        .collect();
-    let refused = run_cli_with(&args, &env, Path::new("/"), TIMEOUT);
+    env.last_mut().unwrap().1 = wrong.clone();
+    let refused = run_cli_with(&args, &pairs(&env), Path::new("/"), TIMEOUT);
     refused.assert_code(1);
     assert!(
         refused.stderr.contains(&format!(
@@ -541,8 +577,7 @@ fn an_engine_image_from_the_registry_builds_the_same_image() {
         )),
         "{refused}"
     );
-    assert_eq!(daemon.containers(), Vec::<String>::new(), "containers left");
-    let _ = daemon.docker(&["volume", "rm", &volume]);
+    fx.finish(&volume);
 }
 
 /// SIGTERM to a client (a runner cancelling the job) removes the engine container at once
@@ -550,41 +585,20 @@ fn an_engine_image_from_the_registry_builds_the_same_image() {
 #[test]
 fn sigterm_on_the_client_removes_the_engine() {
     require_dockerd!();
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let daemon = Dockerd::shared();
-    let registry = TestRegistry::start();
-    let base = BaseImage::push(&registry);
-    let src = checkout(
-        "ARG CONTAINER_APP_VERSION=1.0.0\nARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n\
-         RUN sleep 120\n",
+    let fx = Setup::new(
+        "ARG CONTAINER_APP_VERSION=1.0.0\nARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN sleep 120\n",
+        false,
     );
     let volume = format!("blumeops-test-cache-term-{}", std::process::id());
-    let mut args = vec!["build".to_owned()];
-    args.extend(flags(&src.path().display().to_string(), &registry, &base));
-    args.extend(["--output".to_owned(), "oci:/nonexistent/never".to_owned()]);
     let mut client = std::process::Command::new(blumeops_bin())
-        .args(&args)
-        .env("DOCKER_HOST", daemon.host())
-        .env("BLUMEOPS_EXECUTOR", "docker")
-        .env("BLUMEOPS_ENGINE_VOLUME", &volume)
+        .args(fx.build_args(Path::new("/nonexistent/never")))
+        .envs(fx.client_env(&volume))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let engine = || {
-        daemon
-            .docker_ok(&["ps", "-q", "--filter", "label=org.blumeops.engine=run"])
-            .trim()
-            .to_owned()
-    };
-    let started = wait_for(120, || {
-        let id = engine();
-        !id.is_empty()
-            && String::from_utf8_lossy(&daemon.docker(&["top", &id]).stdout).contains("sleep 120")
-    });
+    let started = fx.wait_for_step("sleep 120");
     if !started {
         let _ = client.kill();
     }
@@ -605,6 +619,5 @@ fn sigterm_on_the_client_removes_the_engine() {
         "the client took {:?} to stop",
         at.elapsed()
     );
-    assert_eq!(daemon.containers(), Vec::<String>::new(), "containers left");
-    let _ = daemon.docker(&["volume", "rm", &volume]);
+    fx.finish(&volume);
 }

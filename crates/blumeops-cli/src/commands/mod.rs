@@ -262,6 +262,22 @@ pub fn unknown_container(name: &str, src: &Path) -> blumeops_core::Error {
     .into()
 }
 
+/// Publishing needs a commit sha for the tag: the error when there is none.
+pub fn require_commit_sha(flags: &BuildFlags, sha: Option<&String>) -> Result<()> {
+    if sha.is_none() {
+        bail!(blumeops_core::Error::from(
+            blumeops_core::DefinitionError::Invalid {
+                name: flags.container_name.clone(),
+                message: format!(
+                    "cannot determine the commit sha: `{}` is not a git checkout; pass --commit-sha",
+                    flags.src.display()
+                ),
+            }
+        ));
+    }
+    Ok(())
+}
+
 /// First 7 characters of `git -C src rev-parse HEAD`, if `src` is a git checkout.
 pub fn git_short_sha(src: &Path) -> Option<String> {
     let out = std::process::Command::new("git")

@@ -11,17 +11,7 @@ use crate::outputs;
 
 pub async fn run(args: PublishArgs) -> Result<ExitCode> {
     let prepared = prepare(&args.build)?;
-    if prepared.commit_sha.is_none() {
-        anyhow::bail!(blumeops_core::Error::from(
-            blumeops_core::DefinitionError::Invalid {
-                name: args.build.container_name.clone(),
-                message: format!(
-                    "cannot determine the commit sha: `{}` is not a git checkout; pass --commit-sha",
-                    args.build.src.display()
-                ),
-            }
-        ));
-    }
+    super::require_commit_sha(&args.build, prepared.commit_sha.as_ref())?;
     let target = prepared.target()?;
     let policy = if args.allow_overwrite {
         TagPolicy::AllowOverwrite

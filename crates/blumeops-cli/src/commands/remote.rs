@@ -27,17 +27,7 @@ pub async fn publish(args: PublishArgs) -> Result<ExitCode> {
     }
     extra.push("--json".to_owned()); // parsed here, printed as the user asked
     let run = Remote::new(&args.build, "publish", extra, None)?;
-    if run.commit_sha.is_none() {
-        anyhow::bail!(blumeops_core::Error::from(
-            blumeops_core::DefinitionError::Invalid {
-                name: args.build.container_name.clone(),
-                message: format!(
-                    "cannot determine the commit sha: `{}` is not a git checkout; pass --commit-sha",
-                    args.build.src.display()
-                ),
-            }
-        ));
-    }
+    super::require_commit_sha(&args.build, run.commit_sha.as_ref())?;
     let (code, stdout) = run.run(&args.build, false).await?;
     if code != 0 {
         return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));

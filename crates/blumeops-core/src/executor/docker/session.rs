@@ -83,18 +83,38 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
-/// Remove the helper, whatever state it is in (Ctrl-C, errors).
+/// How long removing the helper may take before the client gives up waiting.
+const REMOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Remove the helper, whatever state it is in (Ctrl-C, errors), and wait until it is gone:
+/// the daemon's own auto-removal may still be under way, and the cache volume stays in
+/// use until it is done.
 pub async fn remove(docker: &Docker, name: &str) {
-    let _ = docker
-        .remove_container(
-            name,
-            Some(bollard::query_parameters::RemoveContainerOptions {
-                force: true,
-                v: false,
-                link: false,
-            }),
-        )
-        .await;
+    let deadline = tokio::time::Instant::now() + REMOVE_TIMEOUT;
+    loop {
+        let removed = docker
+            .remove_container(
+                name,
+                Some(bollard::query_parameters::RemoveContainerOptions {
+                    force: true,
+                    v: false,
+                    link: false,
+                }),
+            )
+            .await;
+        let gone = match removed {
+            Ok(()) => true,
+            Err(bollard::errors::Error::DockerResponseServerError { status_code, .. }) => {
+                status_code == 404
+            }
+            Err(_) => false,
+        };
+        if gone || tokio::time::Instant::now() > deadline {
+            return;
+        }
+        // 409: removal in progress (the daemon's auto-removal); ask again shortly.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Run it. `output(stderr, bytes)` gets the helper's output as it comes (stdout without the

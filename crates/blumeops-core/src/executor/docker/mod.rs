@@ -129,7 +129,20 @@ impl Error {
     ) -> Self {
         let message = match e {
             bollard::errors::Error::DockerResponseServerError { message, .. } => message,
-            other => other.to_string(),
+            // The transport's own words say little ("client error (Connect)"); its causes
+            // say what happened ("Connection refused").
+            other => {
+                let mut text = other.to_string();
+                let mut cause = std::error::Error::source(&other);
+                while let Some(c) = cause {
+                    let c_text = c.to_string();
+                    if !text.contains(&c_text) {
+                        text = format!("{text}: {c_text}");
+                    }
+                    cause = c.source();
+                }
+                text
+            }
         };
         Self::Api {
             endpoint: endpoint.to_string(),

@@ -3,6 +3,8 @@
 # the registry, image tools and busybox used by the tests and the demo.
 # The Rust toolchain itself comes from rustup (rust-toolchain.toml pins the version).
 set -euo pipefail
+# In the repository, so rustup and cargo use the pinned toolchain.
+cd "$(dirname "$0")/.."
 
 packages=(
     docker-registry  # the CNCF distribution registry the tests and the demo push to
@@ -22,6 +24,7 @@ packages=(
     file
     curl             # the demo and benchmarks wait for the registry with it
     python3          # the demo and benchmarks pick free ports and summarise with it
+    python3-venv     # the virtualenv of the macOS check's zig and cargo-zigbuild
 )
 
 # cargo-fuzz (and the nightly toolchain it needs) for the fuzz step of scripts/test.sh.
@@ -38,11 +41,27 @@ for p in "${packages[@]}"; do
 done
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "install-deps: all packages present"
-    exit 0
+else
+    sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    echo "install-deps: installing ${missing[*]}"
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-sudo=()
-[[ $(id -u) -eq 0 ]] || sudo=(sudo)
-echo "install-deps: installing ${missing[*]}"
-"${sudo[@]}" apt-get update -qq
-DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# The macOS check (scripts/check-macos.sh): the darwin targets of the pinned toolchain, and
+# cargo-zigbuild with zig from PyPI.
+# shellcheck source=scripts/lib/macos.sh
+source scripts/lib/macos.sh
+installed_targets=$(rustup target list --installed)
+for t in "${MACOS_TARGETS[@]}"; do
+    grep -qx "$t" <<<"$installed_targets" || rustup target add "$t"
+done
+if ! "$ZIG_VENV/bin/cargo-zigbuild" --version 2>/dev/null | grep -qw "$CARGO_ZIGBUILD_VERSION" ||
+    ! "$ZIG_VENV/bin/python3" -m ziglang version 2>/dev/null | grep -qx "$ZIGLANG_VERSION"; then
+    echo "install-deps: installing cargo-zigbuild $CARGO_ZIGBUILD_VERSION and zig $ZIGLANG_VERSION"
+    rm -rf "$ZIG_VENV"
+    python3 -m venv "$ZIG_VENV"
+    "$ZIG_VENV/bin/python3" -m pip install --quiet --disable-pip-version-check \
+        "cargo-zigbuild==$CARGO_ZIGBUILD_VERSION" "ziglang==$ZIGLANG_VERSION"
+fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the tests need, then run every check and test of the workspace:
-# formatting, clippy, docs, unit tests and the end-to-end tests against a real registry.
+# formatting, clippy, docs, a compile check for macOS, unit tests and the end-to-end tests
+# against a real registry.
 # The end-to-end tests start their own docker-registry on loopback ports and need root
 # (umoci unpack and chroot run the built image).
 set -euo pipefail
@@ -15,6 +16,8 @@ echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet
+echo "== cargo check for macOS (aarch64, x86_64)"
+scripts/check-macos.sh
 echo "== cargo build (the CLI the end-to-end tests run)"
 cargo build --locked -p blumeops-cli
 # Debian's udev rules make /dev/net/tun and /dev/fuse 0666; some VMs leave them 0600,

@@ -22,7 +22,8 @@ pub struct Cli {
     /// `rootless` (the sandbox in a user namespace of the calling user), `docker` (the
     /// whole build in a helper container of a Docker Engine API: DOCKER_HOST,
     /// /var/run/docker.sock or podman's socket), or `auto` (the first of those that works
-    /// here). `blumeops doctor` shows what each needs.
+    /// here; docker off Linux, where root and rootless cannot run). `blumeops doctor` shows
+    /// what each needs.
     #[arg(
         long,
         global = true,

@@ -124,7 +124,12 @@ fn enter_executor(cli: &Cli) -> Result<bool, ExitCode> {
     let kind = match cli.executor {
         ExecutorKind::Docker if !builds => ExecutorKind::Auto,
         kind => kind,
-    };
+    }
+    .on_this_system();
+    // Off Linux `auto` is docker, and `cache` has no namespace to enter.
+    if kind == ExecutorKind::Docker && !builds {
+        return Ok(false);
+    }
     match executor::prepare(kind) {
         Ok(Prepared::Ready(ExecutorKind::Rootless)) if builds => {
             eprintln!("executor: rootless ({})", executor::describe_current());
@@ -137,7 +142,8 @@ fn enter_executor(cli: &Cli) -> Result<bool, ExitCode> {
             Err(e) => Err(report(&anyhow::Error::from(blumeops_core::Error::from(e)))),
         },
         // Without an executor a build can still make every layer that runs no command; a
-        // step that runs one says what is missing. An executor asked for by name must work.
+        // step that runs one says what is missing. An executor asked for by name must work,
+        // and so must docker where `auto` means it.
         Err(_) if kind == ExecutorKind::Auto || !builds => Ok(false),
         Err(e) => Err(report(&anyhow::Error::from(blumeops_core::Error::from(e)))),
     }

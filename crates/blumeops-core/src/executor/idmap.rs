@@ -3,7 +3,7 @@
 //! current process's own mapping is (`/proc/self/uid_map`).
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Ids mapped besides 0 when the user's ranges allow it: 1–65535, as podman and buildah do.
 pub const MAPPED_IDS: u32 = 65535;
@@ -83,23 +83,6 @@ pub fn mapping(own: u32, ranges: &[IdRange]) -> Vec<MapLine> {
         next += count;
     }
     lines
-}
-
-/// The arguments `newuidmap PID` / `newgidmap PID` take for `lines`.
-pub fn helper_args(lines: &[MapLine]) -> Vec<String> {
-    lines
-        .iter()
-        .flat_map(|l| [l.inside, l.outside, l.count])
-        .map(|n| n.to_string())
-        .collect()
-}
-
-/// The text for `/proc/PID/uid_map` (or `gid_map`).
-pub fn map_file_text(lines: &[MapLine]) -> String {
-    lines
-        .iter()
-        .map(|l| format!("{} {} {}\n", l.inside, l.outside, l.count))
-        .collect()
 }
 
 /// Parse `/proc/PID/uid_map` text.
@@ -238,6 +221,64 @@ impl fmt::Display for SingleMappingAdvice {
     }
 }
 
+/// How the namespace's ids are mapped, and how the maps get written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsernsPlan {
+    /// Lines of `uid_map`.
+    pub uid_map: Vec<MapLine>,
+    /// Lines of `gid_map`.
+    pub gid_map: Vec<MapLine>,
+    /// `newuidmap`/`newgidmap`, when the maps need them (more than the user's own id).
+    pub helpers: Option<(PathBuf, PathBuf)>,
+}
+
+impl UsernsPlan {
+    /// Whether only the user's own id is mapped.
+    pub fn is_single(&self) -> bool {
+        self.uid_map.len() <= 1 || self.gid_map.len() <= 1
+    }
+
+    /// Ids mapped (uids).
+    pub fn mapped_ids(&self) -> u64 {
+        self.uid_map.iter().map(|l| u64::from(l.count)).sum()
+    }
+}
+
+/// The plan for the calling user: its ranges when `newuidmap`/`newgidmap` can apply them
+/// (root writes any map itself), else a single mapping of its own ids.
+pub fn plan_for_current_user() -> UsernsPlan {
+    let (uid, gid) = (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+    );
+    let user = super::user_name(uid);
+    let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map_or_else(|| gid.to_string(), |g| g.name);
+    let uid_ranges = read_ranges(SUBUID_FILE.as_ref(), &user, uid);
+    // /etc/subgid is keyed by user name too (shadow looks the group ranges up by user).
+    let mut gid_ranges = read_ranges(SUBGID_FILE.as_ref(), &user, uid);
+    if gid_ranges.is_empty() {
+        gid_ranges = read_ranges(SUBGID_FILE.as_ref(), &group, gid);
+    }
+    let helpers = super::find_program("newuidmap").zip(super::find_program("newgidmap"));
+    let root = uid == 0;
+    let ranged = !uid_ranges.is_empty() && !gid_ranges.is_empty() && (root || helpers.is_some());
+    if !ranged {
+        return UsernsPlan {
+            uid_map: mapping(uid, &[]),
+            gid_map: mapping(gid, &[]),
+            helpers: None,
+        };
+    }
+    UsernsPlan {
+        uid_map: mapping(uid, &uid_ranges),
+        gid_map: mapping(gid, &gid_ranges),
+        helpers: if root { None } else { helpers },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,10 +326,6 @@ mod tests {
                     count: 65535
                 }
             ]
-        );
-        assert_eq!(
-            helper_args(&full),
-            ["0", "1000", "1", "1", "100000", "65535"]
         );
         // Small ranges are used one after the other.
         let small = mapping(

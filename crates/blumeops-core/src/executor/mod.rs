@@ -13,11 +13,17 @@
 //! `auto` takes `root` when this process can create mount namespaces, else `rootless` when
 //! it can create a user namespace and mount overlayfs in it, else `docker` when a Docker
 //! Engine API answers, else fails naming each reason with its fix.
+//!
+//! `root` and `rootless` need Linux (namespaces, overlayfs, seccomp, cgroups): elsewhere
+//! (macOS) they are unusable, "Linux only", and `auto` means `docker`
+//! ([`ExecutorKind::on_this_system`]).
 
 pub mod docker;
 mod idmap;
 mod probe;
 mod step;
+// Entering a user namespace is Linux's; elsewhere `userns` is a stand-in that refuses.
+#[cfg(target_os = "linux")]
 mod userns;
 
 use std::fmt;
@@ -27,14 +33,17 @@ use std::sync::OnceLock;
 
 pub use idmap::{
     CurrentMapping, IdRange, MAPPED_IDS, MapLine, SUBGID_FILE, SUBUID_FILE, SingleMappingAdvice,
+    UsernsPlan, plan_for_current_user,
 };
+#[cfg(target_os = "linux")]
 pub(crate) use probe::overlay_mountable;
 pub use probe::{Candidate, DoctorReport, Problem, doctor};
 pub use step::{RootSandbox, RootlessSandbox, StepExecutor, for_this_process};
-pub use userns::{
-    CHILD_ENV as USERNS_CHILD_ENV, UsernsPlan, exit_like, plan_for_current_user, reexec,
-    spawn as spawn_in_user_namespace,
-};
+pub use userns::{describe_current, reexec, spawn as spawn_in_user_namespace};
+
+/// Set in the child's environment: it is the rootless re-execution and must not enter
+/// another namespace.
+pub const USERNS_CHILD_ENV: &str = "BLUMEOPS_USERNS_CHILD";
 
 /// Environment variable that sets the executor (`auto`, `root`, `rootless`).
 pub const EXECUTOR_ENV: &str = "BLUMEOPS_EXECUTOR";
@@ -43,7 +52,7 @@ pub const EXECUTOR_ENV: &str = "BLUMEOPS_EXECUTOR";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecutorKind {
-    /// The first that works: root, then rootless.
+    /// The first that works: root, then rootless, then docker (only docker off Linux).
     #[default]
     Auto,
     /// The sandbox as root in the host's user namespace.
@@ -57,6 +66,16 @@ pub enum ExecutorKind {
 impl ExecutorKind {
     /// The names accepted by [`FromStr`].
     pub const NAMES: [&'static str; 4] = ["auto", "root", "rootless", "docker"];
+
+    /// The kind as this system runs it: off Linux only the docker executor runs steps, so
+    /// `auto` is `docker` there.
+    pub fn on_this_system(self) -> Self {
+        if self == Self::Auto && !cfg!(target_os = "linux") {
+            Self::Docker
+        } else {
+            self
+        }
+    }
 }
 
 impl fmt::Display for ExecutorKind {
@@ -149,14 +168,14 @@ pub enum Prepared {
 /// Choose the executor for `kind` and say whether this process can use it as it is. Call it
 /// early, before threads are started: a [`Prepared::Reexec`] must be carried out then.
 pub fn prepare(kind: ExecutorKind) -> Result<Prepared, Error> {
+    let kind = kind.on_this_system();
     let in_userns = !current_mapping().is_initial();
-    if std::env::var_os(userns::CHILD_ENV).is_some() {
+    if std::env::var_os(USERNS_CHILD_ENV).is_some() {
         // The re-executed child: its namespace is the rootless executor.
         if !in_userns {
             return Err(Error::UserNamespace {
                 reason: format!(
-                    "{} is set, but this process is not in a user namespace",
-                    userns::CHILD_ENV
+                    "{USERNS_CHILD_ENV} is set, but this process is not in a user namespace"
                 ),
             });
         }
@@ -241,27 +260,6 @@ pub fn in_user_namespace() -> bool {
     !current_mapping().is_initial()
 }
 
-/// One line on how this process maps ids, for the progress output of a rootless build.
-pub fn describe_current() -> String {
-    let m = current_mapping();
-    let Some(uid) = m.host_uid() else {
-        return "the host's user namespace".to_owned();
-    };
-    let user = user_name(uid);
-    let more: u64 = m
-        .uid
-        .iter()
-        .filter(|l| l.inside != 0)
-        .map(|l| u64::from(l.count))
-        .sum();
-    let fs = crate::sandbox::rootless_fs().describe();
-    if m.is_single() {
-        format!("user namespace with a single id mapping, {user} (uid {uid}) as 0; {fs}")
-    } else {
-        format!("user namespace, {user} (uid {uid}) as 0 and {more} ids from {SUBUID_FILE}; {fs}")
-    }
-}
-
 /// When this process runs with a single id mapping, what the user should do about it.
 pub fn single_mapping_advice() -> Option<SingleMappingAdvice> {
     let mapping = current_mapping();
@@ -289,6 +287,24 @@ pub(crate) fn user_name(uid: u32) -> String {
         .unwrap_or_else(|| uid.to_string())
 }
 
+/// Exit the way `status` says the child did: the same code, or the same signal.
+#[expect(
+    unsafe_code,
+    reason = "dying of the child's signal needs its default disposition back"
+)]
+pub fn exit_like(status: std::process::ExitStatus) -> ! {
+    use std::os::unix::process::ExitStatusExt as _;
+    if let Some(sig) = status.signal() {
+        // SAFETY: default disposition, then the same signal to ourselves.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
+        }
+        std::process::exit(128 + sig);
+    }
+    std::process::exit(status.code().unwrap_or(1))
+}
+
 /// `name` found in PATH (or the usual system directories), as an executable file.
 pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
@@ -299,6 +315,35 @@ pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
         .find(|p| {
             std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
+}
+
+/// The stand-in off Linux: no user namespace to enter or describe.
+#[cfg(not(target_os = "linux"))]
+mod userns {
+    use std::process::{Child, Command, ExitStatus};
+
+    use super::{Error, UsernsPlan};
+
+    fn linux_only() -> Error {
+        Error::UserNamespace {
+            reason: "user namespaces exist only on Linux".to_owned(),
+        }
+    }
+
+    /// User namespaces are Linux's.
+    pub fn reexec(_plan: &UsernsPlan) -> Result<ExitStatus, Error> {
+        Err(linux_only())
+    }
+
+    /// User namespaces are Linux's.
+    pub fn spawn(_cmd: Command, _plan: &UsernsPlan) -> Result<Child, Error> {
+        Err(linux_only())
+    }
+
+    /// This process runs in no user namespace.
+    pub fn describe_current() -> String {
+        "no user namespace (Linux only)".to_owned()
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@
 )]
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -29,68 +29,27 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 
-use super::idmap::{self, MapLine};
-use super::{Error, find_program};
+use super::idmap::{MapLine, SUBUID_FILE, UsernsPlan};
+use super::{Error, USERNS_CHILD_ENV, current_mapping, user_name};
 
-/// Set in the child's environment: it is the rootless re-execution and must not enter
-/// another namespace.
-pub const CHILD_ENV: &str = "BLUMEOPS_USERNS_CHILD";
-
-/// How the namespace's ids are mapped, and how the maps get written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsernsPlan {
-    /// Lines of `uid_map`.
-    pub uid_map: Vec<MapLine>,
-    /// Lines of `gid_map`.
-    pub gid_map: Vec<MapLine>,
-    /// `newuidmap`/`newgidmap`, when the maps need them (more than the user's own id).
-    pub helpers: Option<(PathBuf, PathBuf)>,
-}
-
-impl UsernsPlan {
-    /// Whether only the user's own id is mapped.
-    pub fn is_single(&self) -> bool {
-        self.uid_map.len() <= 1 || self.gid_map.len() <= 1
-    }
-
-    /// Ids mapped (uids).
-    pub fn mapped_ids(&self) -> u64 {
-        self.uid_map.iter().map(|l| u64::from(l.count)).sum()
-    }
-}
-
-/// The plan for the calling user: its ranges when `newuidmap`/`newgidmap` can apply them
-/// (root writes any map itself), else a single mapping of its own ids.
-pub fn plan_for_current_user() -> UsernsPlan {
-    let (uid, gid) = (
-        nix::unistd::getuid().as_raw(),
-        nix::unistd::getgid().as_raw(),
-    );
-    let user = super::user_name(uid);
-    let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
-        .ok()
-        .flatten()
-        .map_or_else(|| gid.to_string(), |g| g.name);
-    let uid_ranges = idmap::read_ranges(idmap::SUBUID_FILE.as_ref(), &user, uid);
-    // /etc/subgid is keyed by user name too (shadow looks the group ranges up by user).
-    let mut gid_ranges = idmap::read_ranges(idmap::SUBGID_FILE.as_ref(), &user, uid);
-    if gid_ranges.is_empty() {
-        gid_ranges = idmap::read_ranges(idmap::SUBGID_FILE.as_ref(), &group, gid);
-    }
-    let helpers = find_program("newuidmap").zip(find_program("newgidmap"));
-    let root = uid == 0;
-    let ranged = !uid_ranges.is_empty() && !gid_ranges.is_empty() && (root || helpers.is_some());
-    if !ranged {
-        return UsernsPlan {
-            uid_map: idmap::mapping(uid, &[]),
-            gid_map: idmap::mapping(gid, &[]),
-            helpers: None,
-        };
-    }
-    UsernsPlan {
-        uid_map: idmap::mapping(uid, &uid_ranges),
-        gid_map: idmap::mapping(gid, &gid_ranges),
-        helpers: if root { None } else { helpers },
+/// One line on how this process maps ids, for the progress output of a rootless build.
+pub fn describe_current() -> String {
+    let m = current_mapping();
+    let Some(uid) = m.host_uid() else {
+        return "the host's user namespace".to_owned();
+    };
+    let user = user_name(uid);
+    let more: u64 = m
+        .uid
+        .iter()
+        .filter(|l| l.inside != 0)
+        .map(|l| u64::from(l.count))
+        .sum();
+    let fs = crate::sandbox::rootless_fs().describe();
+    if m.is_single() {
+        format!("user namespace with a single id mapping, {user} (uid {uid}) as 0; {fs}")
+    } else {
+        format!("user namespace, {user} (uid {uid}) as 0 and {more} ids from {SUBUID_FILE}; {fs}")
     }
 }
 
@@ -122,9 +81,10 @@ fn install_forwarding() {
     }
 }
 
-/// Run this program again (same arguments and environment, plus [`CHILD_ENV`]) in a new user
-/// namespace mapped by `plan`, and wait for it. Call it before any thread is started and
-/// before any output; exit with [`exit_like`] afterwards.
+/// Run this program again (same arguments and environment, plus
+/// [`USERNS_CHILD_ENV`](super::USERNS_CHILD_ENV)) in a new user namespace mapped by `plan`,
+/// and wait for it. Call it before any thread is started and before any output; exit with
+/// [`exit_like`](super::exit_like) afterwards.
 pub fn reexec(plan: &UsernsPlan) -> Result<ExitStatus, Error> {
     let exe = std::fs::read_link("/proc/self/exe").map_err(|source| Error::Io {
         action: "find this program at",
@@ -132,7 +92,8 @@ pub fn reexec(plan: &UsernsPlan) -> Result<ExitStatus, Error> {
         source,
     })?;
     let mut cmd = Command::new(&exe);
-    cmd.args(std::env::args_os().skip(1)).env(CHILD_ENV, "1");
+    cmd.args(std::env::args_os().skip(1))
+        .env(USERNS_CHILD_ENV, "1");
     install_forwarding();
     let mut child = spawn(cmd, plan)?;
     CHILD.store(child.id() as i32, Ordering::SeqCst);
@@ -204,19 +165,6 @@ pub fn spawn(mut cmd: Command, plan: &UsernsPlan) -> Result<Child, Error> {
     }
 }
 
-/// Exit the way `status` says the child did: the same code, or the same signal.
-pub fn exit_like(status: ExitStatus) -> ! {
-    if let Some(sig) = status.signal() {
-        // SAFETY: default disposition, then the same signal to ourselves.
-        unsafe {
-            libc::signal(sig, libc::SIG_DFL);
-            libc::raise(sig);
-        }
-        std::process::exit(128 + sig);
-    }
-    std::process::exit(status.code().unwrap_or(1))
-}
-
 /// The parent's side: wait for the child's PID, write its maps, release it.
 fn map_child(plan: &UsernsPlan, ready: OwnedFd, go: OwnedFd) -> Result<(), Error> {
     let mut bytes = [0u8; 4];
@@ -249,7 +197,7 @@ fn write_maps(plan: &UsernsPlan, pid: i32) -> Result<(), Error> {
         for (helper, lines) in [(newuidmap, &plan.uid_map), (newgidmap, &plan.gid_map)] {
             let out = Command::new(helper)
                 .arg(pid.to_string())
-                .args(idmap::helper_args(lines))
+                .args(helper_args(lines))
                 .output()
                 .map_err(|source| Error::Io {
                     action: "run",
@@ -261,7 +209,7 @@ fn write_maps(plan: &UsernsPlan, pid: i32) -> Result<(), Error> {
                     reason: format!(
                         "`{} {pid} {}` failed ({}): {}",
                         helper.display(),
-                        idmap::helper_args(lines).join(" "),
+                        helper_args(lines).join(" "),
                         out.status,
                         String::from_utf8_lossy(&out.stderr).trim()
                     ),
@@ -282,6 +230,45 @@ fn write_maps(plan: &UsernsPlan, pid: i32) -> Result<(), Error> {
         // An unprivileged process may map only its own gid, and only with setgroups denied.
         write("setgroups", "deny")?;
     }
-    write("uid_map", &idmap::map_file_text(&plan.uid_map))?;
-    write("gid_map", &idmap::map_file_text(&plan.gid_map))
+    write("uid_map", &map_file_text(&plan.uid_map))?;
+    write("gid_map", &map_file_text(&plan.gid_map))
+}
+
+/// The arguments `newuidmap PID` / `newgidmap PID` take for `lines`.
+fn helper_args(lines: &[MapLine]) -> Vec<String> {
+    lines
+        .iter()
+        .flat_map(|l| [l.inside, l.outside, l.count])
+        .map(|n| n.to_string())
+        .collect()
+}
+
+/// The text for `/proc/PID/uid_map` (or `gid_map`).
+fn map_file_text(lines: &[MapLine]) -> String {
+    lines
+        .iter()
+        .map(|l| format!("{} {} {}\n", l.inside, l.outside, l.count))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::idmap::{self, IdRange};
+
+    #[test]
+    fn maps_render_for_the_helpers_and_for_proc() {
+        let lines = idmap::mapping(
+            1000,
+            &[IdRange {
+                start: 100000,
+                count: 65536,
+            }],
+        );
+        assert_eq!(
+            helper_args(&lines),
+            ["0", "1000", "1", "1", "100000", "65535"]
+        );
+        assert_eq!(map_file_text(&lines), "0 1000 1\n1 100000 65535\n");
+    }
 }

@@ -241,13 +241,13 @@ impl Walk {
                 EntryKind::Symlink(target.to_owned())
             } else if ft.is_char_device() {
                 EntryKind::CharDevice {
-                    major: rustix::fs::major(meta.rdev()),
-                    minor: rustix::fs::minor(meta.rdev()),
+                    major: rustix::fs::major(meta.rdev() as rustix::fs::Dev),
+                    minor: rustix::fs::minor(meta.rdev() as rustix::fs::Dev),
                 }
             } else if ft.is_block_device() {
                 EntryKind::BlockDevice {
-                    major: rustix::fs::major(meta.rdev()),
-                    minor: rustix::fs::minor(meta.rdev()),
+                    major: rustix::fs::major(meta.rdev() as rustix::fs::Dev),
+                    minor: rustix::fs::minor(meta.rdev() as rustix::fs::Dev),
                 }
             } else if ft.is_fifo() {
                 EntryKind::Fifo

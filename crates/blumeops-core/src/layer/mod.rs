@@ -32,6 +32,8 @@ pub use unpack::{
     DEFAULT_MAX_UNPACK_BYTES, OverlayXattrs, UnpackOptions, UnpackStats, unpack_layer,
 };
 pub use view::{OwnerLookupError, RootfsView};
+// Only the sandbox reads overlay markers outside this module.
+#[cfg(target_os = "linux")]
 pub(crate) use view::{is_opaque, is_whiteout};
 
 use crate::image::BlobRef;

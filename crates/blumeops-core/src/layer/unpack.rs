@@ -36,6 +36,22 @@ use crate::image::media_types;
 use crate::limits::{self, ExpansionGuard, LimitExceeded};
 use crate::reference::{Digest, DigestWriter};
 
+#[cfg(target_os = "linux")]
+use rfs::mknodat;
+
+/// Device nodes and overlay whiteouts are for the Linux sandbox's layers, and rustix has no
+/// `mknodat` on every system.
+#[cfg(not(target_os = "linux"))]
+fn mknodat(
+    _dir: impl AsFd,
+    _name: &[u8],
+    _file_type: FileType,
+    _mode: Mode,
+    _dev: rfs::Dev,
+) -> rustix::io::Result<()> {
+    Err(Errno::NOTSUP)
+}
+
 /// Default cap on a layer's uncompressed size: 64 GiB ([`limits::MAX_LAYER_BYTES`]).
 pub const DEFAULT_MAX_UNPACK_BYTES: u64 = limits::MAX_LAYER_BYTES;
 
@@ -811,7 +827,7 @@ impl Unpacker<'_> {
         path.extend_from_slice(target);
         match rfs::statat(&parent, target, AtFlags::SYMLINK_NOFOLLOW) {
             Err(Errno::NOENT) => {
-                rfs::mknodat(
+                mknodat(
                     &parent,
                     target,
                     FileType::CharacterDevice,
@@ -911,7 +927,8 @@ impl Unpacker<'_> {
             )
             .map_err(owner_fail(h))?;
         }
-        rfs::fchmod(fd, Mode::from_raw_mode(h.mode)).map_err(io_fail("set permissions of"))?;
+        rfs::fchmod(fd, Mode::from_raw_mode(h.mode as rfs::RawMode))
+            .map_err(io_fail("set permissions of"))?;
         if self.opts.preserve_xattrs {
             for (k, v) in &h.xattrs {
                 rfs::fsetxattr(fd, k.as_str(), v, XattrFlags::empty())
@@ -1005,7 +1022,7 @@ impl Unpacker<'_> {
     ) -> Result<(), Fail> {
         let parent = self.walk(parents, true)?;
         self.clear(&parent, name, false)?;
-        rfs::mknodat(&parent, name, ft, Mode::from_raw_mode(0o600), dev)
+        mknodat(&parent, name, ft, Mode::from_raw_mode(0o600), dev)
             .map_err(io_fail("create device node"))?;
         if self.opts.preserve_owners {
             rfs::chownat(
@@ -1019,8 +1036,13 @@ impl Unpacker<'_> {
         }
         // The node was just created by us in a directory only we write to: no symlink can be
         // at its name.
-        rfs::chmodat(&parent, name, Mode::from_raw_mode(h.mode), AtFlags::empty())
-            .map_err(io_fail("set permissions of"))?;
+        rfs::chmodat(
+            &parent,
+            name,
+            Mode::from_raw_mode(h.mode as rfs::RawMode),
+            AtFlags::empty(),
+        )
+        .map_err(io_fail("set permissions of"))?;
         rfs::utimensat(
             &parent,
             name,

@@ -12,9 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Default of [`RunSpec::pids_max`](super::RunSpec::pids_max).
-pub const DEFAULT_PIDS_MAX: u64 = 4096;
-
 /// One step's cgroup; removed on drop.
 #[derive(Debug)]
 pub(super) struct StepCgroup {

@@ -171,6 +171,8 @@ pub enum Requirement {
     Namespace(&'static str),
     /// The upper directory is itself on overlayfs, which cannot hold an overlay upper.
     UpperNotOnOverlay,
+    /// Not Linux: the sandbox is made of Linux namespaces.
+    Linux,
 }
 
 impl fmt::Display for Requirement {
@@ -197,6 +199,9 @@ impl fmt::Display for Requirement {
                 "a cache directory that is not on overlayfs (set BLUMEOPS_CACHE_DIR to a \
                  directory on ext4, xfs, btrfs or tmpfs, e.g. a volume)",
             ),
+            Self::Linux => {
+                f.write_str("Linux; use the docker executor (`blumeops --executor docker`)")
+            }
         }
     }
 }

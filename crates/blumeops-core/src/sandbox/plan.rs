@@ -29,14 +29,10 @@ use tempfile::TempDir;
 
 use super::error::SetupStep;
 use super::user::UserSpec;
-use super::{Error, RunSpec, io_err};
+use super::{DEFAULT_HOSTNAME, DEFAULT_PATH, Error, RunSpec, io_err};
 use crate::Network;
 use crate::layer::{is_opaque, is_whiteout};
 
-/// Used when the spec's hostname is empty.
-pub const DEFAULT_HOSTNAME: &str = "blumeops";
-/// The PATH searched (and set) when the environment has none, as Docker and BuildKit do.
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Largest /etc/passwd and /etc/group the user lookup reads.
 pub(super) const MAX_USERDB: usize = 512 * 1024;
 /// Most supplementary groups set.

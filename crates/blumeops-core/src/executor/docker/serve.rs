@@ -21,7 +21,7 @@ pub struct Serving {
     goodbye: mpsc::Receiver<()>,
 }
 
-/// Read the handshake, check the versions, hand the secrets to [`crate::secret`], and start
+/// Read the handshake, check the versions, hand the secrets to the secret sources ([`crate::SecretSource`]), and start
 /// watching stdin. Call before any other thread starts.
 pub fn start() -> Result<Serving, String> {
     let mut stdin = std::io::BufReader::new(std::io::stdin());

@@ -137,16 +137,26 @@ impl Remote {
                 .secrets
                 .insert(parsed.to_string(), value.expose().to_owned());
         }
-        let context = context::archive(
-            &container,
-            &flags.src,
-            &[
-                PathBuf::from(&own_dir).join("Dockerfile"),
-                PathBuf::from(&own_dir).join(".dockerignore"),
-            ],
-        )
-        .map_err(blumeops_core::executor::Error::from)
-        .map_err(blumeops_core::Error::from)?;
+        // The Dockerfile and its .dockerignore go first, in the handshake: the engine reads
+        // them to start; the rest of the context follows while it does.
+        let early: Vec<PathBuf> = ["Dockerfile", ".dockerignore"]
+            .iter()
+            .map(|f| PathBuf::from(&own_dir).join(f))
+            .filter(|rel| flags.src.join(rel).is_file())
+            .collect();
+        for rel in &early {
+            use base64::Engine as _;
+            let path = flags.src.join(rel);
+            let bytes = std::fs::read(&path)
+                .with_context(|| format!("failed to read {}", path.display()))?;
+            handshake.early_files.insert(
+                rel.to_string_lossy().into_owned(),
+                base64::engine::general_purpose::STANDARD.encode(bytes),
+            );
+        }
+        let context = context::archive(&container, &flags.src, &early)
+            .map_err(blumeops_core::executor::Error::from)
+            .map_err(blumeops_core::Error::from)?;
 
         let progress = match progress::Mode::resolve(flags.progress) {
             progress::Mode::Tty => "tty",

@@ -332,33 +332,42 @@ enum HostInput {
 
 async fn host_fingerprint(op: &Op, store: &Store) -> Result<HostInput, Error> {
     let (op, store) = (op.clone(), store.clone());
-    tokio::task::spawn_blocking(move || match &op {
-        Op::HostFile { path, src, opts } | Op::HostDirectory { path, src, opts } => {
-            let mut builder = LayerBuilder::new();
-            if matches!(op, Op::HostFile { .. }) {
-                builder.add_host_file(path, src, opts)?;
-            } else {
-                builder.add_host_dir(path, src, opts)?;
+    tokio::task::spawn_blocking(move || {
+        if matches!(
+            op,
+            Op::HostFile { .. } | Op::HostDirectory { .. } | Op::HostArchive { .. }
+        ) {
+            // In the docker executor's engine, the context may still be on its way.
+            crate::executor::docker::serve::wait_for_context();
+        }
+        match &op {
+            Op::HostFile { path, src, opts } | Op::HostDirectory { path, src, opts } => {
+                let mut builder = LayerBuilder::new();
+                if matches!(op, Op::HostFile { .. }) {
+                    builder.add_host_file(path, src, opts)?;
+                } else {
+                    builder.add_host_dir(path, src, opts)?;
+                }
+                let table = store.file_digest_table(src);
+                let fingerprint = builder.fingerprint_with(Some(&table))?;
+                table.save(&store);
+                Ok(HostInput::Files(fingerprint))
             }
-            let table = store.file_digest_table(src);
-            let fingerprint = builder.fingerprint_with(Some(&table))?;
-            table.save(&store);
-            Ok(HostInput::Files(fingerprint))
+            Op::HostArchive { src, .. } => {
+                // Like host files, an unchanged archive is not read again.
+                let table = store.file_digest_table(src);
+                let digest = std::fs::metadata(src)
+                    .and_then(|meta| crate::layer::host_file_digest(src, &meta, Some(&table)))
+                    .map_err(|source| Error::Io {
+                        action: "read",
+                        path: src.clone(),
+                        source,
+                    })?;
+                table.save(&store);
+                Ok(HostInput::Archive(digest))
+            }
+            _ => Ok(HostInput::None),
         }
-        Op::HostArchive { src, .. } => {
-            // Like host files, an unchanged archive is not read again.
-            let table = store.file_digest_table(src);
-            let digest = std::fs::metadata(src)
-                .and_then(|meta| crate::layer::host_file_digest(src, &meta, Some(&table)))
-                .map_err(|source| Error::Io {
-                    action: "read",
-                    path: src.clone(),
-                    source,
-                })?;
-            table.save(&store);
-            Ok(HostInput::Archive(digest))
-        }
-        _ => Ok(HostInput::None),
     })
     .await
     .map_err(|_| Error::TaskPanicked)?

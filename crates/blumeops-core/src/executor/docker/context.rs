@@ -1,8 +1,8 @@
 //! The build context sent to the engine: only the host files the container's steps copy
 //! ([`Container::host_inputs`]), with each copy's filters (`.dockerignore` among them), at
-//! their paths relative to the checkout, plus the container's own Dockerfile and
-//! `.dockerignore`. Modes, owners and times travel as they are, so the engine's layers are
-//! the ones a local build makes.
+//! their paths relative to the checkout. Modes, owners and times travel as they are, so the
+//! engine's layers are the ones a local build makes. (The Dockerfile and its
+//! `.dockerignore` travel in the handshake, before it.)
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt as _;
@@ -14,9 +14,10 @@ use super::Error;
 use crate::layer::HostCopy;
 use crate::pipeline::Container;
 
-/// The tar of what `container` reads under `src`, paths relative to `src`. `extra` lists
-/// more files relative to `src` to send when they exist (the Dockerfile, `.dockerignore`).
-pub fn archive(container: &Container, src: &Path, extra: &[PathBuf]) -> Result<Vec<u8>, Error> {
+/// The tar of what `container` reads under `src`, paths relative to `src`, without the
+/// files `skip` names (relative to `src`: those the engine has already); empty when there
+/// is nothing to send.
+pub fn archive(container: &Container, src: &Path, skip: &[PathBuf]) -> Result<Vec<u8>, Error> {
     let src = src.canonicalize().map_err(|source| Error::Io {
         action: "resolve the source checkout",
         path: src.to_owned(),
@@ -26,15 +27,15 @@ pub fn archive(container: &Container, src: &Path, extra: &[PathBuf]) -> Result<V
         src: &src,
         tar: tar::Builder::new(Vec::new()),
         done: BTreeSet::new(),
+        skip: BTreeSet::new(),
     };
     sent.tar.follow_symlinks(false);
-    for rel in extra {
-        let path = src.join(rel);
-        if path.is_file() {
-            sent.file(&path)?;
-        }
+    let inputs = container.host_inputs();
+    if inputs.is_empty() {
+        return Ok(Vec::new());
     }
-    for (path, opts) in container.host_inputs() {
+    sent.skip = skip.iter().cloned().collect();
+    for (path, opts) in inputs {
         let meta = std::fs::metadata(&path).map_err(|source| Error::Io {
             action: "read",
             path: path.clone(),
@@ -81,6 +82,8 @@ struct Sent<'a> {
     tar: tar::Builder<Vec<u8>>,
     /// Paths (relative to `src`) already in the archive.
     done: BTreeSet<PathBuf>,
+    /// Files (relative to `src`) the engine has already.
+    skip: BTreeSet<PathBuf>,
 }
 
 impl Sent<'_> {
@@ -129,7 +132,7 @@ impl Sent<'_> {
 
     /// One entry (not recursing into directories).
     fn entry(&mut self, path: &Path, rel: &Path) -> Result<(), Error> {
-        if !self.done.insert(rel.to_owned()) {
+        if self.skip.contains(rel) || !self.done.insert(rel.to_owned()) {
             return Ok(());
         }
         let meta = std::fs::symlink_metadata(path).map_err(|source| Error::Io {
@@ -234,6 +237,7 @@ mod tests {
         std::fs::write(dir.join("files/secret.env"), "s").unwrap();
         std::fs::write(dir.join("files/skip/b"), "b").unwrap();
         std::fs::write(dir.join("one"), "1").unwrap();
+        std::fs::write(dir.join("files/Dockerfile"), "FROM y\n").unwrap();
         std::fs::write(src.path().join("unrelated"), "u").unwrap();
         let opts = HostCopy {
             exclude: vec!["secret.env".into(), "skip".into()],
@@ -242,23 +246,38 @@ mod tests {
         let container = Container::scratch()
             .with_directory("/files", dir.join("files"), opts)
             .with_file("/one", dir.join("one"), HostCopy::default());
-        let archive = archive(
+        let sent = archive(
             &container,
             src.path(),
-            &[PathBuf::from("containers/app/Dockerfile")],
+            &[PathBuf::from("containers/app/files/Dockerfile")],
         )
         .unwrap();
         assert_eq!(
-            names(&archive),
+            names(&sent),
             [
                 "containers",
                 "containers/app",
-                "containers/app/Dockerfile",
                 "containers/app/files",
                 "containers/app/files/a.sh",
                 "containers/app/one",
             ]
         );
+        // Its tree without contents, for the engine to find the sources before they arrive.
+        let tree = super::super::session::skeleton(&sent).unwrap();
+        let kinds: Vec<(&str, char)> = tree.iter().map(|e| (e.path.as_str(), e.kind)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("containers", 'd'),
+                ("containers/app", 'd'),
+                ("containers/app/files", 'd'),
+                ("containers/app/files/a.sh", 'f'),
+                ("containers/app/one", 'f'),
+            ]
+        );
+        // Nothing copied from the host: nothing to send.
+        let none = archive(&Container::scratch(), src.path(), &[]).unwrap();
+        assert!(none.is_empty());
     }
 
     #[test]

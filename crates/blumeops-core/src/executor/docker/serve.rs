@@ -1,13 +1,18 @@
 //! The helper's side of a docker-executor build (`blumeops engine -- ARGS`): read the
-//! handshake from stdin, take its secrets, watch stdin for the client going away, run the
-//! command, then say done and wait for the client's goodbye.
+//! handshake from stdin, take its secrets and early files, watch stdin for the build
+//! context's arrival and for the client going away, run the command, then say done and wait
+//! for the client's goodbye.
+//!
+//! The build context is copied in while the build already runs (pulling the base, running
+//! the steps before the first copy from it): reading host files waits for it
+//! ([`wait_for_context`]) until the client says it is in place.
 
 use std::io::{BufRead as _, Write as _};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::session::{DONE_MARKER, GOODBYE, Handshake};
+use super::session::{CONTEXT_READY, DONE_MARKER, GOODBYE, Handshake};
 
 /// Exit code of a helper whose client went away mid-build.
 pub const EXIT_CLIENT_GONE: i32 = 125;
@@ -15,6 +20,30 @@ pub const EXIT_CLIENT_GONE: i32 = 125;
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(600);
 
 static FINISHED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the build context is still on its way (set while it is).
+static CONTEXT_PENDING: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+static CONTEXT_ARRIVED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// Block until the build context is in place: a no-op except in an engine whose client is
+/// still copying it in. Everything that reads host files calls it first.
+pub fn wait_for_context() {
+    let mut pending = CONTEXT_PENDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    while *pending {
+        pending = CONTEXT_ARRIVED
+            .wait(pending)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+}
+
+fn set_context_pending(value: bool) {
+    *CONTEXT_PENDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = value;
+    CONTEXT_ARRIVED.notify_all();
+}
 
 /// A running engine session.
 pub struct Serving {
@@ -40,18 +69,25 @@ pub fn start() -> Result<Serving, String> {
             handshake.client_version
         ));
     }
-    for (source, value) in handshake.secrets {
-        crate::secret::provide(&source, value);
+    for (source, value) in &handshake.secrets {
+        crate::secret::provide(source, value.clone());
     }
     if let Some(bundle) = &handshake.ca_bundle {
         trust(bundle)?;
     }
+    write_early_files(&handshake)?;
+    write_skeleton(&handshake)?;
+    set_context_pending(handshake.context_follows);
     let (tx, goodbye) = mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
         loop {
             line.clear();
             match stdin.read_line(&mut line) {
+                Ok(n) if n > 0 && line.trim_end() == CONTEXT_READY => {
+                    set_context_pending(false);
+                    continue;
+                }
                 Ok(n) if n > 0 && line.trim_end() != GOODBYE => continue,
                 Ok(n) if n > 0 => {
                     let _ = tx.send(());
@@ -70,6 +106,65 @@ pub fn start() -> Result<Serving, String> {
         }
     });
     Ok(Serving { goodbye })
+}
+
+/// The files the command needs before the build context arrives (the Dockerfile and its
+/// `.dockerignore`), under the source directory.
+fn write_early_files(handshake: &Handshake) -> Result<(), String> {
+    use base64::Engine as _;
+    let root = std::path::Path::new(super::ENGINE_SRC_DIR);
+    for (rel, data) in &handshake.early_files {
+        let rel = std::path::Path::new(rel);
+        if !rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(format!(
+                "the handshake names a file outside the source: {}",
+                rel.display()
+            ));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .map_err(|e| format!("the handshake's {} is not base64: {e}", rel.display()))?;
+        let path = root.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("failed to create {}: {e}", parent.display()))?;
+        }
+        std::fs::write(&path, bytes)
+            .map_err(|e| format!("failed to write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The context's tree without contents, for the Dockerfile frontend's lookups; the
+/// contents arrive over it (the daemon replaces each entry).
+fn write_skeleton(handshake: &Handshake) -> Result<(), String> {
+    let root = std::path::Path::new(super::ENGINE_SRC_DIR);
+    for entry in &handshake.skeleton {
+        let rel = std::path::Path::new(&entry.path);
+        if !rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(format!(
+                "the handshake names a file outside the source: {}",
+                entry.path
+            ));
+        }
+        let path = root.join(rel);
+        if handshake.early_files.contains_key(&entry.path) {
+            continue;
+        }
+        let made = match (entry.kind, &entry.target) {
+            ('d', _) => std::fs::create_dir_all(&path),
+            ('l', Some(target)) => std::os::unix::fs::symlink(target, &path),
+            _ => std::fs::File::create(&path).map(drop),
+        };
+        made.map_err(|e| format!("failed to create {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Trust what the client trusts: its CA bundle where this process looks for the system's

@@ -25,6 +25,8 @@ use super::{ENGINE_CACHE_DIR, ENGINE_LABEL, ENGINE_SRC_DIR, Endpoint, Error};
 pub const DONE_MARKER: &str = "\u{1}blumeops-engine-done";
 /// What the client writes on the helper's stdin once it has what it needs.
 pub const GOODBYE: &str = "bye";
+/// What the client writes on the helper's stdin once the build context is in place.
+pub const CONTEXT_READY: &str = "context";
 
 /// The first line the client writes on the helper's stdin.
 #[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -35,6 +37,56 @@ pub struct Handshake {
     pub secrets: BTreeMap<String, String>,
     /// The CA certificates the client trusts (PEM), for the engine to trust the same.
     pub ca_bundle: Option<String>,
+    /// Files the command reads before the build context arrives (the Dockerfile and
+    /// `.dockerignore`): path relative to the source directory → base64 of the contents.
+    pub early_files: BTreeMap<String, String>,
+    /// Whether the build context follows (reading host files waits for it).
+    pub context_follows: bool,
+    /// The context's tree without contents (directories, empty files, symlinks), made
+    /// before the command starts: the Dockerfile frontend looks the sources of its copies
+    /// up (globs, `.dockerignore`) while the contents are still on their way.
+    pub skeleton: Vec<SkeletonEntry>,
+}
+
+/// One entry of the build context's tree, without contents.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SkeletonEntry {
+    /// Path relative to the source directory.
+    pub path: String,
+    /// `d` (directory), `f` (file) or `l` (symlink).
+    pub kind: char,
+    /// A symlink's target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// The tree of a context archive ([`super::context::archive`]).
+pub fn skeleton(context: &[u8]) -> Result<Vec<SkeletonEntry>, Error> {
+    let io = |source| Error::Io {
+        action: "read",
+        path: PathBuf::from("the build context archive"),
+        source,
+    };
+    let mut out = Vec::new();
+    let mut archive = tar::Archive::new(context);
+    for entry in archive.entries().map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let path = entry.path().map_err(io)?.to_string_lossy().into_owned();
+        let kind = entry.header().entry_type();
+        let (kind, target) = if kind.is_dir() {
+            ('d', None)
+        } else if kind.is_symlink() {
+            let target = entry
+                .link_name()
+                .map_err(io)?
+                .map(|t| t.to_string_lossy().into_owned());
+            ('l', target)
+        } else {
+            ('f', None)
+        };
+        out.push(SkeletonEntry { path, kind, target });
+    }
+    Ok(out)
 }
 
 impl std::fmt::Debug for Handshake {
@@ -43,6 +95,9 @@ impl std::fmt::Debug for Handshake {
             .field("client_version", &self.client_version)
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .field("ca_bundle", &self.ca_bundle.as_ref().map(String::len))
+            .field("early_files", &self.early_files.keys().collect::<Vec<_>>())
+            .field("context_follows", &self.context_follows)
+            .field("skeleton", &self.skeleton.len())
             .finish()
     }
 }
@@ -202,17 +257,6 @@ async fn run_inner(
         )
         .await
         .map_err(api("create the engine container"))?;
-    docker
-        .upload_to_container(
-            name,
-            Some(bollard::query_parameters::UploadToContainerOptions {
-                path: ENGINE_SRC_DIR.to_owned(),
-                ..Default::default()
-            }),
-            bollard::body_full(req.context.clone().into()),
-        )
-        .await
-        .map_err(api("copy the build context into the engine container"))?;
     let attached = docker
         .attach_container(
             name,
@@ -232,7 +276,14 @@ async fn run_inner(
         .start_container(name, None)
         .await
         .map_err(api("start the engine container"))?;
-    let mut line = serde_json::to_vec(&req.handshake).expect("JSON");
+    // The context goes in while the build starts: the engine waits for it only where it
+    // reads host files (serve::wait_for_context).
+    let mut handshake = req.handshake.clone();
+    handshake.context_follows = !req.context.is_empty();
+    handshake.skeleton = skeleton(&req.context)?;
+    let mut upload = std::pin::pin!(upload_context(req, handshake.context_follows));
+    let mut uploaded = !handshake.context_follows;
+    let mut line = serde_json::to_vec(&handshake).expect("JSON");
     line.push(b'\n');
     input
         .write_all(&line)
@@ -244,7 +295,17 @@ async fn run_inner(
     let mut done = None;
     let mut said_goodbye = false;
     loop {
-        let chunk = match stream.next().await {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            result = &mut upload, if !uploaded => {
+                uploaded = true;
+                result?;
+                let _ = input.write_all(format!("{CONTEXT_READY}\n").as_bytes()).await;
+                let _ = input.flush().await;
+                continue;
+            }
+        };
+        let chunk = match next {
             Some(Ok(chunk)) => Some(chunk),
             _ => None, // the connection ends with the helper
         };
@@ -310,6 +371,30 @@ fn client_hosts(hosts: &str) -> Vec<String> {
     }
     out.truncate(256);
     out
+}
+
+/// Copy the build context into the running helper (when there is one to copy).
+async fn upload_context(req: &RemoteRun<'_>, needed: bool) -> Result<(), Error> {
+    if !needed {
+        return Ok(());
+    }
+    req.docker
+        .upload_to_container(
+            &req.name,
+            Some(bollard::query_parameters::UploadToContainerOptions {
+                path: ENGINE_SRC_DIR.to_owned(),
+                ..Default::default()
+            }),
+            bollard::body_full(req.context.clone().into()),
+        )
+        .await
+        .map_err(|e| {
+            Error::api(
+                req.endpoint,
+                "copy the build context into the engine container",
+                e,
+            )
+        })
 }
 
 /// Whether the daemon runs on this machine (so its /dev/net/tun is ours to check).

@@ -86,7 +86,7 @@ struct Remote {
     args: Vec<String>,
     env: Vec<String>,
     handshake: session::Handshake,
-    context: Vec<u8>,
+    context: bytes::Bytes,
     fetch: Option<(String, PathBuf)>,
     commit_sha: Option<String>,
 }
@@ -154,9 +154,10 @@ impl Remote {
                 base64::engine::general_purpose::STANDARD.encode(bytes),
             );
         }
-        let context = context::archive(&container, &flags.src, &early)
+        let context: bytes::Bytes = context::archive(&container, &flags.src, &early)
             .map_err(blumeops_core::executor::Error::from)
-            .map_err(blumeops_core::Error::from)?;
+            .map_err(blumeops_core::Error::from)?
+            .into();
 
         let progress = match progress::Mode::resolve(flags.progress) {
             progress::Mode::Tty => "tty",

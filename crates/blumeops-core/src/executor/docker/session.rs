@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, DeviceMapping, HostConfig, Mount, MountType};
-use futures_util::{StreamExt as _, TryStreamExt as _};
+use futures_util::StreamExt as _;
 use tokio::io::AsyncWriteExt as _;
 
 use super::{ENGINE_CACHE_DIR, ENGINE_LABEL, ENGINE_SRC_DIR, Endpoint, Error};
@@ -121,7 +121,7 @@ pub struct RemoteRun<'a> {
     /// Sent on stdin.
     pub handshake: Handshake,
     /// The build context, unpacked at [`ENGINE_SRC_DIR`].
-    pub context: Vec<u8>,
+    pub context: bytes::Bytes,
     /// A path in the helper to copy to this client's filesystem after the build.
     pub fetch: Option<(String, PathBuf)>,
 }
@@ -385,7 +385,7 @@ async fn upload_context(req: &RemoteRun<'_>, needed: bool) -> Result<(), Error> 
                 path: ENGINE_SRC_DIR.to_owned(),
                 ..Default::default()
             }),
-            bollard::body_full(req.context.clone().into()),
+            bollard::body_full(req.context.clone()),
         )
         .await
         .map_err(|e| {
@@ -427,36 +427,68 @@ async fn fetch(
     inside: &str,
     local: &std::path::Path,
 ) -> Result<(), Error> {
-    let bytes: Vec<u8> = docker
-        .download_from_container(
-            name,
-            Some(bollard::query_parameters::DownloadFromContainerOptions {
-                path: inside.to_owned(),
-            }),
-        )
-        .map_ok(|b| b.to_vec())
-        .try_concat()
-        .await
-        .map_err(|e| {
+    // Spooled to a file next to the destination, so a large image never sits in memory.
+    let parent = local
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+        action: "create",
+        path: parent.to_owned(),
+        source,
+    })?;
+    let spool = tempfile::NamedTempFile::new_in(parent).map_err(|source| Error::Io {
+        action: "create a temporary file in",
+        path: parent.to_owned(),
+        source,
+    })?;
+    let mut file = tokio::fs::File::from_std(spool.reopen().map_err(|source| Error::Io {
+        action: "open",
+        path: spool.path().to_owned(),
+        source,
+    })?);
+    let mut stream = std::pin::pin!(docker.download_from_container(
+        name,
+        Some(bollard::query_parameters::DownloadFromContainerOptions {
+            path: inside.to_owned(),
+        }),
+    ));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
             Error::api(
                 endpoint,
                 format!("copy {inside} out of the engine container"),
                 e,
             )
         })?;
-    let local = local.to_owned();
-    tokio::task::spawn_blocking(move || unpack_result(&bytes, &local))
-        .await
-        .map_err(|_| Error::Io {
+        file.write_all(&chunk).await.map_err(|source| Error::Io {
             action: "write",
-            path: PathBuf::from("the build result"),
-            source: std::io::Error::other("task panicked"),
-        })?
+            path: spool.path().to_owned(),
+            source,
+        })?;
+    }
+    file.flush().await.ok();
+    drop(file);
+    let local = local.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let reader = std::fs::File::open(spool.path()).map_err(|source| Error::Io {
+            action: "read",
+            path: spool.path().to_owned(),
+            source,
+        })?;
+        unpack_result(std::io::BufReader::new(reader), &local)
+    })
+    .await
+    .map_err(|_| Error::Io {
+        action: "write",
+        path: PathBuf::from("the build result"),
+        source: std::io::Error::other("task panicked"),
+    })?
 }
 
 /// Unpack the archive of one file or directory (its first path component is its own name)
 /// at `local`.
-fn unpack_result(bytes: &[u8], local: &std::path::Path) -> Result<(), Error> {
+fn unpack_result(reader: impl std::io::Read, local: &std::path::Path) -> Result<(), Error> {
     let io = |action, path: &std::path::Path| {
         let path = path.to_owned();
         move |source| Error::Io {
@@ -465,7 +497,7 @@ fn unpack_result(bytes: &[u8], local: &std::path::Path) -> Result<(), Error> {
             source,
         }
     };
-    let mut archive = tar::Archive::new(bytes);
+    let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(io("read", local))? {
         let mut entry = entry.map_err(io("read", local))?;
         let path = entry.path().map_err(io("read", local))?.into_owned();

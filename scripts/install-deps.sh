@@ -18,6 +18,7 @@ packages=(
     fuse-overlayfs   # rootless steps where the kernel has no overlayfs in user namespaces
     passwd           # useradd/usermod: the rootless tests' users
     docker.io        # dockerd and docker: the docker executor's tests
+    graphviz         # dot: renders `plan --format dot` in the tests
     apache2-utils    # htpasswd, for the registry's users
     ca-certificates  # HTTPS roots; update-ca-certificates makes the TLS tests' private store
     git

@@ -96,6 +96,57 @@ fn plan_navidrome_snapshot() {
     insta::assert_snapshot!("plan_navidrome", out.stdout);
 }
 
+/// navidrome as a picture: the mermaid flowchart is reviewed as a snapshot (a box per stage
+/// with its base and step count, dotted copy arrows, the final image marked); the dot graph
+/// of the same is rendered by Debian's graphviz.
+#[test]
+fn plan_navidrome_as_mermaid_and_dot() {
+    let out = run_cli(
+        &[
+            "plan",
+            "--container-name",
+            "navidrome",
+            "--format",
+            "mermaid",
+        ],
+        &[],
+    );
+    out.assert_success();
+    insta::assert_snapshot!("plan_navidrome_mermaid", out.stdout);
+
+    let out = run_cli(
+        &["plan", "--container-name", "navidrome", "--format", "dot"],
+        &[],
+    );
+    out.assert_success();
+    let dir = tempfile::tempdir().unwrap();
+    let dot_file = dir.path().join("plan.dot");
+    std::fs::write(&dot_file, &out.stdout).unwrap();
+    let svg = Command::new("dot")
+        .arg("-Tsvg")
+        .arg(&dot_file)
+        .output()
+        .expect("graphviz's dot (apt-get install graphviz)");
+    assert!(
+        svg.status.success(),
+        "dot rejected the graph:\n{}\n{}",
+        String::from_utf8_lossy(&svg.stderr),
+        out.stdout
+    );
+    let svg = String::from_utf8_lossy(&svg.stdout);
+    assert!(svg.contains("<svg"), "{svg}");
+    for text in [
+        "stage 1",
+        "from docker.io/library/golang:1.25&#45;alpine3.22",
+        "final image",
+        "copy",
+    ] {
+        assert!(svg.contains(text), "{text} missing from the SVG:\n{svg}");
+    }
+    // Two copy edges (stage 1 to 2, 2 to 3), drawn dashed.
+    assert_eq!(svg.matches("stroke-dasharray").count(), 2, "{svg}");
+}
+
 #[test]
 fn plan_dockerfile_shows_stages_and_copy_edges() {
     let src = src_tree();

@@ -275,9 +275,26 @@ pub struct PlanArgs {
     /// Build argument passed to the definition, KEY=VALUE (repeatable).
     #[arg(long = "build-arg", value_name = "KEY=VALUE")]
     pub build_args: Vec<String>,
-    /// Print the plan as JSON.
-    #[arg(long)]
+    /// Print the plan as JSON (the same as `--format json`).
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+    /// How to print the plan: `text`, `json`, or a picture of the stages as a `mermaid`
+    /// flowchart (for markdown on a forge) or a graphviz `dot` graph (`dot -Tsvg`).
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+    pub format: PlanFormat,
+}
+
+/// `plan --format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    /// Every stage and step, as text.
+    Text,
+    /// The plan as JSON.
+    Json,
+    /// A mermaid flowchart of the stages.
+    Mermaid,
+    /// A graphviz digraph of the stages.
+    Dot,
 }
 
 /// `list` flags.

@@ -101,6 +101,103 @@ impl fmt::Display for Plan {
     }
 }
 
+impl Plan {
+    /// One line per stage box: `stage N`, what it starts from, its step count, `final`.
+    fn box_lines(&self, stage: &PlanStage) -> Vec<String> {
+        let steps = stage.steps.len();
+        let mut lines = vec![
+            format!("stage {}", stage.id),
+            format!("from {}", stage.base),
+            format!("{steps} step{}", if steps == 1 { "" } else { "s" }),
+        ];
+        if self.stages.last().is_some_and(|last| last.id == stage.id) {
+            lines.push("final image".to_owned());
+        }
+        lines
+    }
+
+    /// Edges: `(from, to, copy)`, a stage's base stage first, then the stages it copies
+    /// from.
+    fn edges(&self) -> Vec<(usize, usize, bool)> {
+        let mut edges = Vec::new();
+        for stage in &self.stages {
+            if let PlanBase::Stage(base) = stage.base {
+                edges.push((base, stage.id, false));
+            }
+            for &from in &stage.copies_from {
+                edges.push((from, stage.id, true));
+            }
+        }
+        edges
+    }
+
+    /// A mermaid flowchart (as forges render in markdown): a box per stage with its base
+    /// and step count, solid arrows from a base stage, dotted `copy` arrows from the stages
+    /// files are copied from, the final image's box marked `final`.
+    pub fn to_mermaid(&self, title: &str) -> String {
+        // Quotes and angle brackets would end the label or be read as HTML.
+        let escape = |t: &str| {
+            t.replace('&', "#amp;")
+                .replace('"', "#quot;")
+                .replace('<', "#lt;")
+                .replace('>', "#gt;")
+        };
+        let mut out = format!("---\ntitle: {}\n---\nflowchart TD\n", escape(title));
+        for stage in &self.stages {
+            let label: Vec<String> = self.box_lines(stage).iter().map(|l| escape(l)).collect();
+            out.push_str(&format!("  s{}[\"{}\"]\n", stage.id, label.join("<br/>")));
+        }
+        for (from, to, copy) in self.edges() {
+            if copy {
+                out.push_str(&format!("  s{from} -. copy .-> s{to}\n"));
+            } else {
+                out.push_str(&format!("  s{from} --> s{to}\n"));
+            }
+        }
+        if let Some(last) = self.stages.last() {
+            out.push_str(&format!(
+                "  classDef final stroke-width:3px\n  class s{} final\n",
+                last.id
+            ));
+        }
+        out
+    }
+
+    /// A graphviz digraph of the same picture as [`Plan::to_mermaid`] (`dot -Tsvg`).
+    pub fn to_dot(&self, title: &str) -> String {
+        let escape = |t: &str| t.replace('\\', "\\\\").replace('"', "\\\"");
+        let mut out = format!(
+            "digraph plan {{\n  label=\"{}\";\n  labelloc=t;\n  rankdir=TB;\n  node [shape=box, fontname=\"sans-serif\"];\n",
+            escape(title)
+        );
+        let last = self.stages.last().map(|s| s.id);
+        for stage in &self.stages {
+            let label: Vec<String> = self.box_lines(stage).iter().map(|l| escape(l)).collect();
+            let extra = if Some(stage.id) == last {
+                ", peripheries=2"
+            } else {
+                ""
+            };
+            out.push_str(&format!(
+                "  s{} [label=\"{}\"{extra}];\n",
+                stage.id,
+                label.join("\\n")
+            ));
+        }
+        for (from, to, copy) in self.edges() {
+            if copy {
+                out.push_str(&format!(
+                    "  s{from} -> s{to} [style=dashed, label=\"copy\"];\n"
+                ));
+            } else {
+                out.push_str(&format!("  s{from} -> s{to};\n"));
+            }
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
 /// Identity of a node in the operation graph.
 fn key(node: &Arc<Node>) -> usize {
     Arc::as_ptr(node) as usize
@@ -250,6 +347,45 @@ mod tests {
 
     fn descriptions(stage: &PlanStage) -> Vec<&str> {
         stage.steps.iter().map(|s| s.description.as_str()).collect()
+    }
+
+    /// A fork (two stages on one base stage) and a copy: solid arrows from the base stage,
+    /// a dotted/dashed copy arrow, the final stage marked, labels escaped.
+    #[test]
+    fn pictures_show_bases_copies_and_the_final_stage() {
+        let base = Container::from("reg.example/base:\"1\"").with_exec(["make"]);
+        let builder = base.with_exec(["make", "app"]);
+        let app = base.with_file_from("/app", &builder, "/out/app", CopyOptions::default());
+        let plan = app.plan();
+        assert_eq!(plan.stages.len(), 3, "{plan}");
+        let mermaid = plan.to_mermaid("app <1>");
+        assert_eq!(
+            mermaid,
+            "---\ntitle: app #lt;1#gt;\n---\nflowchart TD\n\
+             \x20 s1[\"stage 1<br/>from reg.example/base:#quot;1#quot;<br/>2 steps\"]\n\
+             \x20 s2[\"stage 2<br/>from stage 1<br/>1 step\"]\n\
+             \x20 s3[\"stage 3<br/>from stage 1<br/>1 step<br/>final image\"]\n\
+             \x20 s1 --> s2\n\
+             \x20 s1 --> s3\n\
+             \x20 s2 -. copy .-> s3\n\
+             \x20 classDef final stroke-width:3px\n\
+             \x20 class s3 final\n"
+        );
+        let dot = plan.to_dot("app");
+        assert!(
+            dot.contains("s1 [label=\"stage 1\\nfrom reg.example/base:\\\"1\\\"\\n2 steps\"];"),
+            "{dot}"
+        );
+        assert!(
+            dot.contains(
+                "s3 [label=\"stage 3\\nfrom stage 1\\n1 step\\nfinal image\", peripheries=2];"
+            ),
+            "{dot}"
+        );
+        assert!(
+            dot.contains("  s1 -> s2;\n  s1 -> s3;\n  s2 -> s3 [style=dashed, label=\"copy\"];\n"),
+            "{dot}"
+        );
     }
 
     #[test]

@@ -6,6 +6,10 @@
 #
 #   bench/ab.sh OLD_BIN NEW_BIN [RUNS]      (RUNS per binary, default 7)
 #
+# With AB_NEW_EXECUTOR=docker, NEW builds through the docker executor (the Docker Engine
+# API at DOCKER_HOST, a new cache volume per run, removed after it) and OLD on the host:
+# the executor's cost on the same machine, e.g. bench/ab.sh BIN BIN 8.
+#
 # Prints every run's wall time, the medians, NEW/OLD of the medians and the median of the
 # per-run ratios. Used to measure what a change
 # costs, e.g. the sandbox hardening (see BENCHMARKS.md). Needs root and
@@ -40,13 +44,24 @@ mkdir -p "$src/containers/bench"
 cp bench/scenario/Dockerfile "$src/containers/bench/Dockerfile"
 python3 bench/scenario/gen-context.py "$src/containers/bench"
 
-one() { # BIN -> wall seconds of one cold build
-    local cache out start end
+new_executor=${AB_NEW_EXECUTOR:-}
+[[ -z $new_executor || $new_executor == docker ]] || {
+    echo "bench/ab.sh: AB_NEW_EXECUTOR must be docker or unset" >&2
+    exit 2
+}
+
+one() { # BIN [EXECUTOR] -> wall seconds of one cold build
+    local cache out start end volume=
+    local extra=()
     cache=$(mktemp -d "$work/cache.XXXXXX")
     out=$(mktemp -d "$work/out.XXXXXX")
+    if [[ ${2:-} == docker ]]; then
+        volume=blumeops-ab-$(basename "$cache")
+        extra=(--engine-volume "$volume" --executor docker)
+    fi
     sync
     start=$(date +%s.%N)
-    BLUMEOPS_CACHE_DIR=$cache "$1" build --progress plain --src "$src" --container-name bench \
+    BLUMEOPS_CACHE_DIR=$cache "$1" build "${extra[@]}" --progress plain --src "$src" --container-name bench \
         --version v1 --commit-sha ab --registry "$REGISTRY_ADDR" --registry-username "$user" \
         --registry-password env:ZOT_CI_API_KEY \
         --build-arg "BASE_IMAGE=$REGISTRY_ADDR/library/busybox:1.37" \
@@ -55,6 +70,7 @@ one() { # BIN -> wall seconds of one cold build
         exit 1
     }
     end=$(date +%s.%N)
+    [[ -z $volume ]] || docker volume rm "$volume" >/dev/null
     rm -rf "$cache" "$out"
     python3 -c "print(f'{$end - $start:.3f}')"
 }
@@ -66,9 +82,9 @@ for i in $(seq "$runs"); do
     # does not favour one side.
     if ((i % 2)); then
         o=$(one "$old")
-        n=$(one "$new")
+        n=$(one "$new" "$new_executor")
     else
-        n=$(one "$new")
+        n=$(one "$new" "$new_executor")
         o=$(one "$old")
     fi
     old_times+=("$o")

@@ -467,9 +467,11 @@ fn build_output_and_step_failures_come_back_to_the_client() {
         "cached\n"
     );
 
+    // It fails before its COPY reads the context, which is still sent in full.
     let failing = checkout(
         "ARG CONTAINER_APP_VERSION=1.0.0\nARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n\
-         RUN echo first-line-on-stdout && echo second-line-on-stderr >&2 && exit 3\n",
+         RUN echo first-line-on-stdout && echo second-line-on-stderr >&2 && exit 3\n\
+         COPY files/ /opt/files/\n",
     );
     let mut args = vec!["build".to_owned()];
     args.extend(flags(

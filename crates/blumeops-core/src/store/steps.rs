@@ -210,11 +210,32 @@ impl Store {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         self.tmp_dir().join(format!(
             "{what}-{}-{}",
-            std::process::id(),
+            process_token(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ))
     }
+}
 
+/// A name for this process among all that share the store: its pid is not one, since
+/// processes in other pid namespaces (docker executor engines on one cache volume, each
+/// pid 1) share it too.
+fn process_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        use std::io::Read as _;
+        let mut bytes = [0u8; 8];
+        let random = fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+        if random.is_err() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            bytes = (nanos ^ u64::from(std::process::id())).to_le_bytes();
+        }
+        format!("{}-{}", std::process::id(), hex::encode(bytes))
+    })
+}
+
+impl Store {
     fn write_json<T: Serialize>(&self, dest: &Path, value: &T) -> Result<(), Error> {
         let tmp = self.tmp_name("record");
         let bytes = serde_json::to_vec(value).map_err(|e| io_err("encode", dest)(e.into()))?;

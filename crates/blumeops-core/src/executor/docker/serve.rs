@@ -3,19 +3,21 @@
 //! context's arrival and for the client going away, run the command, then say done and wait
 //! for the client's goodbye.
 //!
-//! The build context is copied in while the build already runs (pulling the base, running
-//! the steps before the first copy from it): reading host files waits for it
-//! ([`wait_for_context`]) until the client says it is in place.
+//! The build context follows the handshake on stdin and is unpacked while the build already
+//! runs (pulling the base, running the steps before the first copy from it): reading host
+//! files waits for it ([`wait_for_context`]).
 
 use std::io::{BufRead as _, Write as _};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::session::{CONTEXT_READY, DONE_MARKER, GOODBYE, Handshake};
+use super::session::{DONE_MARKER, GOODBYE, Handshake};
 
 /// Exit code of a helper whose client went away mid-build.
 pub const EXIT_CLIENT_GONE: i32 = 125;
+/// Exit code of a helper that could not unpack the build context it was sent.
+pub const EXIT_BAD_CONTEXT: i32 = 126;
 /// How long a finished helper waits for the client to copy results and say goodbye.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -77,17 +79,21 @@ pub fn start() -> Result<Serving, String> {
     }
     write_early_files(&handshake)?;
     write_skeleton(&handshake)?;
-    set_context_pending(handshake.context_follows);
+    let context_size = handshake.context_size;
+    set_context_pending(context_size > 0);
     let (tx, goodbye) = mpsc::channel();
     std::thread::spawn(move || {
+        if context_size > 0 {
+            if let Err(e) = receive_context(&mut stdin, context_size) {
+                eprintln!("error: blumeops engine: failed to unpack the build context: {e}");
+                std::process::exit(EXIT_BAD_CONTEXT);
+            }
+            set_context_pending(false);
+        }
         let mut line = String::new();
         loop {
             line.clear();
             match stdin.read_line(&mut line) {
-                Ok(n) if n > 0 && line.trim_end() == CONTEXT_READY => {
-                    set_context_pending(false);
-                    continue;
-                }
                 Ok(n) if n > 0 && line.trim_end() != GOODBYE => continue,
                 Ok(n) if n > 0 => {
                     let _ = tx.send(());
@@ -106,6 +112,22 @@ pub fn start() -> Result<Serving, String> {
         }
     });
     Ok(Serving { goodbye })
+}
+
+/// Unpack the `size` bytes of build context (a tar) that follow the handshake into the
+/// source directory, keeping modes, owners and times; entries replace the skeleton's.
+fn receive_context(stdin: &mut impl std::io::BufRead, size: u64) -> std::io::Result<()> {
+    use std::io::Read as _;
+    let mut frame = stdin.take(size);
+    let mut archive = tar::Archive::new(&mut frame);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(true);
+    archive.unpack(super::ENGINE_SRC_DIR)?;
+    // The rest of the frame (tar's end blocks), so what follows is read as lines.
+    std::io::copy(&mut frame, &mut std::io::sink())?;
+    Ok(())
 }
 
 /// The files the command needs before the build context arrives (the Dockerfile and its

@@ -2,10 +2,11 @@
 //!
 //! 1. Create the helper container (auto-removed when it exits) with the cache volume, the
 //!    host network, and the privileges the root sandbox needs, nothing secret in its config.
-//! 2. Stream the build context into it (`PUT /containers/ID/archive`).
-//! 3. Attach, start, and send the handshake on its stdin: this client's version and the
-//!    secrets (the registry password), as one JSON line.
-//! 4. Pass its stdout and stderr through until it says it is done (a [`DONE_MARKER`] line
+//! 2. Attach, start, and send the handshake on its stdin: this client's version, the
+//!    secrets (the registry password), the CA certificates, the Dockerfile and the build
+//!    context's tree, as one JSON line; then the build context itself, a tar of
+//!    `context_size` bytes, which the engine unpacks while the build starts.
+//! 3. Pass its stdout and stderr through until it says it is done (a [`DONE_MARKER`] line
 //!    with its exit code); copy `build --output` results back; tell it to exit.
 //!
 //! The helper exits as soon as its stdin closes without the goodbye: a client killed even
@@ -25,8 +26,6 @@ use super::{ENGINE_CACHE_DIR, ENGINE_LABEL, ENGINE_SRC_DIR, Endpoint, Error};
 pub const DONE_MARKER: &str = "\u{1}blumeops-engine-done";
 /// What the client writes on the helper's stdin once it has what it needs.
 pub const GOODBYE: &str = "bye";
-/// What the client writes on the helper's stdin once the build context is in place.
-pub const CONTEXT_READY: &str = "context";
 
 /// The first line the client writes on the helper's stdin.
 #[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -40,8 +39,9 @@ pub struct Handshake {
     /// Files the command reads before the build context arrives (the Dockerfile and
     /// `.dockerignore`): path relative to the source directory → base64 of the contents.
     pub early_files: BTreeMap<String, String>,
-    /// Whether the build context follows (reading host files waits for it).
-    pub context_follows: bool,
+    /// Bytes of build context (a tar) that follow the handshake on stdin; reading host files
+    /// waits for them.
+    pub context_size: u64,
     /// The context's tree without contents (directories, empty files, symlinks), made
     /// before the command starts: the Dockerfile frontend looks the sources of its copies
     /// up (globs, `.dockerignore`) while the contents are still on their way.
@@ -96,7 +96,7 @@ impl std::fmt::Debug for Handshake {
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .field("ca_bundle", &self.ca_bundle.as_ref().map(String::len))
             .field("early_files", &self.early_files.keys().collect::<Vec<_>>())
-            .field("context_follows", &self.context_follows)
+            .field("context_size", &self.context_size)
             .field("skeleton", &self.skeleton.len())
             .finish()
     }
@@ -276,20 +276,29 @@ async fn run_inner(
         .start_container(name, None)
         .await
         .map_err(api("start the engine container"))?;
-    // The context goes in while the build starts: the engine waits for it only where it
-    // reads host files (serve::wait_for_context).
+    // The context follows the handshake on the same stdin, sent while the output is read:
+    // the engine unpacks it as the build starts, and waits for it only where it reads host
+    // files (serve::wait_for_context).
     let mut handshake = req.handshake.clone();
-    handshake.context_follows = !req.context.is_empty();
+    handshake.context_size = req.context.len() as u64;
     handshake.skeleton = skeleton(&req.context)?;
-    let mut upload = std::pin::pin!(upload_context(req, handshake.context_follows));
-    let mut uploaded = !handshake.context_follows;
     let mut line = serde_json::to_vec(&handshake).expect("JSON");
     line.push(b'\n');
-    input
-        .write_all(&line)
-        .await
-        .map_err(|e| Error::api(endpoint, "send the handshake", e.into()))?;
-    input.flush().await.ok();
+    let context = req.context.clone();
+    let mut sending = Box::pin(async move {
+        input.write_all(&line).await?;
+        input.write_all(&context).await?;
+        input.flush().await?;
+        Ok::<_, std::io::Error>(input)
+    });
+    let send_err = |e: std::io::Error| {
+        Error::api(
+            endpoint,
+            "send the handshake and the build context",
+            e.into(),
+        )
+    };
+    let mut input = None;
 
     let mut pending = Vec::new();
     let mut done = None;
@@ -297,11 +306,8 @@ async fn run_inner(
     loop {
         let next = tokio::select! {
             next = stream.next() => next,
-            result = &mut upload, if !uploaded => {
-                uploaded = true;
-                result?;
-                let _ = input.write_all(format!("{CONTEXT_READY}\n").as_bytes()).await;
-                let _ = input.flush().await;
+            sent = &mut sending, if input.is_none() => {
+                input = Some(sent.map_err(send_err)?);
                 continue;
             }
         };
@@ -334,8 +340,15 @@ async fn run_inner(
             {
                 fetch(docker, endpoint, name, inside, local).await?;
             }
-            let _ = input.write_all(format!("{GOODBYE}\n").as_bytes()).await;
-            let _ = input.flush().await;
+            // Done before the context was all sent (a build that failed first): finish
+            // sending it, so the goodbye is read as a line.
+            if input.is_none() {
+                input = Some((&mut sending).await.map_err(send_err)?);
+            }
+            if let Some(input) = input.as_mut() {
+                let _ = input.write_all(format!("{GOODBYE}\n").as_bytes()).await;
+                let _ = input.flush().await;
+            }
         }
     }
     if !pending.is_empty() {
@@ -371,30 +384,6 @@ fn client_hosts(hosts: &str) -> Vec<String> {
     }
     out.truncate(256);
     out
-}
-
-/// Copy the build context into the running helper (when there is one to copy).
-async fn upload_context(req: &RemoteRun<'_>, needed: bool) -> Result<(), Error> {
-    if !needed {
-        return Ok(());
-    }
-    req.docker
-        .upload_to_container(
-            &req.name,
-            Some(bollard::query_parameters::UploadToContainerOptions {
-                path: ENGINE_SRC_DIR.to_owned(),
-                ..Default::default()
-            }),
-            bollard::body_full(req.context.clone()),
-        )
-        .await
-        .map_err(|e| {
-            Error::api(
-                req.endpoint,
-                "copy the build context into the engine container",
-                e,
-            )
-        })
 }
 
 /// Whether the daemon runs on this machine (so its /dev/net/tun is ours to check).

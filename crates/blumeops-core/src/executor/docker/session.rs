@@ -206,6 +206,7 @@ async fn run_inner(
         ]),
         masked_paths: Some(Vec::new()),
         readonly_paths: Some(Vec::new()),
+        tmpfs: context_tmpfs(req.context.len()),
         devices: tun.then(|| {
             vec![DeviceMapping {
                 path_on_host: Some("/dev/net/tun".to_owned()),
@@ -384,6 +385,24 @@ fn client_hosts(hosts: &str) -> Vec<String> {
     }
     out.truncate(256);
     out
+}
+
+/// Contexts up to this size are unpacked into memory (a tmpfs), larger ones onto disk.
+const TMPFS_CONTEXT_MAX: usize = 256 << 20;
+
+/// A tmpfs for the source directory when the context is small enough: unpacking into it is
+/// quicker than into the container's overlayfs, and removing the container does not have
+/// to delete the files one by one.
+fn context_tmpfs(size: usize) -> Option<std::collections::HashMap<String, String>> {
+    (size <= TMPFS_CONTEXT_MAX).then(|| {
+        // The tar's size bounds the files' (headers and padding count too), plus room for
+        // the skeleton and the early files.
+        let limit = size + (16 << 20);
+        std::collections::HashMap::from([(
+            ENGINE_SRC_DIR.to_owned(),
+            format!("rw,nosuid,nodev,mode=0755,size={limit}"),
+        )])
+    })
 }
 
 /// Whether the daemon runs on this machine (so its /dev/net/tun is ours to check).

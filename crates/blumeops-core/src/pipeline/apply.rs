@@ -17,6 +17,7 @@ pub(super) async fn run_root(
     engine: &Engine,
     op: &Op,
     state: &mut Option<State>,
+    index: usize,
 ) -> Result<Option<String>, Error> {
     match op {
         Op::From(reference) => {
@@ -25,6 +26,13 @@ pub(super) async fn run_root(
                 .registry
                 .pull_image(&reference, &engine.platform, &engine.store)
                 .await?;
+            engine.emit(super::engine::Event::Pulled {
+                index,
+                reference: reference.to_string(),
+                digest: pulled.image.manifest.digest.clone(),
+                blobs_fetched: pulled.blobs_fetched,
+                bytes_fetched: pulled.bytes_fetched,
+            });
             let bytes = engine.store.read_blob(&pulled.image.config.digest)?;
             // Size, layer count and diff_ids against the manifest's layers.
             let config = ImageConfig::from_json_for(
@@ -49,7 +57,7 @@ pub(super) async fn run_root(
             let mut key = FieldHasher::new(cache::KEY_VERSION);
             key.str("from").digest(&pulled.image.manifest.digest);
             let detail = format!("{}", pulled.image.manifest.digest);
-            *state = Some(State::root(config, layers, key.finish(), op));
+            *state = Some(State::root(config, layers, key.finish()));
             Ok(Some(detail))
         }
         Op::Scratch | Op::ScratchDefaultPath => {
@@ -66,7 +74,7 @@ pub(super) async fn run_root(
             key.str("scratch")
                 .bool(matches!(op, Op::ScratchDefaultPath))
                 .str(&engine.platform.to_string());
-            *state = Some(State::root(config, Vec::new(), key.finish(), op));
+            *state = Some(State::root(config, Vec::new(), key.finish()));
             Ok(None)
         }
         _ => unreachable!("a chain starts with from or scratch"),

@@ -18,7 +18,7 @@ use super::exec::{Expect, Network};
 use crate::fields::FieldHasher;
 use crate::layer::{Compression, HostCopy};
 use crate::reference::Digest;
-use crate::store::Store;
+use crate::store::{StageRecord, StepInputsRecord, Store};
 
 /// Version of the key format. Bump it whenever what a key covers, or how, changes.
 pub(crate) const KEY_VERSION: &str = "blumeops step key v1";
@@ -116,23 +116,81 @@ pub(crate) fn state_after(key: &Digest, layer: Option<&Digest>) -> Digest {
     h.finish()
 }
 
-/// Where a step sits in a pipeline, independent of its inputs: the place whose previous
-/// inputs a re-run is compared with.
-pub(crate) fn slot(parent: Option<&Digest>, op: &Op) -> Digest {
-    let mut h = FieldHasher::new("slot");
-    match parent {
-        Some(p) => h.digest(p),
-        // A chain's identity starts with where it comes from.
-        None => h.str(&op.describe()),
-    };
-    h.str(op_name(op));
+/// What a step is compared with to say why it ran: the same step of the same stage of the
+/// same container in the last build that finished that stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Previous {
+    /// The container's stage was never built (with this store).
+    FirstBuild,
+    /// The stage was built, but without this step: it was inserted since.
+    NewStep,
+    /// The step as it was last built.
+    Was(StepInputsRecord),
+}
+
+/// Where the history of a container's stage is kept: by the container's name and the
+/// stage's history key (see `plan::Planner::history_keys`).
+pub(crate) fn stage_history(container: &str, stage_key: &str) -> Digest {
+    let mut h = FieldHasher::new("stage history");
+    h.str(container).str(stage_key);
     h.finish()
 }
 
-/// Why a step with these inputs ran, compared with the last inputs at its slot.
-pub(crate) fn explain(store: &Store, slot: &Digest, inputs: &StepInputs) -> String {
-    let Some(last) = store.slot_record(slot) else {
-        return "not in the cache (first build of this step)".to_owned();
+/// For each step of a stage now (by operation digest), what it was last time: the
+/// longest common subsequence of the two lists pairs up unchanged operations; between
+/// two pairs, old and new steps are paired in order (a step whose definition changed),
+/// and new steps left over were inserted.
+pub(crate) fn align(old: Option<&StageRecord>, now: &[Digest]) -> Vec<Previous> {
+    let Some(old) = old else {
+        return vec![Previous::FirstBuild; now.len()];
+    };
+    let was: Vec<&Digest> = old.steps.iter().map(|s| &s.operation).collect();
+    let (n, m) = (was.len(), now.len());
+    // lcs[i][j]: the longest common subsequence of was[i..] and now[j..].
+    let mut lcs = vec![vec![0usize; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] = if was[i] == &now[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let mut out = vec![Previous::NewStep; m];
+    let (mut i, mut j) = (0, 0);
+    // Unmatched steps since the last pair, old and new.
+    let (mut gap_old, mut gap_now) = (Vec::new(), Vec::new());
+    let close_gap = |gap_old: &mut Vec<usize>, gap_now: &mut Vec<usize>, out: &mut [Previous]| {
+        for (o, k) in gap_old.drain(..).zip(gap_now.iter()) {
+            out[*k] = Previous::Was(old.steps[o].clone());
+        }
+        gap_now.clear();
+    };
+    while i < n || j < m {
+        if i < n && j < m && was[i] == &now[j] {
+            close_gap(&mut gap_old, &mut gap_now, &mut out);
+            out[j] = Previous::Was(old.steps[i].clone());
+            i += 1;
+            j += 1;
+        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            gap_now.push(j);
+            j += 1;
+        } else {
+            gap_old.push(i);
+            i += 1;
+        }
+    }
+    close_gap(&mut gap_old, &mut gap_now, &mut out);
+    out
+}
+
+/// Why a step with these inputs ran, compared with what it was last time.
+pub(crate) fn explain(store: &Store, previous: &Previous, inputs: &StepInputs) -> String {
+    let last = match previous {
+        Previous::FirstBuild => return "not in the cache (first build of this step)".to_owned(),
+        Previous::NewStep => return "new step".to_owned(),
+        Previous::Was(last) => last,
     };
     if last.key == inputs.key() {
         return "its cached result is gone (pruned, or evicted by the size limit)".to_owned();

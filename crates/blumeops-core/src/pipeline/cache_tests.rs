@@ -304,3 +304,90 @@ fn zstd_layers_are_deterministic_and_usable_by_later_steps() {
         one.image.layers
     );
 }
+
+/// The reason of every step that ran, by description (without its details in brackets).
+fn reasons(log: &Arc<Mutex<Log>>) -> Vec<(String, String)> {
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    log.steps
+        .into_iter()
+        .filter_map(|(d, s)| {
+            let short = d.split(" (").next().unwrap_or_default().to_owned();
+            ran(&s).map(|r| (short, r.to_owned()))
+        })
+        .collect()
+}
+
+/// Reasons compare a step with the same step of the same stage of the same container:
+/// another container on the same base is a first build, an inserted step is new and the
+/// steps after it say their parent changed, a changed step says its definition changed,
+/// and a new stage is a first build. (File steps only: no sandbox needed.)
+#[test]
+fn reasons_compare_with_the_same_step_of_the_same_container_and_stage() {
+    let store = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let build = |name: &str, c: Container| {
+        let (e, log) = engine(store.path(), |o| o.container_name = name.to_owned());
+        rt.block_on(c.build(&e)).unwrap();
+        reasons(&log)
+    };
+    let file = |c: Container, p: &str, body: &str| c.with_new_file(p, body, 0o644);
+    let first = "not in the cache (first build of this step)";
+
+    let one = file(file(Container::scratch(), "/a", "a"), "/b", "b");
+    assert_eq!(
+        build("one", one),
+        [
+            ("with_new_file /a".to_owned(), first.to_owned()),
+            ("with_new_file /b".to_owned(), first.to_owned())
+        ]
+    );
+    // Same base, same kinds of steps, another container: its own first build.
+    let two = file(Container::scratch(), "/x", "x");
+    assert_eq!(
+        build("two", two),
+        [("with_new_file /x".to_owned(), first.to_owned())]
+    );
+    // A step inserted between /a and /b.
+    let inserted = file(
+        file(file(Container::scratch(), "/a", "a"), "/new", "n"),
+        "/b",
+        "b",
+    );
+    assert_eq!(
+        build("one", inserted),
+        [
+            ("with_new_file /new".to_owned(), "new step".to_owned()),
+            (
+                "with_new_file /b".to_owned(),
+                "an earlier step's result changed".to_owned()
+            )
+        ]
+    );
+    // /b's contents changed (compared with the build just before, which had /new).
+    let changed = file(
+        file(file(Container::scratch(), "/a", "a"), "/new", "n"),
+        "/b",
+        "B",
+    );
+    assert_eq!(
+        build("one", changed.clone()),
+        [(
+            "with_new_file /b".to_owned(),
+            "the step's definition changed".to_owned()
+        )]
+    );
+    // A stage added (copied from): its steps are a first build; the final stage's copy is
+    // a new step and what follows it is cached.
+    let tool = file(Container::scratch(), "/tool", "t");
+    let with_stage = changed.with_file_from("/tool", &tool, "/tool", CopyOptions::default());
+    assert_eq!(
+        build("one", with_stage),
+        [
+            ("with_new_file /tool".to_owned(), first.to_owned()),
+            (
+                "with_file /tool from another container's /tool".to_owned(),
+                "new step".to_owned()
+            ),
+        ]
+    );
+}

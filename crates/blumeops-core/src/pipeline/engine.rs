@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::executor::StepExecutor;
 use crate::image::{ImageConfig, StoredImage};
 use crate::layer::Compression;
-use crate::reference::{ImageRef, Platform};
+use crate::reference::{Digest, ImageRef, Platform};
 use crate::registry::{ClientOptions, PushReport, RegistryClient};
 use crate::store::Store;
 
@@ -23,10 +23,14 @@ pub type ProgressFn = Arc<dyn Fn(&Event) + Send + Sync>;
 pub enum Event {
     /// A step started.
     StepStarted {
-        /// 1-based step number.
+        /// 1-based step number, as `Container::plan` numbers it.
         index: usize,
         /// Number of steps.
         total: usize,
+        /// The stage's number in the plan.
+        stage: usize,
+        /// The stage as the live view names it: `stage 2 (from golang:1.22)`.
+        stage_name: String,
         /// What the step does.
         description: String,
     },
@@ -49,6 +53,19 @@ pub enum Event {
         stderr: bool,
         /// The line, without its newline.
         line: String,
+    },
+    /// A base image was pulled (blobs the store had already are not downloaded again).
+    Pulled {
+        /// The step that pulled it.
+        index: usize,
+        /// The image as written.
+        reference: String,
+        /// The manifest's digest.
+        digest: Digest,
+        /// Blobs downloaded.
+        blobs_fetched: u64,
+        /// Bytes downloaded.
+        bytes_fetched: u64,
     },
     /// The push to a registry started.
     PushStarted {
@@ -89,6 +106,9 @@ pub struct EngineOptions {
     /// Most processes a command step may have at once, where a pids cgroup can be made
     /// (default [`crate::sandbox::DEFAULT_PIDS_MAX`]; `None`: no limit).
     pub step_pids_max: Option<u64>,
+    /// The name a build's step history is kept under (the container's name): a step that
+    /// runs again is compared with the same step of the last build of the same name.
+    pub container_name: String,
 }
 
 /// Default for [`EngineOptions::jobs`]: the number of cores.
@@ -110,6 +130,7 @@ impl EngineOptions {
             jobs: default_jobs(),
             executor: crate::executor::for_this_process(),
             step_pids_max: Some(crate::sandbox::DEFAULT_PIDS_MAX),
+            container_name: String::new(),
         }
     }
 }
@@ -128,6 +149,7 @@ pub struct Engine {
     /// Runs the steps that run commands.
     pub(super) executor: Arc<dyn StepExecutor>,
     pub(super) step_pids_max: Option<u64>,
+    pub(super) container_name: String,
 }
 
 impl fmt::Debug for Engine {
@@ -155,6 +177,7 @@ impl Engine {
             jobs: options.jobs.max(1),
             executor: options.executor,
             step_pids_max: options.step_pids_max,
+            container_name: options.container_name,
         })
     }
 

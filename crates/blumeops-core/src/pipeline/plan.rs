@@ -211,6 +211,21 @@ fn copy_source(op: &Op) -> Option<&Container> {
     }
 }
 
+/// How the solver walks one stage: the nodes the plan's numbers belong to.
+pub(super) struct StageLayout {
+    /// The node the stage ends with.
+    pub(super) tip: Arc<Node>,
+    /// The stage it starts from, if any (its tip node).
+    pub(super) base: Option<Arc<Node>>,
+    /// The stage's own nodes in order, each with its step number.
+    pub(super) own: Vec<(Arc<Node>, usize)>,
+    /// What the stage is called in progress output: `stage 2 (from golang:1.22)`.
+    pub(super) name: String,
+    /// Names the stage in the build history independently of its number (see
+    /// [`Planner::history_keys`]).
+    pub(super) history_key: String,
+}
+
 /// Walks the graph once to find stage boundaries, then numbers stages depth-first.
 struct Planner {
     /// Nodes that end a stage: the planned container, copy sources, fork points.
@@ -218,10 +233,34 @@ struct Planner {
     /// Stage number given to each boundary node.
     ids: HashMap<usize, usize>,
     stages: Vec<PlanStage>,
+    layouts: Vec<StageLayout>,
     next_step: usize,
 }
 
 impl Planner {
+    /// Give each stage a name for the build history, so the step reasons compare a stage
+    /// with the same stage of the last build: the final image's stage is `final`; another
+    /// is named by what it starts from (an image as written, scratch, or its base stage's
+    /// history key) and, among stages with the same start, its place in plan order. Adding
+    /// a stage moves no other stage's name, unless it has the same start and comes first.
+    fn history_keys(&mut self) {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let last = self.stages.len().saturating_sub(1);
+        if let Some(layout) = self.layouts.get_mut(last) {
+            layout.history_key = "final".to_owned();
+        }
+        for i in 0..last {
+            let start = match &self.stages[i].base {
+                PlanBase::Image(r) => format!("image {r}"),
+                PlanBase::Scratch => "scratch".to_owned(),
+                PlanBase::Stage(b) => format!("{{{}}}", self.layouts[b - 1].history_key),
+            };
+            let n = seen.entry(start.clone()).or_default();
+            *n += 1;
+            self.layouts[i].history_key = format!("{start} #{n}");
+        }
+    }
+
     /// Every node reachable from `top`: record copy sources and count each node's children.
     fn scan(top: &Container) -> HashSet<usize> {
         let mut boundaries = HashSet::from([key(&top.node)]);
@@ -283,7 +322,7 @@ impl Planner {
             .iter()
             .map(|n| copy_source(&n.op).map(|s| self.stage(&s.node)))
             .collect();
-        let steps = own
+        let steps: Vec<PlanStep> = own
             .iter()
             .zip(&sources)
             .map(|(n, copy_from)| {
@@ -299,6 +338,17 @@ impl Planner {
         copies_from.sort_unstable();
         copies_from.dedup();
         let id = self.stages.len() + 1;
+        self.layouts.push(StageLayout {
+            tip: tip.clone(),
+            base: base_node,
+            own: own
+                .iter()
+                .cloned()
+                .zip(steps.iter().map(|s| s.index))
+                .collect(),
+            name: format!("stage {id} (from {base})"),
+            history_key: String::new(),
+        });
         self.stages.push(PlanStage {
             id,
             base,
@@ -325,17 +375,27 @@ impl Container {
     /// assert_eq!(plan.stages[1].copies_from, [1]);
     /// ```
     pub fn plan(&self) -> Plan {
+        self.layout().0
+    }
+
+    /// The plan, and how the solver walks each of its stages (in the same order).
+    pub(super) fn layout(&self) -> (Plan, Vec<StageLayout>) {
         let mut planner = Planner {
             boundaries: Planner::scan(self),
             ids: HashMap::new(),
             stages: Vec::new(),
+            layouts: Vec::new(),
             next_step: 0,
         };
         planner.stage(&self.node);
-        Plan {
-            total_steps: planner.next_step,
-            stages: planner.stages,
-        }
+        planner.history_keys();
+        (
+            Plan {
+                total_steps: planner.next_step,
+                stages: planner.stages,
+            },
+            planner.layouts,
+        )
     }
 }
 

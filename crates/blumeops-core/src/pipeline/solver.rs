@@ -1,53 +1,39 @@
-//! The solver: walks a `Container`'s operation graph, keys every step, takes what it can
+//! The solver: walks a `Container`'s plan stage by stage, keys every step, takes what it can
 //! from the step cache and applies the rest (`apply`), stages concurrently.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use super::apply::{apply_op, run_root};
 use super::cache::{self, CacheStatus, StepInputs};
 use super::engine::{Engine, Event};
+use super::plan::StageLayout;
 use super::state::{State, push_layer, workdir_join};
-use super::{Container, Op};
+use super::{Container, Node, Op};
 use crate::error::Error;
 use crate::layer::LayerBuilder;
 use crate::reference::Digest;
-use crate::store::{CachedLayer, SlotRecord, StepRecord, Store};
+use crate::store::{CachedLayer, StageRecord, StepInputsRecord, StepRecord, Store};
 
-/// One evaluation: numbers steps across stages, evaluates each container once, and runs
-/// independent stages concurrently (at most `jobs` steps at a time).
+/// One evaluation: walks the stages of the container's plan (numbered as `plan` numbers
+/// them), evaluates each stage once, and runs independent stages concurrently (at most
+/// `jobs` steps at a time).
 pub(super) struct Run<'a> {
     engine: &'a Engine,
-    next_index: AtomicUsize,
     total: usize,
-    /// One cell per container node: a stage needed twice runs once, and a second caller
-    /// waits for the first.
-    cells: std::sync::Mutex<HashMap<usize, Arc<tokio::sync::OnceCell<State>>>>,
+    stages: Vec<StageLayout>,
+    /// Stage index (0-based) of each stage's tip node.
+    stage_of: HashMap<usize, usize>,
+    /// One cell per stage: a stage needed twice runs once, and a second caller waits for
+    /// the first.
+    cells: Vec<tokio::sync::OnceCell<State>>,
     /// One lock per step key: two stages that reach the same step at once run it once, the
     /// second finds the first's result in the cache.
     key_locks: std::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     jobs: tokio::sync::Semaphore,
-}
-
-/// Distinct operations reachable from `container` (its chain and every copied-from stage).
-fn count_ops(container: &Container, seen: &mut HashSet<usize>) -> usize {
-    let mut n = 0;
-    let mut node = Some(&container.node);
-    while let Some(nd) = node {
-        if !seen.insert(Arc::as_ptr(nd) as usize) {
-            break;
-        }
-        n += 1;
-        if let Some(source) = copy_source(&nd.op) {
-            n += count_ops(source, seen);
-        }
-        node = nd.parent.as_ref();
-    }
-    n
 }
 
 fn copy_source(op: &Op) -> Option<&Container> {
@@ -74,74 +60,125 @@ fn makes_layer(op: &Op) -> bool {
     )
 }
 
+fn node_key(node: &Arc<Node>) -> usize {
+    Arc::as_ptr(node) as usize
+}
+
 impl<'a> Run<'a> {
     pub(super) fn new(engine: &'a Engine, container: &Container) -> Self {
+        let (plan, stages) = container.layout();
+        let stage_of = stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (node_key(&s.tip), i))
+            .collect();
         Self {
             engine,
-            next_index: AtomicUsize::new(1),
-            total: count_ops(container, &mut HashSet::new()),
-            cells: std::sync::Mutex::new(HashMap::new()),
+            total: plan.total_steps,
+            cells: stages
+                .iter()
+                .map(|_| tokio::sync::OnceCell::new())
+                .collect(),
+            stages,
+            stage_of,
             key_locks: std::sync::Mutex::new(HashMap::new()),
             jobs: tokio::sync::Semaphore::new(engine.jobs),
         }
     }
 
-    /// Evaluate `container` (once per node, however many stages need it).
-    pub(super) fn evaluate<'b>(
-        &'b self,
-        container: &'b Container,
-    ) -> Pin<Box<dyn Future<Output = Result<State, Error>> + Send + 'b>> {
+    /// Evaluate `container` (a stage of the plan this run was made for).
+    pub(super) async fn evaluate(&self, container: &Container) -> Result<State, Error> {
+        self.evaluate_stage(self.stage_index(&container.node)).await
+    }
+
+    fn stage_index(&self, tip: &Arc<Node>) -> usize {
+        *self
+            .stage_of
+            .get(&node_key(tip))
+            .expect("every stage tip is in the plan")
+    }
+
+    /// Evaluate one stage (once, however many stages need it).
+    fn evaluate_stage(
+        &self,
+        index: usize,
+    ) -> Pin<Box<dyn Future<Output = Result<State, Error>> + Send + '_>> {
         Box::pin(async move {
-            let cell = {
-                let mut cells = self
-                    .cells
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                cells
-                    .entry(Arc::as_ptr(&container.node) as usize)
-                    .or_default()
-                    .clone()
-            };
-            cell.get_or_try_init(|| self.evaluate_chain(container))
+            self.cells[index]
+                .get_or_try_init(|| self.evaluate_chain(index))
                 .await
                 .cloned()
         })
     }
 
-    /// Run `container`'s steps in order while the stages it copies from are evaluated
-    /// concurrently; a copy step waits for its stage.
-    async fn evaluate_chain(&self, container: &Container) -> Result<State, Error> {
-        let mut sources: Vec<&Container> = Vec::new();
-        for op in container.ops() {
-            if let Some(source) = copy_source(op)
-                && !sources.iter().any(|s| Arc::ptr_eq(&s.node, &source.node))
-            {
-                sources.push(source);
+    /// Run a stage's own steps in order, on its base stage's result, while the stages it
+    /// copies from are evaluated concurrently; a copy step waits for its stage. When the
+    /// stage finishes, its steps' inputs are recorded for the next build's reasons.
+    async fn evaluate_chain(&self, index: usize) -> Result<State, Error> {
+        let layout = &self.stages[index];
+        let mut sources: Vec<usize> = Vec::new();
+        for (node, _) in &layout.own {
+            if let Some(source) = copy_source(&node.op) {
+                let s = self.stage_index(&source.node);
+                if !sources.contains(&s) {
+                    sources.push(s);
+                }
             }
         }
-        let stages = futures_util::future::try_join_all(sources.iter().map(|s| self.evaluate(s)));
+        let stages =
+            futures_util::future::try_join_all(sources.iter().map(|s| self.evaluate_stage(*s)));
+        let store = &self.engine.store;
+        let history = cache::stage_history(&self.engine.container_name, &layout.history_key);
+        let operations: Vec<Digest> = layout
+            .own
+            .iter()
+            .map(|(n, _)| cache::operation(&n.op))
+            .collect();
+        let previous = cache::align(store.stage_record(&history).as_ref(), &operations);
         let chain = async {
-            let mut state: Option<State> = None;
-            for op in container.ops() {
-                let source_state = match copy_source(op) {
+            let mut state: Option<State> = match &layout.base {
+                Some(base) => Some(self.evaluate_stage(self.stage_index(base)).await?),
+                None => None,
+            };
+            let mut records = Vec::with_capacity(layout.own.len());
+            for (((node, step), previous), operation) in
+                layout.own.iter().zip(&previous).zip(operations)
+            {
+                let source_state = match copy_source(&node.op) {
                     Some(source) => Some(self.evaluate(source).await?),
                     None => None,
                 };
-                self.step(op, &mut state, source_state.as_ref()).await?;
+                let at = At {
+                    index: *step,
+                    stage: index + 1,
+                    stage_name: &layout.name,
+                    previous,
+                };
+                let (key, inputs) = self
+                    .step(&node.op, at, &mut state, source_state.as_ref())
+                    .await?;
+                records.push(StepInputsRecord {
+                    operation,
+                    key,
+                    inputs,
+                });
             }
-            Ok(state.expect("a container always starts with from or scratch"))
+            store.put_stage_record(&history, &StageRecord::new(records))?;
+            Ok(state.expect("a stage always starts with from, scratch or its base stage"))
         };
         let (_, state) = futures_util::future::try_join(stages, chain).await?;
         Ok(state)
     }
 
-    /// Run (or take from the cache) one step, with its progress events.
+    /// Run (or take from the cache) one step, with its progress events; the step's key and
+    /// named inputs.
     async fn step(
         &self,
         op: &Op,
+        at: At<'_>,
         state: &mut Option<State>,
         source: Option<&State>,
-    ) -> Result<(), Error> {
+    ) -> Result<(Digest, Vec<(String, Digest)>), Error> {
         let engine = self.engine;
         // Steps that do work wait for a job slot before they count as started.
         let _permit = if makes_layer(op) || matches!(op, Op::From(_)) {
@@ -149,16 +186,18 @@ impl<'a> Run<'a> {
         } else {
             None
         };
-        let index = self.next_index.fetch_add(1, Ordering::SeqCst);
+        let index = at.index;
         let description = op.describe();
         engine.emit(Event::StepStarted {
             index,
             total: self.total,
+            stage: at.stage,
+            stage_name: at.stage_name.to_owned(),
             description: description.clone(),
         });
         let started = Instant::now();
-        let (detail, cache) = self
-            .step_inner(op, state, &description, index, source)
+        let (detail, cache, record) = self
+            .step_inner(op, state, &description, index, source, at.previous)
             .await
             .map_err(|source| Error::Step {
                 index,
@@ -171,7 +210,7 @@ impl<'a> Run<'a> {
             detail,
             cache,
         });
-        Ok(())
+        Ok(record)
     }
 
     async fn step_inner(
@@ -181,19 +220,24 @@ impl<'a> Run<'a> {
         description: &str,
         index: usize,
         source: Option<&State>,
-    ) -> Result<(Option<String>, CacheStatus), Error> {
+        previous: &cache::Previous,
+    ) -> Result<StepOutcome, Error> {
         let engine = self.engine;
         let Some(st) = state.as_mut() else {
-            let detail = run_root(engine, op, state).await?;
-            return Ok((detail, CacheStatus::Config));
+            let detail = run_root(engine, op, state, index).await?;
+            let key = state
+                .as_ref()
+                .expect("a root step sets the state")
+                .key
+                .clone();
+            return Ok((detail, CacheStatus::Config, (key, Vec::new())));
         };
-        let slot = cache::slot(Some(&st.slot), op);
         let mut inputs = StepInputs::new(&st.key, cache::operation(op));
         if !makes_layer(op) {
             let detail = apply_op(engine, op, st, &op.history(), index, source).await?;
-            st.key = cache::state_after(&inputs.key(), None);
-            st.slot = slot;
-            return Ok((detail, CacheStatus::Config));
+            let key = inputs.key();
+            st.key = cache::state_after(&key, None);
+            return Ok((detail, CacheStatus::Config, (key, inputs.parts)));
         }
 
         inputs = inputs.with(
@@ -231,13 +275,13 @@ impl<'a> Run<'a> {
             && let Some(record) = store.step_record(&key)
         {
             let detail = apply_cached(engine, op, st, &key, &record, &op.history());
-            finish_step(store, st, &key, slot, &inputs, record.layer.as_ref())?;
-            return Ok((detail, CacheStatus::Hit));
+            finish_step(store, st, &key, &inputs, record.layer.as_ref())?;
+            return Ok((detail, CacheStatus::Hit, (key, inputs.parts)));
         }
         let reason = if !cacheable {
             "always runs: no checksum pins the download".to_owned()
         } else {
-            busted.unwrap_or_else(|| cache::explain(store, &slot, &inputs))
+            busted.unwrap_or_else(|| cache::explain(store, previous, &inputs))
         };
 
         let layers_before = st.layers.len();
@@ -264,17 +308,27 @@ impl<'a> Run<'a> {
             // The record goes last: it names a blob already in the store.
             store.put_step_record(&key, &StepRecord::new(layer.clone()))?;
         }
-        finish_step(store, st, &key, slot, &inputs, layer.as_ref())?;
-        Ok((detail, CacheStatus::Ran { reason }))
+        finish_step(store, st, &key, &inputs, layer.as_ref())?;
+        Ok((detail, CacheStatus::Ran { reason }, (key, inputs.parts)))
     }
 }
 
-/// After a step: the state's new key and slot, and what the slot's inputs were.
+/// Where a step is: its number, its stage, and what it was in the last build.
+struct At<'r> {
+    index: usize,
+    stage: usize,
+    stage_name: &'r str,
+    previous: &'r cache::Previous,
+}
+
+/// What a step shows when it finishes (detail, cache status) and its key and inputs.
+type StepOutcome = (Option<String>, CacheStatus, (Digest, Vec<(String, Digest)>));
+
+/// After a step: the state's new key, and the host copy's per-file digests.
 fn finish_step(
     store: &Store,
     st: &mut State,
     key: &Digest,
-    slot: Digest,
     inputs: &StepInputs,
     layer: Option<&CachedLayer>,
 ) -> Result<(), Error> {
@@ -284,9 +338,7 @@ fn finish_step(
     ) {
         store.put_file_digests(digest, files)?;
     }
-    store.put_slot_record(&slot, &SlotRecord::new(key.clone(), inputs.parts.clone()))?;
     st.key = cache::state_after(key, layer.map(|l| &l.diff_id));
-    st.slot = slot;
     Ok(())
 }
 

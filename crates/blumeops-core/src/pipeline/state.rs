@@ -3,8 +3,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::Op;
-use super::cache;
 use super::engine::{BuiltImage, Engine};
 use super::exec::{CacheVolume, SecretVariable};
 use crate::epoch;
@@ -29,12 +27,10 @@ pub(super) struct State {
     pub(super) last_stdout: Option<PathBuf>,
     /// The step cache's key for this state: what produced it, and the layers it has.
     pub(super) key: Digest,
-    /// Where in the pipeline this state is (see [`cache::slot`]).
-    pub(super) slot: Digest,
 }
 
 impl State {
-    pub(super) fn root(config: ImageConfig, layers: Vec<BlobRef>, key: Digest, op: &Op) -> Self {
+    pub(super) fn root(config: ImageConfig, layers: Vec<BlobRef>, key: Digest) -> Self {
         Self {
             config,
             layers,
@@ -43,7 +39,6 @@ impl State {
             mounts: Vec::new(),
             last_stdout: None,
             key,
-            slot: cache::slot(None, op),
         }
     }
 }

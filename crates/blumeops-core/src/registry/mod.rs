@@ -135,6 +135,10 @@ pub struct PulledImage {
     pub image: StoredImage,
     /// The parsed config.
     pub config: oci_spec::image::ImageConfiguration,
+    /// How many blobs were downloaded (the others were in the store already).
+    pub blobs_fetched: u64,
+    /// Their bytes.
+    pub bytes_fetched: u64,
 }
 
 /// A registry client. Clone-cheap; auth state is shared.

@@ -116,11 +116,15 @@ impl RegistryClient {
             .cloned()
             .collect();
         let repo_ref = &repo;
-        futures_util::stream::iter(wanted)
+        let fetched = futures_util::stream::iter(wanted)
             .map(|blob| async move { self.fetch_blob(repo_ref, &blob, store).await })
             .buffer_unordered(self.options.max_parallel_downloads.max(1))
-            .try_collect::<Vec<()>>()
+            .try_collect::<Vec<u64>>()
             .await?;
+        let (blobs_fetched, bytes_fetched) = fetched
+            .iter()
+            .filter(|b| **b > 0)
+            .fold((0, 0), |(n, sum), b| (n + 1, sum + b));
 
         let config_store = store.clone();
         let config_digest = config.digest.clone();
@@ -139,6 +143,8 @@ impl RegistryClient {
                 layers,
             },
             config: parsed_config,
+            blobs_fetched,
+            bytes_fetched,
         })
     }
 
@@ -246,9 +252,10 @@ impl RegistryClient {
     }
 
     /// Stream one blob into the store unless it is there already.
-    async fn fetch_blob(&self, repo: &Repo, blob: &BlobRef, store: &Store) -> Result<(), Error> {
+    /// Download a blob unless the store has it; the bytes downloaded (0 if it had it).
+    async fn fetch_blob(&self, repo: &Repo, blob: &BlobRef, store: &Store) -> Result<u64, Error> {
         if store.has_blob(&blob.digest) {
-            return Ok(());
+            return Ok(0);
         }
         let target = blob.digest.to_string();
         let url = repo.url(&format!("v2/{}/blobs/{}", repo.repository, blob.digest))?;
@@ -261,7 +268,8 @@ impl RegistryClient {
         };
         let extra = Duration::from_secs(blob.size / super::UPLOAD_MIN_BYTES_PER_SEC);
         self.retrying(&call, extra, || self.fetch_blob_once(&call, blob, store))
-            .await
+            .await?;
+        Ok(blob.size)
     }
 
     /// One attempt at downloading a blob into the store.

@@ -74,7 +74,7 @@ const EVICTABLE: [&str; 8] = [
     "volumes",
     "logs",
     "steps/keys",
-    "steps/slots",
+    "steps/stages",
     "steps/files",
     "steps/stat",
 ];
@@ -223,7 +223,7 @@ impl Store {
     fn prune_records(&self, age: Option<Duration>) -> Result<(u64, u64), Error> {
         let (mut removed, mut bytes) = (0, 0);
         let now = SystemTime::now();
-        for part in ["keys", "slots", "files", "stat"] {
+        for part in ["keys", "stages", "files", "stat"] {
             for path in children(&self.steps_dir().join(part))? {
                 let meta = match fs::metadata(&path) {
                     Ok(m) => m,

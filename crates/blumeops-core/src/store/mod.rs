@@ -19,7 +19,7 @@ mod steps;
 mod unpacked;
 
 pub use manage::{PrunePolicy, PruneReport, StoreLock, Usage, parse_age, parse_size};
-pub use steps::{CachedLayer, FileDigestTable, SlotRecord, StepRecord};
+pub use steps::{CachedLayer, FileDigestTable, StageRecord, StepInputsRecord, StepRecord};
 
 pub(crate) use unpacked::force_remove_dir;
 

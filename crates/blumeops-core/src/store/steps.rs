@@ -4,8 +4,9 @@
 //! - `steps/keys/<key hex>.json`: a [`StepRecord`] (the layer a step made, if any), written
 //!   only after the layer's blob is in the store;
 //! - `steps/keys/<key hex>.stdout`: the step's standard output, for `Container::stdout`;
-//! - `steps/slots/<slot hex>.json`: a [`SlotRecord`], the inputs a step at this place in a
-//!   pipeline last had, to say which input changed when it runs again;
+//! - `steps/stages/<hex>.json`: a [`StageRecord`], the steps one stage of one container
+//!   last had with their inputs (by a hash of the container's name and the stage's history
+//!   key), to say which input changed when a step runs again;
 //! - `steps/files/<fingerprint hex>.json`: the per-file digests of a host copy, by the
 //!   copy's fingerprint (content-addressed, written once);
 //! - `steps/stat/<hash of a host copy's source path>.json`: the sha256 of each of its files
@@ -62,11 +63,20 @@ impl CachedLayer {
     }
 }
 
-/// The named inputs a step last had at one place in a pipeline.
+/// The steps of one stage of a container as it was last built.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlotRecord {
+pub struct StageRecord {
     /// Format version.
     pub version: u32,
+    /// The stage's steps in order.
+    pub steps: Vec<StepInputsRecord>,
+}
+
+/// One step of a [`StageRecord`]: what it did and the named inputs it had.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepInputsRecord {
+    /// Digest of the operation with its arguments (not its inputs).
+    pub operation: Digest,
     /// The step key those inputs gave.
     pub key: Digest,
     /// Input name and digest, in key order.
@@ -83,13 +93,12 @@ impl StepRecord {
     }
 }
 
-impl SlotRecord {
-    /// A slot record for `key` with `inputs`.
-    pub fn new(key: Digest, inputs: Vec<(String, Digest)>) -> Self {
+impl StageRecord {
+    /// A record of these steps.
+    pub fn new(steps: Vec<StepInputsRecord>) -> Self {
         Self {
             version: RECORD_VERSION,
-            key,
-            inputs,
+            steps,
         }
     }
 }
@@ -152,24 +161,23 @@ impl Store {
         self.rename_into(&tmp, &dest)
     }
 
-    /// The inputs last recorded for the step at `slot`.
-    pub fn slot_record(&self, slot: &Digest) -> Option<SlotRecord> {
-        let record: SlotRecord = read_json(
-            &self
-                .steps_dir()
-                .join("slots")
-                .join(format!("{}.json", slot.hex())),
-        )?;
+    fn stage_path(&self, stage: &Digest) -> PathBuf {
+        self.steps_dir()
+            .join("stages")
+            .join(format!("{}.json", stage.hex()))
+    }
+
+    /// The steps last recorded for `stage` (a hash of the container and the stage).
+    pub fn stage_record(&self, stage: &Digest) -> Option<StageRecord> {
+        let path = self.stage_path(stage);
+        let record: StageRecord = read_json(&path)?;
+        self.touch(&path);
         (record.version == RECORD_VERSION).then_some(record)
     }
 
-    /// Record the inputs of the step at `slot`.
-    pub fn put_slot_record(&self, slot: &Digest, record: &SlotRecord) -> Result<(), Error> {
-        let path = self
-            .steps_dir()
-            .join("slots")
-            .join(format!("{}.json", slot.hex()));
-        self.write_json(&path, record)
+    /// Record the steps of `stage` as this build had them.
+    pub fn put_stage_record(&self, stage: &Digest, record: &StageRecord) -> Result<(), Error> {
+        self.write_json(&self.stage_path(stage), record)
     }
 
     /// The per-file digests saved for a host copy with fingerprint `digest`.

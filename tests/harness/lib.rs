@@ -9,6 +9,7 @@
 //! - [`tools`]: skopeo/umoci wrappers for checking results independently of blumeops.
 //! - [`users`]: non-root users (with and without subordinate ids) for rootless tests;
 //! - [`dockerd`]: a Docker daemon (and a Debian job image) for the docker executor's tests;
+//! - [`pty`]: running `blumeops` on a pseudo-terminal and reading its screen;
 //! - [`cli`]: running the `blumeops` binary (build it first: `cargo build -p blumeops-cli`,
 //!   or point `BLUMEOPS_BIN` at it).
 //!
@@ -22,6 +23,7 @@ pub mod dockerd;
 pub mod fault_proxy;
 mod http_server;
 pub mod parity;
+pub mod pty;
 mod registry;
 pub mod tls_registry;
 pub mod token_auth;

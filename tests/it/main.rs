@@ -7,6 +7,7 @@ mod docker_executor;
 mod dockerfile_parity;
 mod harness;
 mod hostile;
+mod live_view;
 mod push_archive;
 mod registry_client;
 mod resilience;

@@ -162,7 +162,7 @@ pub struct BuildFlags {
     /// Retries of failing registry requests.
     #[command(flatten)]
     pub retry: RetryFlags,
-    /// Progress display: a live view on a terminal, or plain lines.
+    /// Progress display: a live view on a terminal, plain lines, or JSON lines.
     #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
     pub progress: ProgressArg,
     /// Run every step, ignoring the step cache (results are still cached for next time).
@@ -221,10 +221,13 @@ pub enum CompressionArg {
 pub enum ProgressArg {
     /// `tty` when stderr is a terminal, `CI` is unset and `TERM` is not `dumb`; else `plain`.
     Auto,
-    /// A live view: one line per running step with its elapsed time and last output line.
+    /// A live view: each running step with its elapsed time and the last lines of its output
+    /// (`BLUMEOPS_PROGRESS_LINES`, default 6), finished steps collapsed to one line.
     Tty,
     /// One line per event, no terminal escape sequences (for logs and CI).
     Plain,
+    /// One JSON object per line, for tools (schema in the README).
+    Json,
 }
 
 /// `publish` flags.

@@ -17,7 +17,7 @@ pub async fn run(args: BuildArgs) -> Result<ExitCode> {
     let built = match prepared.container.export(&prepared.engine, &target).await {
         Ok(built) => built,
         Err(err) => {
-            prepared.progress.fail();
+            prepared.progress.fail(&format!("{err:#}"));
             return Err(err).with_context(|| format!("failed to build {}", args.output));
         }
     };

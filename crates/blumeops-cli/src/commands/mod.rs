@@ -102,6 +102,7 @@ pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
     registry.retry = flags.retry.policy();
     let store = Store::open_default().map_err(blumeops_core::Error::from)?;
     let progress = progress::Progress::new(progress::Mode::resolve(flags.progress));
+    progress.exit_on_interrupt();
     let engine = Engine::new(EngineOptions {
         registry,
         platform,
@@ -117,6 +118,7 @@ pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
             CompressionArg::Zstd => Compression::Zstd,
         },
         step_pids_max: (flags.step_pids_max > 0).then_some(flags.step_pids_max),
+        container_name: flags.container_name.clone(),
         ..EngineOptions::new(store)
     })?;
 

@@ -25,7 +25,7 @@ pub async fn run(args: PublishArgs) -> Result<ExitCode> {
     {
         Ok(published) => published,
         Err(err) => {
-            prepared.progress.fail();
+            prepared.progress.fail(&format!("{err:#}"));
             return Err(err).with_context(|| format!("failed to publish {target}"));
         }
     };

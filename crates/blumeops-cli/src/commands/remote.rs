@@ -159,10 +159,6 @@ impl Remote {
             .map_err(blumeops_core::Error::from)?
             .into();
 
-        let progress = match progress::Mode::resolve(flags.progress) {
-            progress::Mode::Tty => "tty",
-            progress::Mode::Plain => "plain",
-        };
         let mut args: Vec<String> = vec!["--executor".into(), "root".into(), command.into()];
         let mut flag = |name: &str, value: &str| {
             args.push(format!("--{name}"));
@@ -188,7 +184,8 @@ impl Remote {
         }
         flag("retries", &flags.retry.retries.to_string());
         flag("retry-max-time", &flags.retry.retry_max_time.to_string());
-        flag("progress", progress);
+        // The engine reports events as JSON lines; the client shows them in its own mode.
+        flag("progress", progress::Mode::Json.arg());
         for step in &flags.no_cache_steps {
             flag("no-cache-step", step);
         }
@@ -264,12 +261,21 @@ impl Remote {
             context: self.context,
             fetch: self.fetch,
         };
+        // The engine's events come as JSON lines on its stderr: shown here in this
+        // display's mode; any other line passes through.
+        let display = progress::Progress::new(progress::Mode::resolve(flags.progress));
+        let mut result = None;
+        let mut pending = Vec::new();
         let mut stdout = Vec::new();
         let mut output = |stderr: bool, bytes: &[u8]| {
             if stderr {
-                let mut e = std::io::stderr().lock();
-                let _ = e.write_all(bytes);
-                let _ = e.flush();
+                pending.extend_from_slice(bytes);
+                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    if let Some(r) = display.engine_line(&String::from_utf8_lossy(&line)) {
+                        result = Some(r);
+                    }
+                }
             } else {
                 stdout.extend_from_slice(bytes);
                 if show_stdout {
@@ -285,17 +291,39 @@ impl Remote {
         let outcome = tokio::select! {
             r = session::run(request, &mut output) => r,
             _ = tokio::signal::ctrl_c() => {
+                display.interrupted();
                 eprintln!("interrupted: stopping the engine container {name}");
                 session::remove(&client, &name).await;
                 return Ok((130, String::new()));
             }
             _ = terminate.recv() => {
+                display.interrupted();
                 eprintln!("terminated: stopping the engine container {name}");
                 session::remove(&client, &name).await;
                 return Ok((143, String::new()));
             }
         };
-        let code = outcome.map_err(core)?;
+        if !pending.is_empty() {
+            display.engine_line(&String::from_utf8_lossy(&pending));
+        }
+        let code = match outcome {
+            Ok(code) => code,
+            Err(e) => {
+                display.fail(&e.to_string());
+                return Err(core(e).into());
+            }
+        };
+        match result {
+            Some(progress::EngineResult {
+                ok: true, digest, ..
+            }) if code == 0 => {
+                let digest = digest.and_then(|d| d.parse::<blumeops_core::Digest>().ok());
+                display.finish(digest.as_ref());
+            }
+            Some(progress::EngineResult { error, .. }) => display
+                .fail(&error.unwrap_or_else(|| format!("the engine exited with code {code}"))),
+            None => display.fail(&format!("the engine exited with code {code}")),
+        }
         Ok((code, String::from_utf8_lossy(&stdout).into_owned()))
     }
 }

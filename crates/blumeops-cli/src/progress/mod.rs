@@ -1,13 +1,19 @@
-//! Progress on stderr: a live view on a terminal (`tty`), or plain lines (`plain`) that carry
-//! no terminal escape sequences, for logs and CI.
+//! Progress on stderr, in one of three modes:
 //!
-//! - plain: `[N/M] description` when a step starts, `[N]  line` / `[N]! line` for each line
-//!   of its stdout / stderr, `[N] done in 1.23s: detail` when it produced something, the
-//!   push lines, and a summary.
-//! - tty: finished steps scroll up as `done [N/M] description (1.2s)`; below them one line
-//!   per running step with its elapsed time and last output line, redrawn in place; a
-//!   summary at the end. When a step fails, its buffered output tail is printed as plain
-//!   lines. Every line of output is also in the step's log file (written by the sandbox).
+//! - `tty`: finished steps scroll up as one line each (`cached [2/9] …`); below them each
+//!   running step with its elapsed time and the last lines of its output, grouped under
+//!   stage names when several stages run, redrawn in place ([`view`]); a summary at the
+//!   end. When a step fails, its buffered output tail is printed as plain lines.
+//! - `plain`: `[N/M] description` when a step starts, `[N]  line` / `[N]! line` for each
+//!   line of its stdout / stderr, `[N] ran in 1.23s: detail [reason]` when it finishes, the
+//!   pull and push lines, and the summary. No terminal escape sequences.
+//! - `json`: one object per line ([`json`]).
+//!
+//! Every line of a step's output is also in the step's log file (written by the sandbox).
+
+mod json;
+mod text;
+mod view;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{IsTerminal as _, Write};
@@ -17,11 +23,18 @@ use std::time::{Duration, Instant};
 use blumeops_core::{CacheStatus, Digest, Event, ProgressFn, TAIL_LINES};
 
 use crate::cli::ProgressArg;
+pub use text::sanitize;
+use view::{Colors, Running, Screen};
 
-/// How the live view is redrawn while nothing happens (elapsed times tick).
+/// How the live view is redrawn while nothing happens (elapsed times tick, a resized
+/// terminal is measured again).
 const TICK: Duration = Duration::from_millis(200);
-/// Width assumed when the terminal does not say.
-const DEFAULT_WIDTH: usize = 100;
+/// Width and height assumed when the terminal does not say.
+const DEFAULT_SIZE: (usize, usize) = (100, 40);
+/// Output lines under each running step, unless `BLUMEOPS_PROGRESS_LINES` says otherwise.
+const DEFAULT_TAIL_LINES: usize = 6;
+/// The variable that sets how many output lines the live view shows per step.
+pub const TAIL_LINES_VAR: &str = "BLUMEOPS_PROGRESS_LINES";
 
 /// The resolved display mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +43,8 @@ pub enum Mode {
     Tty,
     /// Line by line, no escape sequences.
     Plain,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Mode {
@@ -48,32 +63,55 @@ impl Mode {
         match arg {
             ProgressArg::Tty => Self::Tty,
             ProgressArg::Plain => Self::Plain,
+            ProgressArg::Json => Self::Json,
             ProgressArg::Auto if terminal && !ci && !dumb => Self::Tty,
             ProgressArg::Auto => Self::Plain,
         }
     }
+
+    /// The `--progress` value that asks for this mode.
+    pub fn arg(self) -> &'static str {
+        match self {
+            Self::Tty => "tty",
+            Self::Plain => "plain",
+            Self::Json => "json",
+        }
+    }
 }
 
-/// One running step, as the live view shows it.
-struct Running {
-    total: usize,
-    description: String,
-    started: Instant,
-    /// Last lines of output (stream is stderr, line), for the failure report.
-    tail: VecDeque<(bool, String)>,
+/// Totals for the summary.
+#[derive(Default)]
+struct Totals {
+    steps: usize,
+    ran: usize,
+    cached: usize,
+    blobs_pulled: u64,
+    bytes_pulled: u64,
+    blobs_pushed: usize,
+    blobs_present: usize,
+    bytes_pushed: u64,
+    /// From the first step's start to the last step's end.
+    build: Option<(Instant, Instant)>,
+    push: Duration,
+    /// Whether steps of more than one stage were seen.
+    stages: Option<usize>,
+    several_stages: bool,
 }
+
+/// How the terminal's size is learned (measured on every redraw, so a resize shows).
+type SizeFn = Box<dyn Fn() -> (usize, usize) + Send>;
 
 struct State {
     mode: Mode,
     out: Box<dyn Write + Send>,
+    size: SizeFn,
+    colors: Colors,
+    tail_lines: usize,
     started: Instant,
-    steps_done: usize,
-    /// Steps that ran (not taken from the step cache).
-    steps_ran: usize,
+    totals: Totals,
     running: BTreeMap<usize, Running>,
     /// Live lines currently on screen below the scrolled output.
     drawn: usize,
-    width: usize,
     finished: bool,
 }
 
@@ -87,24 +125,43 @@ pub struct Progress {
 impl Progress {
     /// A display writing to stderr.
     pub fn new(mode: Mode) -> Self {
-        let progress = Self::with_writer(mode, Box::new(std::io::stderr()), terminal_width());
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let dumb = std::env::var("TERM").is_ok_and(|t| t == "dumb");
+        let tail_lines = std::env::var(TAIL_LINES_VAR)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_TAIL_LINES);
+        let progress = Self::with_writer(
+            mode,
+            Box::new(std::io::stderr()),
+            Box::new(terminal_size),
+            Colors(mode == Mode::Tty && !no_color && !dumb),
+            tail_lines,
+        );
         if mode == Mode::Tty {
             progress.start_ticker();
         }
         progress
     }
 
-    fn with_writer(mode: Mode, out: Box<dyn Write + Send>, width: usize) -> Self {
+    fn with_writer(
+        mode: Mode,
+        out: Box<dyn Write + Send>,
+        size: SizeFn,
+        colors: Colors,
+        tail_lines: usize,
+    ) -> Self {
         Self {
             state: Arc::new(Mutex::new(State {
                 mode,
                 out,
+                size,
+                colors,
+                tail_lines,
                 started: Instant::now(),
-                steps_done: 0,
-                steps_ran: 0,
+                totals: Totals::default(),
                 running: BTreeMap::new(),
                 drawn: 0,
-                width,
                 finished: false,
             })),
         }
@@ -133,6 +190,18 @@ impl Progress {
         });
     }
 
+    /// On Ctrl-C: clear the live view, say so, and exit 130 (the live view never leaves a
+    /// half-drawn screen). For commands that have nothing else to clean up.
+    pub fn exit_on_interrupt(&self) {
+        let progress = self.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                progress.interrupted();
+                std::process::exit(130);
+            }
+        });
+    }
+
     /// The callback for `EngineOptions::progress`.
     pub fn callback(&self) -> ProgressFn {
         let progress = self.clone();
@@ -144,15 +213,16 @@ impl Progress {
         if state.finished {
             return;
         }
-        if let Event::StepFinished { cache, .. } = event {
-            state.steps_done += 1;
-            if let CacheStatus::Ran { .. } = cache {
-                state.steps_ran += 1;
-            }
-        }
+        state.count(event);
         match state.mode {
             Mode::Plain => {
                 if let Some(line) = plain_line(event) {
+                    state.print(&line);
+                }
+            }
+            Mode::Json => {
+                if let Some(e) = json::from_event(event) {
+                    let line = json::render(state.started.elapsed(), e);
                     state.print(&line);
                 }
             }
@@ -160,48 +230,122 @@ impl Progress {
         }
     }
 
-    /// How many steps ran so far (rather than coming from the step cache).
-    pub fn steps_ran(&self) -> usize {
-        self.lock().steps_ran
+    /// A line of the docker executor's engine's stderr: an event of the JSON schema is shown
+    /// in this display's mode (`Some` with the engine's result, if it was that); other text
+    /// passes through unchanged.
+    pub fn engine_line(&self, line: &str) -> Option<EngineResult> {
+        match json::parse(line) {
+            Some(json::Line {
+                event:
+                    json::JsonEvent::Result {
+                        ok, digest, error, ..
+                    },
+                ..
+            }) => Some(EngineResult { ok, digest, error }),
+            Some(parsed) => {
+                if let Some(event) = json::to_event(&parsed.event) {
+                    self.on_event(&event);
+                }
+                None
+            }
+            None => {
+                let mut state = self.lock();
+                let lines = [line.trim_end_matches('\n').to_owned()];
+                state.above(&lines);
+                None
+            }
+        }
     }
 
-    /// Clear the live view and print the summary: steps, time and the image digest.
+    /// How many steps ran so far (rather than coming from the step cache).
+    pub fn steps_ran(&self) -> usize {
+        self.lock().totals.ran
+    }
+
+    /// Clear the live view and print the summary: steps, time, bytes and the digest (in
+    /// JSON mode, the `result` line).
     pub fn finish(&self, digest: Option<&Digest>) {
         let mut state = self.lock();
         if state.finished {
             return;
         }
-        let line = summary_line(state.steps_done, state.started.elapsed(), digest);
-        state.above(&[line]);
-        state.clear_live();
+        if state.mode == Mode::Json {
+            let result = state.result(true, digest, None);
+            state.print(&result);
+        } else {
+            let lines = summary(&state.totals, state.started.elapsed(), digest);
+            state.above(&lines);
+            state.clear_live();
+        }
         state.finished = true;
     }
 
     /// Clear the live view; in tty mode print the output tail of every step still running
-    /// (the one that failed) as plain lines.
-    pub fn fail(&self) {
+    /// (the one that failed) as plain lines; in JSON mode, the `result` line with `error`.
+    pub fn fail(&self, error: &str) {
         let mut state = self.lock();
         if state.finished {
             return;
         }
-        let mut lines = Vec::new();
-        if state.mode == Mode::Tty {
-            for (index, step) in &state.running {
-                lines.push(format!(
-                    "[{index}/{}] {} (failed after {:.1}s)",
-                    step.total,
-                    sanitize(&step.description),
-                    step.started.elapsed().as_secs_f64()
-                ));
-                for (stderr, line) in &step.tail {
-                    lines.push(output_line(*index, *stderr, line));
+        match state.mode {
+            Mode::Tty => {
+                let mut lines = Vec::new();
+                let (width, _) = (state.size)();
+                for (index, step) in &state.running {
+                    // One line: the error message that follows names the whole command.
+                    let title = format!(
+                        "failed [{index}/{}] {} (after {:.1}s)",
+                        step.total,
+                        sanitize(&step.description),
+                        step.started.elapsed().as_secs_f64()
+                    );
+                    lines.push(
+                        state
+                            .colors
+                            .red(&text::elide_middle(&title, width.saturating_sub(1))),
+                    );
+                    for (stderr, line) in &step.tail {
+                        lines.push(output_line(*index, *stderr, line));
+                    }
                 }
+                state.above(&lines);
+                state.clear_live();
+            }
+            Mode::Plain => {}
+            Mode::Json => {
+                let result = state.result(false, None, Some(error));
+                state.print(&result);
             }
         }
-        state.above(&lines);
-        state.clear_live();
         state.finished = true;
     }
+
+    /// Ctrl-C: clear the live view and say so (nothing more is drawn).
+    pub fn interrupted(&self) {
+        let mut state = self.lock();
+        if state.finished {
+            return;
+        }
+        match state.mode {
+            Mode::Json => {
+                let result = state.result(false, None, Some("interrupted"));
+                state.print(&result);
+            }
+            _ => {
+                state.above(&["interrupted".to_owned()]);
+                state.clear_live();
+            }
+        }
+        state.finished = true;
+    }
+}
+
+/// What the docker executor's engine reported as its result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineResult {
+    pub ok: bool,
+    pub digest: Option<String>,
+    pub error: Option<String>,
 }
 
 impl State {
@@ -214,8 +358,64 @@ impl State {
     fn above(&mut self, lines: &[String]) {
         match self.mode {
             Mode::Tty => self.redraw(lines),
-            Mode::Plain => lines.iter().for_each(|l| self.print(l)),
+            Mode::Plain | Mode::Json => lines.iter().for_each(|l| self.print(l)),
         }
+    }
+
+    fn count(&mut self, event: &Event) {
+        let t = &mut self.totals;
+        match event {
+            Event::StepStarted { stage, .. } => {
+                let now = Instant::now();
+                t.build = Some(t.build.map_or((now, now), |(start, _)| (start, now)));
+                if t.stages.is_some_and(|s| s != *stage) {
+                    t.several_stages = true;
+                }
+                t.stages = Some(*stage);
+            }
+            Event::StepFinished { cache, .. } => {
+                t.steps += 1;
+                match cache {
+                    CacheStatus::Ran { .. } => t.ran += 1,
+                    CacheStatus::Hit => t.cached += 1,
+                    _ => {}
+                }
+                if let Some((start, _)) = t.build {
+                    t.build = Some((start, Instant::now()));
+                }
+            }
+            Event::Pulled {
+                blobs_fetched,
+                bytes_fetched,
+                ..
+            } => {
+                t.blobs_pulled += blobs_fetched;
+                t.bytes_pulled += bytes_fetched;
+            }
+            Event::PushFinished { report, elapsed } => {
+                t.blobs_pushed += report.blobs_uploaded;
+                t.blobs_present += report.blobs_skipped;
+                t.bytes_pushed += report.bytes_uploaded;
+                t.push += *elapsed;
+            }
+            _ => {}
+        }
+    }
+
+    fn result(&self, ok: bool, digest: Option<&Digest>, error: Option<&str>) -> String {
+        let t = &self.totals;
+        json::render(
+            self.started.elapsed(),
+            json::JsonEvent::Result {
+                ok,
+                digest: digest.map(ToString::to_string),
+                error: error.map(str::to_owned),
+                steps: t.steps,
+                ran: t.ran,
+                cached: t.cached,
+                seconds: self.started.elapsed().as_secs_f64(),
+            },
+        )
     }
 
     fn tty_event(&mut self, event: &Event) {
@@ -223,12 +423,16 @@ impl State {
             Event::StepStarted {
                 index,
                 total,
+                stage,
+                stage_name,
                 description,
             } => {
                 self.running.insert(
                     *index,
                     Running {
                         total: *total,
+                        stage: *stage,
+                        stage_name: stage_name.clone(),
                         description: description.clone(),
                         started: Instant::now(),
                         tail: VecDeque::new(),
@@ -242,13 +446,21 @@ impl State {
                 cache,
                 ..
             } => {
+                let colors = self.colors;
+                let (width, _) = (self.size)();
                 let line = self.running.remove(index).map(|step| {
                     let (mark, why) = cache_words(cache);
-                    format!(
-                        "{mark} [{index}/{}] {} ({:.1}s){why}",
-                        step.total,
-                        sanitize(&step.description),
-                        elapsed.as_secs_f64()
+                    finished_line(
+                        mark,
+                        &format!("[{index}/{}]", step.total),
+                        &sanitize(&step.description),
+                        &format!("({:.1}s)", elapsed.as_secs_f64()),
+                        &why,
+                        width.saturating_sub(1),
+                        |m| match cache {
+                            CacheStatus::Hit => colors.cyan(m),
+                            _ => colors.green(m),
+                        },
                     )
                 });
                 self.redraw(line.as_slice());
@@ -264,7 +476,7 @@ impl State {
                     }
                     step.tail.push_back((*stderr, line.clone()));
                 }
-                // The ticker shows the new last line soon enough: no redraw per line.
+                // The ticker shows new lines soon enough: no redraw per line.
             }
             other => {
                 let lines: Vec<String> = plain_line(other).into_iter().collect();
@@ -284,7 +496,17 @@ impl State {
             buf.push_str(line);
             buf.push('\n');
         }
-        let live = live_lines(&self.running, self.width);
+        let (width, height) = (self.size)();
+        let live = view::render(
+            &self.running,
+            &Screen {
+                width,
+                height,
+                tail_lines: self.tail_lines,
+                stages: self.totals.several_stages,
+                colors: self.colors,
+            },
+        );
         for line in &live {
             buf.push_str(line);
             buf.push('\n');
@@ -303,35 +525,6 @@ impl State {
     }
 }
 
-/// One line per running step: `[N/M] description 1.2s | last output line`, cut to `width`.
-fn live_lines(running: &BTreeMap<usize, Running>, width: usize) -> Vec<String> {
-    running
-        .iter()
-        .map(|(index, step)| {
-            let mut line = format!(
-                "  [{index}/{}] {} {:.1}s",
-                step.total,
-                sanitize(&step.description),
-                step.started.elapsed().as_secs_f64()
-            );
-            if let Some((_, last)) = step.tail.back() {
-                line.push_str(" | ");
-                line.push_str(sanitize(last).trim());
-            }
-            truncate(&line, width.saturating_sub(1).max(20))
-        })
-        .collect()
-}
-
-fn truncate(line: &str, width: usize) -> String {
-    if line.chars().count() <= width {
-        return line.to_owned();
-    }
-    let mut cut: String = line.chars().take(width.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
-}
-
 /// `[N]  line` for stdout, `[N]! line` for stderr.
 fn output_line(index: usize, stderr: bool, line: &str) -> String {
     let stream = if stderr { "!" } else { " " };
@@ -339,13 +532,37 @@ fn output_line(index: usize, stderr: bool, line: &str) -> String {
 }
 
 /// How a finished step is marked (`cached`, `ran` or `done`) and, for a step that ran,
-/// why (` (ran: files changed: ...)`).
+/// why (` [files changed: ...]`).
 fn cache_words(cache: &CacheStatus) -> (&'static str, String) {
     match cache {
         CacheStatus::Hit => ("cached", String::new()),
         CacheStatus::Ran { reason } => ("ran", format!(" [{}]", sanitize(reason))),
         _ => ("done", String::new()),
     }
+}
+
+/// `ran [2/9] with_exec go b…/app (1.2s) [new step]` in `width` columns: the description
+/// gives way first, then the end of the reason; the mark is painted by `paint`.
+fn finished_line(
+    mark: &str,
+    number: &str,
+    description: &str,
+    elapsed: &str,
+    why: &str,
+    width: usize,
+    paint: impl Fn(&str) -> String,
+) -> String {
+    const MIN_DESCRIPTION: usize = 12;
+    let fixed = mark.chars().count() + number.len() + elapsed.len() + 3;
+    let why = text::truncate(why, width.saturating_sub(fixed + MIN_DESCRIPTION));
+    let room = width
+        .saturating_sub(fixed + why.chars().count())
+        .max(MIN_DESCRIPTION);
+    format!(
+        "{} {number} {} {elapsed}{why}",
+        paint(mark),
+        text::elide_middle(description, room)
+    )
 }
 
 /// The plain-mode line for an event, if it prints one. Never contains an escape byte.
@@ -355,6 +572,7 @@ pub fn plain_line(event: &Event) -> Option<String> {
             index,
             total,
             description,
+            ..
         } => format!("[{index}/{total}] {description}"),
         Event::StepFinished {
             index,
@@ -381,6 +599,17 @@ pub fn plain_line(event: &Event) -> Option<String> {
             stderr,
             line,
         } => return Some(output_line(*index, *stderr, line)),
+        Event::Pulled {
+            index,
+            reference,
+            blobs_fetched,
+            bytes_fetched,
+            ..
+        } if *blobs_fetched > 0 => format!(
+            "[{index}] pulled {reference}: {} ({blobs_fetched} blob{})",
+            text::bytes(*bytes_fetched),
+            plural(*blobs_fetched as usize)
+        ),
         Event::PushStarted { target } => format!("pushing {target}"),
         Event::PushFinished { report, elapsed } => {
             if report.unchanged {
@@ -405,71 +634,77 @@ pub fn plain_line(event: &Event) -> Option<String> {
     Some(sanitize(&line))
 }
 
-/// `built 8 steps in 1.2s: sha256:...`
-fn summary_line(steps: usize, elapsed: Duration, digest: Option<&Digest>) -> String {
-    let mut line = format!(
-        "built {steps} step{} in {:.1}s",
-        if steps == 1 { "" } else { "s" },
-        elapsed.as_secs_f64()
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// `built 8 steps in 1.2s (3 ran, 5 cached): sha256:...`, then where the time and bytes
+/// went: `  build 1.0s, push 0.2s; pulled 3.1 MiB (2 blobs); pushed 1.0 KiB (1 blob, 2
+/// already there)`.
+fn summary(t: &Totals, elapsed: Duration, digest: Option<&Digest>) -> Vec<String> {
+    let mut first = format!(
+        "built {} step{} in {:.1}s ({} ran, {} cached)",
+        t.steps,
+        plural(t.steps),
+        elapsed.as_secs_f64(),
+        t.ran,
+        t.cached
     );
     if let Some(d) = digest {
-        line.push_str(&format!(": {d}"));
+        first.push_str(&format!(": {d}"));
     }
-    line
+    let mut phases = Vec::new();
+    if let Some((start, end)) = t.build {
+        phases.push(format!(
+            "build {:.1}s",
+            end.duration_since(start).as_secs_f64()
+        ));
+    }
+    if !t.push.is_zero() {
+        phases.push(format!("push {:.1}s", t.push.as_secs_f64()));
+    }
+    let mut parts = vec![phases.join(", ")];
+    if t.blobs_pulled > 0 {
+        parts.push(format!(
+            "pulled {} ({} blob{})",
+            text::bytes(t.bytes_pulled),
+            t.blobs_pulled,
+            plural(t.blobs_pulled as usize)
+        ));
+    }
+    if t.blobs_pushed + t.blobs_present > 0 {
+        parts.push(format!(
+            "pushed {} ({} blob{}, {} already there)",
+            text::bytes(t.bytes_pushed),
+            t.blobs_pushed,
+            plural(t.blobs_pushed),
+            t.blobs_present
+        ));
+    }
+    parts.retain(|p| !p.is_empty());
+    let mut lines = vec![first];
+    if !parts.is_empty() {
+        lines.push(format!("  {}", parts.join("; ")));
+    }
+    lines
 }
 
-/// `text` without terminal control sequences: ANSI CSI/OSC sequences are dropped, other
-/// control characters (but tab) become `?`.
-pub fn sanitize(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\x1b' => match chars.peek() {
-                // CSI: parameters and intermediates, then one final byte in @..~.
-                Some('[') => {
-                    chars.next();
-                    for c in chars.by_ref() {
-                        if ('@'..='~').contains(&c) {
-                            break;
-                        }
-                    }
-                }
-                // OSC: up to BEL or ST (ESC \).
-                Some(']') => {
-                    chars.next();
-                    while let Some(c) = chars.next() {
-                        if c == '\x07' {
-                            break;
-                        }
-                        if c == '\x1b' {
-                            chars.next_if_eq(&'\\');
-                            break;
-                        }
-                    }
-                }
-                // Two-character sequences (ESC c, ESC 7, ...).
-                Some(_) => {
-                    chars.next();
-                }
-                None => {}
-            },
-            '\t' => out.push('\t'),
-            c if c.is_control() => out.push('?'),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Columns of the terminal on stderr, else `COLUMNS`, else [`DEFAULT_WIDTH`].
-fn terminal_width() -> usize {
-    rustix::termios::tcgetwinsize(std::io::stderr())
-        .ok()
+/// Columns and rows of the terminal on stderr, else `COLUMNS`/`LINES`, else
+/// [`DEFAULT_SIZE`].
+fn terminal_size() -> (usize, usize) {
+    let size = rustix::termios::tcgetwinsize(std::io::stderr()).ok();
+    let env = |name: &str| std::env::var(name).ok()?.parse::<usize>().ok();
+    let width = size
         .map(|w| usize::from(w.ws_col))
         .filter(|w| *w > 0)
-        .or_else(|| std::env::var("COLUMNS").ok()?.parse().ok())
-        .unwrap_or(DEFAULT_WIDTH)
+        .or_else(|| env("COLUMNS"))
+        .unwrap_or(DEFAULT_SIZE.0);
+    let height = size
+        .map(|w| usize::from(w.ws_row))
+        .filter(|h| *h > 0)
+        .or_else(|| env("LINES"))
+        .unwrap_or(DEFAULT_SIZE.1);
+    (width, height)
 }
 
 #[cfg(test)]
@@ -491,12 +726,24 @@ mod tests {
         }
     }
 
+    fn test_progress(mode: Mode, buffer: &Buffer, width: usize) -> Progress {
+        Progress::with_writer(
+            mode,
+            Box::new(buffer.clone()),
+            Box::new(move || (width, 24)),
+            Colors(false),
+            DEFAULT_TAIL_LINES,
+        )
+    }
+
     fn events() -> Vec<Event> {
         let digest: Digest = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
         vec![
             Event::StepStarted {
                 index: 1,
                 total: 2,
+                stage: 1,
+                stage_name: "stage 1 (from busybox)".into(),
                 description: "from busybox".into(),
             },
             Event::StepFinished {
@@ -508,6 +755,8 @@ mod tests {
             Event::StepStarted {
                 index: 2,
                 total: 2,
+                stage: 1,
+                stage_name: "stage 1 (from busybox)".into(),
                 description: "with_exec sh -c 'printf \"\\033[31mred\"'".into(),
             },
             Event::StepOutput {
@@ -593,7 +842,7 @@ mod tests {
     #[test]
     fn plain_mode_output_has_no_escape_bytes() {
         let buffer = Buffer::default();
-        let progress = Progress::with_writer(Mode::Plain, Box::new(buffer.clone()), 80);
+        let progress = test_progress(Mode::Plain, &buffer, 80);
         let callback = progress.callback();
         for event in events() {
             callback(&event);
@@ -602,25 +851,29 @@ mod tests {
         let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         assert!(!out.contains('\x1b'), "{out:?}");
         assert!(out.contains("[1/2] from busybox\n"), "{out}");
-        assert!(out.ends_with("built 2 steps in 0.0s\n") || out.contains("built 2 steps in"));
+        assert!(out.contains("built 2 steps in "), "{out}");
+        assert!(out.contains("(0 ran, 0 cached)"), "{out}");
+        assert!(
+            out.contains("  build 0.0s, push 0.1s; pushed 100 B (3 blobs, 0 already there)\n"),
+            "{out}"
+        );
     }
 
     #[test]
     fn tty_mode_shows_running_steps_and_the_failed_tail() {
         let buffer = Buffer::default();
-        let progress = Progress::with_writer(Mode::Tty, Box::new(buffer.clone()), 40);
+        let progress = test_progress(Mode::Tty, &buffer, 40);
         let callback = progress.callback();
         for event in &events()[..5] {
             callback(event);
         }
         {
-            let state = progress.lock();
-            let live = live_lines(&state.running, 40);
-            assert_eq!(live.len(), 1);
-            assert!(live[0].starts_with("  [2/2] with_exec"), "{live:?}");
-            assert!(live[0].chars().count() <= 39, "{live:?}");
+            // What the ticker does.
+            let mut state = progress.lock();
+            state.redraw(&[]);
+            assert_eq!(state.drawn, 3, "title and two output lines");
         }
-        progress.fail();
+        progress.fail("boom");
         let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         assert!(out.contains("done [1/2] from busybox (1.5s)\n"), "{out:?}");
         assert!(out.contains("[2]  red text!\n[2]! warning?\n"), "{out:?}");
@@ -628,6 +881,37 @@ mod tests {
         let len = out.len();
         callback(&events()[0]);
         assert_eq!(buffer.0.lock().unwrap().len(), len);
+    }
+
+    #[test]
+    fn json_mode_writes_one_event_per_line_and_the_result() {
+        let buffer = Buffer::default();
+        let progress = test_progress(Mode::Json, &buffer, 80);
+        let callback = progress.callback();
+        for event in events() {
+            callback(&event);
+        }
+        progress.fail("step 2 failed");
+        let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), events().len() + 1, "{out}");
+        for line in &lines {
+            assert!(json::parse(line).is_some(), "{line}");
+            assert!(!line.contains('\x1b'), "{line}");
+        }
+        assert!(
+            lines[3].contains(
+                r#""event":"step-output","step":2,"stream":"stdout","line":"\u001b[31mred"#
+            ),
+            "{}",
+            lines[3]
+        );
+        assert!(
+            lines.last().unwrap().contains(
+                r#""event":"result","ok":false,"error":"step 2 failed","steps":2,"ran":0,"cached":0"#
+            ),
+            "{out}"
+        );
     }
 
     #[test]
@@ -639,13 +923,9 @@ mod tests {
         assert_eq!(Mode::resolve_with(Auto, true, false, true), Mode::Plain);
         assert_eq!(Mode::resolve_with(Tty, false, true, true), Mode::Tty);
         assert_eq!(Mode::resolve_with(Plain, true, false, false), Mode::Plain);
-    }
-
-    #[test]
-    fn sanitize_strips_sequences() {
-        assert_eq!(sanitize("a\x1b[1;32mb\x1b[0mc"), "abc");
-        assert_eq!(sanitize("x\x1b]8;;http://e\x1b\\y"), "xy");
-        assert_eq!(sanitize("tab\there\x07"), "tab\there?");
-        assert_eq!(sanitize("ünï"), "ünï");
+        assert_eq!(
+            Mode::resolve_with(ProgressArg::Json, true, false, false),
+            Mode::Json
+        );
     }
 }

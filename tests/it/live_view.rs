@@ -272,6 +272,19 @@ fn json_progress_reports_real_builds() {
         assert!(kinds.contains(&kind), "no {kind}: {first}");
     }
     assert_eq!(kinds.last(), Some(&"result"), "{first}");
+    // One push-progress per blob, counting up to the total.
+    let pushed: Vec<(u64, u64)> = ev
+        .iter()
+        .filter(|e| e["event"] == "push-progress")
+        .map(|e| (e["done"].as_u64().unwrap(), e["total"].as_u64().unwrap()))
+        .collect();
+    let total = pushed.first().map_or(0, |p| p.1);
+    assert!(total >= 3, "config and at least two layers: {first}");
+    assert_eq!(
+        pushed,
+        (1..=total).map(|n| (n, total)).collect::<Vec<_>>(),
+        "{first}"
+    );
     let started: Vec<(u64, &str)> = ev
         .iter()
         .filter(|e| e["event"] == "step-started")

@@ -84,8 +84,8 @@ pub use registry::ErrorKind as RegistryErrorKind;
 pub use registry::Operation as RegistryOperation;
 pub use registry::ServerError as RegistryServerError;
 pub use registry::{
-    BLOB_STALL_TIMEOUT, CONNECT_TIMEOUT, CertificateProblem, ClientOptions, Credential,
-    Credentials, DEFAULT_MAX_PARALLEL_DOWNLOADS, DEFAULT_MAX_PARALLEL_UPLOADS,
+    BLOB_STALL_TIMEOUT, BlobProgress, CONNECT_TIMEOUT, CertificateProblem, ClientOptions,
+    Credential, Credentials, DEFAULT_MAX_PARALLEL_DOWNLOADS, DEFAULT_MAX_PARALLEL_UPLOADS,
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_UPLOAD_CHUNK_SIZE, MAX_RETRY_AFTER, PulledImage, PushReport,
     RegistryClient, RetryPolicy, TagPolicy,
 };

@@ -55,6 +55,11 @@ pub enum JsonEvent {
     PushStarted {
         target: String,
     },
+    PushProgress {
+        done: usize,
+        total: usize,
+        bytes_sent: u64,
+    },
     PushFinished {
         digest: String,
         unchanged: bool,
@@ -159,6 +164,15 @@ pub fn from_event(event: &Event) -> Option<JsonEvent> {
         Event::PushStarted { target } => JsonEvent::PushStarted {
             target: target.clone(),
         },
+        Event::PushProgress {
+            done,
+            total,
+            bytes_sent,
+        } => JsonEvent::PushProgress {
+            done: *done,
+            total: *total,
+            bytes_sent: *bytes_sent,
+        },
         Event::PushFinished { report, elapsed } => JsonEvent::PushFinished {
             digest: report.digest.to_string(),
             unchanged: report.unchanged,
@@ -225,6 +239,15 @@ pub fn to_event(event: &JsonEvent) -> Option<Event> {
             bytes_fetched: bytes,
         },
         JsonEvent::PushStarted { target } => Event::PushStarted { target },
+        JsonEvent::PushProgress {
+            done,
+            total,
+            bytes_sent,
+        } => Event::PushProgress {
+            done,
+            total,
+            bytes_sent,
+        },
         JsonEvent::PushFinished {
             digest,
             unchanged,
@@ -310,6 +333,11 @@ mod tests {
             },
             Event::PushStarted {
                 target: "r/x:1".into(),
+            },
+            Event::PushProgress {
+                done: 1,
+                total: 3,
+                bytes_sent: 512,
             },
             Event::PushFinished {
                 report: PushReport {

@@ -110,6 +110,8 @@ struct State {
     started: Instant,
     totals: Totals,
     running: BTreeMap<usize, Running>,
+    /// The push under way: (target, blobs done, of how many, bytes sent, since when).
+    pushing: Option<(String, usize, usize, u64, Instant)>,
     /// Live lines currently on screen below the scrolled output.
     drawn: usize,
     finished: bool,
@@ -161,6 +163,7 @@ impl Progress {
                 started: Instant::now(),
                 totals: Totals::default(),
                 running: BTreeMap::new(),
+                pushing: None,
                 drawn: 0,
                 finished: false,
             })),
@@ -183,7 +186,7 @@ impl Progress {
                 if state.finished {
                     break;
                 }
-                if !state.running.is_empty() {
+                if !state.running.is_empty() || state.pushing.is_some() {
                     state.redraw(&[]);
                 }
             }
@@ -478,7 +481,27 @@ impl State {
                 }
                 // The ticker shows new lines soon enough: no redraw per line.
             }
+            Event::PushStarted { target } => {
+                self.pushing = Some((target.clone(), 0, 0, 0, Instant::now()));
+                let lines: Vec<String> = plain_line(event).into_iter().collect();
+                self.redraw(&lines);
+            }
+            Event::PushProgress {
+                done,
+                total,
+                bytes_sent,
+            } => {
+                if let Some(p) = self.pushing.as_mut() {
+                    p.1 = *done;
+                    p.2 = *total;
+                    p.3 += bytes_sent;
+                }
+                self.redraw(&[]);
+            }
             other => {
+                if matches!(other, Event::PushFinished { .. }) {
+                    self.pushing = None;
+                }
                 let lines: Vec<String> = plain_line(other).into_iter().collect();
                 self.redraw(&lines);
             }
@@ -507,11 +530,25 @@ impl State {
                 colors: self.colors,
             },
         );
-        for line in &live {
+        let push = self
+            .pushing
+            .as_ref()
+            .map(|(target, done, total, bytes, since)| {
+                self.colors.dim(&text::truncate(
+                    &format!(
+                        "  pushing {}: {done}/{total} blobs, {} sent {:.1}s",
+                        sanitize(target),
+                        text::bytes(*bytes),
+                        since.elapsed().as_secs_f64()
+                    ),
+                    width.saturating_sub(1),
+                ))
+            });
+        for line in live.iter().chain(&push) {
             buf.push_str(line);
             buf.push('\n');
         }
-        self.drawn = live.len();
+        self.drawn = live.len() + usize::from(push.is_some());
         let _ = self.out.write_all(buf.as_bytes());
         let _ = self.out.flush();
     }
@@ -611,6 +648,18 @@ pub fn plain_line(event: &Event) -> Option<String> {
             plural(*blobs_fetched as usize)
         ),
         Event::PushStarted { target } => format!("pushing {target}"),
+        Event::PushProgress {
+            done,
+            total,
+            bytes_sent,
+        } => format!(
+            "pushed blob {done}/{total} ({})",
+            if *bytes_sent == 0 {
+                "already there".to_owned()
+            } else {
+                format!("{} sent", text::bytes(*bytes_sent))
+            }
+        ),
         Event::PushFinished { report, elapsed } => {
             if report.unchanged {
                 format!(
@@ -881,6 +930,28 @@ mod tests {
         let len = out.len();
         callback(&events()[0]);
         assert_eq!(buffer.0.lock().unwrap().len(), len);
+    }
+
+    #[test]
+    fn tty_mode_counts_the_push_under_way() {
+        let buffer = Buffer::default();
+        let progress = test_progress(Mode::Tty, &buffer, 80);
+        let callback = progress.callback();
+        callback(&Event::PushStarted {
+            target: "r/x:1".into(),
+        });
+        for done in 1..=2 {
+            callback(&Event::PushProgress {
+                done,
+                total: 3,
+                bytes_sent: 2048,
+            });
+        }
+        assert_eq!(progress.lock().drawn, 1);
+        let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert!(out.contains("  pushing r/x:1: 2/3 blobs, 4.0 KiB sent "), "{out:?}");
+        callback(&events()[7]);
+        assert_eq!(progress.lock().drawn, 0, "the push line goes when it is done");
     }
 
     #[test]

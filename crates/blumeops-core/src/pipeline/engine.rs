@@ -72,6 +72,15 @@ pub enum Event {
         /// Where to.
         target: String,
     },
+    /// One more blob of the push is in the registry (uploaded, or found there).
+    PushProgress {
+        /// Blobs confirmed so far.
+        done: usize,
+        /// Blobs to push.
+        total: usize,
+        /// Bytes uploaded for this blob (0 when the registry had it).
+        bytes_sent: u64,
+    },
     /// The push finished.
     PushFinished {
         /// Counts and digest.

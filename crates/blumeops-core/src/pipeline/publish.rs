@@ -103,9 +103,16 @@ pub(crate) async fn push_built(
         target: target.to_string(),
     });
     let started = Instant::now();
+    let progress = |p: &crate::registry::BlobProgress| {
+        engine.emit(Event::PushProgress {
+            done: p.done,
+            total: p.total,
+            bytes_sent: p.bytes_sent,
+        });
+    };
     let report = engine
         .registry
-        .push_image(target, &built.image, &engine.store, policy)
+        .push_image_with_progress(target, &built.image, &engine.store, policy, &progress)
         .await?;
     engine.emit(Event::PushFinished {
         report: report.clone(),

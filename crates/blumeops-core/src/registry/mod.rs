@@ -128,6 +128,19 @@ pub struct PushReport {
     pub bytes_uploaded: u64,
 }
 
+/// How far a push is, after one more blob is in the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobProgress {
+    /// The blob just confirmed.
+    pub digest: Digest,
+    /// Bytes sent for it (0 when the registry had it).
+    pub bytes_sent: u64,
+    /// Blobs confirmed so far, and of how many.
+    pub done: usize,
+    /// Blobs to push in all.
+    pub total: usize,
+}
+
 /// A pulled image: its blobs are in the store.
 #[derive(Debug, Clone)]
 pub struct PulledImage {
@@ -280,7 +293,22 @@ impl RegistryClient {
         store: &Store,
         policy: TagPolicy,
     ) -> Result<PushReport, Error> {
-        self.push_image_impl(target, image, store, policy).await
+        self.push_image_impl(target, image, store, policy, &|_| {})
+            .await
+    }
+
+    /// [`RegistryClient::push_image`], calling `progress` each time a blob is confirmed
+    /// present in the registry (uploaded or found there).
+    pub async fn push_image_with_progress(
+        &self,
+        target: &ImageRef,
+        image: &StoredImage,
+        store: &Store,
+        policy: TagPolicy,
+        progress: &(dyn Fn(&BlobProgress) + Sync),
+    ) -> Result<PushReport, Error> {
+        self.push_image_impl(target, image, store, policy, progress)
+            .await
     }
 
     fn repo(&self, reference: &ImageRef, access: Access) -> Result<Repo, Error> {

@@ -14,9 +14,9 @@ use tokio::io::AsyncReadExt as _;
 use url::Url;
 
 use super::{
-    Access, Call, Error, Limit, Operation, PushReport, RegistryClient, Repo, TagPolicy,
-    UPLOAD_BASE_TIMEOUT, UPLOAD_BUFFER, UPLOAD_MIN_BYTES_PER_SEC, gave_up, header_digest, retry,
-    status_error, timeout_error,
+    Access, BlobProgress, Call, Error, Limit, Operation, PushReport, RegistryClient, Repo,
+    TagPolicy, UPLOAD_BASE_TIMEOUT, UPLOAD_BUFFER, UPLOAD_MIN_BYTES_PER_SEC, gave_up,
+    header_digest, retry, status_error, timeout_error,
 };
 use crate::image::{BlobRef, StoredImage, media_types};
 use crate::reference::{Digest, ImageRef};
@@ -29,6 +29,7 @@ impl RegistryClient {
         image: &StoredImage,
         store: &Store,
         policy: TagPolicy,
+        progress: &(dyn Fn(&BlobProgress) + Sync),
     ) -> Result<PushReport, Error> {
         let tag = target.tag().unwrap_or("latest");
         let tag_ref = target.with_tag(tag);
@@ -64,8 +65,19 @@ impl RegistryClient {
             .collect();
         let total = blobs.len();
         let repo_ref = &repo;
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let done = &done;
         let uploaded: Vec<Option<u64>> = futures_util::stream::iter(blobs)
-            .map(|blob| async move { self.push_blob(repo_ref, &blob, store).await })
+            .map(|blob| async move {
+                let sent = self.push_blob(repo_ref, &blob, store).await?;
+                progress(&BlobProgress {
+                    digest: blob.digest.clone(),
+                    bytes_sent: sent.unwrap_or(0),
+                    done: done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1,
+                    total,
+                });
+                Ok::<_, Error>(sent)
+            })
             .buffer_unordered(self.options.max_parallel_uploads.max(1))
             .try_collect()
             .await?;

@@ -10,6 +10,9 @@
 # API at DOCKER_HOST, a new cache volume per run, removed after it) and OLD on the host:
 # the executor's cost on the same machine, e.g. bench/ab.sh BIN BIN 8.
 #
+# With AB_COMMAND=publish, each run is `blumeops publish` of the scenario to a new tag
+# instead (the case of bench/run.sh's cold goal; no image is copied out of an engine).
+#
 # Prints every run's wall time, the medians, NEW/OLD of the medians and the median of the
 # per-run ratios. Used to measure what a change
 # costs, e.g. the sandbox hardening (see BENCHMARKS.md). Needs root and
@@ -44,6 +47,12 @@ mkdir -p "$src/containers/bench"
 cp bench/scenario/Dockerfile "$src/containers/bench/Dockerfile"
 python3 bench/scenario/gen-context.py "$src/containers/bench"
 
+command=${AB_COMMAND:-build}
+[[ $command == build || $command == publish ]] || {
+    echo "bench/ab.sh: AB_COMMAND must be build or publish" >&2
+    exit 2
+}
+
 new_executor=${AB_NEW_EXECUTOR:-}
 [[ -z $new_executor || $new_executor == docker ]] || {
     echo "bench/ab.sh: AB_NEW_EXECUTOR must be docker or unset" >&2
@@ -59,13 +68,17 @@ one() { # BIN [EXECUTOR] -> wall seconds of one cold build
         volume=blumeops-ab-$(basename "$cache")
         extra=(--engine-volume "$volume" --executor docker)
     fi
+    if [[ $command == build ]]; then
+        extra+=(--output "oci:$out/img")
+    fi
     sync
     start=$(date +%s.%N)
-    BLUMEOPS_CACHE_DIR=$cache "$1" build "${extra[@]}" --progress plain --src "$src" --container-name bench \
-        --version v1 --commit-sha ab --registry "$REGISTRY_ADDR" --registry-username "$user" \
+    BLUMEOPS_CACHE_DIR=$cache "$1" "$command" "${extra[@]}" --progress plain --src "$src" \
+        --container-name bench --version v1 --commit-sha "$(basename "$cache" | tr -cd 'A-Za-z0-9')" \
+        --registry "$REGISTRY_ADDR" --registry-username "$user" \
         --registry-password env:ZOT_CI_API_KEY \
         --build-arg "BASE_IMAGE=$REGISTRY_ADDR/library/busybox:1.37" \
-        --output "oci:$out/img" >/dev/null 2>"$work/last.err" || {
+        >/dev/null 2>"$work/last.err" || {
         tail -5 "$work/last.err" >&2
         exit 1
     }

@@ -949,9 +949,16 @@ mod tests {
         }
         assert_eq!(progress.lock().drawn, 1);
         let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-        assert!(out.contains("  pushing r/x:1: 2/3 blobs, 4.0 KiB sent "), "{out:?}");
+        assert!(
+            out.contains("  pushing r/x:1: 2/3 blobs, 4.0 KiB sent "),
+            "{out:?}"
+        );
         callback(&events()[7]);
-        assert_eq!(progress.lock().drawn, 0, "the push line goes when it is done");
+        assert_eq!(
+            progress.lock().drawn,
+            0,
+            "the push line goes when it is done"
+        );
     }
 
     #[test]

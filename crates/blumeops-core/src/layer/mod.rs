@@ -29,7 +29,8 @@ pub(crate) use host::globset;
 pub(crate) use host::is_root;
 pub use host::{HostCopy, Owner};
 pub use unpack::{
-    DEFAULT_MAX_UNPACK_BYTES, OverlayXattrs, UnpackOptions, UnpackStats, unpack_layer,
+    DEFAULT_MAX_UNPACK_BYTES, OverlayXattrs, UnpackOptions, UnpackStats, leading_dirs_present,
+    unpack_layer,
 };
 pub use view::{OwnerLookupError, RootfsView};
 // Only the sandbox reads overlay markers outside this module.

@@ -262,6 +262,45 @@ fn decoder(file: File, media_type: &str, layer: &Path) -> Result<Box<dyn Read>, 
     })
 }
 
+/// How much of a layer's uncompressed stream [`leading_dirs_present`] reads at most.
+const LEADING_SCAN_BYTES: u64 = 1 << 20;
+
+/// Whether a layer holds a directory entry for each of `dirs` (paths without a leading
+/// `/`), judged from the start of its tar stream only: directories come before what they
+/// hold, and the scan stops once all are seen or after [`LEADING_SCAN_BYTES`] (then the
+/// answer is `false`, meaning "not known from the start"). Nothing is unpacked.
+pub fn leading_dirs_present(
+    file: File,
+    media_type: &str,
+    layer: &Path,
+    dirs: &[String],
+) -> Result<bool, Error> {
+    let mut wanted: std::collections::BTreeSet<&str> = dirs.iter().map(String::as_str).collect();
+    let reader = decoder(file, media_type, layer)?.take(LEADING_SCAN_BYTES);
+    let mut archive = tar::Archive::new(reader);
+    let Ok(entries) = archive.entries() else {
+        return Ok(false);
+    };
+    for entry in entries {
+        // The end of the bytes scanned looks like a broken archive: not known.
+        let Ok(entry) = entry else { return Ok(false) };
+        if entry.header().entry_type() != tar::EntryType::Directory {
+            continue;
+        }
+        let Ok(path) = entry.path() else { continue };
+        let name = path.to_string_lossy();
+        let name = name
+            .trim_start_matches("./")
+            .trim_start_matches('/')
+            .trim_end_matches('/');
+        wanted.remove(name);
+        if wanted.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(wanted.is_empty())
+}
+
 /// Hashes and counts the uncompressed stream, failing once it passes the limit, and bounds
 /// what the tar reader reads between two entries (headers, long names, PAX records: it holds
 /// them in memory).
@@ -1145,6 +1184,42 @@ pub(crate) mod tests {
         let path = dir.join("layer.tar.gz");
         std::fs::write(&path, gzip(&raw)).unwrap();
         (path, Digest::of(&raw))
+    }
+
+    /// Directories are told from the start of a layer: all present, one missing, one that is
+    /// a file, and one that comes only after more bytes than the scan reads.
+    #[test]
+    fn leading_dirs_are_read_from_the_start_of_a_layer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let big = vec![7u8; (LEADING_SCAN_BYTES + 1024) as usize];
+        let (path, _) = layer_file(tmp.path(), |tar| {
+            raw_entry(tar, tar::EntryType::Directory, b"app/", None, b"", 0o755);
+            raw_entry(
+                tar,
+                tar::EntryType::Directory,
+                b"./app/src/",
+                None,
+                b"",
+                0o755,
+            );
+            raw_entry(tar, tar::EntryType::Regular, b"app/file", None, b"x", 0o644);
+            raw_entry(tar, tar::EntryType::Regular, b"big", None, &big, 0o644);
+            raw_entry(tar, tar::EntryType::Directory, b"late/", None, b"", 0o755);
+        });
+        let present = |dirs: &[&str]| {
+            let dirs: Vec<String> = dirs.iter().map(|d| (*d).to_owned()).collect();
+            leading_dirs_present(
+                File::open(&path).unwrap(),
+                media_types::OCI_LAYER_GZIP,
+                &path,
+                &dirs,
+            )
+            .unwrap()
+        };
+        assert!(present(&["app", "app/src"]));
+        assert!(!present(&["app", "app/missing"]));
+        assert!(!present(&["app", "app/file"]));
+        assert!(!present(&["late"]), "past the bytes scanned: not known");
     }
 
     /// A temporary area with an empty destination and a sentinel directory outside it.

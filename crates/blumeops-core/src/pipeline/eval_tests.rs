@@ -324,6 +324,27 @@ fn workdir_sees_through_the_top_layers_only_as_far_as_needed() {
     );
 }
 
+/// A WORKDIR into what the step before made is known from the start of that step's layer:
+/// no new layer, and no layer unpacked to find it.
+#[test]
+fn workdir_into_what_the_last_step_made_unpacks_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path(), None);
+    let c = Container::scratch()
+        .with_new_file("/app/src/main.c", "int main;", 0o644)
+        .with_workdir("/app/src");
+    let built = rt().block_on(c.build(&e)).unwrap();
+    assert_eq!(built.image.layers.len(), 1);
+    assert_eq!(built.config.config.working_dir.as_deref(), Some("/app/src"));
+    let unpacked = dir.path().join("unpacked");
+    let count = std::fs::read_dir(&unpacked).map_or(0, Iterator::count);
+    assert_eq!(count, 0, "a layer was unpacked in {}", unpacked.display());
+    // Not in the last layer: found the old way, below it.
+    let below = c.with_new_file("/other", "x", 0o644).with_workdir("/app");
+    let built = rt().block_on(below.build(&e)).unwrap();
+    assert_eq!(built.image.layers.len(), 2);
+}
+
 /// Where the checkout lives never enters the image: the same files copied from two
 /// directories give the same digest, and the history names only the copied file.
 #[test]

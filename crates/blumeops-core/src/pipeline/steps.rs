@@ -100,6 +100,9 @@ async fn unpacked(engine: &Engine, state: &State, i: usize) -> Result<PathBuf, E
 /// until the path is found: what the topmost layers show is visible whatever lies below, so
 /// a directory a recent step created needs none of the layers under it.
 async fn exists(engine: &Engine, state: &State, path: &str) -> Result<bool, Error> {
+    if top_layer_starts_with_dir(engine, state, path).await? {
+        return Ok(true);
+    }
     let mut dirs: Vec<PathBuf> = Vec::new();
     for i in (0..state.layers.len()).rev() {
         dirs.insert(0, unpacked(engine, state, i).await?);
@@ -113,6 +116,37 @@ async fn exists(engine: &Engine, state: &State, path: &str) -> Result<bool, Erro
         }
     }
     Ok(false)
+}
+
+/// Whether the top layer holds `path` and each of its parents as directories, read from
+/// the start of its tar stream: the common case (a `WORKDIR` into what the step before
+/// copied or made) known without unpacking that layer. `false` means "not known this way".
+async fn top_layer_starts_with_dir(
+    engine: &Engine,
+    state: &State,
+    path: &str,
+) -> Result<bool, Error> {
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    let (Some(top), false) = (state.layers.last(), parts.contains(&"..")) else {
+        return Ok(false);
+    };
+    let dirs: Vec<String> = (1..=parts.len()).map(|n| parts[..n].join("/")).collect();
+    let (store, blob) = (engine.store().clone(), top.clone());
+    tokio::task::spawn_blocking(move || {
+        let file = store.open_blob(&blob.digest)?;
+        let at = store.blob_path(&blob.digest);
+        Ok(layer::leading_dirs_present(
+            file,
+            &blob.media_type,
+            &at,
+            &dirs,
+        )?)
+    })
+    .await
+    .map_err(|_| Error::TaskPanicked)?
 }
 
 /// Run `args` in the sandbox on top of `state`; the changes become a layer.

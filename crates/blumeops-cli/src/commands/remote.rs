@@ -291,21 +291,21 @@ impl Remote {
         let outcome = tokio::select! {
             r = session::run(request, &mut output) => r,
             _ = tokio::signal::ctrl_c() => {
+                flush_partial(&display, &pending);
                 display.interrupted();
                 eprintln!("interrupted: stopping the engine container {name}");
                 session::remove(&client, &name).await;
                 return Ok((130, String::new()));
             }
             _ = terminate.recv() => {
+                flush_partial(&display, &pending);
                 display.interrupted();
                 eprintln!("terminated: stopping the engine container {name}");
                 session::remove(&client, &name).await;
                 return Ok((143, String::new()));
             }
         };
-        if !pending.is_empty() {
-            display.engine_line(&String::from_utf8_lossy(&pending));
-        }
+        flush_partial(&display, &pending);
         let code = match outcome {
             Ok(code) => code,
             Err(e) => {
@@ -325,5 +325,12 @@ impl Remote {
             None => display.fail(&format!("the engine exited with code {code}")),
         }
         Ok((code, String::from_utf8_lossy(&stdout).into_owned()))
+    }
+}
+
+/// Show what the engine wrote after its last newline, if anything.
+fn flush_partial(display: &progress::Progress, pending: &[u8]) {
+    if !pending.is_empty() {
+        display.engine_line(&String::from_utf8_lossy(pending));
     }
 }

@@ -58,6 +58,7 @@ pub enum JsonEvent {
     PushProgress {
         done: usize,
         total: usize,
+        uploaded: bool,
         bytes_sent: u64,
     },
     PushFinished {
@@ -167,10 +168,12 @@ pub fn from_event(event: &Event) -> Option<JsonEvent> {
         Event::PushProgress {
             done,
             total,
+            uploaded,
             bytes_sent,
         } => JsonEvent::PushProgress {
             done: *done,
             total: *total,
+            uploaded: *uploaded,
             bytes_sent: *bytes_sent,
         },
         Event::PushFinished { report, elapsed } => JsonEvent::PushFinished {
@@ -242,10 +245,12 @@ pub fn to_event(event: &JsonEvent) -> Option<Event> {
         JsonEvent::PushProgress {
             done,
             total,
+            uploaded,
             bytes_sent,
         } => Event::PushProgress {
             done,
             total,
+            uploaded,
             bytes_sent,
         },
         JsonEvent::PushFinished {
@@ -337,6 +342,7 @@ mod tests {
             Event::PushProgress {
                 done: 1,
                 total: 3,
+                uploaded: true,
                 bytes_sent: 512,
             },
             Event::PushFinished {

@@ -253,7 +253,7 @@ impl Progress {
             }
             None => {
                 let mut state = self.lock();
-                let lines = [line.trim_end_matches('\n').to_owned()];
+                let lines = [sanitize(line.trim_end_matches(['\n', '\r']))];
                 state.above(&lines);
                 None
             }
@@ -490,6 +490,7 @@ impl State {
                 done,
                 total,
                 bytes_sent,
+                ..
             } => {
                 if let Some(p) = self.pushing.as_mut() {
                     p.1 = *done;
@@ -590,16 +591,18 @@ fn finished_line(
     paint: impl Fn(&str) -> String,
 ) -> String {
     const MIN_DESCRIPTION: usize = 12;
-    let fixed = mark.chars().count() + number.len() + elapsed.len() + 3;
+    let fixed = text::width(mark) + number.len() + elapsed.len() + 3;
     let why = text::truncate(why, width.saturating_sub(fixed + MIN_DESCRIPTION));
     let room = width
-        .saturating_sub(fixed + why.chars().count())
+        .saturating_sub(fixed + text::width(&why))
         .max(MIN_DESCRIPTION);
-    format!(
-        "{} {number} {} {elapsed}{why}",
-        paint(mark),
-        text::elide_middle(description, room)
-    )
+    let description = text::elide_middle(description, room);
+    let rest = format!(" {number} {description} {elapsed}{why}");
+    if text::width(mark) + text::width(&rest) > width {
+        // A terminal too narrow even for that: cut the plain line, never wrap it.
+        return text::truncate(&format!("{mark}{rest}"), width);
+    }
+    format!("{}{rest}", paint(mark))
 }
 
 /// The plain-mode line for an event, if it prints one. Never contains an escape byte.
@@ -651,13 +654,14 @@ pub fn plain_line(event: &Event) -> Option<String> {
         Event::PushProgress {
             done,
             total,
+            uploaded,
             bytes_sent,
         } => format!(
             "pushed blob {done}/{total} ({})",
-            if *bytes_sent == 0 {
-                "already there".to_owned()
-            } else {
+            if *uploaded {
                 format!("{} sent", text::bytes(*bytes_sent))
+            } else {
+                "already there".to_owned()
             }
         ),
         Event::PushFinished { report, elapsed } => {
@@ -944,6 +948,7 @@ mod tests {
             callback(&Event::PushProgress {
                 done,
                 total: 3,
+                uploaded: true,
                 bytes_sent: 2048,
             });
         }

@@ -1,4 +1,7 @@
-//! Text helpers shared by every mode: terminal-safe text, cutting to a width, sizes.
+//! Text helpers shared by every mode: terminal-safe text, cutting to a width (in terminal
+//! columns), sizes.
+
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 /// `text` without terminal control sequences: ANSI CSI/OSC sequences are dropped, other
 /// control characters (but tab) become `?`.
@@ -44,33 +47,59 @@ pub fn sanitize(text: &str) -> String {
     out
 }
 
-/// `line` cut to `width` characters, the cut marked with `…`.
-pub fn truncate(line: &str, width: usize) -> String {
-    if line.chars().count() <= width {
-        return line.to_owned();
-    }
-    let mut cut: String = line.chars().take(width.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
+/// Columns `text` takes on a terminal (wide characters take two, combining ones none).
+pub fn width(text: &str) -> usize {
+    UnicodeWidthStr::width(text)
 }
 
-/// `text` shortened to `width` characters by removing its middle (`go build -ldfl…/app`):
-/// a step's title keeps its start (the command) and its end (what it acts on).
-pub fn elide_middle(text: &str, width: usize) -> String {
-    let count = text.chars().count();
-    if count <= width {
+/// The longest start of `text` that fits in `columns`.
+fn head(text: &str, columns: usize) -> &str {
+    let mut used = 0;
+    for (at, c) in text.char_indices() {
+        used += UnicodeWidthChar::width(c).unwrap_or(0);
+        if used > columns {
+            return &text[..at];
+        }
+    }
+    text
+}
+
+/// The longest end of `text` that fits in `columns`.
+fn tail(text: &str, columns: usize) -> &str {
+    let mut used = 0;
+    for (at, c) in text.char_indices().rev() {
+        used += UnicodeWidthChar::width(c).unwrap_or(0);
+        if used > columns {
+            return &text[at + c.len_utf8()..];
+        }
+    }
+    text
+}
+
+/// `line` cut to `columns` terminal columns, the cut marked with `…`.
+pub fn truncate(line: &str, columns: usize) -> String {
+    if width(line) <= columns {
+        return line.to_owned();
+    }
+    if columns == 0 {
+        return String::new();
+    }
+    format!("{}…", head(line, columns - 1))
+}
+
+/// `text` shortened to `columns` terminal columns by removing its middle
+/// (`go build -ldfl…/app`): a step's title keeps its start (the command) and its end (what
+/// it acts on).
+pub fn elide_middle(text: &str, columns: usize) -> String {
+    if width(text) <= columns {
         return text.to_owned();
     }
-    if width < 2 {
-        return truncate(text, width);
+    if columns < 2 {
+        return truncate(text, columns);
     }
-    let keep = width - 1;
-    let head = keep.div_ceil(2);
-    let tail = keep - head;
-    let mut out: String = text.chars().take(head).collect();
-    out.push('…');
-    out.extend(text.chars().skip(count - tail));
-    out
+    let keep = columns - 1;
+    let front = keep.div_ceil(2);
+    format!("{}…{}", head(text, front), tail(text, keep - front))
 }
 
 /// `1.2 MiB`, `512 B`.
@@ -109,6 +138,11 @@ mod tests {
         assert_eq!(elide_middle("go build -o /out/app", 11), "go bu…t/app");
         assert_eq!(elide_middle("go build -o /out/app", 11).chars().count(), 11);
         assert_eq!(elide_middle("abc", 1), "…");
+        // Wide characters take two columns: cut by columns, never past them.
+        assert_eq!(truncate("编译中编译中", 7), "编译中…");
+        assert_eq!(width(&truncate("编译中编译中", 7)), 7);
+        assert!(width(&elide_middle("npm 编译 ✨✨✨ done", 9)) <= 9);
+        assert_eq!(truncate("abc", 0), "");
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub fn render(running: &BTreeMap<usize, Running>, screen: &Screen) -> Vec<String
     // Keep a line for the cursor, and never draw more than the terminal shows: a redraw
     // moves up over what it drew, which it cannot do past the top.
     let max_rows = screen.height.saturating_sub(2).max(1);
-    let width = screen.width.saturating_sub(1).max(20);
+    let width = screen.width.saturating_sub(1).max(1);
     let mut stage_names: Vec<(usize, &str)> = running
         .values()
         .map(|s| (s.stage, s.stage_name.as_str()))
@@ -122,11 +122,10 @@ pub fn render(running: &BTreeMap<usize, Running>, screen: &Screen) -> Vec<String
         shown += 1;
     }
     if shown < running.len() {
-        lines.push(
-            screen
-                .colors
-                .dim(&format!("  … and {} more running", running.len() - shown)),
-        );
+        lines.push(screen.colors.dim(&truncate(
+            &format!("  … and {} more running", running.len() - shown),
+            width,
+        )));
     }
     lines
 }
@@ -135,11 +134,16 @@ pub fn render(running: &BTreeMap<usize, Running>, screen: &Screen) -> Vec<String
 fn title(index: usize, step: &Running, indent: &str, width: usize, colors: Colors) -> String {
     let number = format!("[{index}/{}]", step.total);
     let elapsed = format!("{:.1}s", step.started.elapsed().as_secs_f64());
-    let fixed = indent.chars().count() + number.len() + elapsed.len() + 2;
+    let fixed = indent.len() + number.len() + elapsed.len() + 2;
     let description = elide_middle(
         &sanitize(&step.description).replace('\t', " "),
         width.saturating_sub(fixed).max(1),
     );
+    let plain = format!("{indent}{number} {description} {elapsed}");
+    if super::text::width(&plain) > width {
+        // Too narrow even for the number and the time: cut the plain line.
+        return truncate(&plain, width);
+    }
     format!(
         "{indent}{} {description} {}",
         colors.bold(&number),
@@ -191,7 +195,16 @@ mod tests {
             &lines[1..],
             ["    │ line 3", "    │ line 4", "    │ line 5"]
         );
-        assert!(lines.iter().all(|l| l.chars().count() < 60), "{lines:#?}");
+        assert!(
+            lines.iter().all(|l| super::super::text::width(l) < 60),
+            "{lines:#?}"
+        );
+        // Narrower than the fixed parts: cut, never wider than the terminal.
+        let lines = render(&running, &screen(12, 40, false));
+        assert!(
+            lines.iter().all(|l| super::super::text::width(l) < 12),
+            "{lines:#?}"
+        );
     }
 
     #[test]

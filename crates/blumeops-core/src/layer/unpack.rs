@@ -266,39 +266,42 @@ fn decoder(file: File, media_type: &str, layer: &Path) -> Result<Box<dyn Read>, 
 const LEADING_SCAN_BYTES: u64 = 1 << 20;
 
 /// Whether a layer holds a directory entry for each of `dirs` (paths without a leading
-/// `/`), judged from the start of its tar stream only: directories come before what they
-/// hold, and the scan stops once all are seen or after [`LEADING_SCAN_BYTES`] (then the
-/// answer is `false`, meaning "not known from the start"). Nothing is unpacked.
+/// `/`), judged from the first [`LEADING_SCAN_BYTES`] of its tar stream: directories come
+/// before what they hold. A later entry of the same name that is not a directory (the
+/// later one wins when unpacking) within those bytes makes it `false`, as does a name not
+/// seen: `false` means "not known from the start". Nothing is unpacked.
 pub fn leading_dirs_present(
     file: File,
     media_type: &str,
     layer: &Path,
     dirs: &[String],
 ) -> Result<bool, Error> {
-    let mut wanted: std::collections::BTreeSet<&str> = dirs.iter().map(String::as_str).collect();
+    let wanted: std::collections::BTreeSet<&str> = dirs.iter().map(String::as_str).collect();
+    let mut seen = std::collections::BTreeSet::new();
     let reader = decoder(file, media_type, layer)?.take(LEADING_SCAN_BYTES);
     let mut archive = tar::Archive::new(reader);
     let Ok(entries) = archive.entries() else {
         return Ok(false);
     };
     for entry in entries {
-        // The end of the bytes scanned looks like a broken archive: not known.
-        let Ok(entry) = entry else { return Ok(false) };
-        if entry.header().entry_type() != tar::EntryType::Directory {
-            continue;
-        }
+        // Where the bytes scanned end, the archive looks broken: judge what was read.
+        let Ok(entry) = entry else { break };
         let Ok(path) = entry.path() else { continue };
         let name = path.to_string_lossy();
         let name = name
             .trim_start_matches("./")
             .trim_start_matches('/')
             .trim_end_matches('/');
-        wanted.remove(name);
-        if wanted.is_empty() {
-            return Ok(true);
+        if !wanted.contains(name) {
+            continue;
+        }
+        if entry.header().entry_type() == tar::EntryType::Directory {
+            seen.insert(name.to_owned());
+        } else {
+            return Ok(false);
         }
     }
-    Ok(wanted.is_empty())
+    Ok(seen.len() == wanted.len())
 }
 
 /// Hashes and counts the uncompressed stream, failing once it passes the limit, and bounds
@@ -1191,6 +1194,7 @@ pub(crate) mod tests {
     #[test]
     fn leading_dirs_are_read_from_the_start_of_a_layer() {
         let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("replaced")).unwrap();
         let big = vec![7u8; (LEADING_SCAN_BYTES + 1024) as usize];
         let (path, _) = layer_file(tmp.path(), |tar| {
             raw_entry(tar, tar::EntryType::Directory, b"app/", None, b"", 0o755);
@@ -1206,6 +1210,17 @@ pub(crate) mod tests {
             raw_entry(tar, tar::EntryType::Regular, b"big", None, &big, 0o644);
             raw_entry(tar, tar::EntryType::Directory, b"late/", None, b"", 0o755);
         });
+        let (replaced, _) = layer_file(&tmp.path().join("replaced"), |tar| {
+            raw_entry(tar, tar::EntryType::Directory, b"app/", None, b"", 0o755);
+            raw_entry(
+                tar,
+                tar::EntryType::Symlink,
+                b"app",
+                Some(b"/etc"),
+                b"",
+                0o777,
+            );
+        });
         let present = |dirs: &[&str]| {
             let dirs: Vec<String> = dirs.iter().map(|d| (*d).to_owned()).collect();
             leading_dirs_present(
@@ -1220,6 +1235,12 @@ pub(crate) mod tests {
         assert!(!present(&["app", "app/missing"]));
         assert!(!present(&["app", "app/file"]));
         assert!(!present(&["late"]), "past the bytes scanned: not known");
+        let dirs = vec!["app".to_owned()];
+        let file = File::open(&replaced).unwrap();
+        assert!(
+            !leading_dirs_present(file, media_types::OCI_LAYER_GZIP, &replaced, &dirs).unwrap(),
+            "a later entry of the same name wins"
+        );
     }
 
     /// A temporary area with an empty destination and a sentinel directory outside it.

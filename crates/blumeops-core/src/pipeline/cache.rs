@@ -136,11 +136,11 @@ pub(crate) fn stage_history(container: &str, stage_key: &str) -> Digest {
     h.finish()
 }
 
-/// For each step of a stage now (by operation digest), what it was last time: the
-/// longest common subsequence of the two lists pairs up unchanged operations; between
-/// two pairs, old and new steps are paired in order (a step whose definition changed),
-/// and new steps left over were inserted.
-pub(crate) fn align(old: Option<&StageRecord>, now: &[Digest]) -> Vec<Previous> {
+/// For each step of a stage now (operation digest, description), what it was last time:
+/// the longest common subsequence of the two lists pairs up unchanged operations; between
+/// two such pairs, a new step is paired with the old step of the same kind it resembles
+/// most (an edited step: "definition changed"), and new steps left over were inserted.
+pub(crate) fn align(old: Option<&StageRecord>, now: &[(Digest, String)]) -> Vec<Previous> {
     let Some(old) = old else {
         return vec![Previous::FirstBuild; now.len()];
     };
@@ -150,7 +150,7 @@ pub(crate) fn align(old: Option<&StageRecord>, now: &[Digest]) -> Vec<Previous> 
     let mut lcs = vec![vec![0usize; m + 1]; n + 1];
     for i in (0..n).rev() {
         for j in (0..m).rev() {
-            lcs[i][j] = if was[i] == &now[j] {
+            lcs[i][j] = if was[i] == &now[j].0 {
                 lcs[i + 1][j + 1] + 1
             } else {
                 lcs[i + 1][j].max(lcs[i][j + 1])
@@ -161,15 +161,9 @@ pub(crate) fn align(old: Option<&StageRecord>, now: &[Digest]) -> Vec<Previous> 
     let (mut i, mut j) = (0, 0);
     // Unmatched steps since the last pair, old and new.
     let (mut gap_old, mut gap_now) = (Vec::new(), Vec::new());
-    let close_gap = |gap_old: &mut Vec<usize>, gap_now: &mut Vec<usize>, out: &mut [Previous]| {
-        for (o, k) in gap_old.drain(..).zip(gap_now.iter()) {
-            out[*k] = Previous::Was(old.steps[o].clone());
-        }
-        gap_now.clear();
-    };
     while i < n || j < m {
-        if i < n && j < m && was[i] == &now[j] {
-            close_gap(&mut gap_old, &mut gap_now, &mut out);
+        if i < n && j < m && was[i] == &now[j].0 {
+            pair_gap(old, now, &mut gap_old, &mut gap_now, &mut out);
             out[j] = Previous::Was(old.steps[i].clone());
             i += 1;
             j += 1;
@@ -181,8 +175,50 @@ pub(crate) fn align(old: Option<&StageRecord>, now: &[Digest]) -> Vec<Previous> 
             i += 1;
         }
     }
-    close_gap(&mut gap_old, &mut gap_now, &mut out);
+    pair_gap(old, now, &mut gap_old, &mut gap_now, &mut out);
     out
+}
+
+/// Pair the unmatched steps between two matched ones: same kind (the description's first
+/// word), most alike first (the longest common start plus end of the descriptions).
+fn pair_gap(
+    old: &StageRecord,
+    now: &[(Digest, String)],
+    gap_old: &mut Vec<usize>,
+    gap_now: &mut Vec<usize>,
+    out: &mut [Previous],
+) {
+    let kind = |d: &str| d.split(' ').next().unwrap_or_default().to_owned();
+    let alike = |a: &str, b: &str| {
+        let start = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
+        let end = a
+            .chars()
+            .rev()
+            .zip(b.chars().rev())
+            .take_while(|(x, y)| x == y)
+            .count();
+        start + end
+    };
+    let mut candidates = Vec::new();
+    for (rank_o, o) in gap_old.iter().enumerate() {
+        for (rank_n, k) in gap_now.iter().enumerate() {
+            let (a, b) = (&old.steps[*o].description, &now[*k].1);
+            if kind(a) == kind(b) {
+                candidates.push((std::cmp::Reverse(alike(a, b)), rank_n, rank_o, *o, *k));
+            }
+        }
+    }
+    candidates.sort();
+    let (mut used_old, mut used_now) = (Vec::new(), Vec::new());
+    for (_, _, _, o, k) in candidates {
+        if !used_old.contains(&o) && !used_now.contains(&k) {
+            out[k] = Previous::Was(old.steps[o].clone());
+            used_old.push(o);
+            used_now.push(k);
+        }
+    }
+    gap_old.clear();
+    gap_now.clear();
 }
 
 /// Why a step with these inputs ran, compared with what it was last time.

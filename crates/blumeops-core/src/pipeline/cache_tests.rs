@@ -391,3 +391,59 @@ fn reasons_compare_with_the_same_step_of_the_same_container_and_stage() {
         ]
     );
 }
+
+/// Alignment inside a gap: an inserted step in front of an edited one is the new step,
+/// and the edited one is paired with what it was (the most alike of the same kind).
+#[test]
+fn an_inserted_step_before_an_edited_one_is_the_new_one() {
+    use crate::reference::Digest;
+    use crate::store::{StageRecord, StepInputsRecord};
+    let step = |d: &str| (Digest::of(d.as_bytes()), d.to_owned());
+    let record = |steps: &[(Digest, String)]| {
+        StageRecord::new(
+            steps
+                .iter()
+                .map(|(operation, description)| StepInputsRecord {
+                    operation: operation.clone(),
+                    description: description.clone(),
+                    key: operation.clone(),
+                    inputs: Vec::new(),
+                })
+                .collect(),
+        )
+    };
+    let (a, b, c) = (
+        step("from busybox"),
+        step("with_exec make -j4 all"),
+        step("with_label x=y"),
+    );
+    let old = record(&[a.clone(), b.clone(), c.clone()]);
+    let now = [
+        a.clone(),
+        step("with_exec apk add git"),
+        step("with_exec make -j8 all"),
+        c.clone(),
+    ];
+    let was = |p: &cache::Previous| match p {
+        cache::Previous::Was(r) => Some(r.description.clone()),
+        _ => None,
+    };
+    let aligned = cache::align(Some(&old), &now);
+    assert_eq!(
+        aligned.iter().map(was).collect::<Vec<_>>(),
+        [
+            Some(a.1.clone()),
+            None,
+            Some(b.1.clone()),
+            Some(c.1.clone())
+        ]
+    );
+    assert_eq!(aligned[1], cache::Previous::NewStep);
+    // A step of another kind in the place of a removed one is new, not an edit.
+    let now = [a.clone(), step("with_new_file /x (1 bytes)"), c.clone()];
+    assert_eq!(cache::align(Some(&old), &now)[1], cache::Previous::NewStep);
+    assert_eq!(
+        cache::align(None, &now),
+        vec![cache::Previous::FirstBuild; 3]
+    );
+}

@@ -78,6 +78,8 @@ pub enum Event {
         done: usize,
         /// Blobs to push.
         total: usize,
+        /// Whether this blob was uploaded (else the registry had it).
+        uploaded: bool,
         /// Bytes uploaded for this blob (0 when the registry had it).
         bytes_sent: u64,
     },

@@ -107,6 +107,7 @@ pub(crate) async fn push_built(
         engine.emit(Event::PushProgress {
             done: p.done,
             total: p.total,
+            uploaded: p.uploaded,
             bytes_sent: p.bytes_sent,
         });
     };

@@ -129,10 +129,10 @@ impl<'a> Run<'a> {
             futures_util::future::try_join_all(sources.iter().map(|s| self.evaluate_stage(*s)));
         let store = &self.engine.store;
         let history = cache::stage_history(&self.engine.container_name, &layout.history_key);
-        let operations: Vec<Digest> = layout
+        let operations: Vec<(Digest, String)> = layout
             .own
             .iter()
-            .map(|(n, _)| cache::operation(&n.op))
+            .map(|(n, _)| (cache::operation(&n.op), n.op.describe()))
             .collect();
         let previous = cache::align(store.stage_record(&history).as_ref(), &operations);
         let chain = async {
@@ -157,8 +157,10 @@ impl<'a> Run<'a> {
                 let (key, inputs) = self
                     .step(&node.op, at, &mut state, source_state.as_ref())
                     .await?;
+                let (operation, description) = operation;
                 records.push(StepInputsRecord {
                     operation,
+                    description,
                     key,
                     inputs,
                 });

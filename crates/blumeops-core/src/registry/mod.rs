@@ -133,6 +133,8 @@ pub struct PushReport {
 pub struct BlobProgress {
     /// The blob just confirmed.
     pub digest: Digest,
+    /// Whether it was uploaded (else the registry had it).
+    pub uploaded: bool,
     /// Bytes sent for it (0 when the registry had it).
     pub bytes_sent: u64,
     /// Blobs confirmed so far, and of how many.

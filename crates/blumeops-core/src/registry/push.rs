@@ -72,6 +72,7 @@ impl RegistryClient {
                 let sent = self.push_blob(repo_ref, &blob, store).await?;
                 progress(&BlobProgress {
                     digest: blob.digest.clone(),
+                    uploaded: sent.is_some(),
                     bytes_sent: sent.unwrap_or(0),
                     done: done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1,
                     total,

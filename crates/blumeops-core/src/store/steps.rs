@@ -77,6 +77,10 @@ pub struct StageRecord {
 pub struct StepInputsRecord {
     /// Digest of the operation with its arguments (not its inputs).
     pub operation: Digest,
+    /// The step's description (as in progress output; never a secret's value), to tell
+    /// which old step an edited one was.
+    #[serde(default)]
+    pub description: String,
     /// The step key those inputs gave.
     pub key: Digest,
     /// Input name and digest, in key order.

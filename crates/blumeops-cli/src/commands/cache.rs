@@ -148,6 +148,7 @@ mod tests {
     fn human_sizes() {
         assert_eq!(human(512), "512 B");
         assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(3 * 1024 * 1024), "3.0 MiB");
         assert_eq!(human(20 << 30), "20.0 GiB");
     }
 

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use blumeops_core::{CacheStatus, Digest, Event, ProgressFn, TAIL_LINES};
 
 use crate::cli::ProgressArg;
+use crate::commands::cache::human;
 pub use text::sanitize;
 use view::{Colors, Running, Screen};
 
@@ -539,7 +540,7 @@ impl State {
                     &format!(
                         "  pushing {}: {done}/{total} blobs, {} sent {:.1}s",
                         sanitize(target),
-                        text::bytes(*bytes),
+                        human(*bytes),
                         since.elapsed().as_secs_f64()
                     ),
                     width.saturating_sub(1),
@@ -647,7 +648,7 @@ pub fn plain_line(event: &Event) -> Option<String> {
             ..
         } if *blobs_fetched > 0 => format!(
             "[{index}] pulled {reference}: {} ({blobs_fetched} blob{})",
-            text::bytes(*bytes_fetched),
+            human(*bytes_fetched),
             plural(*blobs_fetched as usize)
         ),
         Event::PushStarted { target } => format!("pushing {target}"),
@@ -659,7 +660,7 @@ pub fn plain_line(event: &Event) -> Option<String> {
         } => format!(
             "pushed blob {done}/{total} ({})",
             if *uploaded {
-                format!("{} sent", text::bytes(*bytes_sent))
+                format!("{} sent", human(*bytes_sent))
             } else {
                 "already there".to_owned()
             }
@@ -720,7 +721,7 @@ fn summary(t: &Totals, elapsed: Duration, digest: Option<&Digest>) -> Vec<String
     if t.blobs_pulled > 0 {
         parts.push(format!(
             "pulled {} ({} blob{})",
-            text::bytes(t.bytes_pulled),
+            human(t.bytes_pulled),
             t.blobs_pulled,
             plural(t.blobs_pulled as usize)
         ));
@@ -728,7 +729,7 @@ fn summary(t: &Totals, elapsed: Duration, digest: Option<&Digest>) -> Vec<String
     if t.blobs_pushed + t.blobs_present > 0 {
         parts.push(format!(
             "pushed {} ({} blob{}, {} already there)",
-            text::bytes(t.bytes_pushed),
+            human(t.bytes_pushed),
             t.blobs_pushed,
             plural(t.blobs_pushed),
             t.blobs_present

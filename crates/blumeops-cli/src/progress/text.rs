@@ -1,5 +1,5 @@
 //! Text helpers shared by every mode: terminal-safe text, cutting to a width (in terminal
-//! columns), sizes.
+//! columns).
 
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
@@ -102,22 +102,6 @@ pub fn elide_middle(text: &str, columns: usize) -> String {
     format!("{}…{}", head(text, front), tail(text, keep - front))
 }
 
-/// `1.2 MiB`, `512 B`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,12 +127,5 @@ mod tests {
         assert_eq!(width(&truncate("编译中编译中", 7)), 7);
         assert!(width(&elide_middle("npm 编译 ✨✨✨ done", 9)) <= 9);
         assert_eq!(truncate("abc", 0), "");
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(3 * 1024 * 1024), "3.0 MiB");
     }
 }

@@ -107,6 +107,10 @@ pub struct CacheDuArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Show what a registry cache repository holds instead (`--cache-repo` of builds),
+    /// read with the credentials of the registry config files.
+    #[arg(long, value_name = "REPO")]
+    pub remote: Option<String>,
 }
 
 /// `cache prune` flags (exactly one).
@@ -192,6 +196,20 @@ pub struct BuildFlags {
     /// Layer compression for the layers this build creates.
     #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
     pub compression: CompressionArg,
+    /// Share step results and cache volumes through this registry repository (read
+    /// anonymously, written with the registry credentials); `auto` is
+    /// REGISTRY/blumeops/cache/NAME [default: off].
+    #[arg(long, value_name = "REPO|auto", env = "BLUMEOPS_CACHE_REPO")]
+    pub cache_repo: Option<String>,
+    /// Largest cache volume exported to the registry cache (the sum of its file sizes,
+    /// e.g. `2G`, `500M`).
+    #[arg(
+        long,
+        value_name = "SIZE",
+        env = "BLUMEOPS_CACHE_VOLUME_MAX_BYTES",
+        default_value = "2G"
+    )]
+    pub cache_volume_max_bytes: String,
     /// Docker executor: the engine image to run [default: one made from this executable
     /// and loaded into the daemon].
     #[arg(long, value_name = "REF", env = "BLUMEOPS_ENGINE_IMAGE")]

@@ -98,7 +98,7 @@ fn run(cli: Cli) -> ExitCode {
             Command::List(args) => commands::list::run(args).await,
             Command::Changed(args) => commands::changed::run(args),
             Command::PushArchive(args) => commands::push_archive::run(args).await,
-            Command::Cache(cmd) => commands::cache::run(cmd),
+            Command::Cache(cmd) => commands::cache::run(cmd).await,
             Command::Doctor(args) => commands::doctor::run(&args),
             Command::Engine(_) => unreachable!("handled in main"),
         }

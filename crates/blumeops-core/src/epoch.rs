@@ -98,6 +98,11 @@ pub fn rfc3339(secs: u64) -> String {
     )
 }
 
+/// Seconds since 1970 as compact UTC for names that sort by time, e.g. `19700101T000000Z`.
+pub(crate) fn compact_utc(secs: u64) -> String {
+    rfc3339(secs).replace(['-', ':'], "")
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;

@@ -31,6 +31,7 @@ pub mod limits;
 mod pipeline;
 mod reference;
 mod registry;
+mod registry_cache;
 mod sandbox;
 mod secret;
 mod store;
@@ -89,6 +90,9 @@ pub use registry::{
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_UPLOAD_CHUNK_SIZE, MAX_RETRY_AFTER, PulledImage, PushReport,
     RegistryClient, RetryPolicy, TagPolicy,
 };
+pub use registry_cache::{
+    DEFAULT_VOLUME_MAX_BYTES, RegistryCacheOptions, RemoteUsage, registry_cache_usage,
+};
 pub use sandbox::Error as SandboxError;
 pub use sandbox::{
     BindMount, CancelToken, DEFAULT_HOSTNAME, DEFAULT_PATH, DEFAULT_PIDS_MAX,
@@ -100,7 +104,7 @@ pub use secret::{ACCEPTED_FORMS as SECRET_FORMS, Secret, SecretSource};
 pub use store::Error as StoreError;
 pub use store::{
     BlobWriter, CACHE_DIR_ENV, FileDigestTable, PrunePolicy, PruneReport, Store, StoreLock, Usage,
-    parse_age, parse_size,
+    human_size, parse_age, parse_size,
 };
 
 pub use oci_spec;

@@ -3,12 +3,22 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use blumeops_core::{PrunePolicy, Store, parse_age, parse_size};
+use blumeops_core::{
+    ClientOptions, Credentials, ImageRef, PrunePolicy, RegistryClient, Store, parse_age,
+    parse_size, registry_cache_usage,
+};
 
 use super::InvalidInput;
 use crate::cli::{CacheCommand, CacheDuArgs, CachePruneArgs};
 
-pub fn run(cmd: CacheCommand) -> Result<ExitCode> {
+pub async fn run(cmd: CacheCommand) -> Result<ExitCode> {
+    if let CacheCommand::Du(CacheDuArgs {
+        remote: Some(repo),
+        json,
+    }) = &cmd
+    {
+        return du_remote(repo, *json).await;
+    }
     let store = Store::open_default().map_err(blumeops_core::Error::from)?;
     match cmd {
         CacheCommand::Du(args) => du(&store, &args),
@@ -45,6 +55,62 @@ fn du(store: &Store, args: &CacheDuArgs) -> Result<ExitCode> {
             "total",
             "",
             human(usage.total_bytes())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cache du --remote REPO`: entries and bytes of a registry cache repository.
+async fn du_remote(repo: &str, json: bool) -> Result<ExitCode> {
+    let repository: ImageRef = repo.parse().map_err(|e: blumeops_core::ReferenceError| {
+        InvalidInput::new(format!("--remote: `{repo}` is not a repository: {e}"))
+    })?;
+    let client = RegistryClient::new(ClientOptions {
+        credentials: Credentials::from_config_files(),
+        ..ClientOptions::default()
+    })
+    .map_err(blumeops_core::Error::from)?;
+    let usage = registry_cache_usage(&client, &repository)
+        .await
+        .map_err(blumeops_core::Error::from)?;
+    let name = format!("{}/{}", repository.registry(), repository.repository());
+    if json {
+        let volumes: serde_json::Map<String, serde_json::Value> = usage
+            .volumes
+            .iter()
+            .map(|(v, (n, b))| (v.clone(), serde_json::json!({"snapshots": n, "bytes": b})))
+            .collect();
+        let doc = serde_json::json!({
+            "repository": name,
+            "steps": {"entries": usage.steps.0, "bytes": usage.steps.1},
+            "volumes": volumes,
+            "other_tags": usage.other_tags,
+            "total_bytes": usage.total_bytes,
+        });
+        println!("{doc}");
+    } else {
+        println!("{name}");
+        println!(
+            "{:<24} {:>8} entries {:>12}",
+            "steps",
+            usage.steps.0,
+            human(usage.steps.1)
+        );
+        for (volume, (count, bytes)) in &usage.volumes {
+            println!(
+                "{:<24} {count:>8} entries {:>12}",
+                format!("volume {volume}"),
+                human(*bytes)
+            );
+        }
+        if usage.other_tags > 0 {
+            println!("{:<24} {:>8} tags", "not cache entries", usage.other_tags);
+        }
+        println!(
+            "{:<24} {:>8}         {:>12}",
+            "total (distinct blobs)",
+            "",
+            human(usage.total_bytes)
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -126,18 +192,7 @@ pub fn enforce_limit(store: &Store, limit: u64, steps_ran: usize) {
 
 /// Bytes in a short human form (powers of 1024).
 pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    blumeops_core::human_size(bytes)
 }
 
 #[cfg(test)]

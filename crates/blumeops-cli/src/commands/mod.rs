@@ -16,8 +16,8 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use blumeops_core::{
     BuildArgs, CacheOptions, ClientOptions, Compression, Container, Credential, Credentials,
-    DefinitionInput, Engine, EngineOptions, ImageRef, Platform, SecretSource, Store, default_jobs,
-    file_container_version, resolve_epoch_for,
+    DefinitionInput, Engine, EngineOptions, ImageRef, Platform, RegistryCacheOptions, SecretSource,
+    Store, default_jobs, file_container_version, resolve_epoch_for,
 };
 
 use crate::cli::{BuildFlags, CompressionArg, NAMESPACE};
@@ -93,6 +93,7 @@ pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
         .with_hint("give bytes, or a number with K, M, G or T (powers of 1024); 0 for no limit")
     })?;
 
+    let registry_cache = registry_cache_options(flags)?;
     let mut registry = registry_options(
         &flags.registry,
         &flags.registry_username,
@@ -119,6 +120,7 @@ pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
         },
         step_pids_max: (flags.step_pids_max > 0).then_some(flags.step_pids_max),
         container_name: flags.container_name.clone(),
+        registry_cache,
         ..EngineOptions::new(store)
     })?;
 
@@ -148,6 +150,57 @@ pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
         cache_max_bytes,
         progress,
     })
+}
+
+/// The registry cache `--cache-repo` asks for (`auto`: `REGISTRY/blumeops/cache/NAME`),
+/// with its volume cap; `None` when it is off.
+pub fn registry_cache_options(flags: &BuildFlags) -> Result<Option<RegistryCacheOptions>> {
+    let Some(repository) = cache_repository(flags)? else {
+        return Ok(None);
+    };
+    let volume_max_bytes =
+        blumeops_core::parse_size(&flags.cache_volume_max_bytes).ok_or_else(|| {
+            InvalidInput::new(format!(
+                "--cache-volume-max-bytes: `{}` is not a size",
+                flags.cache_volume_max_bytes
+            ))
+            .with_hint("give bytes, or a number with K, M, G or T (powers of 1024)")
+        })?;
+    Ok(Some(RegistryCacheOptions {
+        volume_max_bytes,
+        ..RegistryCacheOptions::new(repository)
+    }))
+}
+
+/// The repository of `--cache-repo`, resolved (`auto`) and checked; `None` when unset.
+pub fn cache_repository(flags: &BuildFlags) -> Result<Option<ImageRef>> {
+    let text = match flags.cache_repo.as_deref().map(str::trim) {
+        None | Some("") => return Ok(None),
+        Some("auto") => format!(
+            "{}/{NAMESPACE}/cache/{}",
+            flags.registry.trim_end_matches('/'),
+            flags.container_name
+        ),
+        Some(repo) => repo.to_owned(),
+    };
+    let invalid = |why: String| {
+        InvalidInput::new(format!("--cache-repo: `{text}` {why}"))
+            .with_hint("give a repository such as registry.example/blumeops/cache/NAME, or auto")
+    };
+    let repository: ImageRef = text
+        .parse()
+        .map_err(|e: blumeops_core::ReferenceError| invalid(format!("is not a repository: {e}")))?;
+    if repository.digest().is_some()
+        || text
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':'))
+    {
+        return Err(
+            invalid("names a tag or digest; the cache's tags are its own".to_owned()).into(),
+        );
+    }
+    Ok(Some(repository))
 }
 
 /// The container called `name` (a native definition, else `SRC/containers/NAME/Dockerfile`

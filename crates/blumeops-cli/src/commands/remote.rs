@@ -193,6 +193,12 @@ impl Remote {
             flag("jobs", &jobs.to_string());
         }
         flag("cache-max-bytes", &flags.cache_max_bytes);
+        if let Some(repository) = super::cache_repository(flags)? {
+            // Resolved here (`auto`), so the engine needs no registry of its own to do it.
+            let text = format!("{}/{}", repository.registry(), repository.repository());
+            flag("cache-repo", &text);
+            flag("cache-volume-max-bytes", &flags.cache_volume_max_bytes);
+        }
         flag("step-pids-max", &flags.step_pids_max.to_string());
         let compression = flags.compression.to_possible_value().expect("named");
         flag("compression", compression.get_name());

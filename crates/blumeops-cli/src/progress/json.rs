@@ -69,6 +69,17 @@ pub enum JsonEvent {
         bytes_uploaded: u64,
         seconds: f64,
     },
+    Warning {
+        message: String,
+    },
+    RegistryCacheExported {
+        repository: String,
+        steps_exported: usize,
+        steps_present: usize,
+        volumes_exported: usize,
+        bytes_uploaded: u64,
+        seconds: f64,
+    },
     /// The command's outcome: the last line.
     Result {
         ok: bool,
@@ -95,6 +106,8 @@ pub enum Stream {
 pub enum Cache {
     /// Taken from the step cache.
     Hit,
+    /// Taken from the registry cache (another machine's build).
+    Registry,
     /// Ran; `reason` says why.
     Ran,
     /// Changed only the image config.
@@ -138,6 +151,7 @@ pub fn from_event(event: &Event) -> Option<JsonEvent> {
         } => {
             let (cache, reason) = match cache {
                 CacheStatus::Hit => (Cache::Hit, None),
+                CacheStatus::Imported => (Cache::Registry, None),
                 CacheStatus::Ran { reason } => (Cache::Ran, Some(reason.clone())),
                 _ => (Cache::Config, None),
             };
@@ -184,6 +198,24 @@ pub fn from_event(event: &Event) -> Option<JsonEvent> {
             bytes_uploaded: report.bytes_uploaded,
             seconds: seconds(*elapsed),
         },
+        Event::Warning { message } => JsonEvent::Warning {
+            message: message.clone(),
+        },
+        Event::RegistryCacheExported {
+            repository,
+            steps_exported,
+            steps_present,
+            volumes_exported,
+            bytes_uploaded,
+            elapsed,
+        } => JsonEvent::RegistryCacheExported {
+            repository: repository.clone(),
+            steps_exported: *steps_exported,
+            steps_present: *steps_present,
+            volumes_exported: *volumes_exported,
+            bytes_uploaded: *bytes_uploaded,
+            seconds: seconds(*elapsed),
+        },
         _ => return None,
     })
 }
@@ -222,6 +254,7 @@ pub fn to_event(event: &JsonEvent) -> Option<Event> {
             detail,
             cache: match cache {
                 Cache::Hit => CacheStatus::Hit,
+                Cache::Registry => CacheStatus::Imported,
                 Cache::Ran => CacheStatus::Ran {
                     reason: reason.unwrap_or_default(),
                 },
@@ -268,6 +301,22 @@ pub fn to_event(event: &JsonEvent) -> Option<Event> {
                 blobs_skipped,
                 bytes_uploaded,
             },
+            elapsed: duration(seconds),
+        },
+        JsonEvent::Warning { message } => Event::Warning { message },
+        JsonEvent::RegistryCacheExported {
+            repository,
+            steps_exported,
+            steps_present,
+            volumes_exported,
+            bytes_uploaded,
+            seconds,
+        } => Event::RegistryCacheExported {
+            repository,
+            steps_exported,
+            steps_present,
+            volumes_exported,
+            bytes_uploaded,
             elapsed: duration(seconds),
         },
         JsonEvent::Result { .. } => return None,

@@ -381,7 +381,7 @@ impl State {
                 t.steps += 1;
                 match cache {
                     CacheStatus::Ran { .. } => t.ran += 1,
-                    CacheStatus::Hit => t.cached += 1,
+                    CacheStatus::Hit | CacheStatus::Imported => t.cached += 1,
                     _ => {}
                 }
                 if let Some((start, _)) = t.build {
@@ -462,7 +462,7 @@ impl State {
                         &why,
                         width.saturating_sub(1),
                         |m| match cache {
-                            CacheStatus::Hit => colors.cyan(m),
+                            CacheStatus::Hit | CacheStatus::Imported => colors.cyan(m),
                             _ => colors.green(m),
                         },
                     )
@@ -575,6 +575,7 @@ fn output_line(index: usize, stderr: bool, line: &str) -> String {
 fn cache_words(cache: &CacheStatus) -> (&'static str, String) {
     match cache {
         CacheStatus::Hit => ("cached", String::new()),
+        CacheStatus::Imported => ("cached (registry)", String::new()),
         CacheStatus::Ran { reason } => ("ran", format!(" [{}]", sanitize(reason))),
         _ => ("done", String::new()),
     }
@@ -623,7 +624,10 @@ pub fn plain_line(event: &Event) -> Option<String> {
         } => {
             let (mark, why) = cache_words(cache);
             // Config-only steps have nothing to add; every cached or re-run step says so.
-            if detail.is_none() && why.is_empty() && !matches!(cache, CacheStatus::Hit) {
+            if detail.is_none()
+                && why.is_empty()
+                && !matches!(cache, CacheStatus::Hit | CacheStatus::Imported)
+            {
                 return None;
             }
             let detail = detail
@@ -683,6 +687,22 @@ pub fn plain_line(event: &Event) -> Option<String> {
                 )
             }
         }
+        Event::Warning { message } => format!("warning: {message}"),
+        Event::RegistryCacheExported {
+            repository,
+            steps_exported,
+            steps_present,
+            volumes_exported,
+            bytes_uploaded,
+            elapsed,
+        } => format!(
+            "registry cache {repository}: {steps_exported} step{} exported ({steps_present} \
+             there already), {volumes_exported} volume{}, {} uploaded in {:.2}s",
+            plural(*steps_exported),
+            plural(*volumes_exported),
+            human(*bytes_uploaded),
+            elapsed.as_secs_f64()
+        ),
         _ => return None,
     };
     Some(sanitize(&line))

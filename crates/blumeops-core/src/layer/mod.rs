@@ -28,6 +28,7 @@ pub use fingerprint::{FileDigestCache, Fingerprint, host_file_digest};
 pub(crate) use host::globset;
 pub(crate) use host::is_root;
 pub use host::{HostCopy, Owner};
+pub(crate) use unpack::diff_id_of;
 pub use unpack::{
     DEFAULT_MAX_UNPACK_BYTES, OverlayXattrs, UnpackOptions, UnpackStats, leading_dirs_present,
     unpack_layer,

@@ -232,6 +232,20 @@ pub struct UnpackStats {
     pub skipped_other: u64,
 }
 
+/// The diff_id of a compressed layer file: sha256 of its uncompressed stream (to check a
+/// layer from elsewhere before its diff_id is trusted).
+pub(crate) fn diff_id_of(layer: &Path, media_type: &str) -> Result<Digest, Error> {
+    let read_err = |source| Error::ReadLayer {
+        layer: layer.to_owned(),
+        source,
+    };
+    let file = File::open(layer).map_err(read_err)?;
+    let mut reader = decoder(file, media_type, layer)?;
+    let mut hasher = crate::reference::DigestWriter::new();
+    std::io::copy(&mut reader, &mut hasher).map_err(read_err)?;
+    Ok(hasher.finish())
+}
+
 /// The decompressing reader for a layer media type (OCI and Docker types).
 fn decoder(file: File, media_type: &str, layer: &Path) -> Result<Box<dyn Read>, Error> {
     let buffered = BufReader::with_capacity(128 * 1024, file);

@@ -52,6 +52,9 @@ impl CacheOptions {
 pub enum CacheStatus {
     /// The step's result came from the cache; it did not run.
     Hit,
+    /// The step's result came from the registry cache (another machine's build); it did
+    /// not run.
+    Imported,
     /// The step ran; `reason` says why (which input changed, or that it was never run).
     Ran {
         /// e.g. "files changed: app/main.go".

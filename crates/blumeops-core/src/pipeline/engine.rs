@@ -12,6 +12,7 @@ use crate::image::{ImageConfig, StoredImage};
 use crate::layer::Compression;
 use crate::reference::{Digest, ImageRef, Platform};
 use crate::registry::{ClientOptions, PushReport, RegistryClient};
+use crate::registry_cache::{RegistryCache, RegistryCacheOptions};
 use crate::store::Store;
 
 /// A progress callback.
@@ -90,6 +91,27 @@ pub enum Event {
         /// How long it took.
         elapsed: Duration,
     },
+    /// Something went wrong that the build goes on without (the registry cache could not
+    /// be reached, an entry was damaged), or a note worth a line.
+    Warning {
+        /// What happened, for a person.
+        message: String,
+    },
+    /// The build's results were exported to the registry cache.
+    RegistryCacheExported {
+        /// The cache repository.
+        repository: String,
+        /// Step entries pushed.
+        steps_exported: usize,
+        /// Step entries the repository had already.
+        steps_present: usize,
+        /// Cache volume snapshots pushed.
+        volumes_exported: usize,
+        /// Bytes uploaded (layers the registry had or mounted cost none).
+        bytes_uploaded: u64,
+        /// How long it took.
+        elapsed: Duration,
+    },
 }
 
 /// Engine settings.
@@ -120,6 +142,8 @@ pub struct EngineOptions {
     /// The name a build's step history is kept under (the container's name): a step that
     /// runs again is compared with the same step of the last build of the same name.
     pub container_name: String,
+    /// Share step results and cache volumes through a registry repository (off: `None`).
+    pub registry_cache: Option<RegistryCacheOptions>,
 }
 
 /// Default for [`EngineOptions::jobs`]: the number of cores.
@@ -142,6 +166,7 @@ impl EngineOptions {
             executor: crate::executor::for_this_process(),
             step_pids_max: Some(crate::sandbox::DEFAULT_PIDS_MAX),
             container_name: String::new(),
+            registry_cache: None,
         }
     }
 }
@@ -161,6 +186,8 @@ pub struct Engine {
     pub(super) executor: Arc<dyn StepExecutor>,
     pub(super) step_pids_max: Option<u64>,
     pub(super) container_name: String,
+    /// The registry cache's settings and its client (short timeouts, few retries).
+    pub(super) registry_cache: Option<(RegistryCacheOptions, RegistryClient)>,
 }
 
 impl fmt::Debug for Engine {
@@ -177,7 +204,12 @@ impl fmt::Debug for Engine {
 impl Engine {
     /// An engine with these options.
     pub fn new(options: EngineOptions) -> Result<Self, Error> {
+        let registry_cache = match options.registry_cache {
+            Some(cache) => Some((cache, RegistryCache::client(&options.registry)?)),
+            None => None,
+        };
         Ok(Self {
+            registry_cache,
             registry: RegistryClient::new(options.registry)?,
             store: options.store,
             platform: options.platform,
@@ -229,7 +261,7 @@ impl Engine {
         self.progress.clone()
     }
 
-    pub(super) fn emit(&self, event: Event) {
+    pub(crate) fn emit(&self, event: Event) {
         if let Some(p) = &self.progress {
             p(&event);
         }

@@ -16,10 +16,13 @@ use crate::registry::TagPolicy;
 impl Container {
     /// Evaluate every step and assemble the image in the engine's store. The digest is
     /// known when this returns, before any upload.
+    /// With a registry cache, the steps and volumes it lacks are exported afterwards.
     pub async fn build(&self, engine: &Engine) -> Result<BuiltImage, Error> {
         let _lock = engine.lock_store().await?;
-        let state = Run::new(engine, self).evaluate(self).await?;
-        finish(engine, state)
+        let run = Run::new(engine, self);
+        let built = finish(engine, run.evaluate(self).await?)?;
+        run.export_to_registry_cache(None).await;
+        Ok(built)
     }
 
     /// Evaluate the container and return the stdout of its last `with_exec` step.
@@ -70,8 +73,12 @@ impl Container {
     ) -> Result<Published, Error> {
         // Held from the build through the push, so no pruning removes blobs in between.
         let _lock = engine.lock_store().await?;
-        let built = self.build(engine).await?;
-        push_built(engine, &built, target, policy).await
+        let run = Run::new(engine, self);
+        let built = finish(engine, run.evaluate(self).await?)?;
+        let published = push_built(engine, &built, target, policy).await?;
+        // After the push, so the cache's entries mount the image's layers.
+        run.export_to_registry_cache(Some(target)).await;
+        Ok(published)
     }
 
     /// Build, then write the image to `target` (an OCI layout or a docker archive).
@@ -81,13 +88,15 @@ impl Container {
         target: &ExportTarget,
     ) -> Result<BuiltImage, Error> {
         let _lock = engine.lock_store().await?;
-        let built = self.build(engine).await?;
+        let run = Run::new(engine, self);
+        let built = finish(engine, run.evaluate(self).await?)?;
         let store = engine.store.clone();
         let image = built.image.clone();
-        let target = target.clone();
-        tokio::task::spawn_blocking(move || crate::export::write(&store, &image, &target))
+        let output = target.clone();
+        tokio::task::spawn_blocking(move || crate::export::write(&store, &image, &output))
             .await
             .map_err(|_| Error::TaskPanicked)??;
+        run.export_to_registry_cache(None).await;
         Ok(built)
     }
 }

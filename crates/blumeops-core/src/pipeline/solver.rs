@@ -15,7 +15,8 @@ use super::state::{State, push_layer, workdir_join};
 use super::{Container, Node, Op};
 use crate::error::Error;
 use crate::layer::LayerBuilder;
-use crate::reference::Digest;
+use crate::reference::{Digest, ImageRef};
+use crate::registry_cache::{self, ExportStep, RegistryCache};
 use crate::store::{CachedLayer, StageRecord, StepInputsRecord, StepRecord, Store};
 
 /// One evaluation: walks the stages of the container's plan (numbered as `plan` numbers
@@ -34,6 +35,10 @@ pub(super) struct Run<'a> {
     /// second finds the first's result in the cache.
     key_locks: std::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     jobs: tokio::sync::Semaphore,
+    /// The registry cache, when the engine has one.
+    registry_cache: Option<RegistryCache>,
+    /// Every cached step of this build, for the registry cache's export.
+    exports: std::sync::Mutex<Vec<ExportStep>>,
 }
 
 fn copy_source(op: &Op) -> Option<&Container> {
@@ -83,6 +88,38 @@ impl<'a> Run<'a> {
             stage_of,
             key_locks: std::sync::Mutex::new(HashMap::new()),
             jobs: tokio::sync::Semaphore::new(engine.jobs),
+            registry_cache: engine
+                .registry_cache
+                .as_ref()
+                .map(|(options, client)| RegistryCache::new(options, client.clone())),
+            exports: std::sync::Mutex::default(),
+        }
+    }
+
+    /// After the build succeeded (and was pushed to `mount_from`, for a publish): export
+    /// its steps and volumes to the registry cache, if there is one.
+    pub(super) async fn export_to_registry_cache(&self, mount_from: Option<&ImageRef>) {
+        if let Some(cache) = &self.registry_cache {
+            let steps = std::mem::take(
+                &mut *self
+                    .exports
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            registry_cache::export(self.engine, cache, &steps, mount_from).await;
+        }
+    }
+
+    fn exported(&self, key: &Digest, layer: Option<&CachedLayer>, op: &Op) {
+        if self.registry_cache.is_some() {
+            self.exports
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(ExportStep {
+                    key: key.clone(),
+                    layer: layer.cloned(),
+                    exec: matches!(op, Op::Exec { .. }),
+                });
         }
     }
 
@@ -278,7 +315,27 @@ impl<'a> Run<'a> {
         {
             let detail = apply_cached(engine, op, st, &key, &record, &op.history());
             finish_step(store, st, &key, &inputs, record.layer.as_ref())?;
+            self.exported(&key, record.layer.as_ref(), op);
             return Ok((detail, CacheStatus::Hit, (key, inputs.parts)));
+        }
+        if cacheable
+            && busted.is_none()
+            && let Some(cache) = &self.registry_cache
+            && let Some(record) =
+                registry_cache::import_step(engine, cache, &key, matches!(op, Op::Exec { .. }))
+                    .await
+        {
+            let detail = apply_cached(engine, op, st, &key, &record, &op.history());
+            finish_step(store, st, &key, &inputs, record.layer.as_ref())?;
+            self.exported(&key, record.layer.as_ref(), op);
+            return Ok((detail, CacheStatus::Imported, (key, inputs.parts)));
+        }
+        if let (Op::Exec { .. }, Some(cache)) = (op, &self.registry_cache) {
+            // A command is about to run: its cache volumes come from the registry cache
+            // when they are missing here.
+            for (_, volume) in &st.mounts {
+                registry_cache::import_volume(engine, cache, volume.name()).await;
+            }
         }
         let reason = if !cacheable {
             "always runs: no checksum pins the download".to_owned()
@@ -309,6 +366,7 @@ impl<'a> Run<'a> {
             }
             // The record goes last: it names a blob already in the store.
             store.put_step_record(&key, &StepRecord::new(layer.clone()))?;
+            self.exported(&key, layer.as_ref(), op);
         }
         finish_step(store, st, &key, &inputs, layer.as_ref())?;
         Ok((detail, CacheStatus::Ran { reason }, (key, inputs.parts)))

@@ -295,7 +295,7 @@ impl RegistryClient {
         store: &Store,
         policy: TagPolicy,
     ) -> Result<PushReport, Error> {
-        self.push_image_impl(target, image, store, policy, &|_| {})
+        self.push_image_impl(target, image, store, policy, None, &|_| {})
             .await
     }
 
@@ -309,8 +309,57 @@ impl RegistryClient {
         policy: TagPolicy,
         progress: &(dyn Fn(&BlobProgress) + Sync),
     ) -> Result<PushReport, Error> {
-        self.push_image_impl(target, image, store, policy, progress)
+        self.push_image_impl(target, image, store, policy, None, progress)
             .await
+    }
+
+    /// [`RegistryClient::push_image`], mounting blobs the target repository lacks from
+    /// `mount_from` (another repository of the same registry) instead of uploading them.
+    pub async fn push_image_mounting(
+        &self,
+        target: &ImageRef,
+        image: &StoredImage,
+        store: &Store,
+        policy: TagPolicy,
+        mount_from: Option<&ImageRef>,
+    ) -> Result<PushReport, Error> {
+        self.push_image_impl(target, image, store, policy, mount_from, &|_| {})
+            .await
+    }
+
+    /// The manifest (or index) `reference` names, verified against its digest: bytes,
+    /// media type and digest; `None` when the registry has no such tag.
+    pub async fn fetch_manifest_bytes(
+        &self,
+        reference: &ImageRef,
+    ) -> Result<Option<(Vec<u8>, String, Digest)>, Error> {
+        let repo = self.repo(reference, Access::Pull)?;
+        let name = reference.to_string();
+        match self
+            .fetch_manifest(
+                &repo,
+                &name,
+                &reference.manifest_reference(),
+                reference.digest(),
+            )
+            .await
+        {
+            Ok(m) => Ok(Some((m.bytes, m.media_type, m.digest))),
+            Err(Error::Status { status, .. }) if status == StatusCode::NOT_FOUND => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Download one blob of `reference`'s repository into `store` (verified against its
+    /// digest and size) unless the store has it; the bytes downloaded.
+    pub async fn fetch_blob_into(
+        &self,
+        reference: &ImageRef,
+        blob: &crate::image::BlobRef,
+        store: &Store,
+    ) -> Result<u64, Error> {
+        let repo = self.repo(reference, Access::Pull)?;
+        self.fetch_blob(&repo, blob, store).await
     }
 
     fn repo(&self, reference: &ImageRef, access: Access) -> Result<Repo, Error> {

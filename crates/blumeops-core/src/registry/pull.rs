@@ -253,7 +253,12 @@ impl RegistryClient {
 
     /// Stream one blob into the store unless it is there already.
     /// Download a blob unless the store has it; the bytes downloaded (0 if it had it).
-    async fn fetch_blob(&self, repo: &Repo, blob: &BlobRef, store: &Store) -> Result<u64, Error> {
+    pub(super) async fn fetch_blob(
+        &self,
+        repo: &Repo,
+        blob: &BlobRef,
+        store: &Store,
+    ) -> Result<u64, Error> {
         if store.has_blob(&blob.digest) {
             return Ok(0);
         }

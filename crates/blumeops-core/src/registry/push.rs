@@ -29,9 +29,15 @@ impl RegistryClient {
         image: &StoredImage,
         store: &Store,
         policy: TagPolicy,
+        mount_from: Option<&ImageRef>,
         progress: &(dyn Fn(&BlobProgress) + Sync),
     ) -> Result<PushReport, Error> {
         let tag = target.tag().unwrap_or("latest");
+        // A mount only works within one registry.
+        let mount_from = mount_from
+            .filter(|from| from.api_host() == target.api_host())
+            .map(|from| from.repository().to_owned());
+        let mount_from = mount_from.as_deref();
         let tag_ref = target.with_tag(tag);
         let repo = self.repo(target, Access::Push)?;
         let new = image.manifest.digest.clone();
@@ -69,7 +75,7 @@ impl RegistryClient {
         let done = &done;
         let uploaded: Vec<Option<u64>> = futures_util::stream::iter(blobs)
             .map(|blob| async move {
-                let sent = self.push_blob(repo_ref, &blob, store).await?;
+                let sent = self.push_blob(repo_ref, &blob, store, mount_from).await?;
                 progress(&BlobProgress {
                     digest: blob.digest.clone(),
                     uploaded: sent.is_some(),
@@ -99,13 +105,15 @@ impl RegistryClient {
         })
     }
 
-    /// Upload one blob unless the registry has it. Returns the bytes sent, `None` if skipped.
+    /// Upload one blob unless the registry has it (or mounts it from the repository
+    /// `mount_from` of the same registry). Returns the bytes sent, `None` if none were.
     /// `Ok` means the registry confirmed it has the blob.
     async fn push_blob(
         &self,
         repo: &Repo,
         blob: &BlobRef,
         store: &Store,
+        mount_from: Option<&str>,
     ) -> Result<Option<u64>, Error> {
         let target = format!("{} to {}/{}", blob.digest, repo.registry, repo.repository);
         let blob_url = repo.url(&format!("v2/{}/blobs/{}", repo.repository, blob.digest))?;
@@ -143,8 +151,57 @@ impl RegistryClient {
             path,
             size,
         };
-        self.upload(&upload).await?;
+        let mut session = None;
+        if let Some(from) = mount_from {
+            match self.mount_blob(&upload, from).await? {
+                Mount::Mounted => return Ok(None),
+                Mount::Refused(opened) => session = opened,
+            }
+        }
+        self.upload(&upload, session).await?;
         Ok(Some(size))
+    }
+
+    /// Ask the registry to mount the blob from another of its repositories
+    /// (`POST .../blobs/uploads/?mount=DIGEST&from=REPO`). zot ignores `from` and mounts
+    /// any blob the user may read; the distribution registry needs it. A registry that
+    /// does not mount opens an ordinary upload session instead (202), which is kept.
+    async fn mount_blob(&self, upload: &Upload<'_>, from: &str) -> Result<Mount, Error> {
+        let mut url = upload.start_url.clone();
+        url.query_pairs_mut()
+            .append_pair("mount", &upload.blob.digest.to_string())
+            .append_pair("from", from);
+        let call = Call {
+            repo: upload.repo,
+            operation: Operation::StartUpload,
+            target: upload.target,
+            url: &url,
+            limit: Limit::Total(self.options.request_timeout),
+        };
+        let response = self
+            .retrying(&call, Duration::ZERO, || async {
+                self.send(&call, || {
+                    Ok(self.http.post(url.clone()).header(CONTENT_LENGTH, 0))
+                })
+                .await
+            })
+            .await?;
+        match response.status() {
+            StatusCode::CREATED => Ok(Mount::Mounted),
+            StatusCode::ACCEPTED => Ok(Mount::Refused(
+                location(response.headers(), &url)
+                    .transpose()?
+                    .map(|mut session_url| {
+                        // The session's URL, without the mount parameters.
+                        strip_mount_query(&mut session_url);
+                        Session {
+                            url: session_url,
+                            offset: Some(0),
+                        }
+                    }),
+            )),
+            _ => Err(status_error(&call, response).await),
+        }
     }
 
     /// One `HEAD` of a blob: whether the registry has it.
@@ -159,9 +216,10 @@ impl RegistryClient {
         }
     }
 
-    /// Upload a blob the registry does not have, resuming after interruptions, until the
-    /// registry confirms it or the retry policy gives up.
-    async fn upload(&self, upload: &Upload<'_>) -> Result<(), Error> {
+    /// Upload a blob the registry does not have (in `session` when one is open already),
+    /// resuming after interruptions, until the registry confirms it or the retry policy
+    /// gives up.
+    async fn upload(&self, upload: &Upload<'_>, session: Option<Session>) -> Result<(), Error> {
         let call = Call {
             repo: upload.repo,
             operation: Operation::PushBlob,
@@ -171,7 +229,7 @@ impl RegistryClient {
         };
         let extra = Duration::from_secs(upload.size / UPLOAD_MIN_BYTES_PER_SEC);
         let mut budget = retry::Budget::new(&self.options.retry, extra);
-        let mut session: Option<Session> = None;
+        let mut session = session;
         loop {
             budget.begin();
             let remaining = budget.remaining();
@@ -526,6 +584,28 @@ struct Upload<'a> {
     /// The blob's file in the store.
     path: PathBuf,
     size: u64,
+}
+
+/// What a mount request did.
+enum Mount {
+    /// The registry has the blob now.
+    Mounted,
+    /// It did not mount; the upload session it opened instead, if it named one.
+    Refused(Option<Session>),
+}
+
+/// Drop `mount` and `from` from a session URL (a registry may echo them back).
+fn strip_mount_query(url: &mut Url) {
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != "mount" && k != "from")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if kept.is_empty() {
+        url.set_query(None);
+    } else {
+        url.query_pairs_mut().clear().extend_pairs(kept);
+    }
 }
 
 /// An open upload session.

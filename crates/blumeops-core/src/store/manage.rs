@@ -346,6 +346,22 @@ pub fn parse_age(text: &str) -> Option<Duration> {
     n.checked_mul(secs).map(Duration::from_secs)
 }
 
+/// Bytes in a short human form (powers of 1024): `512 B`, `1.5 KiB`, `3.0 MiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

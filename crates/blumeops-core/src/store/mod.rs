@@ -18,7 +18,7 @@ mod manage;
 mod steps;
 mod unpacked;
 
-pub use manage::{PrunePolicy, PruneReport, StoreLock, Usage, parse_age, parse_size};
+pub use manage::{PrunePolicy, PruneReport, StoreLock, Usage, human_size, parse_age, parse_size};
 pub use steps::{CachedLayer, FileDigestTable, StageRecord, StepInputsRecord, StepRecord};
 
 pub(crate) use unpacked::force_remove_dir;

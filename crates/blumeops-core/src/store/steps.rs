@@ -165,6 +165,13 @@ impl Store {
         self.rename_into(&tmp, &dest)
     }
 
+    /// Save a step's stdout from bytes (a step imported from the registry cache).
+    pub(crate) fn put_step_stdout_bytes(&self, key: &Digest, stdout: &[u8]) -> Result<(), Error> {
+        let tmp = self.tmp_name("stdout");
+        fs::write(&tmp, stdout).map_err(io_err("write", &tmp))?;
+        self.rename_into(&tmp, &self.step_stdout_path(key))
+    }
+
     fn stage_path(&self, stage: &Digest) -> PathBuf {
         self.steps_dir()
             .join("stages")
@@ -217,7 +224,7 @@ impl Store {
         }
     }
 
-    fn tmp_name(&self, what: &str) -> PathBuf {
+    pub(crate) fn tmp_name(&self, what: &str) -> PathBuf {
         use std::sync::atomic::{AtomicU64, Ordering};
         static NEXT: AtomicU64 = AtomicU64::new(0);
         self.tmp_dir().join(format!(

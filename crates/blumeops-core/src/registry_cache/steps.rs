@@ -1,0 +1,287 @@
+//! Step entries: looked up when a step misses the local cache, exported after a build.
+
+use futures_util::StreamExt as _;
+
+use super::RegistryCache;
+use super::artifact::{self, STEP_ARTIFACT, STEP_CONFIG, StepConfig};
+use crate::image::BlobRef;
+use crate::pipeline::{Engine, Event};
+use crate::reference::{Digest, ImageRef};
+use crate::registry::{Error as RegistryError, TagPolicy};
+use crate::store::{CachedLayer, StepRecord, Store};
+
+/// Entries pushed at once.
+const PARALLEL_EXPORTS: usize = 3;
+
+/// A step of a finished build, to export.
+#[derive(Debug, Clone)]
+pub(crate) struct ExportStep {
+    pub key: Digest,
+    pub layer: Option<CachedLayer>,
+    /// A command: its stdout (saved in the store) goes along.
+    pub exec: bool,
+}
+
+/// Why an entry was not used.
+enum Miss {
+    /// The repository could not be reached or refused: the cache goes off.
+    Registry(RegistryError),
+    /// The entry is damaged or not ours: ignored, with a warning.
+    Bad(String),
+    /// Usable elsewhere, not here (a command's stdout too large to carry): no warning.
+    Unusable,
+}
+
+impl From<RegistryError> for Miss {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            // A blob that fails its digest is a damaged entry, not an unreachable cache.
+            e @ (RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. }) => {
+                Miss::Bad(e.to_string())
+            }
+            e => Miss::Registry(e),
+        }
+    }
+}
+
+/// Look the step `key` up in the registry cache; on a hit its record and layer are now in
+/// the local store (verified: the layer by digest and diff_id, the record by key). `exec`:
+/// the step runs a command, so its stdout must come along.
+pub(crate) async fn import_step(
+    engine: &Engine,
+    cache: &RegistryCache,
+    key: &Digest,
+    exec: bool,
+) -> Option<StepRecord> {
+    let tag = artifact::step_tag(key);
+    if !cache.tags(engine).await?.contains(&tag) {
+        return None;
+    }
+    match fetch(engine, cache, key, &tag, exec).await {
+        Ok(record) => Some(record),
+        Err(Miss::Registry(e)) => {
+            cache.give_up(engine, &format!("reading {tag}"), &e);
+            None
+        }
+        Err(Miss::Bad(why)) => {
+            engine.emit(Event::Warning {
+                message: format!(
+                    "registry cache {}: entry {tag} ignored, the step runs: {why}",
+                    cache.name()
+                ),
+            });
+            None
+        }
+        Err(Miss::Unusable) => None,
+    }
+}
+
+async fn fetch(
+    engine: &Engine,
+    cache: &RegistryCache,
+    key: &Digest,
+    tag: &str,
+    exec: bool,
+) -> Result<StepRecord, Miss> {
+    let reference = cache.tagged(tag);
+    let Some((bytes, _, _)) = cache.client.fetch_manifest_bytes(&reference).await? else {
+        return Err(Miss::Unusable); // listed, then gone (retention): a plain miss
+    };
+    let (config, layers) =
+        artifact::parse_entry(&bytes, STEP_ARTIFACT, STEP_CONFIG).map_err(Miss::Bad)?;
+    let store = engine.store();
+    // The config and the layer at once: one round trip after the manifest.
+    let layer_blob = layers.first().cloned();
+    let (_, layer_bytes) = futures_util::future::try_join(
+        cache.client.fetch_blob_into(&reference, &config, store),
+        async {
+            match &layer_blob {
+                Some(blob) => cache
+                    .client
+                    .fetch_blob_into(&reference, blob, store)
+                    .await
+                    .map(Some),
+                None => Ok(None),
+            }
+        },
+    )
+    .await?;
+    let _ = layer_bytes;
+    let (store, key, layer_blob) = (store.clone(), key.clone(), layer_blob);
+    tokio::task::spawn_blocking(move || adopt(&store, &key, &config, layer_blob.as_ref(), exec))
+        .await
+        .map_err(|_| Miss::Bad("its check panicked".to_owned()))?
+}
+
+/// Check a fetched entry against the step and keep it as a local step record.
+fn adopt(
+    store: &Store,
+    key: &Digest,
+    config: &BlobRef,
+    layer: Option<&BlobRef>,
+    exec: bool,
+) -> Result<StepRecord, Miss> {
+    let bytes = store
+        .read_blob(&config.digest)
+        .map_err(|e| Miss::Bad(e.to_string()))?;
+    let step: StepConfig =
+        serde_json::from_slice(&bytes).map_err(|e| Miss::Bad(format!("its config: {e}")))?;
+    if step.version != 1 {
+        return Err(Miss::Unusable);
+    }
+    if step.key != *key {
+        return Err(Miss::Bad(format!("it is the entry of step {}", step.key)));
+    }
+    match (&step.layer, layer) {
+        (None, None) => {}
+        (Some(recorded), Some(blob)) if recorded.blob() == *blob => {
+            // The diff_id keys every later step and goes into the image config: it must be
+            // the layer's, whoever wrote the entry.
+            let actual = crate::layer::diff_id_of(&store.blob_path(&blob.digest), &blob.media_type)
+                .map_err(|e| Miss::Bad(format!("its layer does not read: {e}")))?;
+            if actual != recorded.diff_id {
+                return Err(Miss::Bad(format!(
+                    "its layer's diff_id is {actual}, the entry says {}",
+                    recorded.diff_id
+                )));
+            }
+        }
+        _ => {
+            return Err(Miss::Bad(
+                "its config and manifest name different layers".to_owned(),
+            ));
+        }
+    }
+    if exec {
+        if step.stdout_omitted {
+            return Err(Miss::Unusable);
+        }
+        let stdout = step.stdout_bytes().map_err(Miss::Bad)?.unwrap_or_default();
+        store
+            .put_step_stdout_bytes(key, &stdout)
+            .map_err(|e| Miss::Bad(e.to_string()))?;
+    }
+    let record = StepRecord::new(step.layer);
+    // The record goes last: it names a blob already in the store.
+    store
+        .put_step_record(key, &record)
+        .map_err(|e| Miss::Bad(e.to_string()))?;
+    Ok(record)
+}
+
+/// Export the steps of a finished build that the cache repository lacks; layers the
+/// registry has in `mount_from` (the image just pushed) are mounted, not uploaded. Never
+/// fails: problems are warnings.
+pub(super) async fn export_steps(
+    engine: &Engine,
+    cache: &RegistryCache,
+    steps: &[ExportStep],
+    mount_from: Option<&ImageRef>,
+) -> ExportSummary {
+    let mut summary = ExportSummary::default();
+    let Some(tags) = cache.tags(engine).await else {
+        return summary;
+    };
+    let mut seen = std::collections::HashSet::new();
+    let missing: Vec<&ExportStep> = steps
+        .iter()
+        .filter(|s| seen.insert(s.key.clone()))
+        .filter(|s| {
+            let present = tags.contains(&artifact::step_tag(&s.key));
+            summary.present += usize::from(present);
+            !present
+        })
+        .collect();
+    let results: Vec<Result<Option<u64>, String>> = futures_util::stream::iter(missing)
+        .map(|step| async move {
+            if cache.is_off() {
+                return Ok(None);
+            }
+            export_one(engine, cache, step, mount_from).await
+        })
+        .buffer_unordered(PARALLEL_EXPORTS)
+        .collect()
+        .await;
+    for result in results {
+        match result {
+            Ok(Some(bytes)) => {
+                summary.exported += 1;
+                summary.bytes_uploaded += bytes;
+            }
+            Ok(None) => summary.present += 1,
+            Err(e) => {
+                cache.give_up(engine, "exporting", &e);
+            }
+        }
+    }
+    summary
+}
+
+/// What an export did.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ExportSummary {
+    /// Entries pushed.
+    pub exported: usize,
+    /// Entries the repository had.
+    pub present: usize,
+    /// Bytes uploaded (mounted and present blobs cost none).
+    pub bytes_uploaded: u64,
+}
+
+/// Push one step's entry; the bytes uploaded, or `None` when the tag was there already
+/// (another machine exported it meanwhile).
+async fn export_one(
+    engine: &Engine,
+    cache: &RegistryCache,
+    step: &ExportStep,
+    mount_from: Option<&ImageRef>,
+) -> Result<Option<u64>, String> {
+    let store = engine.store().clone();
+    let (key, layer, exec) = (step.key.clone(), step.layer.clone(), step.exec);
+    let image: Option<crate::image::StoredImage> = tokio::task::spawn_blocking(move || {
+        let stdout = if exec {
+            match std::fs::read(store.step_stdout_path(&key)) {
+                Ok(bytes) => Some(bytes),
+                // Its stdout was not kept (evicted): an entry without it would be no use.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+            }
+        } else {
+            None
+        };
+        let config = StepConfig::new(key, layer.clone(), stdout.as_deref());
+        artifact::entry(
+            &store,
+            STEP_ARTIFACT,
+            STEP_CONFIG,
+            &config,
+            layer.map(|l| l.blob()),
+        )
+        .map(Some)
+        .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|_| "preparing an entry panicked".to_owned())??;
+    let Some(image) = image else {
+        return Ok(None);
+    };
+    let target = cache.tagged(&artifact::step_tag(&step.key));
+    match cache
+        .client
+        .push_image_mounting(
+            &target,
+            &image,
+            engine.store(),
+            TagPolicy::CreateOnly,
+            mount_from,
+        )
+        .await
+    {
+        Ok(report) if report.unchanged => Ok(None),
+        Ok(report) => Ok(Some(report.bytes_uploaded)),
+        // Another machine exported a different result for the same key (a step that is
+        // not reproducible): theirs stays, which is as good.
+        Err(RegistryError::TagConflict { .. }) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}

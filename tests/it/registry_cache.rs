@@ -242,6 +242,20 @@ fn a_second_machine_runs_nothing_uploads_nothing_and_gets_the_same_digest() {
         fx.registry.log_summary()
     );
     assert_eq!(fx.forbidden(), Vec::<String>::new(), "no 403 anywhere");
+    // The stage's chain told B every step: one manifest and one config read, then the
+    // layers, and no step's own entry.
+    let cache_manifests: Vec<String> = fx
+        .registry
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/v2/blumeops/cache/app/manifests/"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(cache_manifests.len(), 1, "{cache_manifests:?}");
+    assert!(
+        cache_manifests[0].contains("/manifests/chain-"),
+        "{cache_manifests:?}"
+    );
     // The command's working directory came along with the WORKDIR step's entry.
     assert_eq!(fx.file("bbbbbbb", "/work/seen"), b"a\n");
 
@@ -373,8 +387,15 @@ fn a_damaged_entry_is_ignored_with_a_warning_and_its_step_runs() {
     let a = Machine::new("a\n");
     a.publish(&fx, "aaaaaaa", &[]).assert_success();
 
-    // Damage the config blob of the entry whose layer is the random bytes (the image's
-    // first own layer), in the registry's storage: same length, other bytes.
+    // Damage, in the registry's storage (same length, other bytes), the config of the
+    // stage's chain and of the entry whose layer is the random bytes (the image's first
+    // own layer).
+    let damage = |digest: &str| {
+        let path = fx.registry.blob_data_path(digest);
+        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        std::fs::write(&path, vec![b' '; len]).unwrap();
+    };
+    let a_random = fx.file("aaaaaaa", "/random.bin");
     let image: serde_json::Value = serde_json::from_slice(&skopeo_inspect_raw(&format!(
         "{}/blumeops/app:v1-aaaaaaa",
         fx.registry.addr()
@@ -387,25 +408,30 @@ fn a_damaged_entry_is_ignored_with_a_warning_and_its_step_runs() {
         .as_str()
         .unwrap()
         .to_owned();
-    let entry = fx
-        .cache_tags()
-        .into_iter()
+    let manifest = |tag: &str| {
+        let raw = skopeo_inspect_raw(&format!("{}:{tag}", fx.cache_repo()));
+        serde_json::from_slice::<serde_json::Value>(&raw).unwrap()
+    };
+    let tags = fx.cache_tags();
+    let entry = tags
+        .iter()
         .filter(|t| t.starts_with("step-"))
-        .map(|t| {
-            let raw = skopeo_inspect_raw(&format!("{}:{t}", fx.cache_repo()));
-            serde_json::from_slice::<serde_json::Value>(&raw).unwrap()
-        })
+        .map(|t| manifest(t))
         .find(|m| m["layers"][0]["digest"] == random_layer.as_str())
         .expect("an entry holds the random layer");
     assert_eq!(entry["artifactType"], "application/vnd.blumeops.step.v1");
-    let config = entry["config"]["digest"].as_str().unwrap();
-    let path = fx.registry.blob_data_path(config);
-    let len = std::fs::metadata(&path).unwrap().len() as usize;
-    std::fs::write(&path, vec![b' '; len]).unwrap();
+    damage(entry["config"]["digest"].as_str().unwrap());
+    let chain = manifest(tags.iter().find(|t| t.starts_with("chain-")).unwrap());
+    assert_eq!(chain["artifactType"], "application/vnd.blumeops.chain.v1");
+    damage(chain["config"]["digest"].as_str().unwrap());
 
     let b = Machine::new("a\n");
     let out = b.publish(&fx, "bbbbbbb", &[]);
     out.assert_success();
+    assert!(
+        out.stderr.contains("warning: registry cache") && out.stderr.contains("chain chain-"),
+        "a warning names the chain\n{out}"
+    );
     assert!(
         out.stderr.contains("ignored, the step runs"),
         "a warning names the entry\n{out}"
@@ -415,11 +441,9 @@ fn a_damaged_entry_is_ignored_with_a_warning_and_its_step_runs() {
         ran.iter().any(|l| l.contains("[not in the cache")),
         "the random step runs\n{out}"
     );
-    assert_ne!(
-        fx.file("aaaaaaa", "/random.bin"),
-        fx.file("bbbbbbb", "/random.bin"),
-        "made anew"
-    );
+    assert_ne!(a_random, fx.file("bbbbbbb", "/random.bin"), "made anew");
+    // New bytes key every later step anew: nothing else matches A's entries.
+    assert_eq!(from_registry(&out), 0, "{out}");
 }
 
 #[test]
@@ -436,6 +460,8 @@ fn cache_du_remote_counts_the_entries() {
     out.assert_success();
     let doc: serde_json::Value = serde_json::from_str(out.last_line()).unwrap();
     assert_eq!(doc["steps"]["entries"], 5, "{out}");
+    assert_eq!(doc["chains"]["entries"], 1, "{out}");
+    assert_eq!(doc["other_tags"], 0, "{out}");
     assert_eq!(doc["volumes"]["seen"]["snapshots"], 1, "{out}");
     assert!(doc["total_bytes"].as_u64().unwrap() > 65536, "{out}");
 }

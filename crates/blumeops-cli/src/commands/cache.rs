@@ -83,6 +83,7 @@ async fn du_remote(repo: &str, json: bool) -> Result<ExitCode> {
         let doc = serde_json::json!({
             "repository": name,
             "steps": {"entries": usage.steps.0, "bytes": usage.steps.1},
+            "chains": {"entries": usage.chains.0, "bytes": usage.chains.1},
             "volumes": volumes,
             "other_tags": usage.other_tags,
             "total_bytes": usage.total_bytes,
@@ -95,6 +96,12 @@ async fn du_remote(repo: &str, json: bool) -> Result<ExitCode> {
             "steps",
             usage.steps.0,
             human(usage.steps.1)
+        );
+        println!(
+            "{:<24} {:>8} entries {:>12}",
+            "stage chains",
+            usage.chains.0,
+            human(usage.chains.1)
         );
         for (volume, (count, bytes)) in &usage.volumes {
             println!(

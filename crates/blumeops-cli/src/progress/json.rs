@@ -72,6 +72,9 @@ pub enum JsonEvent {
     Warning {
         message: String,
     },
+    Note {
+        message: String,
+    },
     RegistryCacheExported {
         repository: String,
         steps_exported: usize,
@@ -201,6 +204,9 @@ pub fn from_event(event: &Event) -> Option<JsonEvent> {
         Event::Warning { message } => JsonEvent::Warning {
             message: message.clone(),
         },
+        Event::Note { message } => JsonEvent::Note {
+            message: message.clone(),
+        },
         Event::RegistryCacheExported {
             repository,
             steps_exported,
@@ -304,6 +310,7 @@ pub fn to_event(event: &JsonEvent) -> Option<Event> {
             elapsed: duration(seconds),
         },
         JsonEvent::Warning { message } => Event::Warning { message },
+        JsonEvent::Note { message } => Event::Note { message },
         JsonEvent::RegistryCacheExported {
             repository,
             steps_exported,

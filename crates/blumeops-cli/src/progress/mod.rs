@@ -688,6 +688,7 @@ pub fn plain_line(event: &Event) -> Option<String> {
             }
         }
         Event::Warning { message } => format!("warning: {message}"),
+        Event::Note { message } => message.clone(),
         Event::RegistryCacheExported {
             repository,
             steps_exported,

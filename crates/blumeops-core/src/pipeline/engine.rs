@@ -92,8 +92,14 @@ pub enum Event {
         elapsed: Duration,
     },
     /// Something went wrong that the build goes on without (the registry cache could not
-    /// be reached, an entry was damaged), or a note worth a line.
+    /// be reached, an entry was damaged).
     Warning {
+        /// What happened, for a person.
+        message: String,
+    },
+    /// Something worth a line that is not a step's (a cache volume filled from the
+    /// registry cache).
+    Note {
         /// What happened, for a person.
         message: String,
     },

@@ -110,12 +110,13 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn exported(&self, key: &Digest, layer: Option<&CachedLayer>, op: &Op) {
+    fn exported(&self, stage: usize, key: &Digest, layer: Option<&CachedLayer>, op: &Op) {
         if self.registry_cache.is_some() {
             self.exports
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .push(ExportStep {
+                    stage,
                     key: key.clone(),
                     layer: layer.cloned(),
                     exec: matches!(op, Op::Exec { .. }),
@@ -236,7 +237,7 @@ impl<'a> Run<'a> {
         });
         let started = Instant::now();
         let (detail, cache, record) = self
-            .step_inner(op, state, &description, index, source, at.previous)
+            .step_inner(op, state, &description, &at, source)
             .await
             .map_err(|source| Error::Step {
                 index,
@@ -257,11 +258,11 @@ impl<'a> Run<'a> {
         op: &Op,
         state: &mut Option<State>,
         description: &str,
-        index: usize,
+        at: &At<'_>,
         source: Option<&State>,
-        previous: &cache::Previous,
     ) -> Result<StepOutcome, Error> {
         let engine = self.engine;
+        let (index, stage, previous) = (at.index, at.stage, at.previous);
         let Some(st) = state.as_mut() else {
             let detail = run_root(engine, op, state, index).await?;
             let key = state
@@ -315,7 +316,7 @@ impl<'a> Run<'a> {
         {
             let detail = apply_cached(engine, op, st, &key, &record, &op.history());
             finish_step(store, st, &key, &inputs, record.layer.as_ref())?;
-            self.exported(&key, record.layer.as_ref(), op);
+            self.exported(stage, &key, record.layer.as_ref(), op);
             return Ok((detail, CacheStatus::Hit, (key, inputs.parts)));
         }
         if cacheable
@@ -327,7 +328,7 @@ impl<'a> Run<'a> {
         {
             let detail = apply_cached(engine, op, st, &key, &record, &op.history());
             finish_step(store, st, &key, &inputs, record.layer.as_ref())?;
-            self.exported(&key, record.layer.as_ref(), op);
+            self.exported(stage, &key, record.layer.as_ref(), op);
             return Ok((detail, CacheStatus::Imported, (key, inputs.parts)));
         }
         if let (Op::Exec { .. }, Some(cache)) = (op, &self.registry_cache) {
@@ -366,7 +367,7 @@ impl<'a> Run<'a> {
             }
             // The record goes last: it names a blob already in the store.
             store.put_step_record(&key, &StepRecord::new(layer.clone()))?;
-            self.exported(&key, layer.as_ref(), op);
+            self.exported(stage, &key, layer.as_ref(), op);
         }
         finish_step(store, st, &key, &inputs, layer.as_ref())?;
         Ok((detail, CacheStatus::Ran { reason }, (key, inputs.parts)))

@@ -128,6 +128,23 @@ pub(crate) fn entry(
     config: &impl Serialize,
     layer: Option<BlobRef>,
 ) -> Result<StoredImage, crate::store::Error> {
+    entry_with_layers(
+        store,
+        artifact_type,
+        config_media_type,
+        config,
+        layer.into_iter().collect(),
+    )
+}
+
+/// [`entry`] with any number of layers.
+pub(crate) fn entry_with_layers(
+    store: &Store,
+    artifact_type: &str,
+    config_media_type: &str,
+    config: &impl Serialize,
+    layers: Vec<BlobRef>,
+) -> Result<StoredImage, crate::store::Error> {
     let bytes = serde_json::to_vec(config).expect("a config always serializes");
     let digest = store.put_bytes(&bytes)?;
     let config = BlobRef {
@@ -135,7 +152,6 @@ pub(crate) fn entry(
         size: bytes.len() as u64,
         media_type: config_media_type.to_owned(),
     };
-    let layers: Vec<BlobRef> = layer.into_iter().collect();
     let manifest = ArtifactManifest {
         schema_version: 2,
         media_type: media_types::OCI_MANIFEST.to_owned(),

@@ -12,6 +12,7 @@
 //! ignored with a warning (the step runs), and time spent on it is bounded.
 
 mod artifact;
+mod chains;
 mod steps;
 mod usage;
 mod volumes;
@@ -68,6 +69,8 @@ pub(crate) struct RegistryCache {
     off: AtomicBool,
     /// The cache volumes this build's commands used.
     pub(crate) volumes: tokio::sync::Mutex<VolumeUse>,
+    /// Steps learnt from stage chains.
+    chains: std::sync::Mutex<chains::Chains>,
 }
 
 impl std::fmt::Debug for RegistryCache {
@@ -103,6 +106,7 @@ impl RegistryCache {
             tags: tokio::sync::OnceCell::new(),
             off: AtomicBool::new(false),
             volumes: tokio::sync::Mutex::default(),
+            chains: std::sync::Mutex::default(),
         }
     }
 

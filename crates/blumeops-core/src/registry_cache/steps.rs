@@ -16,6 +16,8 @@ const PARALLEL_EXPORTS: usize = 3;
 /// A step of a finished build, to export.
 #[derive(Debug, Clone)]
 pub(crate) struct ExportStep {
+    /// The stage it belongs to (its steps are recorded in order).
+    pub stage: usize,
     pub key: Digest,
     pub layer: Option<CachedLayer>,
     /// A command: its stdout (saved in the store) goes along.
@@ -23,11 +25,13 @@ pub(crate) struct ExportStep {
 }
 
 /// Why an entry was not used.
-enum Miss {
+pub(super) enum Miss {
     /// The repository could not be reached or refused: the cache goes off.
     Registry(RegistryError),
     /// The entry is damaged or not ours: ignored, with a warning.
     Bad(String),
+    /// As `Registry`, said by a download that ran in the background.
+    RegistryText(String),
     /// Usable elsewhere, not here (a command's stdout too large to carry): no warning.
     Unusable,
 }
@@ -54,12 +58,19 @@ pub(crate) async fn import_step(
     exec: bool,
 ) -> Option<StepRecord> {
     let tag = artifact::step_tag(key);
-    if !cache.tags(engine).await?.contains(&tag) {
-        return None;
-    }
-    match fetch(engine, cache, key, &tag, exec).await {
+    let tags = cache.tags(engine).await?;
+    let result = match super::chains::import(engine, cache, &tags, key, exec).await {
+        Some(result) => result,
+        None if tags.contains(&tag) => fetch(engine, cache, key, &tag, exec).await,
+        None => return None,
+    };
+    match result {
         Ok(record) => Some(record),
         Err(Miss::Registry(e)) => {
+            cache.give_up(engine, &format!("reading {tag}"), &e);
+            None
+        }
+        Err(Miss::RegistryText(e)) => {
             cache.give_up(engine, &format!("reading {tag}"), &e);
             None
         }
@@ -126,6 +137,19 @@ fn adopt(
         .map_err(|e| Miss::Bad(e.to_string()))?;
     let step: StepConfig =
         serde_json::from_slice(&bytes).map_err(|e| Miss::Bad(format!("its config: {e}")))?;
+    adopt_record(store, key, &step, layer, exec)
+}
+
+/// Check a step's record (its layer in the store already) and keep it as a local step
+/// record: the key must be the step's, the layer the one named, its diff_id the one
+/// recorded.
+pub(super) fn adopt_record(
+    store: &Store,
+    key: &Digest,
+    step: &StepConfig,
+    layer: Option<&BlobRef>,
+    exec: bool,
+) -> Result<StepRecord, Miss> {
     if step.version != 1 {
         return Err(Miss::Unusable);
     }
@@ -161,7 +185,7 @@ fn adopt(
             .put_step_stdout_bytes(key, &stdout)
             .map_err(|e| Miss::Bad(e.to_string()))?;
     }
-    let record = StepRecord::new(step.layer);
+    let record = StepRecord::new(step.layer.clone());
     // The record goes last: it names a blob already in the store.
     store
         .put_step_record(key, &record)
@@ -214,6 +238,13 @@ pub(super) async fn export_steps(
             }
         }
     }
+    // The chains go after the steps: their layers are in the repository by then.
+    if !cache.is_off() {
+        match super::chains::export(engine, cache, &tags, steps, mount_from).await {
+            Ok(n) => summary.chains = n,
+            Err(e) => cache.give_up(engine, "exporting a chain", &e),
+        }
+    }
     summary
 }
 
@@ -226,6 +257,8 @@ pub(super) struct ExportSummary {
     pub present: usize,
     /// Bytes uploaded (mounted and present blobs cost none).
     pub bytes_uploaded: u64,
+    /// Stage chains pushed.
+    pub chains: usize,
 }
 
 /// Push one step's entry; the bytes uploaded, or `None` when the tag was there already

@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, HashSet};
 use futures_util::{StreamExt as _, TryStreamExt as _};
 
 use super::artifact::{self, STEP_ARTIFACT, STEP_CONFIG, VOLUME_ARTIFACT, VOLUME_CONFIG};
+use super::chains::{CHAIN_ARTIFACT, CHAIN_CONFIG};
+use crate::image::BlobRef;
 use crate::reference::ImageRef;
 use crate::registry::{Error, RegistryClient};
 
@@ -14,8 +16,10 @@ const PARALLEL_READS: usize = 8;
 /// A registry cache repository's contents.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RemoteUsage {
-    /// Step entries and the bytes of their blobs (configs and layers, each blob once).
+    /// Step entries and the bytes of their blobs (configs and layers).
     pub steps: (usize, u64),
+    /// Stage chains and the bytes of their blobs (mostly the steps' layers again).
+    pub chains: (usize, u64),
     /// Volume snapshots by volume (tag-safe) name: count and bytes.
     pub volumes: BTreeMap<String, (usize, u64)>,
     /// Tags that are not cache entries (or whose manifest is not one).
@@ -32,7 +36,9 @@ pub async fn registry_cache_usage(
     let tags = client.list_tags(repository).await?;
     let manifests: Vec<(String, Option<Vec<u8>>)> = futures_util::stream::iter(tags)
         .map(|tag| async move {
-            let kind = tag.starts_with("step-") || tag.starts_with("volume-");
+            let kind = ["step-", "chain-", "volume-"]
+                .iter()
+                .any(|p| tag.starts_with(p));
             if !kind {
                 return Ok((tag, None));
             }
@@ -51,16 +57,12 @@ pub async fn registry_cache_usage(
             usage.other_tags += 1;
             continue;
         };
-        let (is_step, parsed) = if tag.starts_with("step-") {
-            (
-                true,
-                artifact::parse_entry(&bytes, STEP_ARTIFACT, STEP_CONFIG),
-            )
+        let parsed = if tag.starts_with("step-") {
+            artifact::parse_entry(&bytes, STEP_ARTIFACT, STEP_CONFIG)
+        } else if tag.starts_with("chain-") {
+            parse_chain(&bytes)
         } else {
-            (
-                false,
-                artifact::parse_entry(&bytes, VOLUME_ARTIFACT, VOLUME_CONFIG),
-            )
+            artifact::parse_entry(&bytes, VOLUME_ARTIFACT, VOLUME_CONFIG)
         };
         let Ok((config, layers)) = parsed else {
             usage.other_tags += 1;
@@ -73,9 +75,12 @@ pub async fn registry_cache_usage(
                 usage.total_bytes += blob.size;
             }
         }
-        if is_step {
+        if tag.starts_with("step-") {
             usage.steps.0 += 1;
             usage.steps.1 += bytes;
+        } else if tag.starts_with("chain-") {
+            usage.chains.0 += 1;
+            usage.chains.1 += bytes;
         } else {
             // `volume-<name>-<time>-<hex>`: the name is what is left.
             let name = tag
@@ -89,4 +94,22 @@ pub async fn registry_cache_usage(
         }
     }
     Ok(usage)
+}
+
+/// A chain's config and layers (any number of them).
+fn parse_chain(bytes: &[u8]) -> Result<(BlobRef, Vec<BlobRef>), String> {
+    let manifest: artifact::ArtifactManifest =
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if manifest.artifact_type != CHAIN_ARTIFACT || manifest.config.media_type != CHAIN_CONFIG {
+        return Err("not a chain".to_owned());
+    }
+    let blob = |d: &crate::image::Descriptor| BlobRef {
+        digest: d.digest.clone(),
+        size: d.size,
+        media_type: d.media_type.clone(),
+    };
+    Ok((
+        blob(&manifest.config),
+        manifest.layers.iter().map(blob).collect(),
+    ))
 }

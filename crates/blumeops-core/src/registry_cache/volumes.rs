@@ -75,7 +75,7 @@ pub(crate) async fn import_volume(engine: &Engine, cache: &RegistryCache, name: 
     match fetch_volume(engine, cache, name, &tag, &dir).await {
         Ok((content, bytes)) => {
             uses.imported(name, content);
-            engine.emit(Event::Warning {
+            engine.emit(Event::Note {
                 message: format!(
                     "registry cache {}: cache volume {name} filled from {tag} ({} compressed)",
                     cache.name(),

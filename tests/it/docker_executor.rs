@@ -294,7 +294,9 @@ fn wait_for(secs: u64, mut check: impl FnMut() -> bool) -> bool {
 
 /// `blumeops publish` in a job container (with `--registry-password env:ZOT_CI_API_KEY`,
 /// as the Forgejo step runs it) gives the host's root build digest, leaves the workflow
-/// outputs in the job's filesystem, and a second job reuses the cache volume.
+/// outputs in the job's filesystem, and a second job reuses the cache volume. The engine
+/// exports to the registry cache (`--cache-repo auto`): a host build on an empty cache
+/// then runs no step.
 #[test]
 fn publish_from_an_unprivileged_job_container_has_the_host_digest() {
     require_dockerd!();
@@ -307,6 +309,8 @@ fn publish_from_an_unprivileged_job_container_has_the_host_digest() {
     blumeops.extend([
         "--registry-password".to_owned(),
         "env:ZOT_CI_API_KEY".to_owned(),
+        "--cache-repo".to_owned(),
+        "auto".to_owned(),
     ]);
     let env = vec![
         "-e".to_owned(),
@@ -342,6 +346,36 @@ fn publish_from_an_unprivileged_job_container_has_the_host_digest() {
     assert!(!stderr.contains(" ran in "), "a step ran again:\n{shown}");
     assert!(stderr.contains("nothing pushed"), "{shown}");
     fx.finish(&volume);
+
+    // The host, with an empty cache, takes every step from the registry cache.
+    let out = tempfile::tempdir().unwrap();
+    let cache = isolated_cache();
+    let mut args = vec!["build".to_owned()];
+    args.extend(flags(
+        &fx.src.path().display().to_string(),
+        registry,
+        &fx.base,
+    ));
+    args.extend([
+        "--output".to_owned(),
+        format!("oci:{}", out.path().join("img").display()),
+        "--cache-repo".to_owned(),
+        format!("{}/blumeops/cache/app", registry.addr()),
+    ]);
+    let built = run_cli_with(
+        &args,
+        &[
+            ("BLUMEOPS_CACHE_DIR", &cache.path().display().to_string()),
+            ("SOURCE_DATE_EPOCH", EPOCH),
+            ("BLUMEOPS_EXECUTOR", "root"),
+        ],
+        Path::new("/"),
+        TIMEOUT,
+    );
+    built.assert_success();
+    assert!(!built.stderr.contains(" ran in "), "a step ran:\n{built}");
+    assert!(built.stderr.contains("cached (registry) in"), "{built}");
+    assert_eq!(digest(&built), host, "{built}");
 }
 
 /// While a slow step runs, the registry password (raw, as Basic auth's base64 of

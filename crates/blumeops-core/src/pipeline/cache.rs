@@ -21,7 +21,7 @@ use crate::reference::Digest;
 use crate::store::{StageRecord, StepInputsRecord, Store};
 
 /// Version of the key format. Bump it whenever what a key covers, or how, changes.
-pub(crate) const KEY_VERSION: &str = "blumeops step key v1";
+pub(crate) const KEY_VERSION: &str = "blumeops step key v2";
 
 /// How a build uses the step cache.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -322,11 +322,13 @@ fn op_name(op: &Op) -> &'static str {
 }
 
 fn host_copy(h: &mut FieldHasher, opts: &HostCopy) {
-    // The owner, mode and include/exclude already shape the fingerprint of the copied
-    // entries; an owner given by name is resolved later, in the image, so it counts here.
+    // The owner, mode and include/exclude shape the fingerprint of the copied entries,
+    // which is what counts: include/exclude are left out here because `.dockerignore`
+    // patterns are made by listing the checkout (a file that is ignored in one checkout
+    // and absent from another, such as a build context without it, gives other patterns
+    // for the same layer). An owner given by name is resolved later, in the image, so it
+    // counts here.
     h.opt_str(opts.owner_name.as_deref())
-        .strs(&opts.include)
-        .strs(&opts.exclude)
         .bool(opts.preserve_owners);
 }
 
@@ -525,8 +527,32 @@ mod tests {
         // A change here invalidates every user's cache: bump KEY_VERSION with it.
         assert_eq!(
             key.to_string(),
-            "sha256:6a743fe1f1f2e9d92e838dacdef9428fe1f4269e0c07e02ea692e4694a88eab6"
+            "sha256:a8a9f69f0957b4756f2d0f6f9c3f26fd5ab9f1199251e408878e37e1a41dcf4f"
         );
+    }
+
+    #[test]
+    fn a_host_copy_is_keyed_by_what_it_copies_not_by_its_patterns() {
+        // `.dockerignore` patterns list what the checkout has, so a context without an
+        // ignored file gives other patterns for the same copy.
+        let copy = |exclude: Vec<String>| Op::HostDirectory {
+            path: "/opt/files".to_owned(),
+            src: "/src/files".into(),
+            opts: HostCopy {
+                exclude,
+                ..HostCopy::default()
+            },
+        };
+        assert_eq!(
+            operation(&copy(Vec::new())),
+            operation(&copy(vec!["local.env".to_owned()]))
+        );
+        let by_name = Op::HostDirectory {
+            path: "/opt/files".to_owned(),
+            src: "/src/files".into(),
+            opts: HostCopy::default().with_owner_name("app"),
+        };
+        assert_ne!(operation(&copy(Vec::new())), operation(&by_name));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::util::{tempdir, workspace_root};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Environment variables cleared from every run so tests only see what they set.
-pub(crate) const CLEARED_ENV: [&str; 14] = [
+pub(crate) const CLEARED_ENV: [&str; 16] = [
     "BLUMEOPS_CACHE_DIR",
     "BLUMEOPS_CACHE_MAX_BYTES",
     "SOURCE_DATE_EPOCH",
@@ -33,6 +33,8 @@ pub(crate) const CLEARED_ENV: [&str; 14] = [
     "BLUMEOPS_ENGINE_VOLUME",
     "GITHUB_OUTPUT",
     "FORGEJO_OUTPUT",
+    "CONTAINERS_REGISTRIES_CONF",
+    "BLUMEOPS_REGISTRY_MIRRORS",
 ];
 
 /// The `blumeops` binary: `$BLUMEOPS_BIN`, else `<target>/<profile>/blumeops` next to this

@@ -657,3 +657,52 @@ fn sigterm_on_the_client_removes_the_engine() {
     );
     fx.finish(&volume);
 }
+
+/// The engine has none of the client's registries.conf files: the client sends their
+/// mirrors, with its `--registry-mirror` flags. A base named by its Docker Hub reference
+/// comes from the mirror in the test registry (past a flag mirror that is down), with the
+/// host build's digest.
+#[test]
+fn the_clients_mirrors_reach_the_engine() {
+    require_dockerd!();
+    let fx = Setup::new(DOCKERFILE, true);
+    BaseImage::push_to(&fx.registry, "docker.io/library/busybox");
+    let mirror = format!("{}/docker.io", fx.registry.addr());
+    let down = format!("127.0.0.1:{}/docker.io", blumeops_e2e::free_port());
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nlocation = \"docker.io\"\n[[registry.mirror]]\nlocation = \"{mirror}\"\n"
+        ),
+    )
+    .unwrap();
+    let volume = format!("blumeops-test-cache-mirrors-{}", std::process::id());
+    let out_dir = tempfile::tempdir().unwrap();
+    let hub = format!("docker.io/library/busybox:{}", blumeops_e2e::BASE_TAG);
+    let mut args = fx.build_args(&out_dir.path().join("img"));
+    let base_arg = args
+        .iter()
+        .position(|a| a.starts_with("BASE_IMAGE="))
+        .unwrap();
+    args[base_arg] = format!("BASE_IMAGE={hub}");
+    args.extend([
+        "--retries".to_owned(),
+        "0".to_owned(),
+        "--registry-mirror".to_owned(),
+        format!("docker.io={down}"),
+    ]);
+    let mut env = fx.client_env(&volume);
+    env.push(("CONTAINERS_REGISTRIES_CONF", conf.display().to_string()));
+    let built = run_cli_with(&args, &pairs(&env), Path::new("/"), TIMEOUT);
+    built.assert_success();
+    assert_eq!(digest(&built), fx.host_digest(), "{built}");
+    for wanted in [
+        format!("mirror {down} did not serve {hub}: "),
+        format!("pulled {hub} via {mirror}: "),
+    ] {
+        assert!(built.stderr.contains(&wanted), "{wanted} missing\n{built}");
+    }
+    fx.finish(&volume);
+}

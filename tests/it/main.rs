@@ -8,6 +8,7 @@ mod dockerfile_parity;
 mod harness;
 mod hostile;
 mod live_view;
+mod mirrors;
 mod push_archive;
 mod registry_cache;
 mod registry_client;

@@ -163,6 +163,21 @@ pub struct BuildFlags {
     /// Use plain HTTP for every registry (loopback registries always use it).
     #[arg(long)]
     pub plain_http: bool,
+    /// Pull base images under SOURCE from MIRROR first, e.g.
+    /// `docker.io=registry.ops.eblu.me/docker.io` (`http://MIRROR`: plain HTTP). Repeatable:
+    /// tried in order, before registries.conf's mirrors; one that fails falls through to the
+    /// next, then to SOURCE itself. The variable is comma-separated.
+    #[arg(
+        long = "registry-mirror",
+        value_name = "SOURCE=MIRROR",
+        env = "BLUMEOPS_REGISTRY_MIRRORS",
+        value_delimiter = ','
+    )]
+    pub registry_mirrors: Vec<String>,
+    /// The registries.conf to use instead of this machine's files: the docker executor's
+    /// client sends its own to the engine, which cannot read them.
+    #[arg(long, hide = true, value_name = "TOML")]
+    pub registries_conf_toml: Option<String>,
     /// Retries of failing registry requests.
     #[command(flatten)]
     pub retry: RetryFlags,

@@ -87,8 +87,9 @@ pub use registry::ServerError as RegistryServerError;
 pub use registry::{
     BLOB_STALL_TIMEOUT, BlobProgress, CONNECT_TIMEOUT, CertificateProblem, ClientOptions,
     Credential, Credentials, DEFAULT_MAX_PARALLEL_DOWNLOADS, DEFAULT_MAX_PARALLEL_UPLOADS,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_UPLOAD_CHUNK_SIZE, MAX_RETRY_AFTER, PulledImage, PushReport,
-    RegistryClient, RetryPolicy, TagPolicy,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_UPLOAD_CHUNK_SIZE, MAX_RETRY_AFTER, MirrorFailure, MirrorFlag,
+    Mirrors, PulledImage, PushReport, REGISTRIES_CONF_ENV, RegistriesConf, RegistryClient,
+    RetryPolicy, SYSTEM_REGISTRIES_CONF, SYSTEM_REGISTRIES_CONF_DIR, TagPolicy,
 };
 pub use registry_cache::{
     DEFAULT_VOLUME_MAX_BYTES, RegistryCacheOptions, RemoteUsage, registry_cache_usage,

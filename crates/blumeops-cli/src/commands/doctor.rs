@@ -4,15 +4,19 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use blumeops_core::executor::{self, DoctorReport};
+use blumeops_core::{MirrorFlag, RegistriesConf};
 
 use crate::cli::DoctorArgs;
 
 pub fn run(args: &DoctorArgs) -> Result<ExitCode> {
     let report = executor::doctor();
+    let registries = Registries::probe();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut json = serde_json::to_value(&report)?;
+        json["registries"] = serde_json::to_value(&registries)?;
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
-        print!("{}", text(&report));
+        print!("{}{}", text(&report), registries.text());
     }
     Ok(if report.auto.is_some() {
         ExitCode::SUCCESS
@@ -51,4 +55,74 @@ fn text(r: &DoctorReport) -> String {
         }
     }
     s
+}
+
+/// Where base images may come from instead of their registries: registries.conf and
+/// `BLUMEOPS_REGISTRY_MIRRORS` (a build's `--registry-mirror` flags add to these).
+#[derive(Debug, serde::Serialize)]
+struct Registries {
+    /// The registries.conf files read.
+    files: Vec<String>,
+    /// Their `[[registry]]` entries with mirrors, and those that block their prefix.
+    mirror_rules: usize,
+    blocked_rules: usize,
+    /// Mirrors in `BLUMEOPS_REGISTRY_MIRRORS`.
+    env_mirrors: usize,
+    /// Why a file or the variable cannot be used.
+    problems: Vec<String>,
+}
+
+impl Registries {
+    fn probe() -> Self {
+        let mut problems = Vec::new();
+        let conf = RegistriesConf::load().unwrap_or_else(|e| {
+            problems.push(e.to_string());
+            RegistriesConf::default()
+        });
+        let env = std::env::var("BLUMEOPS_REGISTRY_MIRRORS").unwrap_or_default();
+        let mut env_mirrors = 0;
+        for value in env.split(',').filter(|v| !v.trim().is_empty()) {
+            match value.parse::<MirrorFlag>() {
+                Ok(_) => env_mirrors += 1,
+                Err(e) => problems.push(format!("BLUMEOPS_REGISTRY_MIRRORS: {e}")),
+            }
+        }
+        Self {
+            files: conf
+                .files()
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect(),
+            mirror_rules: conf.mirror_rules(),
+            blocked_rules: conf.blocked_rules(),
+            env_mirrors,
+            problems,
+        }
+    }
+
+    fn text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::from("\nregistries:\n");
+        if self.files.is_empty() {
+            let _ = writeln!(s, "  registries.conf: none found");
+        } else {
+            let _ = writeln!(s, "  registries.conf: {}", self.files.join(", "));
+        }
+        let _ = writeln!(
+            s,
+            "  mirror rules: {} (blocked prefixes: {})",
+            self.mirror_rules, self.blocked_rules
+        );
+        if self.env_mirrors > 0 {
+            let _ = writeln!(
+                s,
+                "  BLUMEOPS_REGISTRY_MIRRORS: {} mirrors",
+                self.env_mirrors
+            );
+        }
+        for p in &self.problems {
+            let _ = writeln!(s, "  problem: {p}");
+        }
+        s
+    }
 }

@@ -16,8 +16,9 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use blumeops_core::{
     BuildArgs, CacheOptions, ClientOptions, Compression, Container, Credential, Credentials,
-    DefinitionInput, Engine, EngineOptions, ImageRef, Platform, RegistryCacheOptions, SecretSource,
-    Store, default_jobs, file_container_version, resolve_epoch_for,
+    DefinitionInput, Engine, EngineOptions, ImageRef, MirrorFlag, Mirrors, Platform,
+    RegistriesConf, RegistryCacheOptions, SecretSource, Store, default_jobs,
+    file_container_version, resolve_epoch_for,
 };
 
 use crate::cli::{BuildFlags, CompressionArg, NAMESPACE};
@@ -101,6 +102,7 @@ pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
         flags.plain_http,
     )?;
     registry.retry = flags.retry.policy();
+    registry.mirrors = mirrors(flags)?;
     let store = Store::open_default().map_err(blumeops_core::Error::from)?;
     let progress = progress::Progress::new(progress::Mode::resolve(flags.progress));
     progress.exit_on_interrupt();
@@ -201,6 +203,24 @@ pub fn cache_repository(flags: &BuildFlags) -> Result<Option<ImageRef>> {
         );
     }
     Ok(Some(repository))
+}
+
+/// Where base images may come from: the `--registry-mirror` flags, then registries.conf
+/// (this machine's files, or the one the docker executor's client sent).
+pub fn mirrors(flags: &BuildFlags) -> Result<Mirrors> {
+    let given = flags
+        .registry_mirrors
+        .iter()
+        .filter(|m| !m.trim().is_empty())
+        .map(|m| m.parse::<MirrorFlag>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(blumeops_core::Error::from)?;
+    let conf = match &flags.registries_conf_toml {
+        Some(text) => RegistriesConf::from_toml(text, "the client's registries.conf"),
+        None => RegistriesConf::load(),
+    }
+    .map_err(blumeops_core::Error::from)?;
+    Ok(Mirrors::new(given, conf))
 }
 
 /// The container called `name` (a native definition, else `SRC/containers/NAME/Dockerfile`

@@ -114,6 +114,8 @@ impl Remote {
         };
         let (epoch, _) =
             resolve_epoch_for(&flags.src, &paths).map_err(blumeops_core::Error::from)?;
+        // The engine's container has none of this machine's registries.conf files.
+        let mirrors = super::mirrors(flags)?;
 
         let ca_bundle = helper::client_ca_bundle();
         if ca_bundle.is_none() {
@@ -182,6 +184,11 @@ impl Remote {
             // Only the source's name: its value travels in the handshake.
             flag("registry-password", source);
         }
+        for mirror in mirrors.flags() {
+            flag("registry-mirror", &mirror.to_string());
+        }
+        // Always, even empty: the engine then reads no files of its own image.
+        flag("registries-conf-toml", &mirrors.conf().to_toml());
         flag("retries", &flags.retry.retries.to_string());
         flag("retry-max-time", &flags.retry.retry_max_time.to_string());
         // The engine reports events as JSON lines; the client shows them in its own mode.

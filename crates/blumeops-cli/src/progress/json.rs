@@ -51,6 +51,16 @@ pub enum JsonEvent {
         digest: String,
         blobs: u64,
         bytes: u64,
+        /// The mirror that served it; absent when its own registry did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mirror: Option<String>,
+    },
+    /// A mirror did not serve a base image; the next source is tried.
+    MirrorFailed {
+        step: usize,
+        reference: String,
+        mirror: String,
+        error: String,
     },
     PushStarted {
         target: String,
@@ -172,12 +182,25 @@ pub fn from_event(event: &Event) -> Option<JsonEvent> {
             digest,
             blobs_fetched,
             bytes_fetched,
+            mirror,
         } => JsonEvent::Pulled {
             step: *index,
             reference: reference.clone(),
             digest: digest.to_string(),
             blobs: *blobs_fetched,
             bytes: *bytes_fetched,
+            mirror: mirror.clone(),
+        },
+        Event::MirrorFailed {
+            index,
+            reference,
+            mirror,
+            error,
+        } => JsonEvent::MirrorFailed {
+            step: *index,
+            reference: reference.clone(),
+            mirror: mirror.clone(),
+            error: error.clone(),
         },
         Event::PushStarted { target } => JsonEvent::PushStarted {
             target: target.clone(),
@@ -273,12 +296,25 @@ pub fn to_event(event: &JsonEvent) -> Option<Event> {
             digest,
             blobs,
             bytes,
+            mirror,
         } => Event::Pulled {
             index: step,
             reference,
             digest: digest.parse().ok()?,
             blobs_fetched: blobs,
             bytes_fetched: bytes,
+            mirror,
+        },
+        JsonEvent::MirrorFailed {
+            step,
+            reference,
+            mirror,
+            error,
+        } => Event::MirrorFailed {
+            index: step,
+            reference,
+            mirror,
+            error,
         },
         JsonEvent::PushStarted { target } => Event::PushStarted { target },
         JsonEvent::PushProgress {
@@ -391,6 +427,21 @@ mod tests {
                 digest: digest.clone(),
                 blobs_fetched: 2,
                 bytes_fetched: 1000,
+                mirror: None,
+            },
+            Event::MirrorFailed {
+                index: 1,
+                reference: "docker.io/library/busybox:1".into(),
+                mirror: "127.0.0.1:1/docker.io".into(),
+                error: "registry 127.0.0.1:1 is unreachable".into(),
+            },
+            Event::Pulled {
+                index: 1,
+                reference: "docker.io/library/busybox:1".into(),
+                digest: digest.clone(),
+                blobs_fetched: 0,
+                bytes_fetched: 0,
+                mirror: Some("registry.ops.eblu.me/docker.io".into()),
             },
             Event::PushStarted {
                 target: "r/x:1".into(),
@@ -431,6 +482,14 @@ mod tests {
         assert!(
             finished.contains(r#""event":"step-finished","step":2,"seconds":1.25,"cache":"ran","reason":"new step""#),
             "{finished}"
+        );
+        // `mirror` is left out when the image's own registry served it.
+        let direct = render(Duration::ZERO, from_event(&events[3]).unwrap());
+        assert!(!direct.contains("mirror"), "{direct}");
+        let via = render(Duration::ZERO, from_event(&events[5]).unwrap());
+        assert!(
+            via.ends_with(r#""blobs":0,"bytes":0,"mirror":"registry.ops.eblu.me/docker.io"}"#),
+            "{via}"
         );
         // Other text, and lines of another version, are not events.
         assert!(parse("executor: docker").is_none());

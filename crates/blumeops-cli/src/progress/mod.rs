@@ -649,12 +649,29 @@ pub fn plain_line(event: &Event) -> Option<String> {
             reference,
             blobs_fetched,
             bytes_fetched,
+            mirror,
             ..
-        } if *blobs_fetched > 0 => format!(
-            "[{index}] pulled {reference}: {} ({blobs_fetched} blob{})",
-            human(*bytes_fetched),
-            plural(*blobs_fetched as usize)
-        ),
+        } if *blobs_fetched > 0 || mirror.is_some() => {
+            let via = mirror
+                .as_deref()
+                .map(|m| format!(" via {m}"))
+                .unwrap_or_default();
+            if *blobs_fetched == 0 {
+                format!("[{index}] pulled {reference}{via}: nothing new (the cache had every blob)")
+            } else {
+                format!(
+                    "[{index}] pulled {reference}{via}: {} ({blobs_fetched} blob{})",
+                    human(*bytes_fetched),
+                    plural(*blobs_fetched as usize)
+                )
+            }
+        }
+        Event::MirrorFailed {
+            index,
+            reference,
+            mirror,
+            error,
+        } => format!("[{index}] mirror {mirror} did not serve {reference}: {error}"),
         Event::PushStarted { target } => format!("pushing {target}"),
         Event::PushProgress {
             done,
@@ -911,6 +928,45 @@ mod tests {
             }))
             .unwrap(),
             "[3] ran in 0.25s: layer sha256:bbbb (10 bytes) [files changed: app/main.go (changed)]"
+        );
+    }
+
+    #[test]
+    fn pull_lines_name_the_mirror_that_served_it() {
+        let digest: Digest = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
+        let pulled = |blobs, mirror: Option<&str>| Event::Pulled {
+            index: 1,
+            reference: "docker.io/library/busybox:1".into(),
+            digest: digest.clone(),
+            blobs_fetched: blobs,
+            bytes_fetched: blobs * 1024,
+            mirror: mirror.map(str::to_owned),
+        };
+        assert_eq!(
+            plain_line(&pulled(2, Some("registry.ops.eblu.me/docker.io"))).unwrap(),
+            "[1] pulled docker.io/library/busybox:1 via registry.ops.eblu.me/docker.io: 2.0 KiB \
+             (2 blobs)"
+        );
+        assert_eq!(
+            plain_line(&pulled(1, None)).unwrap(),
+            "[1] pulled docker.io/library/busybox:1: 1.0 KiB (1 blob)"
+        );
+        assert_eq!(
+            plain_line(&pulled(0, Some("m.example/hub"))).unwrap(),
+            "[1] pulled docker.io/library/busybox:1 via m.example/hub: nothing new (the cache \
+             had every blob)"
+        );
+        assert_eq!(plain_line(&pulled(0, None)), None, "nothing to say");
+        let failed = Event::MirrorFailed {
+            index: 1,
+            reference: "docker.io/library/busybox:1".into(),
+            mirror: "127.0.0.1:9/hub".into(),
+            error: "registry 127.0.0.1:9 is unreachable".into(),
+        };
+        assert_eq!(
+            plain_line(&failed).unwrap(),
+            "[1] mirror 127.0.0.1:9/hub did not serve docker.io/library/busybox:1: registry \
+             127.0.0.1:9 is unreachable"
         );
     }
 

@@ -26,12 +26,21 @@ pub(super) async fn run_root(
                 .registry
                 .pull_image(&reference, &engine.platform, &engine.store)
                 .await?;
+            for failure in &pulled.mirror_failures {
+                engine.emit(super::engine::Event::MirrorFailed {
+                    index,
+                    reference: reference.to_string(),
+                    mirror: failure.mirror.clone(),
+                    error: failure.error.clone(),
+                });
+            }
             engine.emit(super::engine::Event::Pulled {
                 index,
                 reference: reference.to_string(),
                 digest: pulled.image.manifest.digest.clone(),
                 blobs_fetched: pulled.blobs_fetched,
                 bytes_fetched: pulled.bytes_fetched,
+                mirror: pulled.mirror.clone(),
             });
             let bytes = engine.store.read_blob(&pulled.image.config.digest)?;
             // Size, layer count and diff_ids against the manifest's layers.
@@ -53,7 +62,8 @@ pub(super) async fn run_root(
             for blob in pulled.image.layers.iter().chain([&pulled.image.config]) {
                 engine.store.touch(&engine.store.blob_path(&blob.digest));
             }
-            // The base is keyed by what was pulled, not by its (movable) tag.
+            // The base is keyed by what was pulled, not by its (movable) tag, nor by the
+            // mirror it came through: the same manifest digest is the same base.
             let mut key = FieldHasher::new(cache::KEY_VERSION);
             key.str("from").digest(&pulled.image.manifest.digest);
             let detail = format!("{}", pulled.image.manifest.digest);

@@ -67,6 +67,21 @@ pub enum Event {
         blobs_fetched: u64,
         /// Bytes downloaded.
         bytes_fetched: u64,
+        /// The mirror that served it, as configured (e.g. `registry.ops.eblu.me/docker.io`);
+        /// `None` when it came from the reference's own registry.
+        mirror: Option<String>,
+    },
+    /// A mirror did not serve a base image, which was then pulled from the next source
+    /// (reported before that pull's [`Event::Pulled`]).
+    MirrorFailed {
+        /// The step that pulled it.
+        index: usize,
+        /// The image as written.
+        reference: String,
+        /// The mirror, as configured.
+        mirror: String,
+        /// Why it did not serve the image.
+        error: String,
     },
     /// The push to a registry started.
     PushStarted {

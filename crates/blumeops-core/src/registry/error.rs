@@ -437,6 +437,58 @@ pub enum Error {
         #[source]
         source: Arc<serde_json::Error>,
     },
+    /// A registries.conf file (or its drop-in directory) could not be read.
+    #[error("failed to read registries config `{}`", path.display())]
+    ReadRegistriesConf {
+        /// The file or directory.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A registries.conf is not valid TOML, or not what containers-registries.conf(5) allows.
+    #[error("invalid registries config `{origin}`: {reason}")]
+    RegistriesConf {
+        /// The file (or where the text came from).
+        origin: String,
+        /// What is wrong, and where.
+        reason: String,
+    },
+    /// A `--registry-mirror` value is not `SOURCE=MIRROR`.
+    #[error("invalid --registry-mirror `{input}`: {reason}")]
+    InvalidMirrorFlag {
+        /// What was given.
+        input: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// registries.conf blocks pulls of this reference.
+    #[error("failed to pull {reference}: registry prefix `{prefix}` is blocked in {origin}")]
+    Blocked {
+        /// The reference.
+        reference: String,
+        /// The matching `[[registry]]` prefix.
+        prefix: String,
+        /// The file that blocks it.
+        origin: String,
+    },
+    /// Every mirror failed, and then the registry itself; `last` is the registry's error.
+    #[error(
+        "failed to pull {reference} through its mirrors ({}) and from {location}",
+        failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    MirrorsFailed {
+        /// The reference as written.
+        reference: String,
+        /// Where it was pulled from last (the reference as written, or its rewritten
+        /// location).
+        location: String,
+        /// Each mirror tried, and why it did not serve the image.
+        failures: Vec<super::mirrors::MirrorFailure>,
+        /// The last source's error.
+        #[source]
+        last: Box<Error>,
+    },
     /// One `auths` entry of a credentials file is unusable. Its content is not shown.
     #[error("failed to parse credentials file `{}`: entry `{key}` {reason}", path.display())]
     InvalidCredentialEntry {
@@ -466,7 +518,8 @@ pub enum ErrorKind {
     Integrity,
     /// The reference or manifest was not found.
     NotFound,
-    /// An image this client refuses to use (over a limit).
+    /// An image this client refuses to use (over a limit), a blocked one, or registry
+    /// settings it cannot use (registries.conf, `--registry-mirror`).
     Invalid,
     /// Anything else.
     Other,
@@ -495,7 +548,12 @@ impl Error {
                 ErrorKind::NotFound
             }
             Self::PlatformNotFound { .. } => ErrorKind::NotFound,
-            Self::OverLimit { .. } => ErrorKind::Invalid,
+            Self::OverLimit { .. }
+            | Self::Blocked { .. }
+            | Self::RegistriesConf { .. }
+            | Self::ReadRegistriesConf { .. }
+            | Self::InvalidMirrorFlag { .. } => ErrorKind::Invalid,
+            Self::MirrorsFailed { last, .. } => last.kind(),
             _ => ErrorKind::Other,
         }
     }
@@ -570,6 +628,16 @@ impl Error {
             Self::PlatformNotFound { .. } => {
                 Some("pass --platform with one of the available platforms".to_owned())
             }
+            Self::MirrorsFailed { last, .. } => last.hint(),
+            Self::Blocked { origin, .. } => Some(format!(
+                "use another base image, or remove `blocked = true` from its [[registry]] in \
+                 {origin}"
+            )),
+            Self::RegistriesConf { .. } | Self::ReadRegistriesConf { .. } => Some(format!(
+                "fix the file, or set {}=/dev/null to read none (see \
+                 containers-registries.conf(5))",
+                super::mirrors::REGISTRIES_CONF_ENV
+            )),
             Self::ParseCredentialsFile { .. } | Self::InvalidCredentialEntry { .. } => Some(
                 "fix or remove the file, or pass --registry-username and --registry-password"
                     .to_owned(),

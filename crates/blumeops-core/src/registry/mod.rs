@@ -19,16 +19,21 @@
 //!   a session the registry forgot is started again.
 //! - A push first checks the tag: the same digest means nothing is pushed at all (zot refuses
 //!   a create-only account even an identical manifest PUT to an existing tag).
+//! - A base image may come through a mirror ([`Mirrors`]: `--registry-mirror`, registries.conf):
+//!   each mirror is tried in order and one that fails falls through to the next, then to the
+//!   registry. The image is the same bytes by digest either way; pushes never use mirrors.
 
 mod auth;
 mod credentials;
 mod error;
+mod mirrors;
 mod pull;
 mod push;
 mod retry;
 mod tags;
 mod tls;
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,6 +48,10 @@ use crate::store::Store;
 use auth::{AuthCache, Challenge};
 pub use credentials::{Credential, Credentials};
 pub use error::{Error, ErrorKind, Operation, ServerError};
+pub use mirrors::{
+    MirrorFailure, MirrorFlag, Mirrors, REGISTRIES_CONF_ENV, RegistriesConf,
+    SYSTEM_REGISTRIES_CONF, SYSTEM_REGISTRIES_CONF_DIR,
+};
 pub use retry::{MAX_RETRY_AFTER, RetryPolicy};
 pub use tls::CertificateProblem;
 
@@ -87,6 +96,8 @@ pub struct ClientOptions {
     pub retry: RetryPolicy,
     /// Largest blob sent in one request; larger blobs go in `PATCH` chunks of this size.
     pub upload_chunk_size: u64,
+    /// Where base images may be pulled from instead (none by default).
+    pub mirrors: Mirrors,
 }
 
 impl Default for ClientOptions {
@@ -99,6 +110,7 @@ impl Default for ClientOptions {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             retry: RetryPolicy::default(),
             upload_chunk_size: DEFAULT_UPLOAD_CHUNK_SIZE,
+            mirrors: Mirrors::default(),
         }
     }
 }
@@ -154,6 +166,11 @@ pub struct PulledImage {
     pub blobs_fetched: u64,
     /// Their bytes.
     pub bytes_fetched: u64,
+    /// The mirror (or rewritten location) that served it, as configured; `None` when it came
+    /// from the reference's own registry.
+    pub mirror: Option<String>,
+    /// Mirrors tried before, and why each did not serve it.
+    pub mirror_failures: Vec<MirrorFailure>,
 }
 
 /// A registry client. Clone-cheap; auth state is shared.
@@ -162,6 +179,9 @@ pub struct RegistryClient {
     options: ClientOptions,
     http: reqwest::Client,
     auth: Arc<Mutex<AuthCache>>,
+    /// Hosts of mirrors that could not be reached: their mirrors are skipped from then on
+    /// instead of waiting through the retries again.
+    unreachable_mirrors: Arc<Mutex<HashSet<String>>>,
 }
 
 /// The access a request needs, as a token scope.
@@ -261,11 +281,13 @@ impl RegistryClient {
             options,
             http,
             auth: Arc::default(),
+            unreachable_mirrors: Arc::default(),
         })
     }
 
     /// Resolve `reference` (an index is narrowed to `platform`), and fetch the manifest,
-    /// config and every layer into `store`, each verified against its digest.
+    /// config and every layer into `store`, each verified against its digest; through the
+    /// first of its mirrors that serves it, if it has any.
     pub async fn pull_image(
         &self,
         reference: &ImageRef,
@@ -363,7 +385,17 @@ impl RegistryClient {
     }
 
     fn repo(&self, reference: &ImageRef, access: Access) -> Result<Repo, Error> {
-        let scheme = if self.options.plain_http || reference.is_loopback() {
+        self.repo_with(reference, access, false)
+    }
+
+    /// [`Self::repo`], over plain HTTP also when `plain_http` (an `insecure` mirror).
+    fn repo_with(
+        &self,
+        reference: &ImageRef,
+        access: Access,
+        plain_http: bool,
+    ) -> Result<Repo, Error> {
+        let scheme = if plain_http || self.options.plain_http || reference.is_loopback() {
             "http"
         } else {
             "https"

@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 
 use super::{
-    Access, BLOB_STALL_TIMEOUT, Call, Error, Limit, MAX_MANIFEST_BYTES, PulledImage,
+    Access, BLOB_STALL_TIMEOUT, Call, Error, Limit, MAX_MANIFEST_BYTES, MirrorFailure, PulledImage,
     RegistryClient, Repo, blocking, header_digest, read_limited, status_error, timeout_error,
     transport_error,
 };
@@ -28,13 +28,86 @@ pub(super) struct FetchedManifest {
 }
 
 impl RegistryClient {
+    /// Pull `reference` from the first of its sources that serves it (its mirrors, then its
+    /// registry); without mirrors, straight from its registry.
     pub(super) async fn pull_image_impl(
         &self,
         reference: &ImageRef,
         platform: &Platform,
         store: &Store,
     ) -> Result<PulledImage, Error> {
-        let repo = self.repo(reference, Access::Pull)?;
+        let Some(sources) = self.options.mirrors.sources(reference)? else {
+            return self.pull_from(reference, false, platform, store).await;
+        };
+        let mut failures = sources.failures;
+        let last = sources.candidates.len() - 1;
+        for (i, candidate) in sources.candidates.into_iter().enumerate() {
+            let label = candidate
+                .mirror
+                .clone()
+                .unwrap_or_else(|| candidate.reference.registry().to_owned());
+            let host = candidate.reference.registry().to_owned();
+            if i < last && self.unreachable(&host) {
+                failures.push(MirrorFailure {
+                    mirror: label,
+                    error: format!("skipped: {host} could not be reached earlier in this build"),
+                });
+                continue;
+            }
+            let pulled = self
+                .pull_from(&candidate.reference, candidate.plain_http, platform, store)
+                .await;
+            match pulled {
+                Ok(mut pulled) => {
+                    pulled.mirror = candidate.mirror;
+                    pulled.mirror_failures = failures;
+                    return Ok(pulled);
+                }
+                // This machine's store failing is no reason to ask elsewhere.
+                Err(e @ Error::Store(_)) => return Err(e),
+                Err(e) if i < last => {
+                    if host_down(&e) {
+                        self.unreachable_mirrors
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(host);
+                    }
+                    failures.push(MirrorFailure {
+                        mirror: label,
+                        error: failure_text(&e),
+                    });
+                }
+                Err(e) if failures.is_empty() => return Err(e),
+                Err(e) => {
+                    return Err(Error::MirrorsFailed {
+                        reference: reference.to_string(),
+                        location: candidate.reference.to_string(),
+                        failures,
+                        last: Box::new(e),
+                    });
+                }
+            }
+        }
+        unreachable!("the registry itself is always the last source")
+    }
+
+    /// Whether a mirror on `host` could not be reached before (its other mirrors are skipped).
+    fn unreachable(&self, host: &str) -> bool {
+        self.unreachable_mirrors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(host)
+    }
+
+    /// Pull `reference` from where it says (over plain HTTP also when `plain_http`).
+    async fn pull_from(
+        &self,
+        reference: &ImageRef,
+        plain_http: bool,
+        platform: &Platform,
+        store: &Store,
+    ) -> Result<PulledImage, Error> {
+        let repo = self.repo_with(reference, Access::Pull, plain_http)?;
         let name = reference.to_string();
         let top = self
             .fetch_manifest(
@@ -145,6 +218,8 @@ impl RegistryClient {
             config: parsed_config,
             blobs_fetched,
             bytes_fetched,
+            mirror: None,
+            mirror_failures: Vec::new(),
         })
     }
 
@@ -362,6 +437,42 @@ impl RegistryClient {
             })?;
         Ok(())
     }
+}
+
+/// Whether `error` says the host could not be talked to at all (not that it failed this
+/// one image): its other mirrors are skipped from then on.
+fn host_down(error: &Error) -> bool {
+    match error {
+        Error::Unreachable { .. } | Error::Certificate { .. } | Error::Timeout { .. } => true,
+        Error::Retried { last, .. } => host_down(last),
+        _ => false,
+    }
+}
+
+/// Why a mirror did not serve an image, on one line: the error, what happened on the wire
+/// (its innermost cause), and how many attempts it took.
+fn failure_text(error: &Error) -> String {
+    let (error, attempts) = match error {
+        Error::Retried { last, attempts, .. } => (last.as_ref(), *attempts),
+        other => (other, 1),
+    };
+    let mut text = error.to_string();
+    let mut innermost = None;
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        innermost = Some(cause);
+        source = cause.source();
+    }
+    if let Some(cause) = innermost.map(ToString::to_string)
+        && !text.contains(&cause)
+    {
+        text.push_str(": ");
+        text.push_str(&cause);
+    }
+    if attempts > 1 {
+        text.push_str(&format!(" ({attempts} attempts)"));
+    }
+    text
 }
 
 fn blob_url_text(repo: &Repo, digest: &Digest) -> String {

@@ -63,6 +63,16 @@ pub enum Error {
         /// Named stages.
         stages: Vec<String>,
     },
+    /// A value finished at evaluation ([`Container::with_env_variable_expand`]) could not
+    /// be: the template is malformed, the image's environment makes a pattern invalid
+    /// (`${PATH#$PREFIX}` with a `\` in PREFIX), or the value grows past a limit.
+    #[error("environment variable {name}: {message}")]
+    EnvTemplate {
+        /// The variable being set.
+        name: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A `.dockerignore` pattern does not compile.
     #[error("{}:{line}: invalid pattern `{pattern}`", path.display())]
     IgnorePattern {

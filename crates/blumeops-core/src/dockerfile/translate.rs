@@ -57,6 +57,7 @@ pub(super) fn translate(
         stages: Vec::new(),
         built: Vec::new(),
         expanded: std::cell::Cell::new(0),
+        pattern_steps: std::cell::Cell::new(limits::MAX_PATTERN_STEPS),
     };
     let mut global = Vec::new();
     for inst in &parsed.instructions {
@@ -203,6 +204,8 @@ struct Translator<'a> {
     /// Bytes produced by variable substitution so far (bounded by
     /// [`limits::MAX_EXPANDED_TOTAL_BYTES`]).
     expanded: std::cell::Cell<usize>,
+    /// Pattern matching work left (bounded by [`limits::MAX_PATTERN_STEPS`]).
+    pattern_steps: std::cell::Cell<u64>,
 }
 
 impl Translator<'_> {
@@ -240,7 +243,7 @@ impl Translator<'_> {
     }
 
     fn process(&self, st: &Stage, inst: &Instruction, raw: &str) -> Result<Word, Error> {
-        let w = expand::process(raw, self.escape, &|n| st.var(n))
+        let w = expand::process(raw, self.escape, &|n| st.var(n), &self.pattern_steps)
             .map_err(|e| self.expand_err(inst, e))?;
         self.budget(inst, w)
     }
@@ -266,7 +269,8 @@ impl Translator<'_> {
             Some(Some(v)) => Var::Set(v.clone()),
             _ => Var::Unset,
         };
-        let w = expand::process(raw, self.escape, &vars).map_err(|e| self.expand_err(inst, e))?;
+        let w = expand::process(raw, self.escape, &vars, &self.pattern_steps)
+            .map_err(|e| self.expand_err(inst, e))?;
         Ok(self.budget(inst, w)?.plain().unwrap_or_default())
     }
 
@@ -870,8 +874,13 @@ impl Translator<'_> {
                 Planned::Heredoc(h) => {
                     let content = if h.expand {
                         let vars = |n: &str| st.var(n);
-                        let w = expand::process_unquoted(&h.content, self.escape, &vars)
-                            .map_err(|e| self.expand_err(inst, e))?;
+                        let w = expand::process_unquoted(
+                            &h.content,
+                            self.escape,
+                            &vars,
+                            &self.pattern_steps,
+                        )
+                        .map_err(|e| self.expand_err(inst, e))?;
                         self.budget(inst, w)?
                             .plain()
                             .ok_or_else(|| {

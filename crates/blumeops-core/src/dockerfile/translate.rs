@@ -416,9 +416,13 @@ impl Translator<'_> {
             }
             Keyword::Expose => {
                 for raw in self.words(inst, &inst.rest)? {
-                    let spec = self.word(st, inst, &raw)?;
-                    for (port, proto) in self.port(inst, &spec)? {
-                        st.c(|c| c.with_exposed_port_protocol(port, proto));
+                    // BuildKit splits what a word becomes on whitespace: `EXPOSE $PORTS` with
+                    // PORTS="80 443" is two ports, and an empty one none.
+                    let specs = self.word(st, inst, &raw)?;
+                    for spec in specs.split_whitespace() {
+                        for (port, proto) in self.port(inst, spec)? {
+                            st.c(|c| c.with_exposed_port_protocol(port, proto));
+                        }
                     }
                 }
                 Ok(())
@@ -641,13 +645,15 @@ impl Translator<'_> {
         inst: &Instruction,
         spec: &str,
     ) -> Result<(String, CacheVolume), Error> {
-        let mut kind = "bind";
+        let mut kind = "bind".to_owned();
         let mut target = None;
         let mut id = None;
         for part in spec.split(',').filter(|p| !p.is_empty()) {
             let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            // BuildKit substitutes variables in every value.
+            let v = self.word(st, inst, v)?;
             match k.to_ascii_lowercase().as_str() {
-                "type" => kind = v,
+                "type" => kind = v.to_ascii_lowercase(),
                 "target" | "dst" | "destination" => target = Some(v),
                 "id" => id = Some(v),
                 "sharing" => {}
@@ -668,9 +674,8 @@ impl Translator<'_> {
         let target = target
             .filter(|t| !t.is_empty())
             .ok_or_else(|| self.err(inst, "RUN --mount=type=cache needs target=<path>"))?;
-        let target = self.word(st, inst, target)?;
         let target = self.resolve(st, inst, &target)?;
-        let id = id.filter(|i| !i.is_empty()).unwrap_or(&target);
+        let id = id.as_deref().filter(|i| !i.is_empty()).unwrap_or(&target);
         let name: String = id
             .chars()
             .map(|c| {

@@ -60,6 +60,11 @@ pub const MAX_HEREDOC_BYTES: usize = 1024 * 1024;
 pub const MAX_EXPANDED_BYTES: usize = 1024 * 1024;
 /// Most bytes produced by variable substitution in one Dockerfile, all words together.
 pub const MAX_EXPANDED_TOTAL_BYTES: usize = 64 * 1024 * 1024;
+/// Most work spent matching the patterns of `${VAR#pattern}`, `${VAR%pattern}` and
+/// `${VAR/pattern/string}` in one Dockerfile (and in one value finished at evaluation). A step
+/// checks one character against up to 64 of the pattern's; real patterns take thousands, a
+/// hostile one (long pattern, long value, many times) would otherwise take minutes.
+pub const MAX_PATTERN_STEPS: u64 = 1 << 28;
 
 /// A value from the environment variable `name`, else `default`.
 pub(crate) fn env_u64(name: &str, default: u64) -> u64 {

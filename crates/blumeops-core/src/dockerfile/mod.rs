@@ -4,12 +4,13 @@
 //! `COPY --from` is translated once and shared, and only the stages the target needs are
 //! translated at all: the rest are parsed and checked for syntax, nothing more.
 //!
-//! Variables are substituted as Docker does, in every instruction except `RUN`, `CMD` and
-//! `ENTRYPOINT` (the shell does that when the command runs). The base image's
+//! Variables are substituted as BuildKit does (every form it has, patterns included: see
+//! `expand.rs`), in every instruction except `RUN`, `CMD` and `ENTRYPOINT` (the shell does
+//! that when the command runs) and `ONBUILD` (recorded as written). The base image's
 //! environment is not read at translation time: an `ENV` value that refers to a variable
-//! the Dockerfile does not set (`ENV PATH=/app/bin:$PATH`) is finished when the container
-//! is evaluated ([`Container::with_env_variable_expand`]); other instructions that refer to
-//! such a variable are refused with the line.
+//! the Dockerfile does not set (`ENV PATH=/app/bin:$PATH`, `${PATH%:*}`) is finished when
+//! the container is evaluated ([`Container::with_env_variable_expand`]); other
+//! instructions that refer to such a variable are refused with the line.
 
 mod expand;
 mod ignore;
@@ -62,6 +63,16 @@ pub enum Error {
         target: String,
         /// Named stages.
         stages: Vec<String>,
+    },
+    /// A value finished at evaluation ([`Container::with_env_variable_expand`]) could not
+    /// be: the template is malformed, the image's environment makes a pattern invalid
+    /// (`${PATH#$PREFIX}` with a `\` in PREFIX), or the value grows past a limit.
+    #[error("environment variable {name}: {message}")]
+    EnvTemplate {
+        /// The variable being set.
+        name: String,
+        /// What went wrong.
+        message: String,
     },
     /// A `.dockerignore` pattern does not compile.
     #[error("{}:{line}: invalid pattern `{pattern}`", path.display())]

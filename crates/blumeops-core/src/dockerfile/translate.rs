@@ -57,6 +57,7 @@ pub(super) fn translate(
         stages: Vec::new(),
         built: Vec::new(),
         expanded: std::cell::Cell::new(0),
+        pattern_steps: std::cell::Cell::new(limits::MAX_PATTERN_STEPS),
     };
     let mut global = Vec::new();
     for inst in &parsed.instructions {
@@ -203,6 +204,8 @@ struct Translator<'a> {
     /// Bytes produced by variable substitution so far (bounded by
     /// [`limits::MAX_EXPANDED_TOTAL_BYTES`]).
     expanded: std::cell::Cell<usize>,
+    /// Pattern matching work left (bounded by [`limits::MAX_PATTERN_STEPS`]).
+    pattern_steps: std::cell::Cell<u64>,
 }
 
 impl Translator<'_> {
@@ -240,7 +243,7 @@ impl Translator<'_> {
     }
 
     fn process(&self, st: &Stage, inst: &Instruction, raw: &str) -> Result<Word, Error> {
-        let w = expand::process(raw, self.escape, &|n| st.var(n))
+        let w = expand::process(raw, self.escape, &|n| st.var(n), &self.pattern_steps)
             .map_err(|e| self.expand_err(inst, e))?;
         self.budget(inst, w)
     }
@@ -266,7 +269,8 @@ impl Translator<'_> {
             Some(Some(v)) => Var::Set(v.clone()),
             _ => Var::Unset,
         };
-        let w = expand::process(raw, self.escape, &vars).map_err(|e| self.expand_err(inst, e))?;
+        let w = expand::process(raw, self.escape, &vars, &self.pattern_steps)
+            .map_err(|e| self.expand_err(inst, e))?;
         Ok(self.budget(inst, w)?.plain().unwrap_or_default())
     }
 
@@ -412,9 +416,13 @@ impl Translator<'_> {
             }
             Keyword::Expose => {
                 for raw in self.words(inst, &inst.rest)? {
-                    let spec = self.word(st, inst, &raw)?;
-                    for (port, proto) in self.port(inst, &spec)? {
-                        st.c(|c| c.with_exposed_port_protocol(port, proto));
+                    // BuildKit splits what a word becomes on whitespace: `EXPOSE $PORTS` with
+                    // PORTS="80 443" is two ports, and an empty one none.
+                    let specs = self.word(st, inst, &raw)?;
+                    for spec in specs.split_whitespace() {
+                        for (port, proto) in self.port(inst, spec)? {
+                            st.c(|c| c.with_exposed_port_protocol(port, proto));
+                        }
                     }
                 }
                 Ok(())
@@ -637,13 +645,15 @@ impl Translator<'_> {
         inst: &Instruction,
         spec: &str,
     ) -> Result<(String, CacheVolume), Error> {
-        let mut kind = "bind";
+        let mut kind = "bind".to_owned();
         let mut target = None;
         let mut id = None;
         for part in spec.split(',').filter(|p| !p.is_empty()) {
             let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            // BuildKit substitutes variables in every value.
+            let v = self.word(st, inst, v)?;
             match k.to_ascii_lowercase().as_str() {
-                "type" => kind = v,
+                "type" => kind = v.to_ascii_lowercase(),
                 "target" | "dst" | "destination" => target = Some(v),
                 "id" => id = Some(v),
                 "sharing" => {}
@@ -664,9 +674,8 @@ impl Translator<'_> {
         let target = target
             .filter(|t| !t.is_empty())
             .ok_or_else(|| self.err(inst, "RUN --mount=type=cache needs target=<path>"))?;
-        let target = self.word(st, inst, target)?;
         let target = self.resolve(st, inst, &target)?;
-        let id = id.filter(|i| !i.is_empty()).unwrap_or(&target);
+        let id = id.as_deref().filter(|i| !i.is_empty()).unwrap_or(&target);
         let name: String = id
             .chars()
             .map(|c| {
@@ -870,8 +879,13 @@ impl Translator<'_> {
                 Planned::Heredoc(h) => {
                     let content = if h.expand {
                         let vars = |n: &str| st.var(n);
-                        let w = expand::process_unquoted(&h.content, self.escape, &vars)
-                            .map_err(|e| self.expand_err(inst, e))?;
+                        let w = expand::process_unquoted(
+                            &h.content,
+                            self.escape,
+                            &vars,
+                            &self.pattern_steps,
+                        )
+                        .map_err(|e| self.expand_err(inst, e))?;
                         self.budget(inst, w)?
                             .plain()
                             .ok_or_else(|| {

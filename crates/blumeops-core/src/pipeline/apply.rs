@@ -182,7 +182,12 @@ pub(super) async fn apply_op(
         }
         Op::EnvExpand(k, template) => {
             let env = |n: &str| rc.env_value(n).map(str::to_owned);
-            let value = crate::dockerfile::expand_env_template(template, &env);
+            let value = crate::dockerfile::expand_env_template(template, &env).map_err(|e| {
+                crate::dockerfile::Error::EnvTemplate {
+                    name: k.clone(),
+                    message: e.to_string(),
+                }
+            })?;
             rc.set_env(k, &value);
         }
         Op::Unmount(path) => state.mounts.retain(|(p, _)| p != path),

@@ -528,9 +528,13 @@ impl Container {
     }
 
     /// Set an environment variable whose value refers to the image's environment as it is
-    /// when the step is evaluated: `$NAME`, `${NAME}`, `${NAME:-default}`, `${NAME-default}`,
-    /// `${NAME:+alt}` and `${NAME+alt}` are replaced (unset is empty); `\` escapes the
-    /// next character. E.g. `with_env_variable_expand("PATH", "/app/bin:$PATH")`.
+    /// when the step is evaluated, with a Dockerfile's substitution rules: `$NAME`,
+    /// `${NAME}`, `${NAME:-default}`, `${NAME-default}`, `${NAME:+alt}`, `${NAME+alt}`,
+    /// `${NAME#pattern}`, `${NAME##pattern}`, `${NAME%pattern}`, `${NAME%%pattern}`,
+    /// `${NAME/pattern/string}` and `${NAME//pattern/string}` are replaced (unset is empty);
+    /// `\` escapes the next character; quotes are ordinary characters. E.g.
+    /// `with_env_variable_expand("PATH", "/app/bin:$PATH")`. A malformed value, an invalid
+    /// pattern or a value past the substitution limits fails the step.
     #[must_use]
     pub fn with_env_variable_expand(
         &self,

@@ -801,3 +801,167 @@ fn sources_behind_symlinks_out_of_the_context_are_refused() {
     }
     assert!(tr("FROM scratch\nCOPY ok /x\n").is_ok());
 }
+
+/// Each instruction that substitutes variables does so with every form (patterns, special
+/// parameters); RUN, CMD and ONBUILD keep their text.
+#[rstest]
+#[case::env(
+    "ENV X=${V%%.*} Y=${P##*/}$1",
+    &["with_env_variable X=1", "with_env_variable Y=app.tar.gz"]
+)]
+#[case::env_key("ENV ${N//-/_}=${V/-/+}", &["with_env_variable org_x=1.2.3+rc1"])]
+#[case::arg("ARG W=${V%-*}\nLABEL w=$W", &["with_label w=1.2.3"])]
+#[case::label(
+    "LABEL ${N//-/.}=${V#*.} \"${N%-*}\"=${@:-none}",
+    &["with_label org.x=2.3-rc1", "with_label org=none"]
+)]
+#[case::workdir("WORKDIR /opt/${P##*/}", &["with_workdir /opt/app.tar.gz"])]
+#[case::user("USER ${U:-app}:${#}${G-staff}", &["with_user app:staff"])]
+#[case::expose(
+    "EXPOSE ${PORT%/*} $PORTS $NONE",
+    &["with_exposed_port 8080/tcp", "with_exposed_port 80/tcp", "with_exposed_port 443/udp"]
+)]
+#[case::volume(
+    "VOLUME /data/${V%%.*} ${P%/*}",
+    &["with_volume /data/1", "with_volume /usr/local/bin"]
+)]
+#[case::volume_json("VOLUME [\"/v/${V#*.}\"]", &["with_volume /v/2.3-rc1"])]
+#[case::stopsignal("STOPSIGNAL ${SIG#SIG}", &["with_stop_signal TERM"])]
+#[case::run_mount(
+    "WORKDIR /w\nRUN --mount=type=${T:-cache},id=${V%%.*},target=${P##*/} true",
+    &[
+        "with_workdir /w",
+        "with_mounted_cache /w/app.tar.gz (volume 1)",
+        "with_exec /bin/sh -c true",
+        "without_mount /w/app.tar.gz",
+    ]
+)]
+#[case::add_url(
+    "ADD https://example.com/${P##*/} /dl/${V%%-*}/",
+    &["with_http_file /dl/1.2.3/app.tar.gz from https://example.com/app.tar.gz"]
+)]
+#[case::run("RUN echo ${V%%.*} $1", &["with_exec /bin/sh -c 'echo ${V%%.*} $1'"])]
+#[case::cmd(
+    "CMD echo ${V%%.*}",
+    &["with_default_args [\"/bin/sh\", \"-c\", \"echo ${V%%.*}\"]"]
+)]
+#[case::onbuild("ONBUILD RUN echo ${V%%.*} $1", &["with_onbuild RUN echo ${V%%.*} $1"])]
+fn instructions_substitute_every_form(#[case] lines: &str, #[case] want: &[&str]) {
+    let text = format!(
+        "FROM scratch\n\
+         ARG V=1.2.3-rc1 P=/usr/local/bin/app.tar.gz N=org-x PORT=8080/udp \
+         PORTS=\"80 443/udp\" SIG=SIGTERM\n{lines}\n"
+    );
+    assert_eq!(steps(&text)[1..], *want);
+}
+
+#[test]
+fn copy_substitutes_every_form() {
+    let dir = ctx(&[("app.conf", "c")]);
+    let text = "FROM scratch\n\
+                ARG F=app.conf.bak V=1.2.3-rc1 U=1000 O=0o750\n\
+                COPY --chown=${U}:${G:-${U%0}1} --chmod=${O#0o} ${F%.bak} /etc/${V%%.*}/\n\
+                COPY <<EOF /f\n${V%%.*} $1 $@ ${F/conf/cfg}\nEOF\n";
+    let c = translate(text, "Dockerfile", dir.path(), &BuildArgs::new(), None).unwrap();
+    let root = dir.path().display();
+    assert_eq!(
+        c.steps()[1..],
+        [
+            format!("with_file /etc/1/app.conf from {root}/app.conf"),
+            "with_new_file /f (16 bytes, mode 0644, owner 0:0)".to_owned(),
+        ]
+    );
+    let Op::HostFile { opts, .. } = c.ops()[1] else {
+        panic!()
+    };
+    assert_eq!(
+        (opts.owner, opts.mode),
+        (Some("1000:1001".parse().unwrap()), Some(0o750))
+    );
+    let Op::NewFile { contents, .. } = c.ops()[2] else {
+        panic!()
+    };
+    assert_eq!(&contents[..], b"1   app.cfg.bak\n");
+}
+
+#[test]
+fn from_substitutes_every_form_with_global_args() {
+    let s =
+        steps("ARG IMG=docker.io/library/alpine:3.20\nFROM ${IMG%:*}:${IMG##*:}${1:--x} AS b\n");
+    assert_eq!(s, ["from docker.io/library/alpine:3.20-x"]);
+}
+
+#[test]
+fn patterns_on_the_base_image_environment_are_deferred() {
+    let s =
+        steps("FROM alpine\nARG V=1.2.3-rc1\nENV PATH=${PATH%:*} X=${V#$PREFIX} Y=${HOME/$1/~}\n");
+    assert_eq!(
+        s[1..],
+        [
+            "with_env_variable PATH=${PATH%:*} (expanded)",
+            // A known value with an unknown pattern carries the value along.
+            "with_env_variable X=${'1.2.3-rc1'#${PREFIX}} (expanded)",
+            // An empty pattern matches at the start.
+            "with_env_variable Y=~${HOME} (expanded)",
+        ]
+    );
+    let e = err("FROM alpine\nARG V=1.2.3\nWORKDIR /${V#$PREFIX}\n");
+    assert!(
+        e.starts_with("Dockerfile:3: WORKDIR refers to $PREFIX"),
+        "{e}"
+    );
+    let e = err("FROM alpine\nENV X=${PATH:#x}\n");
+    assert!(
+        e.contains("ENV: bad variable substitution: unsupported modifier `:#`"),
+        "{e}"
+    );
+    let e = err("FROM scratch\nLABEL x=${#PATH}\n");
+    assert!(e.contains("unsupported modifier `P`"), "{e}");
+}
+
+#[tokio::test]
+async fn deferred_patterns_are_finished_at_evaluation() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(store_dir.path()).unwrap();
+    let engine = crate::pipeline::Engine::new(crate::pipeline::EngineOptions::new(store)).unwrap();
+    let c = tr("FROM alpine\nARG V=1.2.3-rc1\n\
+                ENV A=${PATH%%:*} B=${V#$PREFIX} C=${PATH//\\//|} D=${PATH/$1/-}\n")
+    .unwrap();
+    // The templates, applied onto an image whose environment is known.
+    let image = |prefix: &str| {
+        c.ops().iter().fold(
+            Container::scratch()
+                .with_env_variable("PATH", "/usr/bin:/bin")
+                .with_env_variable("PREFIX", prefix),
+            |img, op| match op {
+                Op::EnvExpand(k, t) => img.with_env_variable_expand(k, t),
+                _ => img,
+            },
+        )
+    };
+    let built = image("#*.").build(&engine).await.unwrap();
+    assert_eq!(
+        built.config.config.env,
+        [
+            "PATH=/usr/bin:/bin",
+            "PREFIX=#*.",
+            "A=/usr/bin",
+            "B=3-rc1",
+            "C=|usr|bin:|bin",
+            "D=-/usr/bin:/bin",
+        ]
+    );
+    // A pattern the environment makes invalid fails the step, as BuildKit fails the build.
+    let e = image("\\a").build(&engine).await.unwrap_err();
+    let mut causes = vec![e.to_string()];
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        causes.push(s.to_string());
+        source = s.source();
+    }
+    assert!(
+        causes.iter().any(|c| c
+            == "environment variable B: invalid pattern `\\a` in substitution: invalid escape `\\a`"),
+        "{causes:?}"
+    );
+}

@@ -19,6 +19,10 @@
 #            (`--executor docker`, Debian's dockerd started for the benchmark on its own
 #            socket; the engine image is loaded once before the runs, not measured), on a
 #            cache volume of its own per run, compared with the root runs
+#   newmachine  the scenario published by "another machine" with the registry cache on
+#            (`--cache-repo auto` / buildah `--cache-to`, not measured), then by this one
+#            from an empty cache and a checkout at another path (`--cache-repo auto` /
+#            buildah `--layers --cache-from --cache-to` on empty storage), to a new tag
 #   push     an image with one BENCH_LARGE_MIB (512) MiB layer of random bytes, already
 #            built: `blumeops publish` on the warm cache that built it / `skopeo copy
 #            oci:DIR docker://…` of that image, each to a new repository
@@ -163,16 +167,17 @@ change_one_file() {
 }
 
 # --- the measured commands ---------------------------------------------------------------
-publish_cmd() { # CONTAINER SHA -> sets cmd: publish REGISTRY/blumeops/CONTAINER:v1-SHA
-    cmd=("$blumeops" publish --progress plain --src "$src" --container-name "$1" --version v1 \
+publish_cmd() { # CONTAINER SHA [SRC] -> sets cmd: publish REGISTRY/blumeops/CONTAINER:v1-SHA
+    cmd=("$blumeops" publish --progress plain --src "${3:-$src}" --container-name "$1" --version v1 \
         --commit-sha "$2" --registry "$REGISTRY_ADDR" --registry-username "$user" \
         --registry-password env:ZOT_CI_API_KEY --build-arg "BASE_IMAGE=$base")
 }
-buildah_build_push() { # STORAGE SHA -> REGISTRY/blumeops/bench-buildah:v1-SHA
-    local storage=(--root "$1/root" --runroot "$1/run" --storage-driver overlay)
-    buildah "${storage[@]}" bud --quiet --layers --isolation chroot \
+buildah_build_push() { # STORAGE SHA [SRC [CACHE_REPO]] -> REGISTRY/blumeops/bench-buildah:v1-SHA
+    local storage=(--root "$1/root" --runroot "$1/run" --storage-driver overlay) cache=()
+    [[ -z ${4:-} ]] || cache=(--cache-from "$4" --cache-to "$4")
+    buildah "${storage[@]}" bud --quiet --layers --isolation chroot "${cache[@]}" \
         --tls-verify=false --creds "$user:$password" --build-arg "BASE_IMAGE=$base" \
-        -t "localhost/bench:v1-$2" "$src/containers/bench" >/dev/null
+        -t "localhost/bench:v1-$2" "${3:-$src}/containers/bench" >/dev/null
     buildah "${storage[@]}" push --quiet --tls-verify=false --creds "$user:$password" \
         "localhost/bench:v1-$2" "docker://$REGISTRY_ADDR/blumeops/bench-buildah:v1-$2"
 }
@@ -291,6 +296,34 @@ for run in $(seq "$runs"); do
         rmi -a -f >/dev/null 2>&1 || true
     unmount_under "$rundir/buildah"
     rm -rf "$rundir/buildah" "$BLUMEOPS_CACHE_DIR"
+
+    # New machine, warm registry cache: another machine (its own cache or storage) filled
+    # the registry cache; this one starts empty, with the checkout at another path.
+    fresh_context
+    src_b=$work/src-other-machine
+    rm -rf "$src_b"
+    cp -a "$src" "$src_b"
+    log "run $run/$runs: filling the registry caches from another machine (not measured)"
+    export BLUMEOPS_CACHE_DIR=$rundir/filler-cache
+    publish_cmd bench filler
+    "${cmd[@]}" --cache-repo auto >"$rundir/fill.out" 2>"$rundir/fill.err" || {
+        tail -20 "$rundir/fill.err" >&2
+        exit 1
+    }
+    buildah_cache=$REGISTRY_ADDR/blumeops/cache/bench-buildah
+    buildah_build_push "$rundir/buildah-filler" filler "$src" "$buildah_cache" || exit 1
+    export BLUMEOPS_CACHE_DIR=$rundir/newmachine-cache
+    publish_cmd bench newmachine "$src_b"
+    measure newmachine blumeops "${cmd[@]}" --cache-repo auto
+    measure newmachine buildah bash -c 'buildah_build_push "$@"' _ "$rundir/buildah-newmachine" \
+        newmachine "$src_b" "$buildah_cache"
+    for b in buildah-filler buildah-newmachine; do
+        buildah --root "$rundir/$b/root" --runroot "$rundir/$b/run" --storage-driver overlay \
+            rmi -a -f >/dev/null 2>&1 || true
+        unmount_under "$rundir/$b"
+    done
+    rm -rf "$rundir/buildah-filler" "$rundir/buildah-newmachine" "$rundir/filler-cache" \
+        "$BLUMEOPS_CACHE_DIR" "$src_b"
 
     # Push of an already built image: built once (not measured) into a cache and an OCI
     # layout, then pushed by each tool to its own new repository.

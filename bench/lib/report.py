@@ -170,6 +170,32 @@ def main():
           + ". Its memory is the client's alone (the engine runs under dockerd).")
     print()
 
+    print(f"### New machine, warm registry cache (median of {n_runs})")
+    print()
+    print("| | blumeops | buildah | ratio | goal | result |")
+    print("|---|---|---|---|---|---|")
+    nm_cold = ratio(med("newmachine", "blumeops"), med("cold", "blumeops"))
+    passed = ok("newmachine", "blumeops") and nm_cold is not None and nm_cold <= 0.25
+    print(f"| empty local cache, registry cache filled by another machine | "
+          f"{secs('newmachine', 'blumeops')} ({fmt(nm_cold)} × its cold) | "
+          f"{secs('newmachine', 'buildah')} "
+          f"({fmt(ratio(med('newmachine', 'buildah'), med('cold', 'buildah')))} × its cold) | "
+          f"{fmt(ratio(med('newmachine', 'blumeops'), med('newmachine', 'buildah')))} | "
+          f"≤ 0.25 × blumeops cold | {verdict(passed)} |")
+    goals.append((passed, f"new machine, warm registry cache ≤ 0.25 × cold: {fmt(nm_cold)} ×"))
+    nm_peer = ratio(med("newmachine", "blumeops"), med("newmachine", "buildah"))
+    passed = (ok("newmachine", "blumeops") and ok("newmachine", "buildah")
+              and nm_peer is not None and nm_peer <= 0.5)
+    print(f"| the same, against buildah `--layers --cache-from/--cache-to` | | | {fmt(nm_peer)} | "
+          f"≤ 0.50 × buildah | {verdict(passed)} |")
+    goals.append((passed, f"new machine, warm registry cache ≤ 0.5 × buildah: {fmt(nm_peer)} ×"))
+    print()
+    print("Another machine (its own empty cache / storage) published the scenario with the "
+          "registry cache on (`--cache-repo auto`; buildah `--cache-to` to a repository of "
+          "the same registry), not measured; then this machine published it from an empty "
+          "cache and a copy of the checkout at another path, to a new tag.")
+    print()
+
     print("### Peak memory (largest over the runs)")
     print()
     print("| case | blumeops tree | blumeops largest process | peer | peer tree | peer largest process |")
@@ -177,6 +203,7 @@ def main():
     for case, peer, label in [("cold", "buildah", "cold build + push"),
                               ("warm", "buildah", "warm rebuild + push"),
                               ("changed", "buildah", "one file changed"),
+                              ("newmachine", "buildah", "new machine, warm registry cache"),
                               ("push", "skopeo", "push of the large image")]:
         print(f"| {label} | {mib(case, 'blumeops', 2)} | {mib(case, 'blumeops', 3)} | {peer} | "
               f"{mib(case, peer, 2)} | {mib(case, peer, 3)} |")

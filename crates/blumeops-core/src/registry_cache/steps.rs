@@ -103,7 +103,7 @@ async fn fetch(
     let store = engine.store();
     // The config and the layer at once: one round trip after the manifest.
     let layer_blob = layers.first().cloned();
-    let (_, layer_bytes) = futures_util::future::try_join(
+    futures_util::future::try_join(
         cache.client.fetch_blob_into(&reference, &config, store),
         async {
             match &layer_blob {
@@ -117,7 +117,6 @@ async fn fetch(
         },
     )
     .await?;
-    let _ = layer_bytes;
     let (store, key, layer_blob) = (store.clone(), key.clone(), layer_blob);
     tokio::task::spawn_blocking(move || adopt(&store, &key, &config, layer_blob.as_ref(), exec))
         .await

@@ -36,9 +36,10 @@ struct ChainConfig {
     steps: Vec<StepConfig>,
 }
 
-/// A layer download started when its chain was read; every step that needs it awaits the
-/// same one.
-type Fetch = Shared<BoxFuture<'static, Result<(), FetchFailed>>>;
+/// A layer download started when its chain was read, and its diff_id computed right after
+/// (so layers are checked in parallel, while earlier steps are adopted); every step that
+/// needs it awaits the same one.
+type Fetch = Shared<BoxFuture<'static, Result<Digest, FetchFailed>>>;
 
 #[derive(Debug, Clone)]
 enum FetchFailed {
@@ -133,20 +134,22 @@ async fn adopt(
     (step, layer): (StepConfig, Option<(BlobRef, Fetch)>),
     exec: bool,
 ) -> Result<StepRecord, Miss> {
-    let blob = match layer {
+    let (blob, diff_id) = match layer {
         Some((blob, fetch)) => {
-            fetch.await.map_err(|failed| match failed {
+            let diff_id = fetch.await.map_err(|failed| match failed {
                 FetchFailed::Bad(why) => Miss::Bad(why),
                 FetchFailed::Registry(why) => Miss::RegistryText(why),
             })?;
-            Some(blob)
+            (Some(blob), Some(diff_id))
         }
-        None => None,
+        None => (None, None),
     };
     let (store, key) = (engine.store().clone(), key.clone());
-    tokio::task::spawn_blocking(move || adopt_record(&store, &key, &step, blob.as_ref(), exec))
-        .await
-        .map_err(|_| Miss::Bad("its check panicked".to_owned()))?
+    tokio::task::spawn_blocking(move || {
+        adopt_record(&store, &key, &step, blob.as_ref(), diff_id.as_ref(), exec)
+    })
+    .await
+    .map_err(|_| Miss::Bad("its check panicked".to_owned()))?
 }
 
 /// Read a chain and start downloading all its layers.
@@ -242,13 +245,16 @@ fn start_fetch(
         client
             .fetch_blob_into(&reference, &blob, &store)
             .await
-            .map(|_| ())
             .map_err(|e| match e {
                 e @ (RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. }) => {
                     FetchFailed::Bad(e.to_string())
                 }
                 e => FetchFailed::Registry(e.to_string()),
-            })
+            })?;
+        tokio::task::spawn_blocking(move || super::steps::layer_diff_id(&store, &blob))
+            .await
+            .unwrap_or_else(|_| Err("its check panicked".to_owned()))
+            .map_err(FetchFailed::Bad)
     });
     async move {
         task.await

@@ -136,17 +136,18 @@ fn adopt(
         .map_err(|e| Miss::Bad(e.to_string()))?;
     let step: StepConfig =
         serde_json::from_slice(&bytes).map_err(|e| Miss::Bad(format!("its config: {e}")))?;
-    adopt_record(store, key, &step, layer, exec)
+    adopt_record(store, key, &step, layer, None, exec)
 }
 
 /// Check a step's record (its layer in the store already) and keep it as a local step
 /// record: the key must be the step's, the layer the one named, its diff_id the one
-/// recorded.
+/// recorded (`diff_id`: as computed already, else computed here).
 pub(super) fn adopt_record(
     store: &Store,
     key: &Digest,
     step: &StepConfig,
     layer: Option<&BlobRef>,
+    diff_id: Option<&Digest>,
     exec: bool,
 ) -> Result<StepRecord, Miss> {
     if step.version != 1 {
@@ -160,8 +161,10 @@ pub(super) fn adopt_record(
         (Some(recorded), Some(blob)) if recorded.blob() == *blob => {
             // The diff_id keys every later step and goes into the image config: it must be
             // the layer's, whoever wrote the entry.
-            let actual = crate::layer::diff_id_of(&store.blob_path(&blob.digest), &blob.media_type)
-                .map_err(|e| Miss::Bad(format!("its layer does not read: {e}")))?;
+            let actual = match diff_id {
+                Some(known) => known.clone(),
+                None => layer_diff_id(store, blob).map_err(Miss::Bad)?,
+            };
             if actual != recorded.diff_id {
                 return Err(Miss::Bad(format!(
                     "its layer's diff_id is {actual}, the entry says {}",
@@ -190,6 +193,12 @@ pub(super) fn adopt_record(
         .put_step_record(key, &record)
         .map_err(|e| Miss::Bad(e.to_string()))?;
     Ok(record)
+}
+
+/// The diff_id of a layer in the store (it decompresses the whole layer).
+pub(super) fn layer_diff_id(store: &Store, blob: &BlobRef) -> Result<Digest, String> {
+    crate::layer::diff_id_of(&store.blob_path(&blob.digest), &blob.media_type)
+        .map_err(|e| format!("its layer does not read: {e}"))
 }
 
 /// Export the steps of a finished build that the cache repository lacks; layers the
@@ -315,5 +324,72 @@ async fn export_one(
         // not reproducible): theirs stays, which is as good.
         Err(RegistryError::TagConflict { .. }) => Ok(None),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::media_types;
+
+    /// A gzip layer of one file in `store`, and its diff_id.
+    fn layer(store: &Store) -> (BlobRef, Digest) {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_path("f").unwrap();
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append(&h, &b"hi"[..]).unwrap();
+        let raw = tar.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &raw).unwrap();
+        let gz = gz.finish().unwrap();
+        let digest = store.put_bytes(&gz).unwrap();
+        let blob = BlobRef {
+            digest,
+            size: gz.len() as u64,
+            media_type: media_types::OCI_LAYER_GZIP.to_owned(),
+        };
+        (blob, Digest::of(&raw))
+    }
+
+    #[test]
+    fn an_entry_is_adopted_only_with_its_key_and_its_layers_diff_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (blob, diff_id) = layer(&store);
+        let key = Digest::of(b"key");
+        let record = |diff_id: Digest| {
+            StepConfig::new(
+                key.clone(),
+                Some(CachedLayer {
+                    digest: blob.digest.clone(),
+                    size: blob.size,
+                    media_type: blob.media_type.clone(),
+                    diff_id,
+                }),
+                Some(b"out"),
+            )
+        };
+        // A lying diff_id (it would key every later step and enter the image config).
+        let lying = record(Digest::of(b"not the layer"));
+        assert!(matches!(
+            adopt_record(&store, &key, &lying, Some(&blob), None, true),
+            Err(Miss::Bad(why)) if why.contains("diff_id")
+        ));
+        assert!(store.step_record(&key).is_none(), "nothing kept");
+        // Another step's entry under this key's tag.
+        let good = record(diff_id.clone());
+        assert!(matches!(
+            adopt_record(&store, &Digest::of(b"other"), &good, Some(&blob), None, true),
+            Err(Miss::Bad(why)) if why.contains("entry of step")
+        ));
+        // The real one: kept with its stdout.
+        let kept = adopt_record(&store, &key, &good, Some(&blob), None, true)
+            .unwrap_or_else(|_| panic!("adopted"));
+        assert_eq!(kept.layer.unwrap().diff_id, diff_id);
+        assert_eq!(std::fs::read(store.step_stdout_path(&key)).unwrap(), b"out");
+        assert!(store.step_record(&key).is_some());
     }
 }

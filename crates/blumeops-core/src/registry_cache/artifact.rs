@@ -168,24 +168,29 @@ pub(crate) fn entry_with_layers(
     })
 }
 
-/// Parse an entry's manifest and check it is of the expected kind; its config and layers.
+/// Parse an entry's manifest and check it is of the expected kind, with at most one layer;
+/// its config and layers.
 pub(crate) fn parse_entry(
     bytes: &[u8],
     artifact_type: &str,
     config_media_type: &str,
 ) -> Result<(BlobRef, Vec<BlobRef>), String> {
+    parse_entry_with(bytes, artifact_type, config_media_type, 1)
+}
+
+/// [`parse_entry`] with at most `max_layers` layers.
+pub(crate) fn parse_entry_with(
+    bytes: &[u8],
+    artifact_type: &str,
+    config_media_type: &str,
+    max_layers: usize,
+) -> Result<(BlobRef, Vec<BlobRef>), String> {
     let manifest: ArtifactManifest =
         serde_json::from_slice(bytes).map_err(|e| format!("its manifest does not parse: {e}"))?;
-    if manifest.artifact_type != artifact_type {
+    if manifest.artifact_type != artifact_type || manifest.config.media_type != config_media_type {
         return Err(format!(
-            "its artifactType is {}, not {artifact_type}",
-            manifest.artifact_type
-        ));
-    }
-    if manifest.config.media_type != config_media_type {
-        return Err(format!(
-            "its config is {}, not {config_media_type}",
-            manifest.config.media_type
+            "it is a {} with a {} config, not a {artifact_type} with a {config_media_type} one",
+            manifest.artifact_type, manifest.config.media_type
         ));
     }
     if manifest.config.size > MAX_CONFIG_BYTES {
@@ -194,9 +199,9 @@ pub(crate) fn parse_entry(
             manifest.config.size
         ));
     }
-    if manifest.layers.len() > 1 {
+    if manifest.layers.len() > max_layers {
         return Err(format!(
-            "it has {} layers (at most one)",
+            "it has {} layers (at most {max_layers})",
             manifest.layers.len()
         ));
     }
@@ -209,6 +214,13 @@ pub(crate) fn parse_entry(
         blob(&manifest.config),
         manifest.layers.iter().map(blob).collect(),
     ))
+}
+
+/// Seconds since 1970 now, for the time in a tag.
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A tag-safe form of a volume name: `[a-zA-Z0-9_.-]`, other characters as `_`, at most 48
@@ -296,7 +308,7 @@ mod tests {
         assert!(
             parse_entry(&one.manifest.bytes, VOLUME_ARTIFACT, VOLUME_CONFIG)
                 .unwrap_err()
-                .contains("artifactType")
+                .contains("not a application/vnd.blumeops.volume.v1")
         );
     }
 

@@ -201,29 +201,7 @@ async fn read_chain(engine: &Engine, cache: &RegistryCache, tag: &str) -> Result
 }
 
 fn parse(bytes: &[u8]) -> Result<(BlobRef, Vec<BlobRef>), Miss> {
-    let manifest: artifact::ArtifactManifest =
-        serde_json::from_slice(bytes).map_err(|e| Miss::Bad(format!("its manifest: {e}")))?;
-    if manifest.artifact_type != CHAIN_ARTIFACT || manifest.config.media_type != CHAIN_CONFIG {
-        return Err(Miss::Bad(format!(
-            "it is a {} with a {} config, not a chain",
-            manifest.artifact_type, manifest.config.media_type
-        )));
-    }
-    if manifest.config.size > MAX_CONFIG_BYTES {
-        return Err(Miss::Bad(format!(
-            "its config is {} bytes (at most {MAX_CONFIG_BYTES} are read)",
-            manifest.config.size
-        )));
-    }
-    let blob = |d: &crate::image::Descriptor| BlobRef {
-        digest: d.digest.clone(),
-        size: d.size,
-        media_type: d.media_type.clone(),
-    };
-    Ok((
-        blob(&manifest.config),
-        manifest.layers.iter().map(blob).collect(),
-    ))
+    artifact::parse_entry_with(bytes, CHAIN_ARTIFACT, CHAIN_CONFIG, usize::MAX).map_err(Miss::Bad)
 }
 
 /// Download a layer in the background (at most [`PARALLEL_FETCHES`] of a chain at once).
@@ -292,10 +270,7 @@ pub(super) async fn export(
         if tags.iter().any(|t| t.starts_with(&same)) {
             continue;
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let tag = format!("{same}{}", crate::epoch::compact_utc(now));
+        let tag = format!("{same}{}", crate::epoch::compact_utc(artifact::now_secs()));
         let store = engine.store().clone();
         let owned: Vec<ExportStep> = list.iter().map(|s| (*s).clone()).collect();
         let entry = tokio::task::spawn_blocking(move || chain_entry(&store, &owned))

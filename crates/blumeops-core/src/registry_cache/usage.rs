@@ -6,7 +6,6 @@ use futures_util::{StreamExt as _, TryStreamExt as _};
 
 use super::artifact::{self, STEP_ARTIFACT, STEP_CONFIG, VOLUME_ARTIFACT, VOLUME_CONFIG};
 use super::chains::{CHAIN_ARTIFACT, CHAIN_CONFIG};
-use crate::image::BlobRef;
 use crate::reference::ImageRef;
 use crate::registry::{Error, RegistryClient};
 
@@ -60,7 +59,7 @@ pub async fn registry_cache_usage(
         let parsed = if tag.starts_with("step-") {
             artifact::parse_entry(&bytes, STEP_ARTIFACT, STEP_CONFIG)
         } else if tag.starts_with("chain-") {
-            parse_chain(&bytes)
+            artifact::parse_entry_with(&bytes, CHAIN_ARTIFACT, CHAIN_CONFIG, usize::MAX)
         } else {
             artifact::parse_entry(&bytes, VOLUME_ARTIFACT, VOLUME_CONFIG)
         };
@@ -94,22 +93,4 @@ pub async fn registry_cache_usage(
         }
     }
     Ok(usage)
-}
-
-/// A chain's config and layers (any number of them).
-fn parse_chain(bytes: &[u8]) -> Result<(BlobRef, Vec<BlobRef>), String> {
-    let manifest: artifact::ArtifactManifest =
-        serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if manifest.artifact_type != CHAIN_ARTIFACT || manifest.config.media_type != CHAIN_CONFIG {
-        return Err("not a chain".to_owned());
-    }
-    let blob = |d: &crate::image::Descriptor| BlobRef {
-        digest: d.digest.clone(),
-        size: d.size,
-        media_type: d.media_type.clone(),
-    };
-    Ok((
-        blob(&manifest.config),
-        manifest.layers.iter().map(blob).collect(),
-    ))
 }

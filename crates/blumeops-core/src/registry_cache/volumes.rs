@@ -273,10 +273,7 @@ pub(crate) async fn export_volumes(engine: &Engine, cache: &RegistryCache) -> (u
         if unchanged {
             continue;
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let tag = artifact::volume_tag(&name, now, &content);
+        let tag = artifact::volume_tag(&name, artifact::now_secs(), &content);
         let config = VolumeConfig::new(&name, content);
         let entry = {
             let (store, blob) = (store.clone(), blob.clone());

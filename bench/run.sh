@@ -19,6 +19,9 @@
 #            (`--executor docker`, Debian's dockerd started for the benchmark on its own
 #            socket; the engine image is loaded once before the runs, not measured), on a
 #            cache volume of its own per run, compared with the root runs
+#   buildkit cold, warm and changed again by BuildKit, the builder in Debian's dockerd (the
+#            same daemon; `DOCKER_BUILDKIT=1 /usr/bin/docker build --network host` + `docker
+#            push`), its build cache and images emptied before the cold case
 #   newmachine  the scenario published by "another machine" with the registry cache on
 #            (`--cache-repo auto` / buildah `--cache-to`, not measured), then by this one
 #            from an empty cache and a checkout at another path (`--cache-repo auto` /
@@ -96,7 +99,7 @@ machine() {
     echo "- blumeops $commit, $(rustc --version 2>/dev/null || echo 'rustc ?'), release build"
     echo "- $(buildah --version | cut -d' ' -f1-3) (overlay storage driver, --isolation chroot); $(skopeo --version)"
     echo "- registry: $(docker-registry --version | awk '{print $1, $3}') on loopback, htpasswd (bcrypt) auth, storage on local disk"
-    echo "- dockerd $(dockerd --version | awk '{print $3}' | tr -d ,) (the docker executor's daemon, on this machine)"
+    echo "- dockerd $(dockerd --version | awk '{print $3}' | tr -d ,) (the docker executor's daemon and BuildKit's, on this machine)"
     echo "- runs: $runs; large layer: $large_mib MiB"
     echo
 }
@@ -181,7 +184,14 @@ buildah_build_push() { # STORAGE SHA [SRC [CACHE_REPO]] -> REGISTRY/blumeops/ben
     buildah "${storage[@]}" push --quiet --tls-verify=false --creds "$user:$password" \
         "localhost/bench:v1-$2" "docker://$REGISTRY_ADDR/blumeops/bench-buildah:v1-$2"
 }
-export -f buildah_build_push
+buildkit_build_push() { # SHA -> REGISTRY/blumeops/bench-buildkit:v1-SHA
+    local image=$REGISTRY_ADDR/blumeops/bench-buildkit:v1-$1
+    # Debian's CLI, which has the builder built in (a newer one may want buildx).
+    DOCKER_BUILDKIT=1 /usr/bin/docker build -q --network host --build-arg "BASE_IMAGE=$base" \
+        -t "$image" "$src/containers/bench" >/dev/null
+    /usr/bin/docker push -q "$image" >/dev/null
+}
+export -f buildah_build_push buildkit_build_push
 export src user password
 
 shorten() { sed -E 's/(sha256:[0-9a-f]{12})[0-9a-f]{52}/\1…/g'; }
@@ -296,6 +306,23 @@ for run in $(seq "$runs"); do
         rmi -a -f >/dev/null 2>&1 || true
     unmount_under "$rundir/buildah"
     rm -rf "$rundir/buildah" "$BLUMEOPS_CACHE_DIR"
+
+    # Scenario, BuildKit: dockerd's builder, from an empty build cache, then warm and changed.
+    fresh_context
+    export DOCKER_CONFIG=$rundir/docker-config
+    mkdir -p "$DOCKER_CONFIG"
+    echo "$password" | /usr/bin/docker login -u "$user" --password-stdin "$REGISTRY_ADDR" >/dev/null 2>&1
+    /usr/bin/docker builder prune -af >/dev/null
+    measure cold buildkit bash -c 'buildkit_build_push "$@"' _ cold
+    measure warm buildkit bash -c 'buildkit_build_push "$@"' _ cold
+    change_one_file
+    measure changed buildkit bash -c 'buildkit_build_push "$@"' _ changed
+    count_layer_diff buildkit blumeops/bench-buildkit:v1-cold blumeops/bench-buildkit:v1-changed
+    for t in cold changed; do
+        /usr/bin/docker image rm -f "$REGISTRY_ADDR/blumeops/bench-buildkit:v1-$t" >/dev/null 2>&1 || true
+    done
+    /usr/bin/docker builder prune -af >/dev/null
+    unset DOCKER_CONFIG
 
     # New machine, warm registry cache: another machine (its own cache or storage) filled
     # the registry cache; this one starts empty, with the checkout at another path.

@@ -170,6 +170,23 @@ def main():
           + ". Its memory is the client's alone (the engine runs under dockerd).")
     print()
 
+    print(f"### BuildKit, the second peer (median of {n_runs})")
+    print()
+    print("| case | blumeops | BuildKit | ratio | buildah |")
+    print("|---|---|---|---|---|")
+    for case, label in [("cold", "cold build + push"),
+                        ("warm", "warm rebuild + push, nothing changed"),
+                        ("changed", "one source file changed, new tag")]:
+        print(f"| {label} | {secs(case, 'blumeops')} | {secs(case, 'buildkit')} | "
+              f"{fmt(ratio(med(case, 'blumeops'), med(case, 'buildkit')))} | {secs(case, 'buildah')} |")
+    print()
+    print("BuildKit: the builder in Debian's dockerd (the daemon the docker executor uses), "
+          "`DOCKER_BUILDKIT=1 /usr/bin/docker build --network host` + `docker push`, its build "
+          "cache emptied before the cold case. Ratio: blumeops / BuildKit. Its memory is the "
+          "CLI's alone (the build runs in dockerd), so it is not compared. Layers differing "
+          f"between its cold and changed images: {', '.join(map(str, layers.get('buildkit', []))) or 'unknown'}.")
+    print()
+
     print(f"### New machine, warm registry cache (median of {n_runs})")
     print()
     print("| | blumeops | buildah | ratio | goal | result |")

@@ -42,6 +42,9 @@ pub enum Error {
     /// No executor can run build steps, or entering one failed.
     #[error(transparent)]
     Executor(#[from] executor::Error),
+    /// Commands for a platform this machine cannot run (no emulator registered).
+    #[error(transparent)]
+    Emulation(#[from] executor::emulation::EmulationMissing),
     /// An image archive could not be imported.
     #[error(transparent)]
     Import(#[from] import::Error),
@@ -156,6 +159,8 @@ impl Error {
             Self::Export(export::Error::InvalidTarget(_)) => ErrorKind::InvalidInput,
             Self::Store(store::Error::ForeignOwner { .. }) => ErrorKind::InvalidInput,
             Self::Dockerfile(_) => ErrorKind::InvalidInput,
+            // What this machine can run is its setup, not a registry's or the build's.
+            Self::Emulation(_) => ErrorKind::InvalidInput,
             Self::Import(e) => e.kind(),
             Self::Image(_) => ErrorKind::InvalidInput,
             Self::Layer(layer::Error::InvalidPath { .. } | layer::Error::Pattern { .. }) => {

@@ -44,7 +44,10 @@ pub use definition::{
     normalize_version,
 };
 pub use dockerfile::Error as DockerfileError;
-pub use dockerfile::{load as load_dockerfile, translate as translate_dockerfile};
+pub use dockerfile::{
+    load as load_dockerfile, load_for_platform as load_dockerfile_for_platform,
+    translate as translate_dockerfile, translate_for_platform as translate_dockerfile_for_platform,
+};
 pub use epoch::Error as EpochError;
 pub use epoch::{
     EpochSource, SOURCE_DATE_EPOCH, resolve as resolve_epoch, resolve_for as resolve_epoch_for,

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use crate::definition::BuildArgs;
 use crate::limits;
 use crate::pipeline::Container;
+use crate::reference::Platform;
 
 pub(crate) use expand::expand_template as expand_env_template;
 
@@ -104,6 +105,20 @@ pub fn load(
     args: &BuildArgs,
     target: Option<&str>,
 ) -> Result<Container, Error> {
+    load_for_platform(dockerfile, context_dir, args, target, &Platform::host())
+}
+
+/// [`load`] for the target `platform`: `TARGETPLATFORM`, `TARGETOS`, `TARGETARCH` and
+/// `TARGETVARIANT` describe it (`BUILDPLATFORM` and the rest, the host), and stages without
+/// `FROM --platform` are for it (evaluate the container with an engine for the same
+/// platform).
+pub fn load_for_platform(
+    dockerfile: &Path,
+    context_dir: &Path,
+    args: &BuildArgs,
+    target: Option<&str>,
+    platform: &Platform,
+) -> Result<Container, Error> {
     let text = read_bounded(dockerfile)?;
     let mut specific = dockerfile.as_os_str().to_owned();
     specific.push(".dockerignore");
@@ -115,7 +130,7 @@ pub fn load(
     };
     let ignore = read_ignore(&ignore_path)?;
     let label = dockerfile.display().to_string();
-    translate::translate(&text, &label, context_dir, &ignore, args, target)
+    translate::translate(&text, &label, context_dir, &ignore, args, target, platform)
 }
 
 /// Translate Dockerfile `text` (named `file_label` in errors) with `context_dir` as the
@@ -143,8 +158,35 @@ pub fn translate(
     args: &BuildArgs,
     target: Option<&str>,
 ) -> Result<Container, Error> {
+    translate_for_platform(
+        text,
+        file_label,
+        context_dir,
+        args,
+        target,
+        &Platform::host(),
+    )
+}
+
+/// [`translate`] for the target `platform` (see [`load_for_platform`]).
+pub fn translate_for_platform(
+    text: &str,
+    file_label: &str,
+    context_dir: &Path,
+    args: &BuildArgs,
+    target: Option<&str>,
+    platform: &Platform,
+) -> Result<Container, Error> {
     let ignore = read_ignore(&context_dir.join(".dockerignore"))?;
-    translate::translate(text, file_label, context_dir, &ignore, args, target)
+    translate::translate(
+        text,
+        file_label,
+        context_dir,
+        &ignore,
+        args,
+        target,
+        platform,
+    )
 }
 
 /// Read a Dockerfile, refusing one over [`limits::MAX_DOCKERFILE_BYTES`] without reading it

@@ -41,6 +41,7 @@ pub(super) fn translate(
     ignore: &Ignore,
     args: &BuildArgs,
     target: Option<&str>,
+    platform: &Platform,
 ) -> Result<Container, Error> {
     let parsed = parser::parse(text).map_err(|e| Error::Instruction {
         file: file.to_owned(),
@@ -53,7 +54,7 @@ pub(super) fn translate(
         ignore,
         escape: parsed.escape,
         args,
-        globals: platform_args(args),
+        globals: platform_args(args, platform),
         stages: Vec::new(),
         built: Vec::new(),
         expanded: std::cell::Cell::new(0),
@@ -114,11 +115,12 @@ pub(super) fn translate(
     Ok(t.stage(index)?.container)
 }
 
-/// `TARGETPLATFORM`, `BUILDARCH`... for the host, unless given as build arguments.
-fn platform_args(args: &BuildArgs) -> BTreeMap<String, Option<String>> {
-    let p = Platform::host();
+/// `BUILDPLATFORM`, `BUILDOS`... for the host, and `TARGETPLATFORM`, `TARGETARCH`... for the
+/// platform being built (`target`), unless given as build arguments.
+fn platform_args(args: &BuildArgs, target: &Platform) -> BTreeMap<String, Option<String>> {
+    let host = Platform::host();
     let mut m = BTreeMap::new();
-    for prefix in ["BUILD", "TARGET"] {
+    for (prefix, p) in [("BUILD", &host), ("TARGET", target)] {
         for (suffix, value) in [
             ("PLATFORM", Some(p.to_string())),
             ("OS", Some(p.os().to_owned())),
@@ -323,10 +325,28 @@ impl Translator<'_> {
             ));
         }
         let lower = image.to_ascii_lowercase();
+        // `FROM --platform=$BUILDPLATFORM`: this stage is for that platform, whatever the
+        // target (a stage named as the base keeps its own).
+        let platform = match from.flag("platform") {
+            Some(raw) => {
+                let text = self.global_word(from, raw)?;
+                let platform: Platform = text.parse().map_err(|_| {
+                    self.err(
+                        from,
+                        format!(
+                            "FROM --platform=`{text}` is not a platform (OS/ARCH[/VARIANT], \
+                             e.g. linux/arm64)"
+                        ),
+                    )
+                })?;
+                Some(platform)
+            }
+            None => None,
+        };
         let base = if lower == "scratch" {
             // As BuildKit and buildah do, an image from scratch gets the default PATH.
             Base {
-                container: Container::scratch_with_default_path(),
+                container: Container::scratch_with_default_path(platform),
                 env: BTreeMap::from([(
                     "PATH".to_owned(),
                     EnvVal::Known(crate::sandbox::DEFAULT_PATH.to_owned()),
@@ -342,7 +362,10 @@ impl Translator<'_> {
             self.stage(j)?
         } else {
             Base {
-                container: Container::from(image),
+                container: match platform {
+                    Some(platform) => Container::from_platform(image, platform),
+                    None => Container::from(image),
+                },
                 env: BTreeMap::new(),
                 env_complete: false,
                 workdir: None,

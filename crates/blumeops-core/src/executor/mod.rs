@@ -19,6 +19,7 @@
 //! ([`ExecutorKind::on_this_system`]).
 
 pub mod docker;
+pub mod emulation;
 mod idmap;
 mod probe;
 mod step;

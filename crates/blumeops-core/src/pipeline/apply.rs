@@ -20,11 +20,12 @@ pub(super) async fn run_root(
     index: usize,
 ) -> Result<Option<String>, Error> {
     match op {
-        Op::From(reference) => {
+        Op::From(reference, platform) => {
             let reference: ImageRef = reference.parse()?;
+            let platform = platform.as_ref().unwrap_or(&engine.platform);
             let pulled = engine
                 .registry
-                .pull_image(&reference, &engine.platform, &engine.store)
+                .pull_image(&reference, platform, &engine.store)
                 .await?;
             for failure in &pulled.mirror_failures {
                 engine.emit(super::engine::Event::MirrorFailed {
@@ -49,6 +50,21 @@ pub(super) async fn run_root(
                 &reference.to_string(),
                 pulled.image.layers.len(),
             )?;
+            // A base that is one image (no index) must be for the platform too: its
+            // commands would run as another architecture, and an index entry would lie.
+            if !config.architecture.is_empty()
+                && !platform.matches(&config.os, &config.architecture, config.variant.as_deref())
+            {
+                return Err(crate::registry::Error::PlatformNotFound {
+                    reference: reference.to_string(),
+                    platform: platform.clone(),
+                    available: vec![match &config.variant {
+                        Some(v) => format!("{}/{}/{v}", config.os, config.architecture),
+                        None => format!("{}/{}", config.os, config.architecture),
+                    }],
+                }
+                .into());
+            }
             let layers = pulled
                 .image
                 .layers
@@ -70,20 +86,22 @@ pub(super) async fn run_root(
             *state = Some(State::root(config, layers, key.finish()));
             Ok(Some(detail))
         }
-        Op::Scratch | Op::ScratchDefaultPath => {
+        Op::Scratch(platform) | Op::ScratchDefaultPath(platform) => {
+            let platform = platform.as_ref().unwrap_or(&engine.platform);
             let mut config = ImageConfig {
-                architecture: engine.platform.architecture().to_owned(),
-                os: engine.platform.os().to_owned(),
-                variant: engine.platform.variant().map(str::to_owned),
+                architecture: platform.architecture().to_owned(),
+                os: platform.os().to_owned(),
+                variant: platform.variant().map(str::to_owned),
                 ..ImageConfig::default()
             };
-            if matches!(op, Op::ScratchDefaultPath) {
+            let default_path = matches!(op, Op::ScratchDefaultPath(_));
+            if default_path {
                 config.config.set_env("PATH", crate::sandbox::DEFAULT_PATH);
             }
             let mut key = FieldHasher::new(cache::KEY_VERSION);
             key.str("scratch")
-                .bool(matches!(op, Op::ScratchDefaultPath))
-                .str(&engine.platform.to_string());
+                .bool(default_path)
+                .str(&platform.to_string());
             *state = Some(State::root(config, Vec::new(), key.finish()));
             Ok(None)
         }
@@ -102,7 +120,9 @@ pub(super) async fn apply_op(
 ) -> Result<Option<String>, Error> {
     let rc = &mut state.config.config;
     match op {
-        Op::From(_) | Op::Scratch | Op::ScratchDefaultPath => unreachable!("handled by run_root"),
+        Op::From(..) | Op::Scratch(_) | Op::ScratchDefaultPath(_) => {
+            unreachable!("handled by run_root")
+        }
         // Owner names need the image's /etc/passwd and /etc/group.
         Op::NewFile { .. } | Op::HostFile { .. } | Op::HostDirectory { .. } => {
             let mut builder = LayerBuilder::new();

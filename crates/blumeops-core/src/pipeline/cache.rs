@@ -288,9 +288,9 @@ fn files_changed(store: &Store, old: Option<&Digest>, inputs: &StepInputs) -> St
 
 fn op_name(op: &Op) -> &'static str {
     match op {
-        Op::From(_) => "from",
-        Op::Scratch => "scratch",
-        Op::ScratchDefaultPath => "scratch-path",
+        Op::From(..) => "from",
+        Op::Scratch(_) => "scratch",
+        Op::ScratchDefaultPath(_) => "scratch-path",
         Op::NewFile { .. } => "new-file",
         Op::HostFile { .. } => "host-file",
         Op::HostDirectory { .. } => "host-directory",
@@ -338,10 +338,13 @@ pub(crate) fn operation(op: &Op) -> Digest {
     let mut h = FieldHasher::new("operation");
     h.str(op_name(op));
     match op {
-        Op::From(reference) => {
-            h.str(reference);
+        Op::From(reference, platform) => {
+            h.str(reference)
+                .opt_str(platform.as_ref().map(ToString::to_string).as_deref());
         }
-        Op::Scratch | Op::ScratchDefaultPath => {}
+        Op::Scratch(platform) | Op::ScratchDefaultPath(platform) => {
+            h.opt_str(platform.as_ref().map(ToString::to_string).as_deref());
+        }
         Op::NewFile {
             path,
             contents,

@@ -37,14 +37,16 @@ pub use exec::{CacheVolume, CopyOptions, ExecOptions, Expect, Network, SecretVar
 pub use plan::{Plan, PlanBase, PlanStage, PlanStep};
 
 use crate::layer::{HostCopy, Owner};
+use crate::reference::Platform;
 
 /// One operation in a container's chain.
 #[derive(Clone, Debug)]
 pub(crate) enum Op {
-    From(String),
-    Scratch,
+    /// A base image, for the engine's platform or the one given.
+    From(String, Option<Platform>),
+    Scratch(Option<Platform>),
     /// `scratch` with the default `PATH`, as Dockerfile builders give `FROM scratch`.
-    ScratchDefaultPath,
+    ScratchDefaultPath(Option<Platform>),
     NewFile {
         path: String,
         contents: Arc<[u8]>,
@@ -139,8 +141,12 @@ impl Op {
     /// What progress output says about this step.
     pub(crate) fn describe(&self) -> String {
         match self {
-            Self::From(r) => format!("from {r}"),
-            Self::Scratch | Self::ScratchDefaultPath => "from scratch".to_owned(),
+            Self::From(r, None) => format!("from {r}"),
+            Self::From(r, Some(p)) => format!("from {r} (platform {p})"),
+            Self::Scratch(None) | Self::ScratchDefaultPath(None) => "from scratch".to_owned(),
+            Self::Scratch(Some(p)) | Self::ScratchDefaultPath(Some(p)) => {
+                format!("from scratch (platform {p})")
+            }
             Self::NewFile {
                 path,
                 mode,
@@ -253,17 +259,30 @@ impl Container {
     /// `busybox` (Docker's defaults apply). The reference is checked when the container is
     /// evaluated.
     pub fn from(reference: impl Into<String>) -> Self {
-        Self::root(Op::From(reference.into()))
+        Self::root(Op::From(reference.into(), None))
+    }
+
+    /// [`Container::from`] for `platform` rather than the engine's (Dagger's
+    /// `container(platform:)`): a multi-platform base gives that platform's image, and the
+    /// container's commands run as that architecture (emulated through binfmt_misc when it
+    /// is not the host's).
+    pub fn from_platform(reference: impl Into<String>, platform: Platform) -> Self {
+        Self::root(Op::From(reference.into(), Some(platform)))
     }
 
     /// Start from an empty image.
     pub fn scratch() -> Self {
-        Self::root(Op::Scratch)
+        Self::root(Op::Scratch(None))
+    }
+
+    /// [`Container::scratch`] for `platform` rather than the engine's.
+    pub fn scratch_platform(platform: Platform) -> Self {
+        Self::root(Op::Scratch(Some(platform)))
     }
 
     /// An empty image whose config has the default `PATH` (Dockerfile `FROM scratch`).
-    pub(crate) fn scratch_with_default_path() -> Self {
-        Self::root(Op::ScratchDefaultPath)
+    pub(crate) fn scratch_with_default_path(platform: Option<Platform>) -> Self {
+        Self::root(Op::ScratchDefaultPath(platform))
     }
 
     /// Write a file with `contents` and permission bits `mode` (owned by root).

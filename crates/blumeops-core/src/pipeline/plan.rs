@@ -313,7 +313,7 @@ impl Planner {
         let base = match &base_node {
             Some(b) => PlanBase::Stage(self.stage(b)),
             None => match &own[0].op {
-                Op::From(r) => PlanBase::Image(r.clone()),
+                Op::From(r, _) => PlanBase::Image(r.clone()),
                 _ => PlanBase::Scratch,
             },
         };

@@ -20,6 +20,7 @@ impl Container {
     pub async fn build(&self, engine: &Engine) -> Result<BuiltImage, Error> {
         let _lock = engine.lock_store().await?;
         let run = Run::new(engine, self);
+        run.check_platforms()?;
         let built = finish(engine, run.evaluate(self).await?)?;
         run.export_to_registry_cache(None).await;
         Ok(built)
@@ -74,6 +75,7 @@ impl Container {
         // Held from the build through the push, so no pruning removes blobs in between.
         let _lock = engine.lock_store().await?;
         let run = Run::new(engine, self);
+        run.check_platforms()?;
         let built = finish(engine, run.evaluate(self).await?)?;
         let published = push_built(engine, &built, target, policy).await?;
         // After the push, so the cache's entries mount the image's layers.
@@ -89,6 +91,7 @@ impl Container {
     ) -> Result<BuiltImage, Error> {
         let _lock = engine.lock_store().await?;
         let run = Run::new(engine, self);
+        run.check_platforms()?;
         let built = finish(engine, run.evaluate(self).await?)?;
         let store = engine.store.clone();
         let image = built.image.clone();

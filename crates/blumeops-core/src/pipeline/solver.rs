@@ -15,7 +15,7 @@ use super::state::{State, push_layer, workdir_join};
 use super::{Container, Node, Op};
 use crate::error::Error;
 use crate::layer::LayerBuilder;
-use crate::reference::{Digest, ImageRef};
+use crate::reference::{Digest, ImageRef, Platform};
 use crate::registry_cache::{self, ExportStep, RegistryCache};
 use crate::store::{CachedLayer, StageRecord, StepInputsRecord, StepRecord, Store};
 
@@ -124,6 +124,44 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// Before the first step: every stage that runs commands for an architecture this
+    /// machine does not run natively needs an emulator (binfmt_misc), so a missing one
+    /// fails the build at once, naming the platform, rather than in the middle of a step.
+    pub(super) fn check_platforms(&self) -> Result<(), Error> {
+        let mut checked = Vec::new();
+        for (index, stage) in self.stages.iter().enumerate() {
+            let runs_commands = stage
+                .own
+                .iter()
+                .any(|(node, _)| matches!(node.op, Op::Exec { .. }));
+            let platform = self.stage_platform(index);
+            if runs_commands && !checked.contains(platform) {
+                crate::executor::emulation::check(platform)?;
+                checked.push(platform.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// The platform a stage is for: its base image's (or scratch's), or its base stage's.
+    fn stage_platform(&self, mut index: usize) -> &Platform {
+        loop {
+            let stage = &self.stages[index];
+            match (&stage.base, stage.own.first().map(|(node, _)| &node.op)) {
+                (Some(base), _) => index = self.stage_index(base),
+                (
+                    None,
+                    Some(
+                        Op::From(_, Some(p))
+                        | Op::Scratch(Some(p))
+                        | Op::ScratchDefaultPath(Some(p)),
+                    ),
+                ) => return p,
+                (None, _) => return &self.engine.platform,
+            }
+        }
+    }
+
     /// Evaluate `container` (a stage of the plan this run was made for).
     pub(super) async fn evaluate(&self, container: &Container) -> Result<State, Error> {
         self.evaluate_stage(self.stage_index(&container.node)).await
@@ -221,7 +259,7 @@ impl<'a> Run<'a> {
     ) -> Result<(Digest, Vec<(String, Digest)>), Error> {
         let engine = self.engine;
         // Steps that do work wait for a job slot before they count as started.
-        let _permit = if makes_layer(op) || matches!(op, Op::From(_)) {
+        let _permit = if makes_layer(op) || matches!(op, Op::From(..)) {
             Some(self.jobs.acquire().await.map_err(|_| Error::TaskPanicked)?)
         } else {
             None

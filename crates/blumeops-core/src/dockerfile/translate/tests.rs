@@ -681,6 +681,57 @@ fn platform_args_are_predefined() {
     );
 }
 
+#[test]
+fn target_platform_args_describe_the_target_and_build_ones_the_host() {
+    let host = crate::reference::Platform::host();
+    let arm: crate::reference::Platform = "linux/arm/v7".parse().unwrap();
+    let text = "FROM --platform=$BUILDPLATFORM busybox AS build\n\
+                ARG TARGETPLATFORM\nARG TARGETARCH\nARG TARGETVARIANT\nARG BUILDARCH\n\
+                RUN echo $TARGETPLATFORM $TARGETARCH $TARGETVARIANT on $BUILDARCH\n\
+                FROM busybox:${TARGETARCH}\n\
+                COPY --from=build /out /out\n";
+    let c = crate::dockerfile::translate_for_platform(
+        text,
+        "Dockerfile",
+        Path::new("."),
+        &BuildArgs::new(),
+        None,
+        &arm,
+    )
+    .unwrap();
+    // The final stage is for the target (the engine's platform): no platform of its own.
+    assert_eq!(c.steps()[0], "from busybox:arm");
+    let build = source_of(&c, 1);
+    assert_eq!(build.steps()[0], format!("from busybox (platform {host})"));
+    let Op::Exec { opts, .. } = build.ops()[1] else {
+        panic!("a RUN step")
+    };
+    let env = |name: &str| {
+        opts.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(env("TARGETPLATFORM"), Some("linux/arm/v7"));
+    assert_eq!(env("TARGETARCH"), Some("arm"));
+    assert_eq!(env("TARGETVARIANT"), Some("v7"));
+    assert_eq!(env("BUILDARCH"), Some(host.architecture()));
+}
+
+#[test]
+fn from_platform_must_be_a_platform() {
+    let e = err("FROM --platform=linux busybox\n");
+    assert!(
+        e.contains("FROM --platform=`linux` is not a platform"),
+        "{e}"
+    );
+    // A scratch stage takes it too.
+    assert_eq!(
+        steps("FROM --platform=linux/arm64 scratch\n")[0],
+        "from scratch (platform linux/arm64)"
+    );
+}
+
 #[tokio::test]
 async fn config_instructions_reach_the_image_config() {
     let store_dir = tempfile::tempdir().unwrap();

@@ -372,6 +372,47 @@ mod tests {
     }
 
     #[test]
+    fn made_up_parents_can_be_settled() {
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(store_dir.path()).unwrap();
+        let mut b = LayerBuilder::new();
+        b.add_bytes("/opt/app/bin/x", &b"x"[..], 0o755, Owner::ROOT)
+            .unwrap();
+        b.add_bytes("/opt/app/README", &b"r"[..], 0o644, Owner::ROOT)
+            .unwrap();
+        assert_eq!(b.implicit_parents(), ["opt", "opt/app", "opt/app/bin"]);
+        let owner = Owner {
+            uid: 1000,
+            gid: 1000,
+        };
+        b.set_implicit_parent("opt/app", 0o750, owner);
+        // Not a made-up parent: left alone.
+        b.set_implicit_parent("opt/app/README", 0o700, owner);
+        // Added later as itself: no longer made up.
+        b.add(
+            "/opt/app/bin",
+            crate::layer::Entry {
+                kind: crate::layer::EntryKind::Dir,
+                mode: 0o700,
+                owner: Owner::ROOT,
+            },
+        )
+        .unwrap();
+        assert_eq!(b.implicit_parents(), ["opt", "opt/app"]);
+        let layer = b.write(&store, Compression::Gzip, 0).unwrap();
+        assert_eq!(
+            list(&store, &layer),
+            [
+                ("opt/".to_owned(), 0o755, 0),
+                ("opt/app/".to_owned(), 0o750, 1000),
+                ("opt/app/README".to_owned(), 0o644, 0),
+                ("opt/app/bin/".to_owned(), 0o700, 0),
+                ("opt/app/bin/x".to_owned(), 0o755, 0),
+            ]
+        );
+    }
+
+    #[test]
     fn include_limits_files() {
         let src = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(src.path().join("x")).unwrap();

@@ -106,7 +106,8 @@ pub(super) async fn apply_op(
         // Owner names need the image's /etc/passwd and /etc/group.
         Op::NewFile { .. } | Op::HostFile { .. } | Op::HostDirectory { .. } => {
             let mut builder = LayerBuilder::new();
-            match op {
+            // Who owns the directories the copy creates (see `ImageBelow::settle_parents`).
+            let owner = match op {
                 Op::NewFile {
                     path,
                     contents,
@@ -114,6 +115,7 @@ pub(super) async fn apply_op(
                     owner,
                 } => {
                     builder.add_bytes(path, contents.clone(), *mode, *owner)?;
+                    *owner
                 }
                 Op::HostFile { path, src, opts } | Op::HostDirectory { path, src, opts } => {
                     let opts = steps::with_owner_resolved(engine, state, opts).await?;
@@ -122,15 +124,19 @@ pub(super) async fn apply_op(
                     } else {
                         builder.add_host_dir(path, src, &opts)?;
                     }
+                    opts.owner.unwrap_or_default()
                 }
                 _ => unreachable!(),
-            }
+            };
             let store = engine.store.clone();
             let (compression, epoch) = (engine.compression, engine.epoch);
-            let layer =
-                tokio::task::spawn_blocking(move || builder.write(&store, compression, epoch))
-                    .await
-                    .map_err(|_| Error::TaskPanicked)??;
+            let below = steps::ImageBelow::of(engine, state);
+            let layer = tokio::task::spawn_blocking(move || {
+                below.settle_parents(&mut builder, owner)?;
+                Ok::<_, Error>(builder.write(&store, compression, epoch)?)
+            })
+            .await
+            .map_err(|_| Error::TaskPanicked)??;
             return Ok(Some(push_layer(engine, state, layer, history)));
         }
         Op::Env(k, v) => rc.set_env(k, v),

@@ -356,6 +356,63 @@ pub(super) async fn exec(
     Ok(layer)
 }
 
+/// The image below a step, for settling the parent directories of the step's layer in a
+/// blocking task (see [`ImageBelow::settle_parents`]).
+pub(super) struct ImageBelow {
+    store: crate::store::Store,
+    layers: Vec<(crate::image::BlobRef, crate::reference::Digest)>,
+}
+
+impl ImageBelow {
+    pub(super) fn of(engine: &Engine, state: &State) -> Self {
+        Self {
+            store: engine.store().clone(),
+            layers: state
+                .layers
+                .iter()
+                .cloned()
+                .zip(state.config.rootfs.diff_ids.iter().cloned())
+                .collect(),
+        }
+    }
+
+    /// Settle the parent directories `builder` made up: one the image has keeps its mode
+    /// and owner (the layer's entry would replace them when extracted); a missing one is
+    /// created 0755 and owned by `owner`, as BuildKit and buildah chown every directory
+    /// `COPY --chown` creates. A parent that is not a directory in the image is left as
+    /// it was. Blocking; unpacks the image only when there are such parents.
+    pub(super) fn settle_parents(
+        &self,
+        builder: &mut LayerBuilder,
+        owner: Owner,
+    ) -> Result<(), Error> {
+        use std::os::unix::fs::MetadataExt as _;
+        let parents = builder.implicit_parents();
+        if parents.is_empty() {
+            return Ok(());
+        }
+        let mut dirs = Vec::with_capacity(self.layers.len());
+        for (blob, diff_id) in &self.layers {
+            dirs.push(self.store.unpacked_layer(blob, diff_id)?);
+        }
+        let view = RootfsView::new(dirs);
+        for p in parents {
+            match view.resolve(&p, false)? {
+                Some(e) if e.meta.is_dir() => {
+                    let had = Owner {
+                        uid: e.meta.uid(),
+                        gid: e.meta.gid(),
+                    };
+                    builder.set_implicit_parent(&p, e.meta.mode() & 0o7777, had);
+                }
+                Some(_) => {}
+                None => builder.set_implicit_parent(&p, 0o755, owner),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Resolve a `user[:group]` owner (names or ids) in the image of `state`.
 pub(super) async fn resolve_owner(
     engine: &Engine,
@@ -405,6 +462,7 @@ pub(super) async fn copy_from(
     let (path, src_path, opts) = (path.to_owned(), src_path.to_owned(), opts.clone());
     let (store, compression, epoch) =
         (engine.store().clone(), engine.compression(), engine.epoch());
+    let below = ImageBelow::of(engine, dest);
     tokio::task::spawn_blocking(move || {
         let mut builder = LayerBuilder::new();
         let entry =
@@ -444,6 +502,7 @@ pub(super) async fn copy_from(
             };
             builder.add(&target, walk.entry(&entry.meta, &entry.host_path))?;
         }
+        below.settle_parents(&mut builder, owner.unwrap_or(Owner::ROOT))?;
         Ok::<_, Error>(builder.write(&store, compression, epoch)?)
     })
     .await
@@ -515,6 +574,7 @@ pub(super) async fn http_file(
     }
     let (path, mode) = (path.to_owned(), opts.mode.unwrap_or(0o600));
     let (compression, epoch) = (engine.compression(), engine.epoch());
+    let below = ImageBelow::of(engine, state);
     tokio::task::spawn_blocking(move || {
         let mut builder = LayerBuilder::new();
         builder.add(
@@ -525,6 +585,7 @@ pub(super) async fn http_file(
                 owner,
             },
         )?;
+        below.settle_parents(&mut builder, owner)?;
         let layer = builder.write(&store, compression, epoch)?;
         drop(tmp);
         Ok::<_, Error>(layer)
@@ -544,6 +605,7 @@ pub(super) async fn host_archive(
 ) -> Result<layer::Layer, Error> {
     let mut opts = with_owner_resolved(engine, state, opts).await?;
     let store = engine.store().clone();
+    let below = ImageBelow::of(engine, state);
     let (path, src) = (path.to_owned(), src.to_owned());
     let (compression, epoch) = (engine.compression(), engine.epoch());
     tokio::task::spawn_blocking(move || {
@@ -616,6 +678,7 @@ pub(super) async fn host_archive(
         opts.preserve_owners = true;
         let mut builder = LayerBuilder::new();
         builder.add_host_dir(&path, dir.path(), &opts)?;
+        below.settle_parents(&mut builder, opts.owner.unwrap_or(Owner::ROOT))?;
         Ok::<_, Error>(builder.write(&store, compression, epoch)?)
     })
     .await
@@ -787,6 +850,7 @@ pub(super) async fn ensure_dir(
     }
     let (path, store) = (path.to_owned(), engine.store().clone());
     let (compression, epoch) = (engine.compression(), engine.epoch());
+    let below = ImageBelow::of(engine, state);
     tokio::task::spawn_blocking(move || {
         let mut builder = LayerBuilder::new();
         builder.add(
@@ -797,6 +861,7 @@ pub(super) async fn ensure_dir(
                 owner: Owner::ROOT,
             },
         )?;
+        below.settle_parents(&mut builder, Owner::ROOT)?;
         Ok(Some(builder.write(&store, compression, epoch)?))
     })
     .await

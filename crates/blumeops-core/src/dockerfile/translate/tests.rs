@@ -965,3 +965,86 @@ async fn deferred_patterns_are_finished_at_evaluation() {
         "{causes:?}"
     );
 }
+/// The entries of a gzip layer: (path, mode, uid, gid).
+fn layer_entries(
+    store: &crate::store::Store,
+    blob: &crate::image::BlobRef,
+) -> Vec<(String, u32, u64, u64)> {
+    use std::io::Read as _;
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(store.open_blob(&blob.digest).unwrap())
+        .read_to_end(&mut raw)
+        .unwrap();
+    tar::Archive::new(&raw[..])
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let h = e.header();
+            (
+                e.path().unwrap().to_string_lossy().into_owned(),
+                h.mode().unwrap(),
+                h.uid().unwrap(),
+                h.gid().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn directories_a_copy_creates_get_its_owner_and_existing_ones_keep_theirs() {
+    let dir = ctx(&[("a.txt", "a")]);
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(store_dir.path()).unwrap();
+    let engine =
+        crate::pipeline::Engine::new(crate::pipeline::EngineOptions::new(store.clone())).unwrap();
+    // As buildah 1.28 and BuildKit do: every directory COPY/ADD creates gets the --chown
+    // owner; directories the image has keep their mode and owner.
+    let c = translate(
+        "FROM scratch\n\
+         COPY --chown=1000:1001 a.txt /opt/deep/app/\n\
+         COPY a.txt /opt/deep/other/b.txt\n\
+         COPY --chown=7:8 <<EOF /srv/x/note\nhi\nEOF\n\
+         WORKDIR /srv/x/y\n",
+        "Dockerfile",
+        dir.path(),
+        &BuildArgs::new(),
+        None,
+    )
+    .unwrap();
+    let built = c.build(&engine).await.unwrap();
+    let layers: Vec<_> = built
+        .image
+        .layers
+        .iter()
+        .map(|b| layer_entries(&store, b))
+        .collect();
+    let e = |p: &str, mode: u32, uid: u64, gid: u64| (p.to_owned(), mode, uid, gid);
+    assert_eq!(
+        layers,
+        [
+            vec![
+                e("opt/", 0o755, 1000, 1001),
+                e("opt/deep/", 0o755, 1000, 1001),
+                e("opt/deep/app/", 0o755, 1000, 1001),
+                e("opt/deep/app/a.txt", 0o644, 1000, 1001),
+            ],
+            vec![
+                e("opt/", 0o755, 1000, 1001),
+                e("opt/deep/", 0o755, 1000, 1001),
+                e("opt/deep/other/", 0o755, 0, 0),
+                e("opt/deep/other/b.txt", 0o644, 0, 0),
+            ],
+            vec![
+                e("srv/", 0o755, 7, 8),
+                e("srv/x/", 0o755, 7, 8),
+                e("srv/x/note", 0o644, 7, 8),
+            ],
+            vec![
+                e("srv/", 0o755, 7, 8),
+                e("srv/x/", 0o755, 7, 8),
+                e("srv/x/y/", 0o755, 0, 0),
+            ],
+        ]
+    );
+}

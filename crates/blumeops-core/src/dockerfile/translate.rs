@@ -720,9 +720,18 @@ impl Translator<'_> {
                 format!("{kw} requires at least two arguments: source and destination"),
             ));
         }
-        if inst.flag("parents").is_some_and(|v| v != "false") {
-            return Err(self.err(inst, format!("{kw} --parents is not supported")));
-        }
+        // `--link` needs nothing: every COPY is its own layer already, rebased on whatever
+        // is below it only through the step cache's parent key.
+        let parents = match inst.flag("parents") {
+            None | Some("false") => false,
+            Some("" | "true") => true,
+            Some(other) => {
+                return Err(self.err(
+                    inst,
+                    format!("invalid --parents `{other}`: expected true or false"),
+                ));
+            }
+        };
         if inst.flag("keep-git-dir").is_some() {
             return Err(self.err(
                 inst,
@@ -731,7 +740,9 @@ impl Translator<'_> {
         }
         let (dest_raw, src_raws) = raws.split_last().expect("two or more");
         let dest_word = self.word(st, inst, dest_raw)?;
-        let into_dir = dest_word.ends_with('/') || dest_word == "." || dest_word.ends_with("/.");
+        // With --parents every source keeps its path below the destination, a directory.
+        let into_dir =
+            parents || dest_word.ends_with('/') || dest_word == "." || dest_word.ends_with("/.");
         let dest = self.resolve(st, inst, &dest_word)?;
         let chown = match inst.flag("chown") {
             Some(c) if !c.is_empty() => Some(self.word(st, inst, c)?),
@@ -756,8 +767,19 @@ impl Translator<'_> {
         };
         let mut excludes = Vec::new();
         for e in inst.flag_values("exclude") {
-            excludes.push(self.word(st, inst, e)?);
+            let e = self.word(st, inst, e)?;
+            if e.is_empty() || e.starts_with('!') {
+                return Err(self.err(
+                    inst,
+                    format!(
+                        "{kw} --exclude=`{e}` is not supported: give a pattern to leave out \
+                         (exceptions with ! are not supported)"
+                    ),
+                ));
+            }
+            excludes.push(e);
         }
+        let exclude_names = self.exclude_matcher(inst, &excludes)?;
         let checksum = match inst.flag("checksum") {
             Some(c) => Some(self.word(st, inst, c)?.parse::<Digest>().map_err(|_| {
                 self.err(
@@ -823,6 +845,11 @@ impl Translator<'_> {
                 };
                 let dir_src = p.ends_with('/') || p.ends_with("/.") || ignore::clean(&p).is_empty();
                 let norm = absolute(&p);
+                let drop = if parents {
+                    self.pivot_depth(inst, p.trim_start_matches('/'))?
+                } else {
+                    0
+                };
                 if has_glob(&norm) {
                     let (parent, last) = norm.rsplit_once('/').expect("absolute");
                     if has_glob(parent) {
@@ -831,9 +858,18 @@ impl Translator<'_> {
                             format!("{kw} --from: wildcards are supported in the last path component only (`{p}`)"),
                         ));
                     }
+                    let to = if parents {
+                        join_kept(&dest, &kept_path(parent, drop))
+                    } else {
+                        dest.clone()
+                    };
                     let parent = if parent.is_empty() { "/" } else { parent };
                     let o = opts.clone().with_include(last);
-                    st.c(|c| c.with_directory_from(&dest, &source, parent, o));
+                    st.c(|c| c.with_directory_from(&to, &source, parent, o));
+                } else if parents && !kept_path(&norm, drop).is_empty() {
+                    // The path below the pivot, kept whatever the source turns out to be.
+                    let to = join_kept(&dest, &kept_path(&norm, drop));
+                    st.c(|c| c.with_path_from(to, &source, norm, opts.clone()));
                 } else if dir_src {
                     st.c(|c| c.with_directory_from(&dest, &source, norm, opts.clone()));
                 } else {
@@ -865,8 +901,23 @@ impl Translator<'_> {
                 Source::Heredoc(h) => planned.push(Planned::Heredoc(h)),
                 Source::Url(u) => planned.push(Planned::Url(u)),
                 Source::Path(p) => {
+                    let drop = if parents {
+                        Some(self.pivot_depth(inst, &p)?)
+                    } else {
+                        None
+                    };
+                    let wildcard = has_glob(&p);
                     for (path, rel) in self.context_paths(inst, &p)? {
-                        planned.push(Planned::Host(path, rel));
+                        // A wildcard's matches are filtered by name, as the Dockerfile
+                        // reference documents (`COPY --exclude=*.txt hom* /mydir/`); what a
+                        // directory holds, by its path inside it (below). A source named
+                        // exactly is copied whatever the patterns say, as in BuildKit.
+                        let name = rel.rsplit('/').next().unwrap_or(&rel);
+                        if wildcard && exclude_names.is_match(name) {
+                            continue;
+                        }
+                        let kept = drop.map(|d| kept_path(&rel, d));
+                        planned.push(Planned::Host(path, rel, kept));
                     }
                 }
             }
@@ -936,15 +987,21 @@ impl Translator<'_> {
                     let sum = checksum.clone();
                     st.c(|c| c.with_http_file(to, u, sum, opts));
                 }
-                Planned::Host(path, rel) => {
+                Planned::Host(path, rel, kept) => {
                     let meta = std::fs::metadata(&path).map_err(|source| Error::Read {
                         path: path.clone(),
                         source,
                     })?;
+                    // --parents: the source's path (below any `/./` pivot) under the
+                    // destination.
+                    let kept_dest = kept.filter(|k| !k.is_empty()).map(|k| join(&dest, &k));
                     if meta.is_dir() {
                         let mut o = host_opts.clone();
                         o.exclude.extend(self.ignored_within(&path, &rel, "")?);
-                        st.c(|c| c.with_directory(&dest, path, o));
+                        let to = kept_dest.unwrap_or_else(|| dest.clone());
+                        st.c(|c| c.with_directory(to, path, o));
+                    } else if let Some(to) = kept_dest {
+                        st.c(|c| c.with_file(to, path, host_opts.clone()));
                     } else if add && is_archive(&path)? {
                         st.c(|c| c.with_host_archive(&dest, path, host_opts.clone()));
                     } else {
@@ -970,6 +1027,47 @@ impl Translator<'_> {
                 inst.keyword
             ),
         )
+    }
+
+    /// How many leading components of a `--parents` source to leave out: those before a
+    /// `/./` pivot (`./x/./y/*.txt` keeps `y/...`), none without one.
+    fn pivot_depth(&self, inst: &Instruction, src: &str) -> Result<usize, Error> {
+        let mut body = src;
+        while let Some(rest) = body.strip_prefix("./") {
+            body = rest.trim_start_matches('/');
+        }
+        let Some(i) = body.find("/./") else {
+            return Ok(0);
+        };
+        if body[i + 2..].contains("/./") {
+            return Err(self.err(
+                inst,
+                format!("COPY --parents: `{src}` has more than one /./ pivot"),
+            ));
+        }
+        Ok(kept_path(&body[..i], 0)
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .count())
+    }
+
+    /// `--exclude` patterns as they are matched against a wildcard's matches.
+    fn exclude_matcher(
+        &self,
+        inst: &Instruction,
+        patterns: &[String],
+    ) -> Result<globset::GlobSet, Error> {
+        let mut b = globset::GlobSetBuilder::new();
+        for p in patterns {
+            let g = GlobBuilder::new(p.trim_end_matches('/'))
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| self.err(inst, format!("invalid --exclude pattern `{p}`: {e}")))?;
+            b.add(g);
+        }
+        b.build()
+            .map_err(|e| self.err(inst, format!("invalid --exclude patterns: {e}")))
     }
 
     /// A stage (by name or index) or an image, for `COPY --from`.
@@ -1193,7 +1291,9 @@ enum Source<'a> {
 enum Planned<'a> {
     Heredoc(&'a Heredoc),
     Url(String),
-    Host(PathBuf, String),
+    /// Host path, its path in the context, and with `--parents` the path kept under the
+    /// destination.
+    Host(PathBuf, String, Option<String>),
 }
 
 fn split_arg(raw: &str) -> (&str, Option<&str>) {
@@ -1217,6 +1317,25 @@ fn has_glob(s: &str) -> bool {
 /// `/`-rooted, cleaned.
 fn absolute(p: &str) -> String {
     format!("/{}", ignore::clean(p))
+}
+
+/// `path` (cleaned, `/` or context rooted) without its first `drop` components.
+fn kept_path(path: &str, drop: usize) -> String {
+    ignore::clean(path)
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .skip(drop)
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// `dest` with `kept` below it (`dest` itself when `kept` is empty).
+fn join_kept(dest: &str, kept: &str) -> String {
+    if kept.is_empty() {
+        dest.to_owned()
+    } else {
+        join(dest, kept)
+    }
 }
 
 fn join(dir: &str, name: &str) -> String {

@@ -1048,3 +1048,126 @@ async fn directories_a_copy_creates_get_its_owner_and_existing_ones_keep_theirs(
         ]
     );
 }
+
+#[test]
+fn copy_exclude_and_link() {
+    let dir = ctx(&[
+        ("app/main.rs", "m"),
+        ("app/notes.log", "n"),
+        ("app/sub/deep.log", "d"),
+        ("home.txt", "h"),
+        ("home.md", "h"),
+        ("homes/a.txt", "a"),
+    ]);
+    let t = |text: &str| translate(text, "Dockerfile", dir.path(), &BuildArgs::new(), None);
+    // BuildKit (documented; buildah 1.28 has no --exclude): patterns are matched like
+    // .dockerignore's against paths inside a copied directory, and against a wildcard's
+    // matches by name (`COPY --exclude=*.txt hom* /mydir/`). --link changes nothing here.
+    let c = t("FROM scratch\n\
+               COPY --exclude=*.log --exclude=sub/*.log app /app\n\
+               COPY --exclude=*.txt hom* /docs/\n\
+               COPY --link --exclude=*.txt home.txt /link/\n")
+    .unwrap();
+    let root = dir.path().display();
+    assert_eq!(
+        c.steps()[1..],
+        [
+            format!("with_directory /app from {root}/app"),
+            format!("with_file /docs/home.md from {root}/home.md"),
+            format!("with_directory /docs from {root}/homes"),
+            // Named exactly: copied whatever the patterns say, as BuildKit does.
+            format!("with_file /link/home.txt from {root}/home.txt"),
+        ]
+    );
+    let Op::HostDirectory { opts, .. } = c.ops()[1] else {
+        panic!()
+    };
+    assert_eq!(opts.exclude, ["*.log", "sub/*.log"]);
+    let Op::HostDirectory { opts, .. } = c.ops()[3] else {
+        panic!()
+    };
+    assert_eq!(opts.exclude, ["*.txt"]);
+
+    let c =
+        tr("FROM alpine AS b\nFROM scratch\nCOPY --from=b --exclude=*.so /usr/lib /lib\n").unwrap();
+    let Op::CopyPathFrom { opts, .. } = c.ops()[1] else {
+        panic!()
+    };
+    assert_eq!(opts.exclude, ["*.so"]);
+
+    for (flag, want) in [
+        ("--exclude=!keep", "COPY --exclude=`!keep` is not supported"),
+        ("--exclude=", "COPY --exclude=`` is not supported"),
+        ("--exclude=[", "invalid --exclude pattern `[`"),
+    ] {
+        let e = t(&format!("FROM scratch\nCOPY {flag} app /app\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("Dockerfile:2: ") && e.contains(want), "{e}");
+    }
+}
+
+#[test]
+fn copy_parents_keeps_source_paths() {
+    let dir = ctx(&[
+        ("x/y/a.txt", "a"),
+        ("x/y/b.txt", "b"),
+        ("x/z/a.txt", "a"),
+        ("top.txt", "t"),
+    ]);
+    let t = |text: &str| translate(text, "Dockerfile", dir.path(), &BuildArgs::new(), None);
+    // BuildKit (documented; buildah 1.28 has no --parents): each source keeps its path
+    // relative to the context, wildcards included; `/./` keeps only what follows it.
+    let c = t("FROM scratch\n\
+               COPY --parents x/*/a.txt top.txt /p/\n\
+               COPY --parents ./x/./y/*.txt /q\n\
+               COPY --parents=true x/y /r\n\
+               COPY --parents x/./ /s/\n\
+               COPY --parents=false x/y/a.txt /t/\n")
+    .unwrap();
+    let root = dir.path().display();
+    assert_eq!(
+        c.steps()[1..],
+        [
+            format!("with_file /p/x/y/a.txt from {root}/x/y/a.txt"),
+            format!("with_file /p/x/z/a.txt from {root}/x/z/a.txt"),
+            format!("with_file /p/top.txt from {root}/top.txt"),
+            format!("with_file /q/y/a.txt from {root}/x/y/a.txt"),
+            format!("with_file /q/y/b.txt from {root}/x/y/b.txt"),
+            format!("with_directory /r/x/y from {root}/x/y"),
+            format!("with_directory /s from {root}/x"),
+            format!("with_file /t/a.txt from {root}/x/y/a.txt"),
+        ]
+    );
+
+    let c = tr("FROM alpine AS b\nFROM scratch\n\
+                COPY --parents --from=b /usr/./lib/*.so /etc/passwd /p/\n")
+    .unwrap();
+    assert_eq!(
+        c.steps()[1..],
+        [
+            "with_directory /p/lib from another container's /usr/lib",
+            "with_path /p/etc/passwd from another container's /etc/passwd",
+        ]
+    );
+
+    let e = t("FROM scratch\nCOPY --parents a/./b/./c /p/\n")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "Dockerfile:2: COPY --parents: `a/./b/./c` has more than one /./ pivot"
+    );
+    let e = t("FROM scratch\nCOPY --parents=maybe top.txt /p/\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("invalid --parents `maybe`"), "{e}");
+    // ADD has no --parents (BuildKit neither).
+    let e = t("FROM scratch\nADD --parents top.txt /p/\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("Dockerfile:2: ") && e.contains("parents"),
+        "{e}"
+    );
+}

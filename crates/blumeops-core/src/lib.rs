@@ -44,7 +44,9 @@ pub use definition::{
     normalize_version,
 };
 pub use dockerfile::Error as DockerfileError;
-pub use dockerfile::{load as load_dockerfile, translate as translate_dockerfile};
+pub use dockerfile::{
+    Loaded as LoadedDockerfile, load as load_dockerfile, translate as translate_dockerfile,
+};
 pub use epoch::Error as EpochError;
 pub use epoch::{
     EpochSource, SOURCE_DATE_EPOCH, resolve as resolve_epoch, resolve_for as resolve_epoch_for,

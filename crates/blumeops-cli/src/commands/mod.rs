@@ -247,8 +247,12 @@ pub fn load_container(
     if !dockerfile.is_file() {
         return Err(unknown_container(name, src).into());
     }
-    let container = blumeops_core::load_dockerfile(&dockerfile, &dir, &args, None)
+    let loaded = blumeops_core::load_dockerfile(&dockerfile, &dir, &args, None)
         .map_err(blumeops_core::Error::from)?;
+    for note in &loaded.notes {
+        eprintln!("note: {note}");
+    }
+    let container = loaded.container;
     let version = if want_version {
         file_container_version(src, name)
             .map_err(blumeops_core::Error::from)?

@@ -89,6 +89,17 @@ pub enum Error {
     },
 }
 
+/// A translated Dockerfile, with what is worth telling the person building it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Loaded {
+    /// The target stage.
+    pub container: Container,
+    /// Notes naming their line, e.g. a `# syntax=` directive that was accepted and not
+    /// followed.
+    pub notes: Vec<String>,
+}
+
 /// Read the Dockerfile at `dockerfile` and translate it with `context_dir` as the build
 /// context. The ignore file is `<dockerfile>.dockerignore` when it exists, otherwise
 /// `<context_dir>/.dockerignore`. `target` names the stage to build (default: the last);
@@ -103,7 +114,7 @@ pub fn load(
     context_dir: &Path,
     args: &BuildArgs,
     target: Option<&str>,
-) -> Result<Container, Error> {
+) -> Result<Loaded, Error> {
     let text = read_bounded(dockerfile)?;
     let mut specific = dockerfile.as_os_str().to_owned();
     specific.push(".dockerignore");
@@ -115,7 +126,9 @@ pub fn load(
     };
     let ignore = read_ignore(&ignore_path)?;
     let label = dockerfile.display().to_string();
-    translate::translate(&text, &label, context_dir, &ignore, args, target)
+    let (container, notes) =
+        translate::translate(&text, &label, context_dir, &ignore, args, target)?;
+    Ok(Loaded { container, notes })
 }
 
 /// Translate Dockerfile `text` (named `file_label` in errors) with `context_dir` as the
@@ -144,7 +157,7 @@ pub fn translate(
     target: Option<&str>,
 ) -> Result<Container, Error> {
     let ignore = read_ignore(&context_dir.join(".dockerignore"))?;
-    translate::translate(text, file_label, context_dir, &ignore, args, target)
+    translate::translate(text, file_label, context_dir, &ignore, args, target).map(|(c, _)| c)
 }
 
 /// Read a Dockerfile, refusing one over [`limits::MAX_DOCKERFILE_BYTES`] without reading it

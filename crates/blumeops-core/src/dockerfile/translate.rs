@@ -41,12 +41,26 @@ pub(super) fn translate(
     ignore: &Ignore,
     args: &BuildArgs,
     target: Option<&str>,
-) -> Result<Container, Error> {
+) -> Result<(Container, Vec<String>), Error> {
     let parsed = parser::parse(text).map_err(|e| Error::Instruction {
         file: file.to_owned(),
         line: e.line,
         message: e.message,
     })?;
+    let mut notes = Vec::new();
+    for d in &parsed.directives {
+        // Accepted so Dockerfiles written for BuildKit build as they are; said once so
+        // nobody expects the named frontend or the checks to run.
+        let why = match d.name.as_str() {
+            "syntax" => "blumeops translates the Dockerfile itself and loads no frontend image",
+            "check" => "blumeops runs no build checks",
+            _ => continue,
+        };
+        notes.push(format!(
+            "{file}:{}: parser directive `{}={}` noted: {why}",
+            d.line, d.name, d.value
+        ));
+    }
     let mut t = Translator {
         file,
         context,
@@ -111,7 +125,7 @@ pub(super) fn translate(
                 })?
         }
     };
-    Ok(t.stage(index)?.container)
+    Ok((t.stage(index)?.container, notes))
 }
 
 /// `TARGETPLATFORM`, `BUILDARCH`... for the host, unless given as build arguments.

@@ -1171,3 +1171,32 @@ fn copy_parents_keeps_source_paths() {
         "{e}"
     );
 }
+
+#[test]
+fn syntax_and_check_directives_are_accepted_with_a_note() {
+    let dir = ctx(&[(
+        "Dockerfile",
+        "# syntax=docker/dockerfile:1.7-labs\n# check=skip=JSONArgsRecommended\n# escape=`\n\
+         FROM scratch\nENV A=1 `\n  B=2\n",
+    )]);
+    let df = dir.path().join("Dockerfile");
+    let loaded = load(&df, dir.path(), &BuildArgs::new(), None).unwrap();
+    assert_eq!(
+        loaded.container.steps()[1..],
+        ["with_env_variable A=1", "with_env_variable B=2"]
+    );
+    let f = df.display();
+    assert_eq!(
+        loaded.notes,
+        [
+            format!(
+                "{f}:1: parser directive `syntax=docker/dockerfile:1.7-labs` noted: blumeops \
+                 translates the Dockerfile itself and loads no frontend image"
+            ),
+            format!(
+                "{f}:2: parser directive `check=skip=JSONArgsRecommended` noted: blumeops runs \
+                 no build checks"
+            ),
+        ]
+    );
+}

@@ -1200,3 +1200,66 @@ fn syntax_and_check_directives_are_accepted_with_a_note() {
         ]
     );
 }
+
+/// An HTTP server answering every request with `body`, for as many requests as come.
+fn serve(body: &'static [u8]) -> String {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(body);
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn add_checksum_is_checked_and_a_mismatch_names_both_sums() {
+    let url = serve(b"hello\n");
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(store_dir.path()).unwrap();
+    let engine =
+        crate::pipeline::Engine::new(crate::pipeline::EngineOptions::new(store.clone())).unwrap();
+    let actual = crate::reference::Digest::of(b"hello\n").to_string();
+    let c = tr(&format!(
+        "FROM scratch\nADD --chown=5:6 --checksum={actual} {url}/f.txt /dl/sub/\n"
+    ))
+    .unwrap();
+    let built = c.build(&engine).await.unwrap();
+    let e = |p: &str, mode: u32, uid: u64, gid: u64| (p.to_owned(), mode, uid, gid);
+    assert_eq!(
+        layer_entries(&store, &built.image.layers[0]),
+        [
+            e("dl/", 0o755, 5, 6),
+            e("dl/sub/", 0o755, 5, 6),
+            e("dl/sub/f.txt", 0o600, 5, 6),
+        ]
+    );
+
+    let expected = format!("sha256:{}", "0".repeat(64));
+    let c = tr(&format!(
+        "FROM scratch\nADD --checksum={expected} {url}/f.txt /f.txt\n"
+    ))
+    .unwrap();
+    let err = c.build(&engine).await.unwrap_err();
+    let mut chain = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(s) = source {
+        chain.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    assert!(
+        chain.contains(&format!(
+            "checksum mismatch: expected {expected}, got {actual}"
+        )),
+        "{chain}"
+    );
+}

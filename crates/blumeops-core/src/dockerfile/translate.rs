@@ -746,12 +746,16 @@ impl Translator<'_> {
                 ));
             }
         };
-        if inst.flag("keep-git-dir").is_some() {
-            return Err(self.err(
-                inst,
-                "ADD --keep-git-dir is not supported (git sources are not)",
-            ));
-        }
+        let keep_git_dir = match inst.flag("keep-git-dir") {
+            None | Some("false") => false,
+            Some("" | "true") => true,
+            Some(other) => {
+                return Err(self.err(
+                    inst,
+                    format!("invalid --keep-git-dir `{other}`: expected true or false"),
+                ));
+            }
+        };
         let (dest_raw, src_raws) = raws.split_last().expect("two or more");
         let dest_word = self.word(st, inst, dest_raw)?;
         // With --parents every source keeps its path below the destination, a directory.
@@ -812,25 +816,58 @@ impl Translator<'_> {
                 continue;
             }
             let s = self.word(st, inst, raw)?;
-            if s.starts_with("http://") || s.starts_with("https://") {
-                if !add {
-                    return Err(self.err(inst, format!("COPY does not take URLs (`{s}`): use ADD")));
-                }
-                if s.ends_with(".git") || s.contains(".git#") {
-                    return Err(self.err(
-                        inst,
-                        format!("ADD of git repositories is not supported (`{s}`)"),
-                    ));
-                }
+            let is_url = s.starts_with("http://") || s.starts_with("https://");
+            if (is_url || s.starts_with("git@") || s.starts_with("git://")) && !add {
+                return Err(self.err(inst, format!("COPY does not take URLs (`{s}`): use ADD")));
+            }
+            // BuildKit's test for a git source: a URL whose path ends in .git (a `#ref`
+            // after it), or the git@ and git:// forms.
+            let (base, fragment) = s
+                .split_once('#')
+                .map_or((s.as_str(), None), |(b, f)| (b, Some(f)));
+            if s.starts_with("git@")
+                || s.starts_with("git://")
+                || (is_url && base.ends_with(".git"))
+            {
+                let reference = match fragment {
+                    None | Some("") => None,
+                    Some(f) if f.contains(':') => {
+                        return Err(self.err(
+                            inst,
+                            format!("ADD `{s}`: a subdirectory (`#ref:dir`) of a git repository is not supported"),
+                        ));
+                    }
+                    Some(f) => Some(f.to_owned()),
+                };
+                sources.push(Source::Git(base.to_owned(), reference));
+            } else if is_url {
                 sources.push(Source::Url(s));
-            } else if s.starts_with("git@") {
-                return Err(self.err(
-                    inst,
-                    format!("ADD of git repositories is not supported (`{s}`)"),
-                ));
             } else {
                 sources.push(Source::Path(s));
             }
+        }
+        if keep_git_dir && !sources.iter().any(|s| matches!(s, Source::Git(..))) {
+            return Err(self.err(inst, "ADD --keep-git-dir needs a git repository source"));
+        }
+        if let Some(Source::Git(url, reference)) =
+            sources.iter().find(|s| matches!(s, Source::Git(..)))
+        {
+            if sources.len() > 1 || inst.flag("from").is_some() {
+                return Err(self.err(inst, "ADD of a git repository takes it as the only source"));
+            }
+            if mode.is_some() || !excludes.is_empty() || checksum.is_some() {
+                return Err(self.err(
+                    inst,
+                    "ADD of a git repository does not support --chmod, --exclude or --checksum",
+                ));
+            }
+            let opts = CopyOptions {
+                owner: chown.clone(),
+                ..CopyOptions::default()
+            };
+            let (url, reference) = (url.clone(), reference.clone());
+            st.c(|c| c.with_git_repository(&dest, url, reference, keep_git_dir, opts));
+            return Ok(());
         }
         if checksum.is_some() && !matches!(sources.as_slice(), [Source::Url(_)]) {
             return Err(self.err(inst, "ADD --checksum needs exactly one URL source"));
@@ -914,6 +951,7 @@ impl Translator<'_> {
             match s {
                 Source::Heredoc(h) => planned.push(Planned::Heredoc(h)),
                 Source::Url(u) => planned.push(Planned::Url(u)),
+                Source::Git(..) => unreachable!("a git source is the only one, handled above"),
                 Source::Path(p) => {
                     let drop = if parents {
                         Some(self.pivot_depth(inst, &p)?)
@@ -1299,6 +1337,8 @@ impl Translator<'_> {
 enum Source<'a> {
     Heredoc(&'a Heredoc),
     Url(String),
+    /// A git repository and the reference after `#`.
+    Git(String, Option<String>),
     Path(String),
 }
 

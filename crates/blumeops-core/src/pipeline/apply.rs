@@ -210,7 +210,8 @@ pub(super) async fn apply_op(
         | Op::CopyPathFrom { .. }
         | Op::Remove { .. }
         | Op::HttpFile { .. }
-        | Op::HostArchive { .. } => {
+        | Op::HostArchive { .. }
+        | Op::GitRepository { .. } => {
             let layer = match op {
                 Op::Exec { args, opts } => steps::exec(engine, state, index, args, opts).await?,
                 Op::CopyFrom {
@@ -237,6 +238,24 @@ pub(super) async fn apply_op(
                 } => steps::http_file(engine, state, path, url, checksum.as_ref(), opts).await?,
                 Op::HostArchive { path, src, opts } => {
                     steps::host_archive(engine, state, path, src, opts).await?
+                }
+                Op::GitRepository {
+                    path,
+                    url,
+                    reference,
+                    keep_git_dir,
+                    opts,
+                } => {
+                    steps::git_repository(
+                        engine,
+                        state,
+                        path,
+                        url,
+                        reference.as_deref(),
+                        *keep_git_dir,
+                        opts,
+                    )
+                    .await?
                 }
                 _ => unreachable!("matched above"),
             };

@@ -1263,3 +1263,144 @@ async fn add_checksum_is_checked_and_a_mismatch_names_both_sums() {
         "{chain}"
     );
 }
+
+#[test]
+fn add_of_a_git_repository() {
+    let c = tr("FROM scratch\n\
+                ADD https://example.com/org/repo.git#v1.2 /src\n\
+                ADD --keep-git-dir --chown=1000 git@example.com:org/repo.git /r/\n\
+                ADD --keep-git-dir=false https://example.com/repo.git /plain\n")
+    .unwrap();
+    assert_eq!(
+        c.steps()[1..],
+        [
+            "with_git_repository /src from https://example.com/org/repo.git#v1.2",
+            "with_git_repository /r from git@example.com:org/repo.git",
+            "with_git_repository /plain from https://example.com/repo.git",
+        ]
+    );
+    let Op::GitRepository {
+        keep_git_dir, opts, ..
+    } = c.ops()[2]
+    else {
+        panic!()
+    };
+    assert!(*keep_git_dir);
+    assert_eq!(opts.owner.as_deref(), Some("1000"));
+
+    for (line, want) in [
+        (
+            "ADD https://example.com/r.git#main:sub /s",
+            "a subdirectory (`#ref:dir`) of a git repository is not supported",
+        ),
+        (
+            "ADD https://example.com/r.git https://example.com/x /s/",
+            "takes it as the only source",
+        ),
+        (
+            "ADD --chmod=0755 https://example.com/r.git /s",
+            "does not support --chmod",
+        ),
+        (
+            "ADD --keep-git-dir https://example.com/x /s",
+            "--keep-git-dir needs a git repository source",
+        ),
+        ("COPY git@example.com:r.git /s", "COPY does not take URLs"),
+    ] {
+        let e = err(&format!("FROM scratch\n{line}\n"));
+        assert!(e.starts_with("Dockerfile:2: ") && e.contains(want), "{e}");
+    }
+}
+
+/// `git -C dir ARGS`, which must succeed; its stdout.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn git_repositories_are_checked_out_and_only_commit_ids_are_cached() {
+    if std::process::Command::new("git")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        crate::testing::skip("git is not installed");
+        return;
+    }
+    let repo = ctx(&[("README", "one\n"), ("bin/run", "#!/bin/sh\n")]);
+    std::fs::set_permissions(
+        repo.path().join("bin/run"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "one"]);
+    let first = git(repo.path(), &["rev-parse", "HEAD"]);
+    let url = repo.path().display().to_string();
+
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(store_dir.path()).unwrap();
+    let engine =
+        crate::pipeline::Engine::new(crate::pipeline::EngineOptions::new(store.clone())).unwrap();
+    let opts = crate::pipeline::CopyOptions::default().with_owner("5:6");
+    let build = |reference: &str, keep: bool| {
+        let c = Container::scratch().with_git_repository(
+            "/src/app",
+            url.clone(),
+            Some(reference.to_owned()),
+            keep,
+            opts.clone(),
+        );
+        let engine = &engine;
+        async move { c.build(engine).await }
+    };
+    let paths = |built: &crate::pipeline::BuiltImage| -> Vec<(String, u32, u64, u64)> {
+        layer_entries(&store, &built.image.layers[0])
+    };
+    let e = |p: &str, mode: u32| (p.to_owned(), mode, 5, 6);
+    let built = build("main", false).await.unwrap();
+    assert_eq!(
+        paths(&built),
+        [
+            e("src/", 0o755),
+            e("src/app/", 0o755),
+            e("src/app/README", 0o644),
+            e("src/app/bin/", 0o755),
+            e("src/app/bin/run", 0o755),
+        ]
+    );
+    let kept = build(&first, true).await.unwrap();
+    assert!(
+        paths(&kept).iter().any(|(p, ..)| p == "src/app/.git/HEAD"),
+        "{:?}",
+        paths(&kept)
+    );
+
+    // A branch moves: it is fetched again on every build.
+    std::fs::write(repo.path().join("NEW"), "two\n").unwrap();
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "two"]);
+    let again = build("main", false).await.unwrap();
+    assert!(paths(&again).iter().any(|(p, ..)| p == "src/app/NEW"));
+    // A commit id names one tree: cached, the repository is not read again.
+    let moved = repo.path().with_extension("moved");
+    std::fs::rename(repo.path(), &moved).unwrap();
+    let cached = build(&first, true).await;
+    let gone = build("main", false).await;
+    std::fs::rename(&moved, repo.path()).unwrap();
+    assert_eq!(
+        cached.unwrap().image.manifest.digest,
+        kept.image.manifest.digest
+    );
+    let e = format!("{:?}", gone.unwrap_err());
+    assert!(e.contains("git fetch failed"), "{e}");
+}

@@ -137,7 +137,7 @@ impl Buildah {
     /// RUN steps that follow it (it warns "SHELL is not supported for OCI image format ...
     /// will be ignored") and drops HEALTHCHECK, so it would not be a reference for either.
     /// [`Buildah::push_oci`] converts the image to OCI (same config fields); the healthcheck
-    /// the conversion loses is read back with [`Buildah::healthcheck`].
+    /// the conversion loses is read back with [`Buildah::docker_config`].
     pub fn bud(&self, context: &Path, dockerfile: &Path, build_args: &[String], tag: &str) {
         let mut command = self.command();
         command.args([

@@ -560,8 +560,6 @@ fn add_urls_and_archives() {
     assert_eq!(opts.mode, Some(0o600));
     let e = err("FROM scratch\nCOPY https://example.com/x /x\n");
     assert!(e.contains("use ADD"), "{e}");
-    let e = err("FROM scratch\nADD https://github.com/a/b.git /src\n");
-    assert!(e.contains("git repositories is not supported"), "{e}");
 }
 
 #[test]

@@ -41,8 +41,8 @@ pub const BUILDAH_RUN_SCAFFOLDING: [(&str, Scaffold); 7] = [
 pub const BUILDAH_ONLY_LABELS: [&str; 1] = ["io.buildah.version"];
 
 /// The image config fields compared by [`diff_configs`], which also compares `Healthcheck`
-/// (not in the OCI spec, but kept by blumeops like BuildKit does; for buildah see
-/// [`Buildah::healthcheck`]).
+/// and `OnBuild` (not in the OCI spec, but kept by blumeops like BuildKit does; for buildah
+/// see [`Buildah::docker_config`]).
 pub const CONFIG_FIELDS: [&str; 9] = [
     "Env",
     "Cmd",
@@ -137,7 +137,7 @@ impl Buildah {
     /// RUN steps that follow it (it warns "SHELL is not supported for OCI image format ...
     /// will be ignored") and drops HEALTHCHECK, so it would not be a reference for either.
     /// [`Buildah::push_oci`] converts the image to OCI (same config fields); the healthcheck
-    /// the conversion loses is read back with [`Buildah::healthcheck`].
+    /// the conversion loses is read back with [`Buildah::docker_config`].
     pub fn bud(&self, context: &Path, dockerfile: &Path, build_args: &[String], tag: &str) {
         let mut command = self.command();
         command.args([
@@ -164,16 +164,16 @@ impl Buildah {
         self.run_ok("push", self.command().args(["push", tag, &dest]));
     }
 
-    /// The image's Docker-format `config.Healthcheck` (`buildah inspect --type image`), or
-    /// `null`.
-    pub fn healthcheck(&self, tag: &str) -> serde_json::Value {
+    /// The image's Docker-format config (`buildah inspect --type image`): it has the
+    /// `Healthcheck`, `OnBuild` and `author` that the OCI conversion of a push drops.
+    pub fn docker_config(&self, tag: &str) -> serde_json::Value {
         let output = self.run_ok(
             "inspect",
             self.command().args(["inspect", "--type", "image", tag]),
         );
         let info: serde_json::Value =
             serde_json::from_slice(&output.stdout).expect("buildah inspect prints JSON");
-        info["Docker"]["config"]["Healthcheck"].clone()
+        info["Docker"].clone()
     }
 }
 
@@ -519,7 +519,8 @@ fn normalized(value: Option<&serde_json::Value>) -> serde_json::Value {
 }
 
 /// Compare two image configs (the whole config blob; `ours` from blumeops, `theirs` from
-/// buildah): `architecture`, `os`, the [`CONFIG_FIELDS`] of `config` and `Healthcheck`.
+/// buildah): `architecture`, `os`, `author`, the [`CONFIG_FIELDS`] of `config`,
+/// `Healthcheck` and `OnBuild`.
 pub fn diff_configs(ours: &serde_json::Value, theirs: &serde_json::Value) -> Comparison {
     let mut out = Comparison::default();
     for field in ["architecture", "os"] {
@@ -555,14 +556,21 @@ pub fn diff_configs(ours: &serde_json::Value, theirs: &serde_json::Value) -> Com
             ));
         }
     }
+    for field in ["Healthcheck", "OnBuild"] {
+        let (left, right) = (normalized(a.get(field)), normalized(b.get(field)));
+        if left != right {
+            out.diffs.push(format!(
+                "config.{field}: blumeops {left} vs buildah {right}"
+            ));
+        }
+    }
     let (left, right) = (
-        normalized(a.get("Healthcheck")),
-        normalized(b.get("Healthcheck")),
+        normalized(ours.get("author")),
+        normalized(theirs.get("author")),
     );
     if left != right {
-        out.diffs.push(format!(
-            "config.Healthcheck: blumeops {left} vs buildah {right}"
-        ));
+        out.diffs
+            .push(format!("author: blumeops {left} vs buildah {right}"));
     }
     out
 }

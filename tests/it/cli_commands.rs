@@ -484,3 +484,90 @@ fn plain_progress_and_workflow_outputs() {
         .unwrap();
     assert_eq!(hello["tags"], serde_json::json!(["v1.0.0-abc1234"]));
 }
+
+/// A Dockerfile with no `ARG CONTAINER_APP_VERSION=` and no `--version`: `build` tags it
+/// `dev` with a note; `publish` refuses (exit code 2) and says how to give a version.
+#[test]
+fn a_dockerfile_without_a_version_builds_as_dev_and_is_not_published() {
+    let src = tempdir("blumeops-src-");
+    write_files(
+        src.path(),
+        &[
+            (
+                "containers/nover/Dockerfile",
+                "# syntax=docker/dockerfile:1\nFROM scratch\nCOPY note.txt /note.txt\n",
+            ),
+            ("containers/nover/note.txt", "hi\n"),
+        ],
+    );
+    let src_arg = path_arg(src.path());
+    let cache = isolated_cache();
+    let cache_arg = path_arg(cache.path());
+    let out_dir = tempdir("blumeops-out-");
+    let output = format!("oci:{}", out_dir.path().join("layout").display());
+    let common = [
+        "--src",
+        &src_arg,
+        "--container-name",
+        "nover",
+        "--commit-sha",
+        "abc1234",
+    ];
+    let env = [("BLUMEOPS_CACHE_DIR", cache_arg.as_str())];
+
+    let mut args = vec!["build"];
+    args.extend(common);
+    args.extend(["--output", &output]);
+    let build = run_cli(&args, &env);
+    build.assert_success();
+    assert!(
+        build.stderr.contains(
+            "note: containers/nover/Dockerfile has no `ARG CONTAINER_APP_VERSION=<version>` line \
+             and no --version was given: using version `dev`"
+        ),
+        "{build}"
+    );
+    assert!(
+        build
+            .stderr
+            .contains(":1: parser directive `syntax=docker/dockerfile:1` noted"),
+        "{build}"
+    );
+    assert!(
+        build.stdout.contains("/blumeops/nover:dev-abc1234@sha256:"),
+        "{build}"
+    );
+
+    // An explicit version: no note.
+    args.extend(["--version", "2.0.0"]);
+    let build = run_cli(&args, &env);
+    build.assert_success();
+    assert!(!build.stderr.contains("using version"), "{build}");
+    assert!(
+        build
+            .stdout
+            .contains("/blumeops/nover:2.0.0-abc1234@sha256:"),
+        "{build}"
+    );
+
+    // Nothing is contacted: the version is checked first.
+    let mut args = vec!["publish"];
+    args.extend(common);
+    args.extend(["--registry", "127.0.0.1:1"]);
+    let publish = run_cli(&args, &env);
+    publish.assert_code(2);
+    assert!(
+        publish.stderr.contains(
+            "no version for container `nover`: containers/nover/Dockerfile has no \
+             `ARG CONTAINER_APP_VERSION=<version>` line and --version was not given"
+        ),
+        "{publish}"
+    );
+    assert!(
+        publish.stderr.contains(
+            "hint: add a line `ARG CONTAINER_APP_VERSION=<version>` to the Dockerfile, or \
+             pass --version <version>"
+        ),
+        "{publish}"
+    );
+}

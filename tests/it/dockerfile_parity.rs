@@ -196,7 +196,7 @@ fn assert_parity(name: &'static str, extra_args: &[&str], setup: impl FnOnce(&Pa
     );
     let buildah_oci = source.path("buildah-oci");
     buildah.push_oci(BUILDAH_TAG, &buildah_oci, BUILDAH_LAYOUT_TAG);
-    let healthcheck = buildah.healthcheck(BUILDAH_TAG);
+    let docker_config = buildah.docker_config(BUILDAH_TAG);
     drop(buildah);
 
     let (output, blumeops_oci, _cache) = source.blumeops_build(&base, &build_args);
@@ -214,10 +214,17 @@ fn assert_parity(name: &'static str, extra_args: &[&str], setup: impl FnOnce(&Pa
 
     let mut comparison = Comparison::default();
     comparison.extend(diff_trees(&ours, &theirs));
-    // The OCI conversion of buildah's push drops the healthcheck: put it back.
+    // The OCI conversion of buildah's push drops the healthcheck, ONBUILD triggers and the
+    // author (MAINTAINER): put them back from its Docker-format config.
     let mut theirs_config = layout_config(&buildah_oci, BUILDAH_LAYOUT_TAG);
-    if !healthcheck.is_null() {
-        theirs_config["config"]["Healthcheck"] = healthcheck;
+    for field in ["Healthcheck", "OnBuild"] {
+        let value = &docker_config["config"][field];
+        if !value.is_null() {
+            theirs_config["config"][field] = value.clone();
+        }
+    }
+    if !docker_config["author"].is_null() {
+        theirs_config["author"] = docker_config["author"].clone();
     }
     comparison.extend(diff_configs(
         &layout_config(&blumeops_oci, TAG),
@@ -301,6 +308,16 @@ fn parity_add() {
             run_tool("tar", &args, scratch);
         }
     });
+}
+
+/// What buildah 1.28 has of the COPY/ADD options and instructions: the directories a copy
+/// creates get its --chown owner (every missing parent, also for --from), existing ones keep
+/// their mode and owner; MAINTAINER, ONBUILD, and `# syntax=`/`# check=` accepted.
+/// (`--exclude`, `--parents`, `--link` and `--checksum` are BuildKit's: buildah 1.28 refuses
+/// them, so unit tests cover them.)
+#[test]
+fn parity_copy_options() {
+    assert_parity("copyopts", &[], |_, _| {});
 }
 
 /// RUN-made filesystem changes: deletions of base and earlier files, opaque directories,

@@ -139,7 +139,8 @@ pub struct BuildFlags {
     /// Container to build, e.g. `hello`.
     #[arg(long)]
     pub container_name: String,
-    /// Version for the tag [default: the container's version].
+    /// Version for the tag [default: the container's version; `build` of a Dockerfile without
+    /// `ARG CONTAINER_APP_VERSION=` uses `dev`, `publish` needs one].
     #[arg(long)]
     pub version: Option<String>,
     /// Commit sha for the tag [default: first 7 characters of `git -C SRC rev-parse HEAD`].

@@ -45,8 +45,9 @@ pub use definition::{
 };
 pub use dockerfile::Error as DockerfileError;
 pub use dockerfile::{
-    load as load_dockerfile, load_for_platform as load_dockerfile_for_platform,
-    translate as translate_dockerfile, translate_for_platform as translate_dockerfile_for_platform,
+    Loaded as LoadedDockerfile, load as load_dockerfile,
+    load_for_platform as load_dockerfile_for_platform, translate as translate_dockerfile,
+    translate_for_platform as translate_dockerfile_for_platform,
 };
 pub use epoch::Error as EpochError;
 pub use epoch::{

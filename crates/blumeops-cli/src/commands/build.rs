@@ -5,12 +5,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use blumeops_core::ExportTarget;
 
-use super::prepare;
+use super::{Purpose, prepare};
 use crate::cli::BuildArgs;
 
 pub async fn run(args: BuildArgs) -> Result<ExitCode> {
     let output: ExportTarget = args.output.parse().map_err(blumeops_core::Error::from)?;
-    let prepared = prepare(&args.build)?;
+    let prepared = prepare(&args.build, Purpose::Build)?;
     let tag = prepared.tag();
     let repo_tag = format!("{}:{tag}", prepared.repository);
     let target = output.named(&tag, &repo_tag);

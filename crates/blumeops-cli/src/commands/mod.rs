@@ -64,14 +64,60 @@ impl Prepared {
     }
 }
 
+/// The version of a local build whose Dockerfile declares none.
+pub const DEV_VERSION: &str = "dev";
+
+/// What the build is for, which decides whether a missing version may default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// A local build (`build`): without a version it is [`DEV_VERSION`], with a note.
+    Build,
+    /// A publish: the tag must come from the Dockerfile or `--version`.
+    Publish,
+}
+
+/// The version to tag with: `--version`, else the one the container declares; without
+/// either, [`DEV_VERSION`] for a local build (with a note on stderr) and invalid input for
+/// a publish, since CI tags must be explicit.
+pub fn resolve_version(
+    flags: &BuildFlags,
+    declared: Option<String>,
+    purpose: Purpose,
+) -> Result<String> {
+    if let Some(v) = flags.version.clone().or(declared) {
+        return Ok(v);
+    }
+    let name = &flags.container_name;
+    match purpose {
+        Purpose::Build => {
+            eprintln!(
+                "note: containers/{name}/Dockerfile has no `ARG CONTAINER_APP_VERSION=<version>` \
+                 line and no --version was given: using version `{DEV_VERSION}`"
+            );
+            Ok(DEV_VERSION.to_owned())
+        }
+        Purpose::Publish => Err(InvalidInput::new(format!(
+            "no version for container `{name}`: containers/{name}/Dockerfile has no \
+             `ARG CONTAINER_APP_VERSION=<version>` line and --version was not given \
+             (publish needs an explicit version; only build defaults to `{DEV_VERSION}`)"
+        ))
+        .with_hint(
+            "add a line `ARG CONTAINER_APP_VERSION=<version>` to the Dockerfile, or pass \
+             --version <version>",
+        )
+        .into()),
+    }
+}
+
 /// Turn raw build flags into an engine and a container.
-pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
-    let (container, default_version) = load_container(
+pub fn prepare(flags: &BuildFlags, purpose: Purpose) -> Result<Prepared> {
+    let (container, declared) = load_container(
         &flags.src,
         &flags.container_name,
         &flags.build_args,
         flags.version.is_none(),
     )?;
+    let version = resolve_version(flags, declared, purpose)?;
 
     let platform: Platform = match &flags.platform {
         Some(p) => p.parse().map_err(blumeops_core::Error::from)?,
@@ -126,7 +172,6 @@ pub fn prepare(flags: &BuildFlags) -> Result<Prepared> {
         ..EngineOptions::new(store)
     })?;
 
-    let version = flags.version.clone().unwrap_or(default_version);
     if version.is_empty() {
         bail!(blumeops_core::Error::from(
             blumeops_core::DefinitionError::Invalid {
@@ -224,14 +269,15 @@ pub fn mirrors(flags: &BuildFlags) -> Result<Mirrors> {
 }
 
 /// The container called `name` (a native definition, else `SRC/containers/NAME/Dockerfile`
-/// with its directory as the build context) and its default version. The Dockerfile's
-/// version is only looked up when `want_version` is set.
+/// with its directory as the build context) and the version it declares (`None` for a
+/// Dockerfile without `ARG CONTAINER_APP_VERSION=...`). The Dockerfile's version is only
+/// looked up when `want_version` is set.
 pub fn load_container(
     src: &Path,
     name: &str,
     build_args: &[String],
     want_version: bool,
-) -> Result<(Container, String)> {
+) -> Result<(Container, Option<String>)> {
     let args = BuildArgs::parse(build_args).map_err(blumeops_core::Error::from)?;
     if let Some(definition) = containers::find(name) {
         let container = definition
@@ -240,21 +286,28 @@ pub fn load_container(
                 src: src.to_path_buf(),
             })
             .map_err(blumeops_core::Error::from)?;
-        return Ok((container, definition.version().to_owned()));
+        return Ok((container, Some(definition.version().to_owned())));
     }
     let dir = src.join("containers").join(name);
     let dockerfile = dir.join("Dockerfile");
     if !dockerfile.is_file() {
         return Err(unknown_container(name, src).into());
     }
-    let container = blumeops_core::load_dockerfile(&dockerfile, &dir, &args, None)
+    let loaded = blumeops_core::load_dockerfile(&dockerfile, &dir, &args, None)
         .map_err(blumeops_core::Error::from)?;
+    for note in &loaded.notes {
+        eprintln!("note: {note}");
+    }
+    let container = loaded.container;
     let version = if want_version {
-        file_container_version(src, name)
-            .map_err(blumeops_core::Error::from)?
-            .unwrap_or_default()
+        match file_container_version(src, name) {
+            Ok(v) => v,
+            // The caller decides: `dev` for a local build, an error for a publish.
+            Err(blumeops_core::DefinitionError::NoVersion { .. }) => None,
+            Err(e) => return Err(blumeops_core::Error::from(e).into()),
+        }
     } else {
-        String::new()
+        None
     };
     Ok((container, version))
 }

@@ -5,12 +5,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use blumeops_core::TagPolicy;
 
-use super::prepare;
+use super::{Purpose, prepare};
 use crate::cli::PublishArgs;
 use crate::outputs;
 
 pub async fn run(args: PublishArgs) -> Result<ExitCode> {
-    let prepared = prepare(&args.build)?;
+    let prepared = prepare(&args.build, Purpose::Publish)?;
     super::require_commit_sha(&args.build, prepared.commit_sha.as_ref())?;
     let target = prepared.target()?;
     let policy = if args.allow_overwrite {

@@ -15,7 +15,7 @@ use blumeops_core::executor::docker::{
 use blumeops_core::{ExportTarget, SecretSource, resolve_epoch_for};
 use clap::ValueEnum as _;
 
-use super::{git_short_sha, load_container};
+use super::{Purpose, git_short_sha, load_container, resolve_version};
 use crate::cli::{BuildArgs, BuildFlags, PublishArgs};
 use crate::{outputs, progress};
 
@@ -99,9 +99,15 @@ impl Remote {
         fetch: Option<(String, PathBuf)>,
     ) -> Result<Self> {
         let name = &flags.container_name;
-        let (container, default_version) =
+        let (container, declared) =
             load_container(&flags.src, name, &flags.build_args, flags.version.is_none())?;
-        let version = flags.version.clone().unwrap_or(default_version);
+        // Resolved here, so the engine gets an explicit --version (or publish stops here).
+        let purpose = if command == "publish" {
+            Purpose::Publish
+        } else {
+            Purpose::Build
+        };
+        let version = resolve_version(flags, declared, purpose)?;
         let commit_sha = match &flags.commit_sha {
             Some(sha) => Some(sha.clone()),
             None => git_short_sha(&flags.src),

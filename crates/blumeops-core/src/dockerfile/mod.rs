@@ -90,6 +90,17 @@ pub enum Error {
     },
 }
 
+/// A translated Dockerfile, with what is worth telling the person building it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Loaded {
+    /// The target stage.
+    pub container: Container,
+    /// Notes naming their line, e.g. a `# syntax=` directive that was accepted and not
+    /// followed.
+    pub notes: Vec<String>,
+}
+
 /// Read the Dockerfile at `dockerfile` and translate it with `context_dir` as the build
 /// context. The ignore file is `<dockerfile>.dockerignore` when it exists, otherwise
 /// `<context_dir>/.dockerignore`. `target` names the stage to build (default: the last);
@@ -104,7 +115,7 @@ pub fn load(
     context_dir: &Path,
     args: &BuildArgs,
     target: Option<&str>,
-) -> Result<Container, Error> {
+) -> Result<Loaded, Error> {
     load_for_platform(dockerfile, context_dir, args, target, &Platform::host())
 }
 
@@ -118,7 +129,7 @@ pub fn load_for_platform(
     args: &BuildArgs,
     target: Option<&str>,
     platform: &Platform,
-) -> Result<Container, Error> {
+) -> Result<Loaded, Error> {
     let text = read_bounded(dockerfile)?;
     let mut specific = dockerfile.as_os_str().to_owned();
     specific.push(".dockerignore");
@@ -130,7 +141,9 @@ pub fn load_for_platform(
     };
     let ignore = read_ignore(&ignore_path)?;
     let label = dockerfile.display().to_string();
-    translate::translate(&text, &label, context_dir, &ignore, args, target, platform)
+    let (container, notes) =
+        translate::translate(&text, &label, context_dir, &ignore, args, target, platform)?;
+    Ok(Loaded { container, notes })
 }
 
 /// Translate Dockerfile `text` (named `file_label` in errors) with `context_dir` as the
@@ -187,6 +200,7 @@ pub fn translate_for_platform(
         target,
         platform,
     )
+    .map(|(c, _)| c)
 }
 
 /// Read a Dockerfile, refusing one over [`limits::MAX_DOCKERFILE_BYTES`] without reading it

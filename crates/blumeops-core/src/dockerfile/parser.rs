@@ -182,11 +182,22 @@ pub(crate) fn json_array(s: &str) -> Option<Vec<String>> {
     serde_json::from_str::<Vec<String>>(s).ok()
 }
 
+/// A parser directive (`# syntax=...`, `# check=...`, `# escape=...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Directive {
+    /// 1-based line.
+    pub line: usize,
+    /// Lowercase name.
+    pub name: String,
+    pub value: String,
+}
+
 /// A parsed Dockerfile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Dockerfile {
     /// The escape character (`\` or `` ` ``).
     pub escape: char,
+    pub directives: Vec<Directive>,
     pub instructions: Vec<Instruction>,
 }
 
@@ -203,7 +214,7 @@ pub(crate) fn parse(text: &str) -> Result<Dockerfile, SyntaxError> {
     let lines: Vec<&str> = text.lines().collect();
     let mut escape = '\\';
     let mut i = 0;
-    let mut seen = Vec::new();
+    let mut directives: Vec<Directive> = Vec::new();
     // Parser directives: only at the very top, before any comment, blank line or
     // instruction.
     while let Some(line) = lines.get(i) {
@@ -214,7 +225,7 @@ pub(crate) fn parse(text: &str) -> Result<Dockerfile, SyntaxError> {
         if !matches!(key.as_str(), "syntax" | "escape" | "check") {
             break; // an unknown directive is a comment, and ends the directives
         }
-        if seen.contains(&key) {
+        if directives.iter().any(|d| d.name == key) {
             return Err(err(i + 1, format!("parser directive {key} given twice")));
         }
         if key == "escape" {
@@ -229,7 +240,11 @@ pub(crate) fn parse(text: &str) -> Result<Dockerfile, SyntaxError> {
                 }
             };
         }
-        seen.push(key);
+        directives.push(Directive {
+            line: i + 1,
+            name: key,
+            value,
+        });
         i += 1;
     }
 
@@ -325,6 +340,7 @@ pub(crate) fn parse(text: &str) -> Result<Dockerfile, SyntaxError> {
     }
     Ok(Dockerfile {
         escape,
+        directives,
         instructions,
     })
 }

@@ -42,12 +42,26 @@ pub(super) fn translate(
     args: &BuildArgs,
     target: Option<&str>,
     platform: &Platform,
-) -> Result<Container, Error> {
+) -> Result<(Container, Vec<String>), Error> {
     let parsed = parser::parse(text).map_err(|e| Error::Instruction {
         file: file.to_owned(),
         line: e.line,
         message: e.message,
     })?;
+    let mut notes = Vec::new();
+    for d in &parsed.directives {
+        // Accepted so Dockerfiles written for BuildKit build as they are; said once so
+        // nobody expects the named frontend or the checks to run.
+        let why = match d.name.as_str() {
+            "syntax" => "blumeops translates the Dockerfile itself and loads no frontend image",
+            "check" => "blumeops runs no build checks",
+            _ => continue,
+        };
+        notes.push(format!(
+            "{file}:{}: parser directive `{}={}` noted: {why}",
+            d.line, d.name, d.value
+        ));
+    }
     let mut t = Translator {
         file,
         context,
@@ -112,7 +126,7 @@ pub(super) fn translate(
                 })?
         }
     };
-    Ok(t.stage(index)?.container)
+    Ok((t.stage(index)?.container, notes))
 }
 
 /// `BUILDPLATFORM`, `BUILDOS`... for the host, and `TARGETPLATFORM`, `TARGETARCH`... for the
@@ -743,18 +757,33 @@ impl Translator<'_> {
                 format!("{kw} requires at least two arguments: source and destination"),
             ));
         }
-        if inst.flag("parents").is_some_and(|v| v != "false") {
-            return Err(self.err(inst, format!("{kw} --parents is not supported")));
-        }
-        if inst.flag("keep-git-dir").is_some() {
-            return Err(self.err(
-                inst,
-                "ADD --keep-git-dir is not supported (git sources are not)",
-            ));
-        }
+        // `--link` needs nothing: every COPY is its own layer already, rebased on whatever
+        // is below it only through the step cache's parent key.
+        let parents = match inst.flag("parents") {
+            None | Some("false") => false,
+            Some("" | "true") => true,
+            Some(other) => {
+                return Err(self.err(
+                    inst,
+                    format!("invalid --parents `{other}`: expected true or false"),
+                ));
+            }
+        };
+        let keep_git_dir = match inst.flag("keep-git-dir") {
+            None | Some("false") => false,
+            Some("" | "true") => true,
+            Some(other) => {
+                return Err(self.err(
+                    inst,
+                    format!("invalid --keep-git-dir `{other}`: expected true or false"),
+                ));
+            }
+        };
         let (dest_raw, src_raws) = raws.split_last().expect("two or more");
         let dest_word = self.word(st, inst, dest_raw)?;
-        let into_dir = dest_word.ends_with('/') || dest_word == "." || dest_word.ends_with("/.");
+        // With --parents every source keeps its path below the destination, a directory.
+        let into_dir =
+            parents || dest_word.ends_with('/') || dest_word == "." || dest_word.ends_with("/.");
         let dest = self.resolve(st, inst, &dest_word)?;
         let chown = match inst.flag("chown") {
             Some(c) if !c.is_empty() => Some(self.word(st, inst, c)?),
@@ -779,8 +808,19 @@ impl Translator<'_> {
         };
         let mut excludes = Vec::new();
         for e in inst.flag_values("exclude") {
-            excludes.push(self.word(st, inst, e)?);
+            let e = self.word(st, inst, e)?;
+            if e.is_empty() || e.starts_with('!') {
+                return Err(self.err(
+                    inst,
+                    format!(
+                        "{kw} --exclude=`{e}` is not supported: give a pattern to leave out \
+                         (exceptions with ! are not supported)"
+                    ),
+                ));
+            }
+            excludes.push(e);
         }
+        let exclude_names = self.exclude_matcher(inst, &excludes)?;
         let checksum = match inst.flag("checksum") {
             Some(c) => Some(self.word(st, inst, c)?.parse::<Digest>().map_err(|_| {
                 self.err(
@@ -799,25 +839,58 @@ impl Translator<'_> {
                 continue;
             }
             let s = self.word(st, inst, raw)?;
-            if s.starts_with("http://") || s.starts_with("https://") {
-                if !add {
-                    return Err(self.err(inst, format!("COPY does not take URLs (`{s}`): use ADD")));
-                }
-                if s.ends_with(".git") || s.contains(".git#") {
-                    return Err(self.err(
-                        inst,
-                        format!("ADD of git repositories is not supported (`{s}`)"),
-                    ));
-                }
+            let is_url = s.starts_with("http://") || s.starts_with("https://");
+            if (is_url || s.starts_with("git@") || s.starts_with("git://")) && !add {
+                return Err(self.err(inst, format!("COPY does not take URLs (`{s}`): use ADD")));
+            }
+            // BuildKit's test for a git source: a URL whose path ends in .git (a `#ref`
+            // after it), or the git@ and git:// forms.
+            let (base, fragment) = s
+                .split_once('#')
+                .map_or((s.as_str(), None), |(b, f)| (b, Some(f)));
+            if s.starts_with("git@")
+                || s.starts_with("git://")
+                || (is_url && base.ends_with(".git"))
+            {
+                let reference = match fragment {
+                    None | Some("") => None,
+                    Some(f) if f.contains(':') => {
+                        return Err(self.err(
+                            inst,
+                            format!("ADD `{s}`: a subdirectory (`#ref:dir`) of a git repository is not supported"),
+                        ));
+                    }
+                    Some(f) => Some(f.to_owned()),
+                };
+                sources.push(Source::Git(base.to_owned(), reference));
+            } else if is_url {
                 sources.push(Source::Url(s));
-            } else if s.starts_with("git@") {
-                return Err(self.err(
-                    inst,
-                    format!("ADD of git repositories is not supported (`{s}`)"),
-                ));
             } else {
                 sources.push(Source::Path(s));
             }
+        }
+        if keep_git_dir && !sources.iter().any(|s| matches!(s, Source::Git(..))) {
+            return Err(self.err(inst, "ADD --keep-git-dir needs a git repository source"));
+        }
+        if let Some(Source::Git(url, reference)) =
+            sources.iter().find(|s| matches!(s, Source::Git(..)))
+        {
+            if sources.len() > 1 || inst.flag("from").is_some() {
+                return Err(self.err(inst, "ADD of a git repository takes it as the only source"));
+            }
+            if mode.is_some() || !excludes.is_empty() || checksum.is_some() {
+                return Err(self.err(
+                    inst,
+                    "ADD of a git repository does not support --chmod, --exclude or --checksum",
+                ));
+            }
+            let opts = CopyOptions {
+                owner: chown.clone(),
+                ..CopyOptions::default()
+            };
+            let (url, reference) = (url.clone(), reference.clone());
+            st.c(|c| c.with_git_repository(&dest, url, reference, keep_git_dir, opts));
+            return Ok(());
         }
         if checksum.is_some() && !matches!(sources.as_slice(), [Source::Url(_)]) {
             return Err(self.err(inst, "ADD --checksum needs exactly one URL source"));
@@ -846,6 +919,11 @@ impl Translator<'_> {
                 };
                 let dir_src = p.ends_with('/') || p.ends_with("/.") || ignore::clean(&p).is_empty();
                 let norm = absolute(&p);
+                let drop = if parents {
+                    self.pivot_depth(inst, p.trim_start_matches('/'))?
+                } else {
+                    0
+                };
                 if has_glob(&norm) {
                     let (parent, last) = norm.rsplit_once('/').expect("absolute");
                     if has_glob(parent) {
@@ -854,9 +932,18 @@ impl Translator<'_> {
                             format!("{kw} --from: wildcards are supported in the last path component only (`{p}`)"),
                         ));
                     }
+                    let to = if parents {
+                        join_kept(&dest, &kept_path(parent, drop))
+                    } else {
+                        dest.clone()
+                    };
                     let parent = if parent.is_empty() { "/" } else { parent };
                     let o = opts.clone().with_include(last);
-                    st.c(|c| c.with_directory_from(&dest, &source, parent, o));
+                    st.c(|c| c.with_directory_from(&to, &source, parent, o));
+                } else if parents && !kept_path(&norm, drop).is_empty() {
+                    // The path below the pivot, kept whatever the source turns out to be.
+                    let to = join_kept(&dest, &kept_path(&norm, drop));
+                    st.c(|c| c.with_path_from(to, &source, norm, opts.clone()));
                 } else if dir_src {
                     st.c(|c| c.with_directory_from(&dest, &source, norm, opts.clone()));
                 } else {
@@ -887,9 +974,25 @@ impl Translator<'_> {
             match s {
                 Source::Heredoc(h) => planned.push(Planned::Heredoc(h)),
                 Source::Url(u) => planned.push(Planned::Url(u)),
+                Source::Git(..) => unreachable!("a git source is the only one, handled above"),
                 Source::Path(p) => {
+                    let drop = if parents {
+                        Some(self.pivot_depth(inst, &p)?)
+                    } else {
+                        None
+                    };
+                    let wildcard = has_glob(&p);
                     for (path, rel) in self.context_paths(inst, &p)? {
-                        planned.push(Planned::Host(path, rel));
+                        // A wildcard's matches are filtered by name, as the Dockerfile
+                        // reference documents (`COPY --exclude=*.txt hom* /mydir/`); what a
+                        // directory holds, by its path inside it (below). A source named
+                        // exactly is copied whatever the patterns say, as in BuildKit.
+                        let name = rel.rsplit('/').next().unwrap_or(&rel);
+                        if wildcard && exclude_names.is_match(name) {
+                            continue;
+                        }
+                        let kept = drop.map(|d| kept_path(&rel, d));
+                        planned.push(Planned::Host(path, rel, kept));
                     }
                 }
             }
@@ -959,15 +1062,21 @@ impl Translator<'_> {
                     let sum = checksum.clone();
                     st.c(|c| c.with_http_file(to, u, sum, opts));
                 }
-                Planned::Host(path, rel) => {
+                Planned::Host(path, rel, kept) => {
                     let meta = std::fs::metadata(&path).map_err(|source| Error::Read {
                         path: path.clone(),
                         source,
                     })?;
+                    // --parents: the source's path (below any `/./` pivot) under the
+                    // destination.
+                    let kept_dest = kept.filter(|k| !k.is_empty()).map(|k| join(&dest, &k));
                     if meta.is_dir() {
                         let mut o = host_opts.clone();
                         o.exclude.extend(self.ignored_within(&path, &rel, "")?);
-                        st.c(|c| c.with_directory(&dest, path, o));
+                        let to = kept_dest.unwrap_or_else(|| dest.clone());
+                        st.c(|c| c.with_directory(to, path, o));
+                    } else if let Some(to) = kept_dest {
+                        st.c(|c| c.with_file(to, path, host_opts.clone()));
                     } else if add && is_archive(&path)? {
                         st.c(|c| c.with_host_archive(&dest, path, host_opts.clone()));
                     } else {
@@ -993,6 +1102,47 @@ impl Translator<'_> {
                 inst.keyword
             ),
         )
+    }
+
+    /// How many leading components of a `--parents` source to leave out: those before a
+    /// `/./` pivot (`./x/./y/*.txt` keeps `y/...`), none without one.
+    fn pivot_depth(&self, inst: &Instruction, src: &str) -> Result<usize, Error> {
+        let mut body = src;
+        while let Some(rest) = body.strip_prefix("./") {
+            body = rest.trim_start_matches('/');
+        }
+        let Some(i) = body.find("/./") else {
+            return Ok(0);
+        };
+        if body[i + 2..].contains("/./") {
+            return Err(self.err(
+                inst,
+                format!("COPY --parents: `{src}` has more than one /./ pivot"),
+            ));
+        }
+        Ok(kept_path(&body[..i], 0)
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .count())
+    }
+
+    /// `--exclude` patterns as they are matched against a wildcard's matches.
+    fn exclude_matcher(
+        &self,
+        inst: &Instruction,
+        patterns: &[String],
+    ) -> Result<globset::GlobSet, Error> {
+        let mut b = globset::GlobSetBuilder::new();
+        for p in patterns {
+            let g = GlobBuilder::new(p.trim_end_matches('/'))
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| self.err(inst, format!("invalid --exclude pattern `{p}`: {e}")))?;
+            b.add(g);
+        }
+        b.build()
+            .map_err(|e| self.err(inst, format!("invalid --exclude patterns: {e}")))
     }
 
     /// A stage (by name or index) or an image, for `COPY --from`.
@@ -1210,13 +1360,17 @@ impl Translator<'_> {
 enum Source<'a> {
     Heredoc(&'a Heredoc),
     Url(String),
+    /// A git repository and the reference after `#`.
+    Git(String, Option<String>),
     Path(String),
 }
 
 enum Planned<'a> {
     Heredoc(&'a Heredoc),
     Url(String),
-    Host(PathBuf, String),
+    /// Host path, its path in the context, and with `--parents` the path kept under the
+    /// destination.
+    Host(PathBuf, String, Option<String>),
 }
 
 fn split_arg(raw: &str) -> (&str, Option<&str>) {
@@ -1240,6 +1394,25 @@ fn has_glob(s: &str) -> bool {
 /// `/`-rooted, cleaned.
 fn absolute(p: &str) -> String {
     format!("/{}", ignore::clean(p))
+}
+
+/// `path` (cleaned, `/` or context rooted) without its first `drop` components.
+fn kept_path(path: &str, drop: usize) -> String {
+    ignore::clean(path)
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .skip(drop)
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// `dest` with `kept` below it (`dest` itself when `kept` is empty).
+fn join_kept(dest: &str, kept: &str) -> String {
+    if kept.is_empty() {
+        dest.to_owned()
+    } else {
+        join(dest, kept)
+    }
 }
 
 fn join(dir: &str, name: &str) -> String {

@@ -12,7 +12,8 @@ pub const GZIP_LEVEL: u32 = 6;
 /// How layers are written (tar and compression settings). Part of every step cache key:
 /// change it with anything that changes the bytes of a layer, so cached layers written the
 /// old way are not reused as if a clean build had made them.
-pub const LAYER_FORMAT: &str = "tar-gnu gzip-6 pgzip-1MiB stored-if-incompressible zstd-3-mt";
+pub const LAYER_FORMAT: &str =
+    "tar-gnu gzip-6 pgzip-1MiB stored-if-incompressible zstd-3-mt parents-from-image";
 
 /// Most threads one layer's gzip uses (each holds about 2 MiB of blocks).
 pub const MAX_GZIP_THREADS: usize = 8;

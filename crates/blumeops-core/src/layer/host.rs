@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::str::FromStr;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use super::{Entry, EntryKind, Error, FileData, LayerBuilder};
 
@@ -54,7 +54,8 @@ impl fmt::Display for Owner {
 }
 
 /// Options for copying from the host: owner, file mode and include/exclude globs (matched
-/// against paths relative to the copied directory, e.g. `src/**/*.rs`).
+/// against paths relative to the copied directory, e.g. `src/**/*.rs`; `*` and `?` stay
+/// within one path component and `**` crosses them, as in Dockerfile patterns).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct HostCopy {
     /// Owner of every copied entry (default `0:0`).
@@ -114,11 +115,16 @@ impl HostCopy {
 pub(crate) fn globset(which: &'static str, patterns: &[String]) -> Result<GlobSet, Error> {
     let mut b = GlobSetBuilder::new();
     for p in patterns {
-        let glob = Glob::new(p.trim_end_matches('/')).map_err(|source| Error::Pattern {
-            which,
-            pattern: p.clone(),
-            source,
-        })?;
+        // `*` stops at `/` as BuildKit's `--exclude` and `.dockerignore` patterns do: `*.log`
+        // is top-level only, `**/*.log` reaches every depth.
+        let glob = GlobBuilder::new(p.trim_end_matches('/'))
+            .literal_separator(true)
+            .build()
+            .map_err(|source| Error::Pattern {
+                which,
+                pattern: p.clone(),
+                source,
+            })?;
         b.add(glob);
     }
     b.build().map_err(|source| Error::Pattern {
@@ -369,6 +375,64 @@ mod tests {
         );
         let keep = entries.iter().find(|e| e.0 == "app/a/b/keep.txt").unwrap();
         assert_eq!((keep.1, keep.2), (0o640, 1000));
+    }
+
+    #[test]
+    fn a_star_stays_in_one_path_component() {
+        // As BuildKit matches `COPY --exclude`: `*.log` is top-level only.
+        let src = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(src.path().join("sub")).unwrap();
+        std::fs::write(src.path().join("top.log"), "t").unwrap();
+        std::fs::write(src.path().join("sub/deep.log"), "d").unwrap();
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(store_dir.path()).unwrap();
+        let mut b = LayerBuilder::new();
+        b.add_host_dir("/d", src.path(), &HostCopy::default().with_exclude("*.log"))
+            .unwrap();
+        let layer = b.write(&store, Compression::Gzip, 0).unwrap();
+        let paths: Vec<String> = list(&store, &layer).into_iter().map(|e| e.0).collect();
+        assert_eq!(paths, ["d/", "d/sub/", "d/sub/deep.log"]);
+    }
+
+    #[test]
+    fn made_up_parents_can_be_settled() {
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(store_dir.path()).unwrap();
+        let mut b = LayerBuilder::new();
+        b.add_bytes("/opt/app/bin/x", &b"x"[..], 0o755, Owner::ROOT)
+            .unwrap();
+        b.add_bytes("/opt/app/README", &b"r"[..], 0o644, Owner::ROOT)
+            .unwrap();
+        assert_eq!(b.implicit_parents(), ["opt", "opt/app", "opt/app/bin"]);
+        let owner = Owner {
+            uid: 1000,
+            gid: 1000,
+        };
+        b.set_implicit_parent("opt/app", 0o750, owner);
+        // Not a made-up parent: left alone.
+        b.set_implicit_parent("opt/app/README", 0o700, owner);
+        // Added later as itself: no longer made up.
+        b.add(
+            "/opt/app/bin",
+            crate::layer::Entry {
+                kind: crate::layer::EntryKind::Dir,
+                mode: 0o700,
+                owner: Owner::ROOT,
+            },
+        )
+        .unwrap();
+        assert_eq!(b.implicit_parents(), ["opt", "opt/app"]);
+        let layer = b.write(&store, Compression::Gzip, 0).unwrap();
+        assert_eq!(
+            list(&store, &layer),
+            [
+                ("opt/".to_owned(), 0o755, 0),
+                ("opt/app/".to_owned(), 0o750, 1000),
+                ("opt/app/README".to_owned(), 0o644, 0),
+                ("opt/app/bin/".to_owned(), 0o700, 0),
+                ("opt/app/bin/x".to_owned(), 0o755, 0),
+            ]
+        );
     }
 
     #[test]

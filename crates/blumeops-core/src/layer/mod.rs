@@ -15,7 +15,7 @@ mod pgzip;
 mod unpack;
 mod view;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt as _;
@@ -267,6 +267,8 @@ pub struct Layer {
 pub struct LayerBuilder {
     entries: BTreeMap<String, Entry>,
     meta: BTreeMap<String, EntryMeta>,
+    /// Parent directories that [`LayerBuilder::add`] made up, not added themselves.
+    implicit: BTreeSet<String>,
 }
 
 /// Turn an absolute or relative image path into the tar form: no leading `/`, no `.` or
@@ -310,16 +312,40 @@ impl LayerBuilder {
         let path = normalize_path(path)?;
         let mut parent = path.as_str();
         while let Some((p, _)) = parent.rsplit_once('/') {
-            self.entries.entry(p.to_owned()).or_insert(Entry {
-                kind: EntryKind::Dir,
-                mode: 0o755,
-                owner: Owner::ROOT,
-            });
+            if !self.entries.contains_key(p) {
+                self.entries.insert(
+                    p.to_owned(),
+                    Entry {
+                        kind: EntryKind::Dir,
+                        mode: 0o755,
+                        owner: Owner::ROOT,
+                    },
+                );
+                self.implicit.insert(p.to_owned());
+            }
             parent = p;
         }
         self.meta.remove(&path);
+        self.implicit.remove(&path);
         self.entries.insert(path, entry);
         Ok(())
+    }
+
+    /// The parent directories [`LayerBuilder::add`] made up (0755, root) because nothing
+    /// was added at their paths, shallowest first.
+    pub fn implicit_parents(&self) -> Vec<String> {
+        self.implicit.iter().cloned().collect()
+    }
+
+    /// Give the made-up parent directory `path` another mode and owner (what the image
+    /// has there, or the owner of a copy that creates it). Other paths are left alone.
+    pub fn set_implicit_parent(&mut self, path: &str, mode: u32, owner: Owner) {
+        if self.implicit.contains(path)
+            && let Some(entry) = self.entries.get_mut(path)
+        {
+            entry.mode = mode;
+            entry.owner = owner;
+        }
     }
 
     /// Like [`LayerBuilder::add`], with an own mtime (clamped to the epoch) and xattrs.

@@ -126,7 +126,8 @@ pub(super) async fn apply_op(
         // Owner names need the image's /etc/passwd and /etc/group.
         Op::NewFile { .. } | Op::HostFile { .. } | Op::HostDirectory { .. } => {
             let mut builder = LayerBuilder::new();
-            match op {
+            // Who owns the directories the copy creates (see `ImageBelow::settle_parents`).
+            let owner = match op {
                 Op::NewFile {
                     path,
                     contents,
@@ -134,6 +135,7 @@ pub(super) async fn apply_op(
                     owner,
                 } => {
                     builder.add_bytes(path, contents.clone(), *mode, *owner)?;
+                    *owner
                 }
                 Op::HostFile { path, src, opts } | Op::HostDirectory { path, src, opts } => {
                     let opts = steps::with_owner_resolved(engine, state, opts).await?;
@@ -142,15 +144,19 @@ pub(super) async fn apply_op(
                     } else {
                         builder.add_host_dir(path, src, &opts)?;
                     }
+                    opts.owner.unwrap_or_default()
                 }
                 _ => unreachable!(),
-            }
+            };
             let store = engine.store.clone();
             let (compression, epoch) = (engine.compression, engine.epoch);
-            let layer =
-                tokio::task::spawn_blocking(move || builder.write(&store, compression, epoch))
-                    .await
-                    .map_err(|_| Error::TaskPanicked)??;
+            let below = steps::ImageBelow::of(engine, state);
+            let layer = tokio::task::spawn_blocking(move || {
+                below.settle_parents(&mut builder, owner)?;
+                Ok::<_, Error>(builder.write(&store, compression, epoch)?)
+            })
+            .await
+            .map_err(|_| Error::TaskPanicked)??;
             return Ok(Some(push_layer(engine, state, layer, history)));
         }
         Op::Env(k, v) => rc.set_env(k, v),
@@ -224,7 +230,8 @@ pub(super) async fn apply_op(
         | Op::CopyPathFrom { .. }
         | Op::Remove { .. }
         | Op::HttpFile { .. }
-        | Op::HostArchive { .. } => {
+        | Op::HostArchive { .. }
+        | Op::GitRepository { .. } => {
             let layer = match op {
                 Op::Exec { args, opts } => steps::exec(engine, state, index, args, opts).await?,
                 Op::CopyFrom {
@@ -251,6 +258,24 @@ pub(super) async fn apply_op(
                 } => steps::http_file(engine, state, path, url, checksum.as_ref(), opts).await?,
                 Op::HostArchive { path, src, opts } => {
                     steps::host_archive(engine, state, path, src, opts).await?
+                }
+                Op::GitRepository {
+                    path,
+                    url,
+                    reference,
+                    keep_git_dir,
+                    opts,
+                } => {
+                    steps::git_repository(
+                        engine,
+                        state,
+                        path,
+                        url,
+                        reference.as_deref(),
+                        *keep_git_dir,
+                        opts,
+                    )
+                    .await?
                 }
                 _ => unreachable!("matched above"),
             };

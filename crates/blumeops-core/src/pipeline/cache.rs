@@ -318,6 +318,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::CopyPathFrom { .. } => "copy-path-from",
         Op::HttpFile { .. } => "http-file",
         Op::HostArchive { .. } => "host-archive",
+        Op::GitRepository { .. } => "git-repository",
     }
 }
 
@@ -461,6 +462,19 @@ pub(crate) fn operation(op: &Op) -> Digest {
                 Some(c) => h.digest(c),
                 None => h.str(url),
             };
+            copy_options(&mut h, opts);
+        }
+        Op::GitRepository {
+            path,
+            url,
+            reference,
+            keep_git_dir,
+            opts,
+        } => {
+            h.str(path)
+                .str(url)
+                .opt_str(reference.as_deref())
+                .bool(*keep_git_dir);
             copy_options(&mut h, opts);
         }
     }

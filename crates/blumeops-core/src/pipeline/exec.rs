@@ -138,7 +138,7 @@ impl fmt::Debug for SecretVariable {
 
 /// Options for copying from another container: owner (a `user[:group]` name or id,
 /// resolved in the destination image's /etc/passwd and /etc/group), file mode and
-/// include/exclude globs.
+/// include/exclude globs (`*` and `?` within one path component, `**` across them).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct CopyOptions {
     /// Owner, e.g. `1000:1000`, `navidrome` or `navidrome:navidrome` (default: kept).

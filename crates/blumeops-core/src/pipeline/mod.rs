@@ -116,6 +116,13 @@ pub(crate) enum Op {
         src: PathBuf,
         opts: HostCopy,
     },
+    GitRepository {
+        path: String,
+        url: String,
+        reference: Option<String>,
+        keep_git_dir: bool,
+        opts: CopyOptions,
+    },
 }
 
 impl Op {
@@ -209,6 +216,15 @@ impl Op {
                 format!("with_path {path} from another container's {src_path}")
             }
             Self::HttpFile { path, url, .. } => format!("with_http_file {path} from {url}"),
+            Self::GitRepository {
+                path,
+                url,
+                reference,
+                ..
+            } => match reference {
+                Some(r) => format!("with_git_repository {path} from {url}#{r}"),
+                None => format!("with_git_repository {path} from {url}"),
+            },
             Self::HostArchive { path, src, .. } => {
                 format!("with_host_archive {path} from {}", src.display())
             }
@@ -607,6 +623,29 @@ impl Container {
         })
     }
 
+    /// Check out `reference` (a branch, tag or commit; default: the remote's HEAD) of the git
+    /// repository at `url` into the directory `path`, as Docker's `ADD https://...git#ref`
+    /// does: with the `git` binary, files 0644 (0755 when executable), directories 0755,
+    /// owned by `opts.owner` (default root), without `.git` unless `keep_git_dir`. Only a
+    /// full commit id is cached: any other reference is fetched again on every build.
+    #[must_use]
+    pub fn with_git_repository(
+        &self,
+        path: impl Into<String>,
+        url: impl Into<String>,
+        reference: Option<String>,
+        keep_git_dir: bool,
+        opts: CopyOptions,
+    ) -> Self {
+        self.push(Op::GitRepository {
+            path: path.into(),
+            url: url.into(),
+            reference,
+            keep_git_dir,
+            opts,
+        })
+    }
+
     /// Extract the host tar archive `src` (plain, gzip, bzip2, xz or zstd) into the
     /// directory `path`, as Docker's `ADD` does with local archives.
     #[must_use]
@@ -728,6 +767,12 @@ impl Healthcheck {
         }
         serde_json::Value::Object(m)
     }
+}
+
+/// Whether a git reference is a full commit id (SHA-1 or SHA-256): the only one that names
+/// the same tree forever.
+pub(crate) fn is_commit_id(reference: &str) -> bool {
+    matches!(reference.len(), 40 | 64) && reference.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Arguments joined for display, quoting those with spaces or shell characters.

@@ -62,6 +62,7 @@ fn makes_layer(op: &Op) -> bool {
             | Op::Remove { .. }
             | Op::HttpFile { .. }
             | Op::HostArchive { .. }
+            | Op::GitRepository { .. }
     )
 }
 
@@ -333,7 +334,14 @@ impl<'a> Run<'a> {
             }
             HostInput::Archive(digest) => inputs = inputs.with("files", digest),
         }
-        let cacheable = !matches!(op, Op::HttpFile { checksum: None, .. });
+        // What a URL or a git branch names can change: only pinned content is reused.
+        let cacheable = match op {
+            Op::HttpFile { checksum, .. } => checksum.is_some(),
+            Op::GitRepository { reference, .. } => {
+                reference.as_deref().is_some_and(super::is_commit_id)
+            }
+            _ => true,
+        };
         let key = inputs.key();
         let store = &engine.store;
         // Held until the step's record is written (the permit is already held, and a

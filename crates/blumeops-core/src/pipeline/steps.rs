@@ -356,6 +356,63 @@ pub(super) async fn exec(
     Ok(layer)
 }
 
+/// The image below a step, for settling the parent directories of the step's layer in a
+/// blocking task (see [`ImageBelow::settle_parents`]).
+pub(super) struct ImageBelow {
+    store: crate::store::Store,
+    layers: Vec<(crate::image::BlobRef, crate::reference::Digest)>,
+}
+
+impl ImageBelow {
+    pub(super) fn of(engine: &Engine, state: &State) -> Self {
+        Self {
+            store: engine.store().clone(),
+            layers: state
+                .layers
+                .iter()
+                .cloned()
+                .zip(state.config.rootfs.diff_ids.iter().cloned())
+                .collect(),
+        }
+    }
+
+    /// Settle the parent directories `builder` made up: one the image has keeps its mode
+    /// and owner (the layer's entry would replace them when extracted); a missing one is
+    /// created 0755 and owned by `owner`, as BuildKit and buildah chown every directory
+    /// `COPY --chown` creates. A parent that is not a directory in the image is left as
+    /// it was. Blocking; unpacks the image only when there are such parents.
+    pub(super) fn settle_parents(
+        &self,
+        builder: &mut LayerBuilder,
+        owner: Owner,
+    ) -> Result<(), Error> {
+        use std::os::unix::fs::MetadataExt as _;
+        let parents = builder.implicit_parents();
+        if parents.is_empty() {
+            return Ok(());
+        }
+        let mut dirs = Vec::with_capacity(self.layers.len());
+        for (blob, diff_id) in &self.layers {
+            dirs.push(self.store.unpacked_layer(blob, diff_id)?);
+        }
+        let view = RootfsView::new(dirs);
+        for p in parents {
+            match view.resolve(&p, false)? {
+                Some(e) if e.meta.is_dir() => {
+                    let had = Owner {
+                        uid: e.meta.uid(),
+                        gid: e.meta.gid(),
+                    };
+                    builder.set_implicit_parent(&p, e.meta.mode() & 0o7777, had);
+                }
+                Some(_) => {}
+                None => builder.set_implicit_parent(&p, 0o755, owner),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Resolve a `user[:group]` owner (names or ids) in the image of `state`.
 pub(super) async fn resolve_owner(
     engine: &Engine,
@@ -405,6 +462,7 @@ pub(super) async fn copy_from(
     let (path, src_path, opts) = (path.to_owned(), src_path.to_owned(), opts.clone());
     let (store, compression, epoch) =
         (engine.store().clone(), engine.compression(), engine.epoch());
+    let below = ImageBelow::of(engine, dest);
     tokio::task::spawn_blocking(move || {
         let mut builder = LayerBuilder::new();
         let entry =
@@ -444,6 +502,7 @@ pub(super) async fn copy_from(
             };
             builder.add(&target, walk.entry(&entry.meta, &entry.host_path))?;
         }
+        below.settle_parents(&mut builder, owner.unwrap_or(Owner::ROOT))?;
         Ok::<_, Error>(builder.write(&store, compression, epoch)?)
     })
     .await
@@ -515,6 +574,7 @@ pub(super) async fn http_file(
     }
     let (path, mode) = (path.to_owned(), opts.mode.unwrap_or(0o600));
     let (compression, epoch) = (engine.compression(), engine.epoch());
+    let below = ImageBelow::of(engine, state);
     tokio::task::spawn_blocking(move || {
         let mut builder = LayerBuilder::new();
         builder.add(
@@ -525,6 +585,7 @@ pub(super) async fn http_file(
                 owner,
             },
         )?;
+        below.settle_parents(&mut builder, owner)?;
         let layer = builder.write(&store, compression, epoch)?;
         drop(tmp);
         Ok::<_, Error>(layer)
@@ -544,6 +605,7 @@ pub(super) async fn host_archive(
 ) -> Result<layer::Layer, Error> {
     let mut opts = with_owner_resolved(engine, state, opts).await?;
     let store = engine.store().clone();
+    let below = ImageBelow::of(engine, state);
     let (path, src) = (path.to_owned(), src.to_owned());
     let (compression, epoch) = (engine.compression(), engine.epoch());
     tokio::task::spawn_blocking(move || {
@@ -616,10 +678,153 @@ pub(super) async fn host_archive(
         opts.preserve_owners = true;
         let mut builder = LayerBuilder::new();
         builder.add_host_dir(&path, dir.path(), &opts)?;
+        below.settle_parents(&mut builder, opts.owner.unwrap_or(Owner::ROOT))?;
         Ok::<_, Error>(builder.write(&store, compression, epoch)?)
     })
     .await
     .map_err(|_| Error::TaskPanicked)?
+}
+
+/// Check out a git repository into a layer under `path` (Docker's `ADD https://...git#ref`).
+pub(super) async fn git_repository(
+    engine: &Engine,
+    state: &State,
+    path: &str,
+    url: &str,
+    reference: Option<&str>,
+    keep_git_dir: bool,
+    opts: &CopyOptions,
+) -> Result<layer::Layer, Error> {
+    let owner = match &opts.owner {
+        None => Owner::ROOT,
+        Some(spec) => resolve_owner(engine, state, spec).await?,
+    };
+    let store = engine.store().clone();
+    let below = ImageBelow::of(engine, state);
+    let (path, url, reference) = (
+        path.to_owned(),
+        url.to_owned(),
+        reference.map(str::to_owned),
+    );
+    let (compression, epoch) = (engine.compression(), engine.epoch());
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::Builder::new()
+            .prefix("git-")
+            .tempdir_in(store.tmp_dir())
+            .map_err(|source| Error::Io {
+                action: "create directory in",
+                path: store.tmp_dir(),
+                source,
+            })?;
+        let tree = dir.path().join("tree");
+        git_checkout(&url, reference.as_deref(), &tree)?;
+        if !keep_git_dir {
+            std::fs::remove_dir_all(tree.join(".git")).map_err(host_io("remove", &tree))?;
+        }
+        // git writes files with the umask: give them Docker's modes, whatever it is.
+        normalize_modes(&tree)?;
+        std::fs::set_permissions(&tree, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(host_io("set the mode of", &tree))?;
+        let mut builder = LayerBuilder::new();
+        builder.add_host_dir(
+            &path,
+            &tree,
+            &crate::layer::HostCopy::default().with_owner(owner),
+        )?;
+        below.settle_parents(&mut builder, owner)?;
+        Ok::<_, Error>(builder.write(&store, compression, epoch)?)
+    })
+    .await
+    .map_err(|_| Error::TaskPanicked)?
+}
+
+/// `git init`, a shallow fetch of `reference` (the remote's HEAD without one), checkout.
+/// A server that refuses a shallow fetch of a commit id gets a full fetch instead.
+fn git_checkout(url: &str, reference: Option<&str>, tree: &Path) -> Result<(), Error> {
+    let failed = |reason: String| Error::Download {
+        url: match reference {
+            Some(r) => format!("{url}#{r}"),
+            None => url.to_owned(),
+        },
+        reason,
+    };
+    let git = |args: &[&str]| -> Result<std::process::Output, Error> {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(tree)
+            .args(args)
+            // Never ask for credentials on a terminal: a build cannot answer.
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    failed(
+                        "`git` is not installed here, and ADD of a git repository runs it:                          install git"
+                            .to_owned(),
+                    )
+                } else {
+                    failed(format!("could not run git: {e}"))
+                }
+            })
+    };
+    let check = |what: &str, out: std::process::Output| -> Result<(), Error> {
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        Err(failed(format!("git {what} failed: {}", stderr.trim())))
+    };
+    std::fs::create_dir_all(tree).map_err(host_io("create directory", tree))?;
+    check("init", git(&["init", "-q"])?)?;
+    check("remote add", git(&["remote", "add", "origin", url])?)?;
+    let want = reference.unwrap_or("HEAD");
+    let shallow = git(&["fetch", "-q", "--depth", "1", "origin", want])?;
+    if shallow.status.success() {
+        return check(
+            "checkout",
+            git(&[
+                "-c",
+                "advice.detachedHead=false",
+                "checkout",
+                "-q",
+                "FETCH_HEAD",
+            ])?,
+        );
+    }
+    if !reference.is_some_and(super::is_commit_id) {
+        return check("fetch", shallow);
+    }
+    check("fetch", git(&["fetch", "-q", "origin"])?)?;
+    check(
+        "checkout",
+        git(&["-c", "advice.detachedHead=false", "checkout", "-q", want])?,
+    )
+}
+
+/// Directories 0755, files 0644 or 0755 (any execute bit), below `dir`; links untouched.
+fn normalize_modes(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt as _;
+    for entry in std::fs::read_dir(dir).map_err(host_io("read directory", dir))? {
+        let entry = entry.map_err(host_io("read directory", dir))?;
+        let p = entry.path();
+        let meta = std::fs::symlink_metadata(&p).map_err(host_io("read", &p))?;
+        let mode = if meta.is_dir() {
+            normalize_modes(&p)?;
+            0o755
+        } else if meta.is_file() {
+            if meta.permissions().mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            }
+        } else {
+            continue;
+        };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+            .map_err(host_io("set the mode of", &p))?;
+    }
+    Ok(())
 }
 
 fn join_dest(dest: &str, rel: &str) -> String {
@@ -787,6 +992,7 @@ pub(super) async fn ensure_dir(
     }
     let (path, store) = (path.to_owned(), engine.store().clone());
     let (compression, epoch) = (engine.compression(), engine.epoch());
+    let below = ImageBelow::of(engine, state);
     tokio::task::spawn_blocking(move || {
         let mut builder = LayerBuilder::new();
         builder.add(
@@ -797,6 +1003,7 @@ pub(super) async fn ensure_dir(
                 owner: Owner::ROOT,
             },
         )?;
+        below.settle_parents(&mut builder, Owner::ROOT)?;
         Ok(Some(builder.write(&store, compression, epoch)?))
     })
     .await

@@ -560,8 +560,6 @@ fn add_urls_and_archives() {
     assert_eq!(opts.mode, Some(0o600));
     let e = err("FROM scratch\nCOPY https://example.com/x /x\n");
     assert!(e.contains("use ADD"), "{e}");
-    let e = err("FROM scratch\nADD https://github.com/a/b.git /src\n");
-    assert!(e.contains("git repositories is not supported"), "{e}");
 }
 
 #[test]
@@ -1015,4 +1013,443 @@ async fn deferred_patterns_are_finished_at_evaluation() {
             == "environment variable B: invalid pattern `\\a` in substitution: invalid escape `\\a`"),
         "{causes:?}"
     );
+}
+/// The entries of a gzip layer: (path, mode, uid, gid).
+fn layer_entries(
+    store: &crate::store::Store,
+    blob: &crate::image::BlobRef,
+) -> Vec<(String, u32, u64, u64)> {
+    use std::io::Read as _;
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(store.open_blob(&blob.digest).unwrap())
+        .read_to_end(&mut raw)
+        .unwrap();
+    tar::Archive::new(&raw[..])
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let h = e.header();
+            (
+                e.path().unwrap().to_string_lossy().into_owned(),
+                h.mode().unwrap(),
+                h.uid().unwrap(),
+                h.gid().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn directories_a_copy_creates_get_its_owner_and_existing_ones_keep_theirs() {
+    let dir = ctx(&[("a.txt", "a")]);
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(store_dir.path()).unwrap();
+    let engine =
+        crate::pipeline::Engine::new(crate::pipeline::EngineOptions::new(store.clone())).unwrap();
+    // As buildah 1.28 and BuildKit do: every directory COPY/ADD creates gets the --chown
+    // owner; directories the image has keep their mode and owner.
+    let c = translate(
+        "FROM scratch\n\
+         COPY --chown=1000:1001 a.txt /opt/deep/app/\n\
+         COPY a.txt /opt/deep/other/b.txt\n\
+         COPY --chown=7:8 <<EOF /srv/x/note\nhi\nEOF\n\
+         WORKDIR /srv/x/y\n",
+        "Dockerfile",
+        dir.path(),
+        &BuildArgs::new(),
+        None,
+    )
+    .unwrap();
+    let built = c.build(&engine).await.unwrap();
+    let layers: Vec<_> = built
+        .image
+        .layers
+        .iter()
+        .map(|b| layer_entries(&store, b))
+        .collect();
+    let e = |p: &str, mode: u32, uid: u64, gid: u64| (p.to_owned(), mode, uid, gid);
+    assert_eq!(
+        layers,
+        [
+            vec![
+                e("opt/", 0o755, 1000, 1001),
+                e("opt/deep/", 0o755, 1000, 1001),
+                e("opt/deep/app/", 0o755, 1000, 1001),
+                e("opt/deep/app/a.txt", 0o644, 1000, 1001),
+            ],
+            vec![
+                e("opt/", 0o755, 1000, 1001),
+                e("opt/deep/", 0o755, 1000, 1001),
+                e("opt/deep/other/", 0o755, 0, 0),
+                e("opt/deep/other/b.txt", 0o644, 0, 0),
+            ],
+            vec![
+                e("srv/", 0o755, 7, 8),
+                e("srv/x/", 0o755, 7, 8),
+                e("srv/x/note", 0o644, 7, 8),
+            ],
+            vec![
+                e("srv/", 0o755, 7, 8),
+                e("srv/x/", 0o755, 7, 8),
+                e("srv/x/y/", 0o755, 0, 0),
+            ],
+        ]
+    );
+}
+
+#[test]
+fn copy_exclude_and_link() {
+    let dir = ctx(&[
+        ("app/main.rs", "m"),
+        ("app/notes.log", "n"),
+        ("app/sub/deep.log", "d"),
+        ("home.txt", "h"),
+        ("home.md", "h"),
+        ("homes/a.txt", "a"),
+    ]);
+    let t = |text: &str| translate(text, "Dockerfile", dir.path(), &BuildArgs::new(), None);
+    // BuildKit (documented; buildah 1.28 has no --exclude): patterns are matched like
+    // .dockerignore's against paths inside a copied directory, and against a wildcard's
+    // matches by name (`COPY --exclude=*.txt hom* /mydir/`). --link changes nothing here.
+    let c = t("FROM scratch\n\
+               COPY --exclude=*.log --exclude=sub/*.log app /app\n\
+               COPY --exclude=*.txt hom* /docs/\n\
+               COPY --link --exclude=*.txt home.txt /link/\n")
+    .unwrap();
+    let root = dir.path().display();
+    assert_eq!(
+        c.steps()[1..],
+        [
+            format!("with_directory /app from {root}/app"),
+            format!("with_file /docs/home.md from {root}/home.md"),
+            format!("with_directory /docs from {root}/homes"),
+            // Named exactly: copied whatever the patterns say, as BuildKit does.
+            format!("with_file /link/home.txt from {root}/home.txt"),
+        ]
+    );
+    let Op::HostDirectory { opts, .. } = c.ops()[1] else {
+        panic!()
+    };
+    assert_eq!(opts.exclude, ["*.log", "sub/*.log"]);
+    let Op::HostDirectory { opts, .. } = c.ops()[3] else {
+        panic!()
+    };
+    assert_eq!(opts.exclude, ["*.txt"]);
+
+    let c =
+        tr("FROM alpine AS b\nFROM scratch\nCOPY --from=b --exclude=*.so /usr/lib /lib\n").unwrap();
+    let Op::CopyPathFrom { opts, .. } = c.ops()[1] else {
+        panic!()
+    };
+    assert_eq!(opts.exclude, ["*.so"]);
+
+    for (flag, want) in [
+        ("--exclude=!keep", "COPY --exclude=`!keep` is not supported"),
+        ("--exclude=", "COPY --exclude=`` is not supported"),
+        ("--exclude=[", "invalid --exclude pattern `[`"),
+    ] {
+        let e = t(&format!("FROM scratch\nCOPY {flag} app /app\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("Dockerfile:2: ") && e.contains(want), "{e}");
+    }
+}
+
+#[test]
+fn copy_parents_keeps_source_paths() {
+    let dir = ctx(&[
+        ("x/y/a.txt", "a"),
+        ("x/y/b.txt", "b"),
+        ("x/z/a.txt", "a"),
+        ("top.txt", "t"),
+    ]);
+    let t = |text: &str| translate(text, "Dockerfile", dir.path(), &BuildArgs::new(), None);
+    // BuildKit (documented; buildah 1.28 has no --parents): each source keeps its path
+    // relative to the context, wildcards included; `/./` keeps only what follows it.
+    let c = t("FROM scratch\n\
+               COPY --parents x/*/a.txt top.txt /p/\n\
+               COPY --parents ./x/./y/*.txt /q\n\
+               COPY --parents=true x/y /r\n\
+               COPY --parents x/./ /s/\n\
+               COPY --parents=false x/y/a.txt /t/\n")
+    .unwrap();
+    let root = dir.path().display();
+    assert_eq!(
+        c.steps()[1..],
+        [
+            format!("with_file /p/x/y/a.txt from {root}/x/y/a.txt"),
+            format!("with_file /p/x/z/a.txt from {root}/x/z/a.txt"),
+            format!("with_file /p/top.txt from {root}/top.txt"),
+            format!("with_file /q/y/a.txt from {root}/x/y/a.txt"),
+            format!("with_file /q/y/b.txt from {root}/x/y/b.txt"),
+            format!("with_directory /r/x/y from {root}/x/y"),
+            format!("with_directory /s from {root}/x"),
+            format!("with_file /t/a.txt from {root}/x/y/a.txt"),
+        ]
+    );
+
+    let c = tr("FROM alpine AS b\nFROM scratch\n\
+                COPY --parents --from=b /usr/./lib/*.so /etc/passwd /p/\n")
+    .unwrap();
+    assert_eq!(
+        c.steps()[1..],
+        [
+            "with_directory /p/lib from another container's /usr/lib",
+            "with_path /p/etc/passwd from another container's /etc/passwd",
+        ]
+    );
+
+    let e = t("FROM scratch\nCOPY --parents a/./b/./c /p/\n")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "Dockerfile:2: COPY --parents: `a/./b/./c` has more than one /./ pivot"
+    );
+    let e = t("FROM scratch\nCOPY --parents=maybe top.txt /p/\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("invalid --parents `maybe`"), "{e}");
+    // ADD has no --parents (BuildKit neither).
+    let e = t("FROM scratch\nADD --parents top.txt /p/\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("Dockerfile:2: ") && e.contains("parents"),
+        "{e}"
+    );
+}
+
+#[test]
+fn syntax_and_check_directives_are_accepted_with_a_note() {
+    let dir = ctx(&[(
+        "Dockerfile",
+        "# syntax=docker/dockerfile:1.7-labs\n# check=skip=JSONArgsRecommended\n# escape=`\n\
+         FROM scratch\nENV A=1 `\n  B=2\n",
+    )]);
+    let df = dir.path().join("Dockerfile");
+    let loaded = load(&df, dir.path(), &BuildArgs::new(), None).unwrap();
+    assert_eq!(
+        loaded.container.steps()[1..],
+        ["with_env_variable A=1", "with_env_variable B=2"]
+    );
+    let f = df.display();
+    assert_eq!(
+        loaded.notes,
+        [
+            format!(
+                "{f}:1: parser directive `syntax=docker/dockerfile:1.7-labs` noted: blumeops \
+                 translates the Dockerfile itself and loads no frontend image"
+            ),
+            format!(
+                "{f}:2: parser directive `check=skip=JSONArgsRecommended` noted: blumeops runs \
+                 no build checks"
+            ),
+        ]
+    );
+}
+
+/// An HTTP server answering every request with `body`, for as many requests as come.
+fn serve(body: &'static [u8]) -> String {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(body);
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn add_checksum_is_checked_and_a_mismatch_names_both_sums() {
+    let url = serve(b"hello\n");
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(store_dir.path()).unwrap();
+    let engine =
+        crate::pipeline::Engine::new(crate::pipeline::EngineOptions::new(store.clone())).unwrap();
+    let actual = crate::reference::Digest::of(b"hello\n").to_string();
+    let c = tr(&format!(
+        "FROM scratch\nADD --chown=5:6 --checksum={actual} {url}/f.txt /dl/sub/\n"
+    ))
+    .unwrap();
+    let built = c.build(&engine).await.unwrap();
+    let e = |p: &str, mode: u32, uid: u64, gid: u64| (p.to_owned(), mode, uid, gid);
+    assert_eq!(
+        layer_entries(&store, &built.image.layers[0]),
+        [
+            e("dl/", 0o755, 5, 6),
+            e("dl/sub/", 0o755, 5, 6),
+            e("dl/sub/f.txt", 0o600, 5, 6),
+        ]
+    );
+
+    let expected = format!("sha256:{}", "0".repeat(64));
+    let c = tr(&format!(
+        "FROM scratch\nADD --checksum={expected} {url}/f.txt /f.txt\n"
+    ))
+    .unwrap();
+    let err = c.build(&engine).await.unwrap_err();
+    let mut chain = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(s) = source {
+        chain.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    assert!(
+        chain.contains(&format!(
+            "checksum mismatch: expected {expected}, got {actual}"
+        )),
+        "{chain}"
+    );
+}
+
+#[test]
+fn add_of_a_git_repository() {
+    let c = tr("FROM scratch\n\
+                ADD https://example.com/org/repo.git#v1.2 /src\n\
+                ADD --keep-git-dir --chown=1000 git@example.com:org/repo.git /r/\n\
+                ADD --keep-git-dir=false https://example.com/repo.git /plain\n")
+    .unwrap();
+    assert_eq!(
+        c.steps()[1..],
+        [
+            "with_git_repository /src from https://example.com/org/repo.git#v1.2",
+            "with_git_repository /r from git@example.com:org/repo.git",
+            "with_git_repository /plain from https://example.com/repo.git",
+        ]
+    );
+    let Op::GitRepository {
+        keep_git_dir, opts, ..
+    } = c.ops()[2]
+    else {
+        panic!()
+    };
+    assert!(*keep_git_dir);
+    assert_eq!(opts.owner.as_deref(), Some("1000"));
+
+    for (line, want) in [
+        (
+            "ADD https://example.com/r.git#main:sub /s",
+            "a subdirectory (`#ref:dir`) of a git repository is not supported",
+        ),
+        (
+            "ADD https://example.com/r.git https://example.com/x /s/",
+            "takes it as the only source",
+        ),
+        (
+            "ADD --chmod=0755 https://example.com/r.git /s",
+            "does not support --chmod",
+        ),
+        (
+            "ADD --keep-git-dir https://example.com/x /s",
+            "--keep-git-dir needs a git repository source",
+        ),
+        ("COPY git@example.com:r.git /s", "COPY does not take URLs"),
+    ] {
+        let e = err(&format!("FROM scratch\n{line}\n"));
+        assert!(e.starts_with("Dockerfile:2: ") && e.contains(want), "{e}");
+    }
+}
+
+/// `git -C dir ARGS`, which must succeed; its stdout.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn git_repositories_are_checked_out_and_only_commit_ids_are_cached() {
+    if std::process::Command::new("git")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        crate::testing::skip("git is not installed");
+        return;
+    }
+    let repo = ctx(&[("README", "one\n"), ("bin/run", "#!/bin/sh\n")]);
+    std::fs::set_permissions(
+        repo.path().join("bin/run"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "one"]);
+    let first = git(repo.path(), &["rev-parse", "HEAD"]);
+    let url = repo.path().display().to_string();
+
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(store_dir.path()).unwrap();
+    let engine =
+        crate::pipeline::Engine::new(crate::pipeline::EngineOptions::new(store.clone())).unwrap();
+    let opts = crate::pipeline::CopyOptions::default().with_owner("5:6");
+    let build = |reference: &str, keep: bool| {
+        let c = Container::scratch().with_git_repository(
+            "/src/app",
+            url.clone(),
+            Some(reference.to_owned()),
+            keep,
+            opts.clone(),
+        );
+        let engine = &engine;
+        async move { c.build(engine).await }
+    };
+    let paths = |built: &crate::pipeline::BuiltImage| -> Vec<(String, u32, u64, u64)> {
+        layer_entries(&store, &built.image.layers[0])
+    };
+    let e = |p: &str, mode: u32| (p.to_owned(), mode, 5, 6);
+    let built = build("main", false).await.unwrap();
+    assert_eq!(
+        paths(&built),
+        [
+            e("src/", 0o755),
+            e("src/app/", 0o755),
+            e("src/app/README", 0o644),
+            e("src/app/bin/", 0o755),
+            e("src/app/bin/run", 0o755),
+        ]
+    );
+    let kept = build(&first, true).await.unwrap();
+    assert!(
+        paths(&kept).iter().any(|(p, ..)| p == "src/app/.git/HEAD"),
+        "{:?}",
+        paths(&kept)
+    );
+
+    // A branch moves: it is fetched again on every build.
+    std::fs::write(repo.path().join("NEW"), "two\n").unwrap();
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "two"]);
+    let again = build("main", false).await.unwrap();
+    assert!(paths(&again).iter().any(|(p, ..)| p == "src/app/NEW"));
+    // A commit id names one tree: cached, the repository is not read again.
+    let moved = repo.path().with_extension("moved");
+    std::fs::rename(repo.path(), &moved).unwrap();
+    let cached = build(&first, true).await;
+    let gone = build("main", false).await;
+    std::fs::rename(&moved, repo.path()).unwrap();
+    assert_eq!(
+        cached.unwrap().image.manifest.digest,
+        kept.image.manifest.digest
+    );
+    let e = format!("{:?}", gone.unwrap_err());
+    assert!(e.contains("git fetch failed"), "{e}");
 }

@@ -30,8 +30,8 @@ pub(crate) use host::is_root;
 pub use host::{HostCopy, Owner};
 pub(crate) use unpack::diff_id_of;
 pub use unpack::{
-    DEFAULT_MAX_UNPACK_BYTES, OverlayXattrs, UnpackOptions, UnpackStats, leading_dirs_present,
-    unpack_layer,
+    DEFAULT_MAX_UNPACK_BYTES, DirMeta, OverlayXattrs, UnpackOptions, UnpackStats, leading_dirs,
+    leading_dirs_present, unpack_layer,
 };
 pub use view::{OwnerLookupError, RootfsView};
 // Only the sandbox reads overlay markers outside this module.

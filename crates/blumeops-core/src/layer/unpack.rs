@@ -290,12 +290,37 @@ pub fn leading_dirs_present(
     layer: &Path,
     dirs: &[String],
 ) -> Result<bool, Error> {
+    Ok(leading_dirs(file, media_type, layer, dirs)?.is_some())
+}
+
+/// A directory entry's mode bits (with setuid/setgid/sticky), uid and gid, as a layer's tar
+/// header gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirMeta {
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+}
+
+/// [`leading_dirs_present`] with what the layer says of each directory (the last entry of
+/// each name within the bytes read); `None` when not every one is known that way. A layer
+/// that holds a directory's entry decides its mode and owner in the image, whatever lies
+/// below it.
+pub fn leading_dirs(
+    file: File,
+    media_type: &str,
+    layer: &Path,
+    dirs: &[String],
+) -> Result<Option<BTreeMap<String, DirMeta>>, Error> {
     let wanted: std::collections::BTreeSet<&str> = dirs.iter().map(String::as_str).collect();
-    let mut seen = std::collections::BTreeSet::new();
+    let mut seen = BTreeMap::new();
     let reader = decoder(file, media_type, layer)?.take(LEADING_SCAN_BYTES);
     let mut archive = tar::Archive::new(reader);
     let Ok(entries) = archive.entries() else {
-        return Ok(false);
+        return Ok(None);
     };
     for entry in entries {
         // Where the bytes scanned end, the archive looks broken: judge what was read.
@@ -309,13 +334,26 @@ pub fn leading_dirs_present(
         if !wanted.contains(name) {
             continue;
         }
-        if entry.header().entry_type() == tar::EntryType::Directory {
-            seen.insert(name.to_owned());
-        } else {
-            return Ok(false);
+        let header = entry.header();
+        if header.entry_type() != tar::EntryType::Directory {
+            return Ok(None);
         }
+        let (Ok(mode), Ok(uid), Ok(gid)) = (header.mode(), header.uid(), header.gid()) else {
+            return Ok(None);
+        };
+        let (Ok(uid), Ok(gid)) = (u32::try_from(uid), u32::try_from(gid)) else {
+            return Ok(None);
+        };
+        seen.insert(
+            name.to_owned(),
+            DirMeta {
+                mode: mode & 0o7777,
+                uid,
+                gid,
+            },
+        );
     }
-    Ok(seen.len() == wanted.len())
+    Ok((seen.len() == wanted.len()).then_some(seen))
 }
 
 /// Hashes and counts the uncompressed stream, failing once it passes the limit, and bounds
@@ -1255,6 +1293,29 @@ pub(crate) mod tests {
             !leading_dirs_present(file, media_types::OCI_LAYER_GZIP, &replaced, &dirs).unwrap(),
             "a later entry of the same name wins"
         );
+        // What the entries say of each directory comes along.
+        let (modes, _) = layer_file(&tmp.path().join("replaced"), |tar| {
+            raw_entry(tar, tar::EntryType::Directory, b"tmp/", None, b"", 0o1777);
+            raw_entry(tar, tar::EntryType::Directory, b"home/", None, b"", 0o750);
+        });
+        let dirs = vec!["tmp".to_owned(), "home".to_owned()];
+        let known = leading_dirs(
+            File::open(&modes).unwrap(),
+            media_types::OCI_LAYER_GZIP,
+            &modes,
+            &dirs,
+        )
+        .unwrap()
+        .expect("both are there");
+        assert_eq!(
+            known["tmp"],
+            DirMeta {
+                mode: 0o1777,
+                uid: 0,
+                gid: 0
+            }
+        );
+        assert_eq!(known["home"].mode, 0o750);
     }
 
     /// A temporary area with an empty destination and a sentinel directory outside it.

@@ -391,6 +391,22 @@ impl ImageBelow {
         if parents.is_empty() {
             return Ok(());
         }
+        // The common case (a copy into a directory the step before made) is known from the
+        // start of the top layer, without unpacking the image.
+        if let Some(known) = self.top_layer_dirs(&parents) {
+            for p in parents {
+                let meta = known[p.trim_start_matches('/')];
+                builder.set_implicit_parent(
+                    &p,
+                    meta.mode,
+                    Owner {
+                        uid: meta.uid,
+                        gid: meta.gid,
+                    },
+                );
+            }
+            return Ok(());
+        }
         let mut dirs = Vec::with_capacity(self.layers.len());
         for (blob, diff_id) in &self.layers {
             dirs.push(self.store.unpacked_layer(blob, diff_id)?);
@@ -410,6 +426,25 @@ impl ImageBelow {
             }
         }
         Ok(())
+    }
+}
+
+impl ImageBelow {
+    /// What the top layer's first entries say of `parents`, when they name every one.
+    fn top_layer_dirs(
+        &self,
+        parents: &[String],
+    ) -> Option<std::collections::BTreeMap<String, layer::DirMeta>> {
+        let (blob, _) = self.layers.last()?;
+        let path = self.store.blob_path(&blob.digest);
+        let file = std::fs::File::open(&path).ok()?;
+        let wanted: Vec<String> = parents
+            .iter()
+            .map(|p| p.trim_start_matches('/').to_owned())
+            .collect();
+        layer::leading_dirs(file, &blob.media_type, &path, &wanted)
+            .ok()
+            .flatten()
     }
 }
 

@@ -75,7 +75,7 @@ impl Container {
         let _lock = engine.lock_store().await?;
         let run = Run::new(engine, self);
         let built = finish(engine, run.evaluate(self).await?)?;
-        let published = push_built(engine, &built, target, policy).await?;
+        let published = push_built(engine, run.registry(), &built, target, policy).await?;
         // After the push, so the cache's entries mount the image's layers.
         run.export_to_registry_cache(Some(target)).await;
         Ok(published)
@@ -104,6 +104,7 @@ impl Container {
 /// Push an already built image.
 pub(crate) async fn push_built(
     engine: &Engine,
+    registry: &crate::registry::RegistryClient,
     built: &BuiltImage,
     target: &ImageRef,
     policy: TagPolicy,
@@ -120,8 +121,7 @@ pub(crate) async fn push_built(
             bytes_sent: p.bytes_sent,
         });
     };
-    let report = engine
-        .registry
+    let report = registry
         .push_image_with_progress(target, &built.image, &engine.store, policy, &progress)
         .await?;
     engine.emit(Event::PushFinished {

@@ -93,7 +93,7 @@ pub const BUILD_SECRET_FORMS: &str = "id=NAME,src=PATH, id=NAME,env=VAR (docker 
 /// value comes from. Written as docker buildx does (`id=tok,src=PATH`, `id=tok,env=VAR`,
 /// with an optional `type=file|env`; `id=tok` alone reads the variable `tok`) or as
 /// blumeops does (`tok=env:VAR`, `tok=file:PATH`, `tok=cmd:COMMAND`). A `src` file is read
-/// as `file:` reads it (one trailing newline dropped; UTF-8).
+/// as it is (as buildx does), a `file:` one less a trailing newline; both must be UTF-8.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct BuildSecret {
     /// The secret's name.
@@ -143,7 +143,7 @@ impl FromStr for BuildSecret {
             .ok_or(Error::InvalidBuildSecret)?;
         let source = match (kind.as_deref(), src, env) {
             (None | Some("file"), Some(src), None) if !src.is_empty() => {
-                SecretSource::File(PathBuf::from(src))
+                SecretSource::FileExact(PathBuf::from(src))
             }
             (None | Some("env"), None, Some(env)) if !env.is_empty() => SecretSource::Env(env),
             // As buildx: an env secret without `env` reads the variable named like it.
@@ -155,9 +155,13 @@ impl FromStr for BuildSecret {
 }
 
 impl fmt::Display for BuildSecret {
-    /// blumeops' form, `id=env:VAR`: what the docker executor passes on.
+    /// What the docker executor passes on: blumeops' form (`id=env:VAR`), or buildx's
+    /// for a file read as it is (`id=NAME,src=PATH`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={}", self.id, self.source)
+        match &self.source {
+            SecretSource::FileExact(path) => write!(f, "id={},src={}", self.id, path.display()),
+            source => write!(f, "{}={source}", self.id),
+        }
     }
 }
 
@@ -168,6 +172,8 @@ pub enum SecretSource {
     Env(String),
     /// A file; one trailing newline is dropped.
     File(PathBuf),
+    /// A file as it is (a `--secret id=NAME,src=PATH`, as docker buildx reads it).
+    FileExact(PathBuf),
     /// A command run with `sh -c`; its stdout, less one trailing newline.
     Cmd(String),
 }
@@ -208,14 +214,18 @@ impl SecretSource {
                     return Err(Error::EnvNotUnicode { name: name.clone() });
                 }
             },
-            Self::File(path) => {
+            Self::File(path) | Self::FileExact(path) => {
                 let bytes = std::fs::read(path).map_err(|source| Error::ReadFile {
                     path: path.clone(),
                     source,
                 })?;
                 let text = String::from_utf8(bytes)
                     .map_err(|_| Error::FileNotUnicode { path: path.clone() })?;
-                strip_one_newline(text)
+                if matches!(self, Self::File(_)) {
+                    strip_one_newline(text)
+                } else {
+                    text
+                }
             }
             Self::Cmd(command) => {
                 let output = std::process::Command::new("sh")
@@ -287,6 +297,7 @@ impl fmt::Display for SecretSource {
         match self {
             Self::Env(name) => write!(f, "env:{name}"),
             Self::File(path) => write!(f, "file:{}", path.display()),
+            Self::FileExact(path) => write!(f, "src={}", path.display()),
             Self::Cmd(cmd) => write!(f, "cmd:{cmd}"),
         }
     }
@@ -374,8 +385,13 @@ mod tests {
         let path = dir.path().join("key");
         std::fs::write(&path, "zak_file\n").unwrap();
         assert_eq!(
-            SecretSource::File(path).resolve().unwrap().expose(),
+            SecretSource::File(path.clone()).resolve().unwrap().expose(),
             "zak_file"
+        );
+        // buildx's `src=` reads the file as it is.
+        assert_eq!(
+            SecretSource::FileExact(path).resolve().unwrap().expose(),
+            "zak_file\n"
         );
         let cmd = SecretSource::Cmd("printf 'zak_cmd\\n'".into());
         assert_eq!(cmd.resolve().unwrap().expose(), "zak_cmd");
@@ -392,8 +408,12 @@ mod tests {
     }
 
     #[rstest]
-    #[case("id=tok,src=/run/tok", "tok", SecretSource::File("/run/tok".into()))]
-    #[case("type=file,id=tok,source=/run/tok", "tok", SecretSource::File("/run/tok".into()))]
+    #[case("id=tok,src=/run/tok", "tok", SecretSource::FileExact("/run/tok".into()))]
+    #[case(
+        "type=file,id=tok,source=/run/tok",
+        "tok",
+        SecretSource::FileExact("/run/tok".into())
+    )]
     #[case("id=tok,env=MYTOK", "tok", SecretSource::Env("MYTOK".into()))]
     #[case("type=env,id=tok,env=MYTOK", "tok", SecretSource::Env("MYTOK".into()))]
     #[case("id=MYTOK", "MYTOK", SecretSource::Env("MYTOK".into()))]

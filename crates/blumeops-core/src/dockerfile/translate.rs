@@ -812,7 +812,10 @@ impl Translator<'_> {
                         if source.split('/').any(|c| c == "..") {
                             return Err(self.err(
                                 inst,
-                                format!("RUN --mount=type=bind: `{source}` leads outside the build context"),
+                                format!(
+                                    "RUN --mount=type=bind: `{source}` leads outside the \
+                                     build context"
+                                ),
                             ));
                         }
                         let rel = ignore::clean(&source);
@@ -824,7 +827,10 @@ impl Translator<'_> {
                         if !path.exists() {
                             return Err(self.err(
                                 inst,
-                                format!("RUN --mount=type=bind: `{source}` not found in the build context"),
+                                format!(
+                                    "RUN --mount=type=bind: `{source}` not found in the \
+                                     build context"
+                                ),
                             ));
                         }
                         self.inside_context(inst, &source, &path)?;
@@ -879,7 +885,10 @@ impl Translator<'_> {
             if required {
                 return Err(self.err(
                     inst,
-                    format!("RUN --mount=type=secret: the required secret `{id}` was not given (pass --secret id={id},...)"),
+                    format!(
+                        "RUN --mount=type=secret: the required secret `{id}` was not given \
+                         (pass --secret id={id},...)"
+                    ),
                 ));
             }
             // Not required: the command runs without it, as with BuildKit.

@@ -22,15 +22,17 @@ use tempfile::TempDir;
 use crate::util::tempdir;
 
 /// Empty mount points that buildah 1.28 creates for a RUN step (`--isolation chroot`) and
-/// leaves in the committed layer: directories for `/dev`, `/proc`, `/sys` and `/run`, and empty
-/// files for the bind-mounted `/etc/hostname`, `/etc/hosts` and `/etc/resolv.conf`. A runtime
-/// mounts over all of them, so they are not part of what the image means. Tolerated only when
-/// present in buildah's tree alone, with the expected type and no content.
-pub const BUILDAH_RUN_SCAFFOLDING: [(&str, Scaffold); 7] = [
+/// leaves in the committed layer: directories for `/dev`, `/proc`, `/sys`, `/run` and
+/// `/run/secrets` (the default target of `RUN --mount=type=secret`), and empty files for the
+/// bind-mounted `/etc/hostname`, `/etc/hosts` and `/etc/resolv.conf`. A runtime mounts over
+/// all of them, so they are not part of what the image means. Tolerated only when present in
+/// buildah's tree alone, with the expected type and no content but other such mount points.
+pub const BUILDAH_RUN_SCAFFOLDING: [(&str, Scaffold); 8] = [
     ("/dev", Scaffold::EmptyDir),
     ("/proc", Scaffold::EmptyDir),
     ("/sys", Scaffold::EmptyDir),
     ("/run", Scaffold::EmptyDir),
+    ("/run/secrets", Scaffold::EmptyDir),
     ("/etc/hostname", Scaffold::EmptyFile),
     ("/etc/hosts", Scaffold::EmptyFile),
     ("/etc/resolv.conf", Scaffold::EmptyFile),
@@ -139,6 +141,18 @@ impl Buildah {
     /// [`Buildah::push_oci`] converts the image to OCI (same config fields); the healthcheck
     /// the conversion loses is read back with [`Buildah::docker_config`].
     pub fn bud(&self, context: &Path, dockerfile: &Path, build_args: &[String], tag: &str) {
+        self.bud_with(context, dockerfile, build_args, &[], tag);
+    }
+
+    /// [`Buildah::bud`] with more flags (e.g. `--secret id=tok,src=PATH`).
+    pub fn bud_with(
+        &self,
+        context: &Path,
+        dockerfile: &Path,
+        build_args: &[String],
+        extra: &[String],
+        tag: &str,
+    ) {
         let mut command = self.command();
         command.args([
             "bud",
@@ -154,6 +168,7 @@ impl Buildah {
         for arg in build_args {
             command.arg("--build-arg").arg(arg);
         }
+        command.args(extra);
         command.arg("-f").arg(dockerfile).arg(context);
         self.run_ok("bud", &mut command);
     }
@@ -412,10 +427,13 @@ fn is_scaffold(tree: &Tree, path: &Path, entry: &Entry) -> bool {
             && match kind {
                 Scaffold::EmptyDir => {
                     entry.kind == Kind::Dir
-                        && !tree
-                            .entries
-                            .keys()
-                            .any(|k| k != path && k.starts_with(path))
+                        && !tree.entries.keys().any(|k| {
+                            k != path
+                                && k.starts_with(path)
+                                && !BUILDAH_RUN_SCAFFOLDING
+                                    .iter()
+                                    .any(|(s, _)| Path::new(s) == k)
+                        })
                 }
                 Scaffold::EmptyFile => matches!(entry.kind, Kind::File { size: 0, .. }),
             }

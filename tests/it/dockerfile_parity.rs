@@ -137,6 +137,7 @@ impl Source {
         &self,
         base: &Base,
         build_args: &[String],
+        extra: &[String],
     ) -> (CliOutput, PathBuf, tempfile::TempDir) {
         let cache = isolated_cache();
         let out = self.path("blumeops-oci");
@@ -165,6 +166,7 @@ impl Source {
             args.push("--build-arg".to_owned());
             args.push(arg.clone());
         }
+        args.extend(extra.iter().cloned());
         let cache_dir = cache.path().display().to_string();
         let result = run_cli(
             &args,
@@ -180,6 +182,16 @@ impl Source {
 /// Build fixture `name` with both tools and compare. `extra_args` are `KEY=VALUE` build args
 /// on top of `BASE_IMAGE`.
 fn assert_parity(name: &'static str, extra_args: &[&str], setup: impl FnOnce(&Path, &Path)) {
+    assert_parity_with(name, extra_args, &[], setup);
+}
+
+/// [`assert_parity`] with flags given to both tools (`--secret ...`).
+fn assert_parity_with(
+    name: &'static str,
+    extra_args: &[&str],
+    flags: &[String],
+    setup: impl FnOnce(&Path, &Path),
+) {
     let base = Base::new();
     let source = Source::new(name, setup);
     let mut build_args = vec![base.build_arg()];
@@ -188,10 +200,11 @@ fn assert_parity(name: &'static str, extra_args: &[&str], setup: impl FnOnce(&Pa
     // buildah first: a failure here is a broken fixture, not a blumeops bug.
     let buildah = Buildah::new();
     let context = source.context();
-    buildah.bud(
+    buildah.bud_with(
         &context,
         &context.join("Dockerfile"),
         &build_args,
+        flags,
         BUILDAH_TAG,
     );
     let buildah_oci = source.path("buildah-oci");
@@ -199,7 +212,7 @@ fn assert_parity(name: &'static str, extra_args: &[&str], setup: impl FnOnce(&Pa
     let docker_config = buildah.docker_config(BUILDAH_TAG);
     drop(buildah);
 
-    let (output, blumeops_oci, _cache) = source.blumeops_build(&base, &build_args);
+    let (output, blumeops_oci, _cache) = source.blumeops_build(&base, &build_args, flags);
     output.assert_success();
 
     let ours_bundle = source.path("bundle-blumeops");
@@ -244,6 +257,20 @@ fn assert_parity(name: &'static str, extra_args: &[&str], setup: impl FnOnce(&Pa
             comparison.notes.join("; ")
         },
     );
+}
+
+/// RUN --mount=type=secret|bind|tmpfs|cache, the secret given as buildx gives it
+/// (`--secret id=tok,src=PATH`, read as it is): the same files, and no mount in a layer.
+#[test]
+fn parity_run_mounts() {
+    let secret = tempdir("blumeops-secret-");
+    let file = secret.path().join("tok");
+    std::fs::write(&file, "zak_parity_secret_value\n").expect("write secret");
+    let flag = vec![
+        "--secret".to_owned(),
+        format!("id=tok,src={}", file.display()),
+    ];
+    assert_parity_with("mounts", &[], &flag, |_, _| {});
 }
 
 /// ARG before FROM, ARG defaults and --build-arg, `$VAR`/`${VAR}`/`${VAR:-x}`/`${VAR:+x}`,
@@ -411,7 +438,7 @@ fn failing_run_step_reports_the_step_the_code_a_tail_and_the_full_log() {
         .lines()
         .find_map(|l| l.strip_prefix("RUN i=1;").map(|rest| format!("i=1;{rest}")))
         .expect("the failing RUN line");
-    let (output, _, _cache) = source.blumeops_build(&base, &[base.build_arg()]);
+    let (output, _, _cache) = source.blumeops_build(&base, &[base.build_arg()], &[]);
     assert!(
         output.code().is_some_and(|c| c != 0),
         "expected a failure exit code\n{output}"

@@ -14,6 +14,7 @@ mod registry_cache;
 mod registry_client;
 mod resilience;
 mod rootless;
+mod run_mounts;
 mod step_cache;
 mod test_images;
 mod tls;

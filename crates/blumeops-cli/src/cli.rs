@@ -149,6 +149,11 @@ pub struct BuildFlags {
     /// Build argument passed to the definition, KEY=VALUE (repeatable).
     #[arg(long = "build-arg", value_name = "KEY=VALUE")]
     pub build_args: Vec<String>,
+    /// Secret for `RUN --mount=type=secret` (repeatable): id=NAME,src=PATH or
+    /// id=NAME,env=VAR (docker buildx; type=file|env allowed), or NAME=env:VAR,
+    /// NAME=file:PATH, NAME=cmd:COMMAND. Its value reaches no layer, log or cache key.
+    #[arg(long = "secret", value_name = "SECRET")]
+    pub secrets: Vec<String>,
     /// Platform to build for, e.g. linux/arm64 [default: the host's linux platform].
     #[arg(long)]
     pub platform: Option<String>,

@@ -50,10 +50,12 @@ pub enum Error {
     },
 }
 
-/// Build arguments (`--build-arg KEY=VALUE`).
+/// Build arguments (`--build-arg KEY=VALUE`), and the secrets a build is given
+/// (`--secret`, for a Dockerfile's `RUN --mount=type=secret`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BuildArgs {
     values: BTreeMap<String, String>,
+    secrets: BTreeMap<String, crate::secret::Secret>,
 }
 
 impl BuildArgs {
@@ -86,6 +88,18 @@ impl BuildArgs {
     pub fn with(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.values.insert(key.into(), value.into());
         self
+    }
+
+    /// Give the secret called `id`.
+    #[must_use]
+    pub fn with_secret(mut self, id: impl Into<String>, secret: crate::secret::Secret) -> Self {
+        self.secrets.insert(id.into(), secret);
+        self
+    }
+
+    /// The secret called `id`, if given.
+    pub fn secret(&self, id: &str) -> Option<&crate::secret::Secret> {
+        self.secrets.get(id)
     }
 
     /// The value of `key`, if given.

@@ -79,8 +79,8 @@ pub use layer::{FileDigestCache, Fingerprint};
 pub use pipeline::Healthcheck;
 pub use pipeline::{
     BuiltImage, CacheOptions, CacheStatus, CacheVolume, Container, CopyOptions, Engine,
-    EngineOptions, Event, ExecOptions, Expect, Network, Plan, PlanBase, PlanStage, PlanStep,
-    ProgressFn, Published, SecretVariable, default_jobs,
+    EngineOptions, Event, ExecOptions, Expect, MountOptions, Network, Plan, PlanBase, PlanStage,
+    PlanStep, ProgressFn, Published, SecretFileOptions, SecretVariable, default_jobs,
 };
 pub use reference::Error as ReferenceError;
 pub use reference::{Digest, DigestWriter, ImageRef, Platform, is_loopback_host};
@@ -102,10 +102,12 @@ pub use sandbox::Error as SandboxError;
 pub use sandbox::{
     BindMount, CancelToken, DEFAULT_HOSTNAME, DEFAULT_PATH, DEFAULT_PIDS_MAX,
     Requirement as SandboxRequirement, RunOutcome, RunSpec, SetupStep as SandboxSetupStep, Stream,
-    TAIL_LINES, check_support as check_sandbox_support, run as run_sandboxed,
+    TAIL_LINES, TmpfsMount, check_support as check_sandbox_support, run as run_sandboxed,
 };
 pub use secret::Error as SecretError;
-pub use secret::{ACCEPTED_FORMS as SECRET_FORMS, Secret, SecretSource};
+pub use secret::{
+    ACCEPTED_FORMS as SECRET_FORMS, BUILD_SECRET_FORMS, BuildSecret, Secret, SecretSource,
+};
 pub use store::Error as StoreError;
 pub use store::{
     BlobWriter, CACHE_DIR_ENV, FileDigestTable, PrunePolicy, PruneReport, Store, StoreLock, Usage,

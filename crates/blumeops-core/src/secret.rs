@@ -18,6 +18,9 @@ pub enum Error {
     /// the secret pasted by mistake.
     #[error("invalid secret source: expected {ACCEPTED_FORMS}")]
     InvalidSource,
+    /// A `--secret` is not one of the accepted forms (the text is not repeated).
+    #[error("invalid --secret: expected {BUILD_SECRET_FORMS}")]
+    InvalidBuildSecret,
     /// `env:` named an empty variable name.
     #[error("invalid secret source `{kind}:`: {kind}: needs a value after the colon")]
     EmptySource {
@@ -82,6 +85,86 @@ pub enum Error {
     },
 }
 
+/// The forms of a build secret (`--secret`), shown in errors.
+pub const BUILD_SECRET_FORMS: &str = "id=NAME,src=PATH, id=NAME,env=VAR (docker buildx, also with type=file|env) or \
+     NAME=env:VAR, NAME=file:PATH, NAME=cmd:COMMAND";
+
+/// A build secret: a name (a Dockerfile's `RUN --mount=type=secret,id=NAME`) and where its
+/// value comes from. Written as docker buildx does (`id=tok,src=PATH`, `id=tok,env=VAR`,
+/// with an optional `type=file|env`; `id=tok` alone reads the variable `tok`) or as
+/// blumeops does (`tok=env:VAR`, `tok=file:PATH`, `tok=cmd:COMMAND`). A `src` file is read
+/// as it is (as buildx does), a `file:` one less a trailing newline; both must be UTF-8.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct BuildSecret {
+    /// The secret's name.
+    pub id: String,
+    /// Where its value comes from.
+    pub source: SecretSource,
+}
+
+impl FromStr for BuildSecret {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let valid_id = |id: &str| {
+            !id.is_empty()
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        };
+        // blumeops' form: the whole rest is the source (a command may hold commas).
+        if let Some((id, rest)) = s.split_once('=')
+            && ["env:", "file:", "cmd:"]
+                .iter()
+                .any(|p| rest.starts_with(p))
+        {
+            if !valid_id(id) {
+                return Err(Error::InvalidBuildSecret);
+            }
+            return Ok(Self {
+                id: id.to_owned(),
+                source: rest.parse()?,
+            });
+        }
+        let (mut id, mut kind, mut src, mut env) = (None, None, None, None);
+        for part in s.split(',') {
+            let (k, v) = part.split_once('=').ok_or(Error::InvalidBuildSecret)?;
+            let slot = match k.trim() {
+                "id" => &mut id,
+                "type" => &mut kind,
+                "src" | "source" => &mut src,
+                "env" => &mut env,
+                _ => return Err(Error::InvalidBuildSecret),
+            };
+            *slot = Some(v.to_owned());
+        }
+        let id = id
+            .filter(|i| valid_id(i))
+            .ok_or(Error::InvalidBuildSecret)?;
+        let source = match (kind.as_deref(), src, env) {
+            (None | Some("file"), Some(src), None) if !src.is_empty() => {
+                SecretSource::FileExact(PathBuf::from(src))
+            }
+            (None | Some("env"), None, Some(env)) if !env.is_empty() => SecretSource::Env(env),
+            // As buildx: an env secret without `env` reads the variable named like it.
+            (None | Some("env"), None, None) => SecretSource::Env(id.clone()),
+            _ => return Err(Error::InvalidBuildSecret),
+        };
+        Ok(Self { id, source })
+    }
+}
+
+impl fmt::Display for BuildSecret {
+    /// What the docker executor passes on: blumeops' form (`id=env:VAR`), or buildx's
+    /// for a file read as it is (`id=NAME,src=PATH`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            SecretSource::FileExact(path) => write!(f, "id={},src={}", self.id, path.display()),
+            source => write!(f, "{}={source}", self.id),
+        }
+    }
+}
+
 /// Where a secret comes from.
 #[derive(Clone, PartialEq, Eq)]
 pub enum SecretSource {
@@ -89,6 +172,8 @@ pub enum SecretSource {
     Env(String),
     /// A file; one trailing newline is dropped.
     File(PathBuf),
+    /// A file as it is (a `--secret id=NAME,src=PATH`, as docker buildx reads it).
+    FileExact(PathBuf),
     /// A command run with `sh -c`; its stdout, less one trailing newline.
     Cmd(String),
 }
@@ -129,14 +214,18 @@ impl SecretSource {
                     return Err(Error::EnvNotUnicode { name: name.clone() });
                 }
             },
-            Self::File(path) => {
+            Self::File(path) | Self::FileExact(path) => {
                 let bytes = std::fs::read(path).map_err(|source| Error::ReadFile {
                     path: path.clone(),
                     source,
                 })?;
                 let text = String::from_utf8(bytes)
                     .map_err(|_| Error::FileNotUnicode { path: path.clone() })?;
-                strip_one_newline(text)
+                if matches!(self, Self::File(_)) {
+                    strip_one_newline(text)
+                } else {
+                    text
+                }
             }
             Self::Cmd(command) => {
                 let output = std::process::Command::new("sh")
@@ -208,6 +297,7 @@ impl fmt::Display for SecretSource {
         match self {
             Self::Env(name) => write!(f, "env:{name}"),
             Self::File(path) => write!(f, "file:{}", path.display()),
+            Self::FileExact(path) => write!(f, "src={}", path.display()),
             Self::Cmd(cmd) => write!(f, "cmd:{cmd}"),
         }
     }
@@ -295,8 +385,13 @@ mod tests {
         let path = dir.path().join("key");
         std::fs::write(&path, "zak_file\n").unwrap();
         assert_eq!(
-            SecretSource::File(path).resolve().unwrap().expose(),
+            SecretSource::File(path.clone()).resolve().unwrap().expose(),
             "zak_file"
+        );
+        // buildx's `src=` reads the file as it is.
+        assert_eq!(
+            SecretSource::FileExact(path).resolve().unwrap().expose(),
+            "zak_file\n"
         );
         let cmd = SecretSource::Cmd("printf 'zak_cmd\\n'".into());
         assert_eq!(cmd.resolve().unwrap().expose(), "zak_cmd");
@@ -310,6 +405,39 @@ mod tests {
         let msg = err.to_string();
         assert!(!msg.contains("zak_leaked"), "{msg}");
         assert!(msg.contains("exit status: 3"), "{msg}");
+    }
+
+    #[rstest]
+    #[case("id=tok,src=/run/tok", "tok", SecretSource::FileExact("/run/tok".into()))]
+    #[case(
+        "type=file,id=tok,source=/run/tok",
+        "tok",
+        SecretSource::FileExact("/run/tok".into())
+    )]
+    #[case("id=tok,env=MYTOK", "tok", SecretSource::Env("MYTOK".into()))]
+    #[case("type=env,id=tok,env=MYTOK", "tok", SecretSource::Env("MYTOK".into()))]
+    #[case("id=MYTOK", "MYTOK", SecretSource::Env("MYTOK".into()))]
+    #[case("tok=env:MYTOK", "tok", SecretSource::Env("MYTOK".into()))]
+    #[case("tok=file:/run/tok", "tok", SecretSource::File("/run/tok".into()))]
+    #[case("tok=cmd:echo a,b", "tok", SecretSource::Cmd("echo a,b".into()))]
+    fn parses_build_secrets(#[case] input: &str, #[case] id: &str, #[case] source: SecretSource) {
+        let parsed: BuildSecret = input.parse().unwrap();
+        assert_eq!((parsed.id.as_str(), &parsed.source), (id, &source));
+        // The docker executor passes blumeops' form on; it must read back the same.
+        assert_eq!(parsed.to_string().parse::<BuildSecret>().unwrap(), parsed);
+    }
+
+    #[rstest]
+    #[case("zak_0123456789abcdef")]
+    #[case("id=tok,src=/a,env=B")]
+    #[case("type=ssh,id=tok,src=/a")]
+    #[case("id=,env=B")]
+    #[case("id=tok,bogus=zak_0123456789abcdef")]
+    #[case("bad id=env:X")]
+    fn rejects_bad_build_secrets_without_echoing_them(#[case] input: &str) {
+        let msg = input.parse::<BuildSecret>().unwrap_err().to_string();
+        assert!(msg.contains("id=NAME,src=PATH"), "{msg}");
+        assert!(!msg.contains("zak_0123456789abcdef"), "{msg}");
     }
 
     #[test]

@@ -15,9 +15,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use blumeops_core::{
-    BuildArgs, CacheOptions, ClientOptions, Compression, Container, Credential, Credentials,
-    DefinitionInput, Engine, EngineOptions, ImageRef, MirrorFlag, Mirrors, Platform,
-    RegistriesConf, RegistryCacheOptions, SecretSource, Store, default_jobs,
+    BuildArgs, BuildSecret, CacheOptions, ClientOptions, Compression, Container, Credential,
+    Credentials, DefinitionInput, Engine, EngineOptions, ImageRef, MirrorFlag, Mirrors, Platform,
+    RegistriesConf, RegistryCacheOptions, Secret, SecretSource, Store, default_jobs,
     file_container_version, resolve_epoch_for,
 };
 
@@ -111,10 +111,12 @@ pub fn resolve_version(
 
 /// Turn raw build flags into an engine and a container.
 pub fn prepare(flags: &BuildFlags, purpose: Purpose) -> Result<Prepared> {
+    let secrets = resolve_secrets(&flags.secrets)?;
     let (container, declared) = load_container(
         &flags.src,
         &flags.container_name,
         &flags.build_args,
+        &secrets,
         flags.version.is_none(),
     )?;
     let version = resolve_version(flags, declared, purpose)?;
@@ -276,9 +278,13 @@ pub fn load_container(
     src: &Path,
     name: &str,
     build_args: &[String],
+    secrets: &[(BuildSecret, Secret)],
     want_version: bool,
 ) -> Result<(Container, Option<String>)> {
-    let args = BuildArgs::parse(build_args).map_err(blumeops_core::Error::from)?;
+    let mut args = BuildArgs::parse(build_args).map_err(blumeops_core::Error::from)?;
+    for (spec, value) in secrets {
+        args = args.with_secret(&spec.id, value.clone());
+    }
     if let Some(definition) = containers::find(name) {
         let container = definition
             .container(&DefinitionInput {
@@ -310,6 +316,22 @@ pub fn load_container(
         None
     };
     Ok((container, version))
+}
+
+/// The `--secret` flags, parsed and read (a later one of the same name wins).
+pub fn resolve_secrets(flags: &[String]) -> Result<Vec<(BuildSecret, Secret)>> {
+    let mut out: Vec<(BuildSecret, Secret)> = Vec::new();
+    for text in flags {
+        let spec: BuildSecret = text.parse().map_err(blumeops_core::Error::from)?;
+        let value = spec
+            .source
+            .resolve()
+            .map_err(blumeops_core::Error::from)
+            .with_context(|| format!("--secret {}", spec.id))?;
+        out.retain(|(s, _)| s.id != spec.id);
+        out.push((spec, value));
+    }
+    Ok(out)
 }
 
 /// Invalid input found by the CLI itself (a bad git ref, ...): exit code 2.

@@ -8,7 +8,14 @@ use super::load_container;
 use crate::cli::{PlanArgs, PlanFormat};
 
 pub fn run(args: PlanArgs) -> Result<ExitCode> {
-    let (container, _) = load_container(&args.src, &args.container_name, &args.build_args, false)?;
+    // No secrets: a RUN whose secret is not required plans without it.
+    let (container, _) = load_container(
+        &args.src,
+        &args.container_name,
+        &args.build_args,
+        &[],
+        false,
+    )?;
     let plan = container.plan();
     let format = if args.json {
         PlanFormat::Json

@@ -99,8 +99,14 @@ impl Remote {
         fetch: Option<(String, PathBuf)>,
     ) -> Result<Self> {
         let name = &flags.container_name;
-        let (container, declared) =
-            load_container(&flags.src, name, &flags.build_args, flags.version.is_none())?;
+        let secrets = super::resolve_secrets(&flags.secrets)?;
+        let (container, declared) = load_container(
+            &flags.src,
+            name,
+            &flags.build_args,
+            &secrets,
+            flags.version.is_none(),
+        )?;
         // Resolved here, so the engine gets an explicit --version (or publish stops here).
         let purpose = if command == "publish" {
             Purpose::Publish
@@ -145,6 +151,12 @@ impl Remote {
                 .secrets
                 .insert(parsed.to_string(), value.expose().to_owned());
         }
+        // Build secrets too: the engine's command line names their sources only.
+        for (spec, value) in &secrets {
+            handshake
+                .secrets
+                .insert(spec.source.to_string(), value.expose().to_owned());
+        }
         // The Dockerfile and its .dockerignore go first, in the handshake: the engine reads
         // them to start; the rest of the context follows while it does.
         let early: Vec<PathBuf> = ["Dockerfile", ".dockerignore"]
@@ -180,6 +192,9 @@ impl Remote {
         }
         for a in &flags.build_args {
             flag("build-arg", a);
+        }
+        for (spec, _) in &secrets {
+            flag("secret", &spec.to_string());
         }
         if let Some(p) = &flags.platform {
             flag("platform", p);

@@ -14,7 +14,10 @@ use super::parser::{self, Heredoc, Instruction, Keyword};
 use crate::definition::BuildArgs;
 use crate::layer::{HostCopy, Owner};
 use crate::limits::{self, LimitExceeded};
-use crate::pipeline::{CacheVolume, Container, CopyOptions, ExecOptions, Healthcheck, Network};
+use crate::pipeline::{
+    CacheVolume, Container, CopyOptions, ExecOptions, Healthcheck, MountOptions, Network,
+    SecretFileOptions,
+};
 use crate::reference::{Digest, Platform};
 
 /// Docker's default `SHELL`.
@@ -147,6 +150,30 @@ fn platform_args(args: &BuildArgs, target: &Platform) -> BTreeMap<String, Option
         }
     }
     m
+}
+
+/// One `RUN --mount`, translated.
+enum RunMount {
+    Cache(String, CacheVolume),
+    Secret {
+        /// (target, secret, file options); `None` when only a variable, or nothing.
+        file: Option<(String, crate::secret::Secret, SecretFileOptions)>,
+        /// (variable name, secret).
+        env: Option<(String, crate::secret::Secret)>,
+    },
+    Bind {
+        target: String,
+        source: BindSource,
+        opts: MountOptions,
+    },
+    Tmpfs(String, Option<u64>),
+}
+
+/// Where a bind mount's files come from.
+enum BindSource {
+    Host(PathBuf),
+    /// Another stage or an image, and the path in it.
+    Container(Container, String),
 }
 
 struct StageDef<'a> {
@@ -602,7 +629,7 @@ impl Translator<'_> {
         }
     }
 
-    fn run(&self, st: &mut Stage, inst: &Instruction) -> Result<(), Error> {
+    fn run(&mut self, st: &mut Stage, inst: &Instruction) -> Result<(), Error> {
         let mut opts = ExecOptions::default();
         match inst.flag("network") {
             None | Some("default") => {}
@@ -620,7 +647,7 @@ impl Translator<'_> {
         }
         let mut mounts = Vec::new();
         for m in inst.flag_values("mount") {
-            mounts.push(self.cache_mount(st, inst, m)?);
+            mounts.push(self.run_mount(st, inst, m)?);
         }
         let args = match inst.json_args() {
             Some(a) => a,
@@ -637,12 +664,56 @@ impl Translator<'_> {
                 opts = opts.with_env(k, v);
             }
         }
-        for (target, volume) in &mounts {
-            st.c(|c| c.with_mounted_cache(target, volume.clone()));
+        // Mounted for this command only: each is undone right after it.
+        // (true: a mount path, false: a secret variable's name)
+        let mut undo: Vec<(bool, String)> = Vec::new();
+        for m in mounts {
+            match m {
+                RunMount::Cache(target, volume) => {
+                    st.c(|c| c.with_mounted_cache(&target, volume));
+                    undo.push((true, target));
+                }
+                RunMount::Secret { file, env } => {
+                    if let Some((target, secret, o)) = file {
+                        st.c(|c| c.with_mounted_secret_opts(&target, secret, o));
+                        undo.push((true, target));
+                    }
+                    if let Some((name, secret)) = env {
+                        st.c(|c| c.with_secret_variable(&name, secret));
+                        undo.push((false, name));
+                    }
+                }
+                RunMount::Bind {
+                    target,
+                    source,
+                    opts,
+                } => {
+                    match source {
+                        BindSource::Host(src) => {
+                            st.c(|c| c.with_mounted_directory(&target, src, opts));
+                        }
+                        BindSource::Container(from, path) => {
+                            st.c(|c| c.with_mounted_directory_from(&target, &from, path, opts));
+                        }
+                    }
+                    undo.push((true, target));
+                }
+                RunMount::Tmpfs(target, size) => {
+                    match size {
+                        Some(size) => st.c(|c| c.with_mounted_temp_size(&target, size)),
+                        None => st.c(|c| c.with_mounted_temp(&target)),
+                    }
+                    undo.push((true, target));
+                }
+            }
         }
         st.c(|c| c.with_exec_opts(args, opts));
-        for (target, _) in &mounts {
-            st.c(|c| c.without_mount(target));
+        for (mount, name) in undo {
+            if mount {
+                st.c(|c| c.without_mount(&name));
+            } else {
+                st.c(|c| c.without_secret_variable(&name));
+            }
         }
         Ok(())
     }
@@ -675,44 +746,209 @@ impl Translator<'_> {
         }
     }
 
-    /// `--mount=type=cache,target=/root/.cache[,id=name][,sharing=...]`.
-    fn cache_mount(
+    /// One `RUN --mount=...`: `type=cache|secret|bind|tmpfs` (`ssh` is refused).
+    fn run_mount(&mut self, st: &Stage, inst: &Instruction, spec: &str) -> Result<RunMount, Error> {
+        let mut kind = "bind".to_owned();
+        let mut o: BTreeMap<String, String> = BTreeMap::new();
+        for part in spec.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = match part.split_once('=') {
+                Some((k, v)) => (k, self.word(st, inst, v)?),
+                // A bare flag (`rw`, `required`) means true.
+                None => (part, "true".to_owned()),
+            };
+            let k = match k.to_ascii_lowercase().as_str() {
+                "dst" | "destination" => "target".to_owned(),
+                "src" => "source".to_owned(),
+                "readwrite" => "rw".to_owned(),
+                "readonly" => "ro".to_owned(),
+                other => other.to_owned(),
+            };
+            if k == "type" {
+                kind = v.to_ascii_lowercase();
+            } else {
+                o.insert(k, v);
+            }
+        }
+        let allowed: &[&str] = match kind.as_str() {
+            "cache" => &["target", "id", "sharing"],
+            "secret" => &["target", "id", "required", "mode", "uid", "gid", "env"],
+            "bind" => &["target", "source", "from", "rw", "ro"],
+            "tmpfs" => &["target", "size"],
+            "ssh" => {
+                return Err(self.err(
+                    inst,
+                    "RUN --mount=type=ssh is not supported: blumeops forwards no SSH agent; \
+                     fetch with a token given as --secret and RUN --mount=type=secret instead",
+                ));
+            }
+            other => {
+                return Err(self.err(
+                    inst,
+                    format!(
+                        "RUN --mount=type={other} is not supported (use cache, secret, bind \
+                         or tmpfs)"
+                    ),
+                ));
+            }
+        };
+        if let Some(k) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(self.err(
+                inst,
+                format!("RUN --mount option `{k}` is not supported with type={kind}"),
+            ));
+        }
+        let flag = |this: &Self, name: &str| -> Result<bool, Error> {
+            match o.get(name).map(|v| v.to_ascii_lowercase()).as_deref() {
+                None | Some("false") => Ok(false),
+                Some("true") | Some("") => Ok(true),
+                Some(v) => Err(this.err(
+                    inst,
+                    format!("RUN --mount option `{name}={v}`: expected true or false"),
+                )),
+            }
+        };
+        let target = o.get("target").filter(|t| !t.is_empty()).cloned();
+        let needs_target = |this: &Self| {
+            target.clone().ok_or_else(|| {
+                this.err(inst, format!("RUN --mount=type={kind} needs target=<path>"))
+            })
+        };
+        match kind.as_str() {
+            "cache" => {
+                let target = self.resolve(st, inst, &needs_target(self)?)?;
+                Ok(self.cache_volume(target, o.get("id").map(String::as_str)))
+            }
+            "tmpfs" => {
+                let target = self.resolve(st, inst, &needs_target(self)?)?;
+                let size = match o.get("size") {
+                    None => None,
+                    Some(s) => Some(crate::store::parse_size(s).ok_or_else(|| {
+                        self.err(
+                            inst,
+                            format!("RUN --mount=type=tmpfs: `size={s}` is not a size"),
+                        )
+                    })?),
+                };
+                Ok(RunMount::Tmpfs(target, size))
+            }
+            "bind" => {
+                let target = self.resolve(st, inst, &needs_target(self)?)?;
+                let rw = flag(self, "rw")? && !flag(self, "ro")?;
+                let opts = if rw {
+                    MountOptions::writable()
+                } else {
+                    MountOptions::default()
+                };
+                let source = o.get("source").cloned().unwrap_or_default();
+                let source = match o.get("from").filter(|f| !f.is_empty()) {
+                    Some(from) => {
+                        let container = self.copy_source(st, inst, &from.clone())?;
+                        BindSource::Container(container, absolute(&source))
+                    }
+                    None => {
+                        if source.split('/').any(|c| c == "..") {
+                            return Err(self.err(
+                                inst,
+                                format!(
+                                    "RUN --mount=type=bind: `{source}` leads outside the \
+                                     build context"
+                                ),
+                            ));
+                        }
+                        let rel = ignore::clean(&source);
+                        let path = if rel.is_empty() {
+                            self.context.to_owned()
+                        } else {
+                            self.context.join(&rel)
+                        };
+                        if !path.exists() {
+                            return Err(self.err(
+                                inst,
+                                format!(
+                                    "RUN --mount=type=bind: `{source}` not found in the \
+                                     build context"
+                                ),
+                            ));
+                        }
+                        self.inside_context(inst, &source, &path)?;
+                        BindSource::Host(path)
+                    }
+                };
+                Ok(RunMount::Bind {
+                    target,
+                    source,
+                    opts,
+                })
+            }
+            _ => self.secret_mount(st, inst, &o, target, flag(self, "required")?),
+        }
+    }
+
+    /// `--mount=type=secret,id=NAME[,target=PATH][,env=VAR][,required][,mode,uid,gid]`.
+    fn secret_mount(
         &self,
         st: &Stage,
         inst: &Instruction,
-        spec: &str,
-    ) -> Result<(String, CacheVolume), Error> {
-        let mut kind = "bind".to_owned();
-        let mut target = None;
-        let mut id = None;
-        for part in spec.split(',').filter(|p| !p.is_empty()) {
-            let (k, v) = part.split_once('=').unwrap_or((part, ""));
-            // BuildKit substitutes variables in every value.
-            let v = self.word(st, inst, v)?;
-            match k.to_ascii_lowercase().as_str() {
-                "type" => kind = v.to_ascii_lowercase(),
-                "target" | "dst" | "destination" => target = Some(v),
-                "id" => id = Some(v),
-                "sharing" => {}
-                other => {
-                    return Err(self.err(
+        o: &BTreeMap<String, String>,
+        target: Option<String>,
+        required: bool,
+    ) -> Result<RunMount, Error> {
+        let env = o.get("env").filter(|e| !e.is_empty()).cloned();
+        // As BuildKit: the id defaults to the target's file name.
+        let id = match o.get("id").filter(|i| !i.is_empty()) {
+            Some(id) => id.clone(),
+            None => target
+                .as_deref()
+                .and_then(|t| t.trim_end_matches('/').rsplit('/').next())
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| self.err(inst, "RUN --mount=type=secret needs id=<name>"))?,
+        };
+        let number = |name: &str, radix: u32, default: u32| -> Result<u32, Error> {
+            match o.get(name) {
+                None => Ok(default),
+                Some(v) => u32::from_str_radix(v, radix).map_err(|_| {
+                    self.err(
                         inst,
-                        format!("RUN --mount option `{other}` is not supported"),
-                    ));
-                }
+                        format!("RUN --mount=type=secret: `{name}={v}` is not valid"),
+                    )
+                }),
             }
-        }
-        if kind != "cache" {
-            return Err(self.err(
-                inst,
-                format!("RUN --mount=type={kind} is not supported (only type=cache)"),
-            ));
-        }
-        let target = target
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| self.err(inst, "RUN --mount=type=cache needs target=<path>"))?;
-        let target = self.resolve(st, inst, &target)?;
-        let id = id.as_deref().filter(|i| !i.is_empty()).unwrap_or(&target);
+        };
+        let opts = SecretFileOptions::named(&id)
+            .with_mode(number("mode", 8, 0o400)?)
+            .with_owner(number("uid", 10, 0)?, number("gid", 10, 0)?);
+        let Some(secret) = self.args.secret(&id) else {
+            if required {
+                return Err(self.err(
+                    inst,
+                    format!(
+                        "RUN --mount=type=secret: the required secret `{id}` was not given \
+                         (pass --secret id={id},...)"
+                    ),
+                ));
+            }
+            // Not required: the command runs without it, as with BuildKit.
+            return Ok(RunMount::Secret {
+                file: None,
+                env: None,
+            });
+        };
+        // A file at /run/secrets/<id> unless only a variable was asked for.
+        let file = match (target, &env) {
+            (Some(t), _) => Some(self.resolve(st, inst, &t)?),
+            (None, None) => Some(format!("/run/secrets/{id}")),
+            (None, Some(_)) => None,
+        };
+        Ok(RunMount::Secret {
+            file: file.map(|f| (f, secret.clone(), opts)),
+            env: env.map(|e| (e, secret.clone())),
+        })
+    }
+
+    /// A cache volume at `target` named after `id` (default: the target).
+    fn cache_volume(&self, target: String, id: Option<&str>) -> RunMount {
+        let id = id.filter(|i| !i.is_empty()).unwrap_or(&target);
         let name: String = id
             .chars()
             .map(|c| {
@@ -725,7 +961,7 @@ impl Translator<'_> {
             .collect();
         let name = name.trim_start_matches(['_', '.', '-']);
         let name = if name.is_empty() { "cache" } else { name };
-        Ok((target, CacheVolume::new(name)))
+        RunMount::Cache(target, CacheVolume::new(name))
     }
 
     /// An absolute path in the image, relative ones joined to the known WORKDIR.

@@ -4,7 +4,7 @@
 use super::Op;
 use super::cache;
 use super::engine::Engine;
-use super::state::{State, push_layer, workdir_join};
+use super::state::{Mounted, State, push_layer, workdir_join};
 use super::steps;
 use crate::error::Error;
 use crate::fields::FieldHasher;
@@ -15,6 +15,7 @@ use crate::reference::ImageRef;
 /// The first step of a chain: pull the base image, or start from scratch.
 pub(super) async fn run_root(
     engine: &Engine,
+    registry: &crate::registry::RegistryClient,
     op: &Op,
     state: &mut Option<State>,
     index: usize,
@@ -23,8 +24,7 @@ pub(super) async fn run_root(
         Op::From(reference, platform) => {
             let reference: ImageRef = reference.parse()?;
             let platform = platform.as_ref().unwrap_or(&engine.platform);
-            let pulled = engine
-                .registry
+            let pulled = registry
                 .pull_image(&reference, platform, &engine.store)
                 .await?;
             for failure in &pulled.mirror_failures {
@@ -217,14 +217,54 @@ pub(super) async fn apply_op(
             rc.set_env(k, &value);
         }
         Op::Unmount(path) => state.mounts.retain(|(p, _)| p != path),
-        Op::MountCache { path, volume } => {
+        Op::MountCache { .. }
+        | Op::MountSecret { .. }
+        | Op::MountHostDirectory { .. }
+        | Op::MountDirectoryFrom { .. }
+        | Op::MountTemp { .. } => {
+            let (path, mounted) = match op {
+                Op::MountCache { path, volume } => (path, Mounted::Cache(volume.clone())),
+                Op::MountSecret { path, secret, opts } => (
+                    path,
+                    Mounted::Secret {
+                        secret: secret.clone(),
+                        opts: opts.clone(),
+                    },
+                ),
+                Op::MountHostDirectory { path, src, opts } => (
+                    path,
+                    Mounted::HostDirectory {
+                        src: src.clone(),
+                        opts: *opts,
+                    },
+                ),
+                Op::MountDirectoryFrom {
+                    path,
+                    src_path,
+                    opts,
+                    ..
+                } => {
+                    let source = source_state.expect("mount source evaluated first");
+                    (
+                        path,
+                        Mounted::DirectoryFrom {
+                            source: Box::new(source.clone()),
+                            src_path: src_path.clone(),
+                            opts: *opts,
+                        },
+                    )
+                }
+                Op::MountTemp { path, size } => (path, Mounted::Temp { size: *size }),
+                _ => unreachable!("matched above"),
+            };
             state.mounts.retain(|(p, _)| p != path);
-            state.mounts.push((path.clone(), volume.clone()));
+            state.mounts.push((path.clone(), mounted));
         }
         Op::SecretVariable(v) => {
             state.secrets.retain(|s| s.name != v.name);
             state.secrets.push(v.clone());
         }
+        Op::UnsetSecretVariable(name) => state.secrets.retain(|s| &s.name != name),
         Op::Exec { .. }
         | Op::CopyFrom { .. }
         | Op::CopyPathFrom { .. }

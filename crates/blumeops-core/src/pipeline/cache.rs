@@ -3,9 +3,10 @@
 //! A step's key is a hash ([`FieldHasher`], versioned by [`KEY_VERSION`]) of its named
 //! inputs: the state before it (`parent`), the operation with its arguments (`operation`),
 //! the build settings that shape a layer (`settings`: epoch and compression), the content of
-//! copied host files (`files`, after include/exclude and `.dockerignore`), and the state of
-//! a stage it copies from (`source`). Secret values and cache-volume contents are never
-//! inputs: only a secret's name and a volume's name and mount path are.
+//! copied host files (`files`, after include/exclude and `.dockerignore`) or of a mounted
+//! host directory, and the state of a stage it copies or mounts from (`source`). Secret
+//! values, cache-volume and temp mount contents are never inputs: only a secret's name and
+//! a volume's name and mount path are.
 //!
 //! The state after a step is keyed by the step's key *and its result* (the layer's
 //! diff_id), so a step that runs again and produces the same layer leaves every later step
@@ -305,6 +306,11 @@ fn op_name(op: &Op) -> &'static str {
         Op::Exec { .. } => "exec",
         Op::MountCache { .. } => "mount-cache",
         Op::SecretVariable(_) => "secret-variable",
+        Op::UnsetSecretVariable(_) => "unset-secret-variable",
+        Op::MountSecret { .. } => "mount-secret",
+        Op::MountHostDirectory { .. } => "mount-host-directory",
+        Op::MountDirectoryFrom { .. } => "mount-directory-from",
+        Op::MountTemp { .. } => "mount-temp",
         Op::CopyFrom { .. } => "copy-from",
         Op::Remove { .. } => "remove",
         Op::Volume(_) => "volume",
@@ -427,6 +433,33 @@ pub(crate) fn operation(op: &Op) -> Digest {
         // The name only: the value must never reach a key.
         Op::SecretVariable(v) => {
             h.str(&v.name);
+        }
+        Op::UnsetSecretVariable(name) => {
+            h.str(name);
+        }
+        // The secret's name only, as for a variable.
+        Op::MountSecret { path, opts, .. } => {
+            h.str(path)
+                .str(&opts.name)
+                .u64(opts.mode.into())
+                .u64(opts.uid.into())
+                .u64(opts.gid.into());
+        }
+        // The directory's content counts too: `files` (host) or `source` (a container).
+        Op::MountHostDirectory { path, opts, .. } => {
+            h.str(path).bool(opts.writable);
+        }
+        Op::MountDirectoryFrom {
+            path,
+            src_path,
+            opts,
+            ..
+        } => {
+            h.str(path).str(src_path).bool(opts.writable);
+        }
+        // An empty file system: nothing but where it is.
+        Op::MountTemp { path, .. } => {
+            h.str(path);
         }
         Op::CopyFrom {
             path,

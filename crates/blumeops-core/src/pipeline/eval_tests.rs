@@ -382,3 +382,84 @@ fn host_paths_stay_out_of_the_image() {
         ]
     );
 }
+
+#[test]
+fn mounted_secrets_directories_and_temps_reach_steps_and_no_layer() {
+    if !can_run() {
+        return;
+    }
+    let secret = "zak_mounted_0123456789abcdef0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let host = tempfile::tempdir().unwrap();
+    std::fs::create_dir(host.path().join("src")).unwrap();
+    std::fs::write(host.path().join("src/input"), "from the host\n").unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let e = engine(dir.path(), Some(lines.clone()));
+    let tools = base().with_exec(["sh", "-c", "mkdir /opt && echo tool > /opt/tool"]);
+    let c = base()
+        .with_mounted_secret("/run/secrets/tok", Secret::new(secret))
+        .with_mounted_secret_opts(
+            "/etc/tok2",
+            Secret::new(secret),
+            SecretFileOptions::named("tok2")
+                .with_mode(0o440)
+                .with_owner(1000, 100),
+        )
+        .with_mounted_directory("/src", host.path().join("src"), MountOptions::default())
+        .with_mounted_directory("/rw", host.path().join("src"), MountOptions::writable())
+        .with_mounted_directory_from("/tools", &tools, "/opt", MountOptions::default())
+        .with_mounted_temp_size("/scratch", 1 << 20)
+        .with_exec([
+            "sh",
+            "-c",
+            "set -e; echo \"secret: $(cat /run/secrets/tok)\"; \
+             stat -c '%a %u:%g' /run/secrets/tok /etc/tok2; \
+             cat /src/input /tools/tool; \
+             if touch /src/new 2>/dev/null; then echo writable; fi; \
+             echo changed > /rw/input; echo new > /rw/new; \
+             echo temp > /scratch/file; mount | grep -q ' /scratch type tmpfs'; \
+             echo out > /made",
+        ]);
+    let rt = rt();
+    let built = rt.block_on(c.build(&e)).unwrap();
+    let out = rt.block_on(c.stdout(&e)).unwrap();
+    assert_eq!(
+        out, "secret: ***\n400 0:0\n440 1000:100\nfrom the host\ntool\n",
+        "{out}"
+    );
+    // Only what the command made outside its mounts is in the layer.
+    assert_eq!(rt.block_on(c.file(&e, "/made")).unwrap(), b"out\n");
+    for path in [
+        "/run/secrets/tok",
+        "/run",
+        "/etc/tok2",
+        "/src",
+        "/rw/new",
+        "/rw",
+        "/tools",
+        "/scratch/file",
+        "/scratch",
+    ] {
+        let err = rt.block_on(c.file(&e, path)).unwrap_err();
+        assert!(
+            matches!(err, Error::NotFoundInImage { .. }),
+            "{path} in the image: {err}"
+        );
+    }
+    // Writes to a writable mount are thrown away, the host's files untouched.
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("src/input")).unwrap(),
+        "from the host\n"
+    );
+    assert!(!host.path().join("src/new").exists());
+    let shown = lines.lock().unwrap().join("\n");
+    assert!(!shown.contains(secret), "secret in progress output");
+    assert!(!format!("{built:?} {c:?}").contains(secret));
+    if let Some(f) = store_contains(dir.path(), secret.as_bytes()) {
+        panic!("secret found in the store at {}", f.display());
+    }
+    // A mounted directory's content is an input: a change runs the step again.
+    std::fs::write(host.path().join("src/input"), "changed on the host\n").unwrap();
+    let again = rt.block_on(c.stdout(&e)).unwrap();
+    assert!(again.contains("changed on the host"), "{again}");
+}

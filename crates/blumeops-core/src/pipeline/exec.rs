@@ -136,6 +136,70 @@ impl fmt::Debug for SecretVariable {
     }
 }
 
+/// How [`super::Container::with_mounted_secret_opts`] mounts a secret as a file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SecretFileOptions {
+    /// The secret's name (a Dockerfile's `id`): what step keys cover, never the value.
+    pub name: String,
+    /// Permission bits of the file (default 0400).
+    pub mode: u32,
+    /// Owner of the file (default 0).
+    pub uid: u32,
+    /// Group of the file (default 0).
+    pub gid: u32,
+}
+
+impl Default for SecretFileOptions {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            mode: 0o400,
+            uid: 0,
+            gid: 0,
+        }
+    }
+}
+
+impl SecretFileOptions {
+    /// Options for the secret called `name`.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Set the file's permission bits.
+    #[must_use]
+    pub fn with_mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Set the file's owner and group.
+    #[must_use]
+    pub fn with_owner(mut self, uid: u32, gid: u32) -> Self {
+        self.uid = uid;
+        self.gid = gid;
+        self
+    }
+}
+
+/// How a directory is mounted into later `with_exec` steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct MountOptions {
+    /// Let steps write to it; what they write is thrown away after each step (the step
+    /// sees a copy). Read-only when unset.
+    pub writable: bool,
+}
+
+impl MountOptions {
+    /// Writable, writes thrown away after each step.
+    pub fn writable() -> Self {
+        Self { writable: true }
+    }
+}
+
 /// Options for copying from another container: owner (a `user[:group]` name or id,
 /// resolved in the destination image's /etc/passwd and /etc/group), file mode and
 /// include/exclude globs (`*` and `?` within one path component, `**` across them).

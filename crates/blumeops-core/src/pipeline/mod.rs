@@ -33,7 +33,10 @@ use std::sync::Arc;
 
 pub use cache::{CacheOptions, CacheStatus};
 pub use engine::{BuiltImage, Engine, EngineOptions, Event, ProgressFn, Published, default_jobs};
-pub use exec::{CacheVolume, CopyOptions, ExecOptions, Expect, Network, SecretVariable};
+pub use exec::{
+    CacheVolume, CopyOptions, ExecOptions, Expect, MountOptions, Network, SecretFileOptions,
+    SecretVariable,
+};
 pub use plan::{Plan, PlanBase, PlanStage, PlanStep};
 
 use crate::layer::{HostCopy, Owner};
@@ -80,6 +83,27 @@ pub(crate) enum Op {
         volume: CacheVolume,
     },
     SecretVariable(SecretVariable),
+    UnsetSecretVariable(String),
+    MountSecret {
+        path: String,
+        secret: crate::secret::Secret,
+        opts: SecretFileOptions,
+    },
+    MountHostDirectory {
+        path: String,
+        src: PathBuf,
+        opts: MountOptions,
+    },
+    MountDirectoryFrom {
+        path: String,
+        source: Container,
+        src_path: String,
+        opts: MountOptions,
+    },
+    MountTemp {
+        path: String,
+        size: Option<u64>,
+    },
     CopyFrom {
         path: String,
         source: Container,
@@ -141,6 +165,13 @@ impl Op {
             Self::HostArchive { path, src, .. } => {
                 format!("with_host_archive {path} from {}", name(src))
             }
+            Self::MountHostDirectory { path, src, opts } => {
+                format!(
+                    "with_mounted_directory {path} from {}{}",
+                    name(src),
+                    rw(opts)
+                )
+            }
             _ => self.describe(),
         }
     }
@@ -183,6 +214,30 @@ impl Op {
             }
             // Only the name: the value never reaches progress output or history.
             Self::SecretVariable(v) => format!("with_secret_variable {}", v.name),
+            Self::UnsetSecretVariable(n) => format!("without_secret_variable {n}"),
+            Self::MountSecret { path, opts, .. } if opts.name.is_empty() => {
+                format!("with_mounted_secret {path}")
+            }
+            Self::MountSecret { path, opts, .. } => {
+                format!("with_mounted_secret {path} (secret {})", opts.name)
+            }
+            Self::MountHostDirectory { path, src, opts } => {
+                format!(
+                    "with_mounted_directory {path} from {}{}",
+                    src.display(),
+                    rw(opts)
+                )
+            }
+            Self::MountDirectoryFrom {
+                path,
+                src_path,
+                opts,
+                ..
+            } => format!(
+                "with_mounted_directory {path} from another container's {src_path}{}",
+                rw(opts)
+            ),
+            Self::MountTemp { path, .. } => format!("with_mounted_temp {path}"),
             Self::CopyFrom {
                 path,
                 src_path,
@@ -232,6 +287,15 @@ impl Op {
     }
 }
 
+/// How a mount's writability shows in descriptions.
+fn rw(opts: &MountOptions) -> &'static str {
+    if opts.writable {
+        " (writable, writes discarded)"
+    } else {
+        ""
+    }
+}
+
 #[derive(Debug)]
 struct Node {
     parent: Option<Arc<Node>>,
@@ -253,12 +317,23 @@ struct Node {
 #[derive(Clone, Debug)]
 pub struct Container {
     node: Arc<Node>,
+    /// Registry credentials of this container ([`Container::with_registry_auth`]): kept
+    /// beside the chain, not in it, so they are no step, no key and no history entry.
+    auth: Arc<Vec<RegistryAuth>>,
+}
+
+/// Credentials a container uses for one registry.
+#[derive(Clone, Debug)]
+pub(crate) struct RegistryAuth {
+    pub(crate) address: String,
+    pub(crate) credential: crate::registry::Credential,
 }
 
 impl Container {
     fn root(op: Op) -> Self {
         Self {
             node: Arc::new(Node { parent: None, op }),
+            auth: Arc::default(),
         }
     }
 
@@ -268,7 +343,58 @@ impl Container {
                 parent: Some(self.node.clone()),
                 op,
             }),
+            auth: self.auth.clone(),
         }
+    }
+
+    /// Authenticate to the registry `address` (`host[:port]` as written in references)
+    /// as `username` with `secret`, for this container's pulls and its publish. These
+    /// credentials win over the engine's ([`crate::ClientOptions::credentials`]) for that
+    /// registry; other registries keep the engine's. The secret is never shown, and is no
+    /// step: it is in no key, no history and no progress output.
+    #[must_use]
+    pub fn with_registry_auth(
+        &self,
+        address: impl Into<String>,
+        username: impl Into<String>,
+        secret: crate::secret::Secret,
+    ) -> Self {
+        let address = address.into();
+        let mut auth: Vec<RegistryAuth> = (*self.auth).clone();
+        auth.retain(|a| a.address != address);
+        auth.push(RegistryAuth {
+            address,
+            credential: crate::registry::Credential {
+                username: username.into(),
+                password: secret,
+            },
+        });
+        Self {
+            node: self.node.clone(),
+            auth: Arc::new(auth),
+        }
+    }
+
+    /// The registry credentials of this container and of the containers it copies or
+    /// mounts from (its own win).
+    pub(crate) fn registry_auth(&self) -> Vec<RegistryAuth> {
+        let mut out: Vec<RegistryAuth> = Vec::new();
+        let add = |a: &RegistryAuth, out: &mut Vec<RegistryAuth>| {
+            if !out.iter().any(|o| o.address == a.address) {
+                out.push(a.clone());
+            }
+        };
+        for a in self.auth.iter() {
+            add(a, &mut out);
+        }
+        for op in self.ops() {
+            if let Some(source) = op_source(op) {
+                for a in source.registry_auth() {
+                    add(&a, &mut out);
+                }
+            }
+        }
+        out
     }
 
     /// Start from an image in a registry, e.g. `docker.io/library/busybox:1.37` or
@@ -467,6 +593,93 @@ impl Container {
         }))
     }
 
+    /// Stop exposing the secret variable `name` to later `with_exec` steps.
+    #[must_use]
+    pub fn without_secret_variable(&self, name: impl Into<String>) -> Self {
+        self.push(Op::UnsetSecretVariable(name.into()))
+    }
+
+    /// Mount `secret` as a read-only file at `path` (mode 0400, owned by root) for every
+    /// later `with_exec`. The file lives outside the image: it is in no layer, and its value
+    /// in no key, log or progress output.
+    #[must_use]
+    pub fn with_mounted_secret(
+        &self,
+        path: impl Into<String>,
+        secret: crate::secret::Secret,
+    ) -> Self {
+        self.with_mounted_secret_opts(path, secret, SecretFileOptions::default())
+    }
+
+    /// Mount `secret` as a file at `path` with a name (for keys), mode and owner.
+    #[must_use]
+    pub fn with_mounted_secret_opts(
+        &self,
+        path: impl Into<String>,
+        secret: crate::secret::Secret,
+        opts: SecretFileOptions,
+    ) -> Self {
+        self.push(Op::MountSecret {
+            path: path.into(),
+            secret,
+            opts,
+        })
+    }
+
+    /// Mount the host directory `src` at `path` for every later `with_exec` (read-only
+    /// unless `opts` says writable; writes are then thrown away). Its content is an input of
+    /// the steps that follow: a change runs them again. Nothing of it enters a layer.
+    #[must_use]
+    pub fn with_mounted_directory(
+        &self,
+        path: impl Into<String>,
+        src: impl Into<PathBuf>,
+        opts: MountOptions,
+    ) -> Self {
+        self.push(Op::MountHostDirectory {
+            path: path.into(),
+            src: src.into(),
+            opts,
+        })
+    }
+
+    /// Mount the directory `src_path` of `source` (another container) at `path` for every
+    /// later `with_exec`, as [`Container::with_mounted_directory`] does.
+    #[must_use]
+    pub fn with_mounted_directory_from(
+        &self,
+        path: impl Into<String>,
+        source: &Container,
+        src_path: impl Into<String>,
+        opts: MountOptions,
+    ) -> Self {
+        self.push(Op::MountDirectoryFrom {
+            path: path.into(),
+            source: source.clone(),
+            src_path: src_path.into(),
+            opts,
+        })
+    }
+
+    /// Mount an empty temporary file system (tmpfs) at `path` for every later `with_exec`;
+    /// each step gets a fresh one, and nothing written there enters a layer.
+    #[must_use]
+    pub fn with_mounted_temp(&self, path: impl Into<String>) -> Self {
+        self.push(Op::MountTemp {
+            path: path.into(),
+            size: None,
+        })
+    }
+
+    /// [`Container::with_mounted_temp`] limited to `size` bytes.
+    #[must_use]
+    pub fn with_mounted_temp_size(&self, path: impl Into<String>, size: u64) -> Self {
+        self.push(Op::MountTemp {
+            path: path.into(),
+            size: Some(size),
+        })
+    }
+
     /// Copy the file `src_path` of `source` (another container) to `path`.
     #[must_use]
     pub fn with_file_from(
@@ -579,8 +792,8 @@ impl Container {
         self.push(Op::EnvExpand(name.into(), value.into()))
     }
 
-    /// Stop mounting whatever [`Container::with_mounted_cache`] mounted at `path` for later
-    /// `with_exec` steps.
+    /// Stop mounting whatever is mounted at `path` (a cache, a secret, a directory, a temp
+    /// file system) for later `with_exec` steps.
     #[must_use]
     pub fn without_mount(&self, path: impl Into<String>) -> Self {
         self.push(Op::Unmount(path.into()))
@@ -677,10 +890,12 @@ impl Container {
                 Op::HostFile { src, opts, .. }
                 | Op::HostDirectory { src, opts, .. }
                 | Op::HostArchive { src, opts, .. } => out.push((src.clone(), opts.clone())),
-                Op::CopyFrom { source, .. } | Op::CopyPathFrom { source, .. } => {
-                    out.extend(source.host_inputs());
+                Op::MountHostDirectory { src, .. } => out.push((src.clone(), HostCopy::default())),
+                _ => {
+                    if let Some(source) = op_source(op) {
+                        out.extend(source.host_inputs());
+                    }
                 }
-                _ => {}
             }
         }
         out
@@ -696,6 +911,16 @@ impl Container {
         }
         ops.reverse();
         ops
+    }
+}
+
+/// The other container an operation reads from (a copy or a mounted directory).
+pub(crate) fn op_source(op: &Op) -> Option<&Container> {
+    match op {
+        Op::CopyFrom { source, .. }
+        | Op::CopyPathFrom { source, .. }
+        | Op::MountDirectoryFrom { source, .. } => Some(source),
+        _ => None,
     }
 }
 
@@ -790,6 +1015,12 @@ fn shell_words(args: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// A step's operation digest, for tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) fn operation_for_tests(op: &Op) -> crate::reference::Digest {
+    cache::operation(op)
 }
 
 #[cfg(test)]

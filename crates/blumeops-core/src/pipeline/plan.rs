@@ -205,10 +205,7 @@ fn key(node: &Arc<Node>) -> usize {
 
 /// The copy source of an operation, if it reads from another container.
 fn copy_source(op: &Op) -> Option<&Container> {
-    match op {
-        Op::CopyFrom { source, .. } | Op::CopyPathFrom { source, .. } => Some(source),
-        _ => None,
-    }
+    super::op_source(op)
 }
 
 /// How the solver walks one stage: the nodes the plan's numbers belong to.

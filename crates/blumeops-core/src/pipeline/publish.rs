@@ -77,7 +77,7 @@ impl Container {
         let run = Run::new(engine, self);
         run.check_platforms()?;
         let built = finish(engine, run.evaluate(self).await?)?;
-        let published = push_built(engine, &built, target, policy).await?;
+        let published = push_built(engine, run.registry(), &built, target, policy).await?;
         // After the push, so the cache's entries mount the image's layers.
         run.export_to_registry_cache(Some(target)).await;
         Ok(published)
@@ -107,6 +107,7 @@ impl Container {
 /// Push an already built image.
 pub(crate) async fn push_built(
     engine: &Engine,
+    registry: &crate::registry::RegistryClient,
     built: &BuiltImage,
     target: &ImageRef,
     policy: TagPolicy,
@@ -123,8 +124,7 @@ pub(crate) async fn push_built(
             bytes_sent: p.bytes_sent,
         });
     };
-    let report = engine
-        .registry
+    let report = registry
         .push_image_with_progress(target, &built.image, &engine.store, policy, &progress)
         .await?;
     engine.emit(Event::PushFinished {

@@ -11,11 +11,12 @@ use super::apply::{apply_op, run_root};
 use super::cache::{self, CacheStatus, StepInputs};
 use super::engine::{Engine, Event};
 use super::plan::StageLayout;
-use super::state::{State, push_layer, workdir_join};
+use super::state::{Mounted, State, push_layer, workdir_join};
 use super::{Container, Node, Op};
 use crate::error::Error;
 use crate::layer::LayerBuilder;
 use crate::reference::{Digest, ImageRef, Platform};
+use crate::registry::RegistryClient;
 use crate::registry_cache::{self, ExportStep, RegistryCache};
 use crate::store::{CachedLayer, StageRecord, StepInputsRecord, StepRecord, Store};
 
@@ -39,13 +40,12 @@ pub(super) struct Run<'a> {
     registry_cache: Option<RegistryCache>,
     /// Every cached step of this build, for the registry cache's export.
     exports: std::sync::Mutex<Vec<ExportStep>>,
+    /// The engine's registry client, with the container's own credentials in front.
+    registry: RegistryClient,
 }
 
 fn copy_source(op: &Op) -> Option<&Container> {
-    match op {
-        Op::CopyFrom { source, .. } | Op::CopyPathFrom { source, .. } => Some(source),
-        _ => None,
-    }
+    super::op_source(op)
 }
 
 /// Steps that add a layer (or may): the ones the step cache keeps.
@@ -78,7 +78,18 @@ impl<'a> Run<'a> {
             .enumerate()
             .map(|(i, s)| (node_key(&s.tip), i))
             .collect();
+        let auth: Vec<_> = container
+            .registry_auth()
+            .into_iter()
+            .map(|a| (a.address, a.credential))
+            .collect();
+        let registry = if auth.is_empty() {
+            engine.registry.clone()
+        } else {
+            engine.registry.with_credentials(&auth)
+        };
         Self {
+            registry,
             engine,
             total: plan.total_steps,
             cells: stages
@@ -95,6 +106,11 @@ impl<'a> Run<'a> {
                 .map(|(options, client)| RegistryCache::new(options, client.clone())),
             exports: std::sync::Mutex::default(),
         }
+    }
+
+    /// The registry client for this container's pulls and publish.
+    pub(super) fn registry(&self) -> &RegistryClient {
+        &self.registry
     }
 
     /// After the build succeeded (and was pushed to `mount_from`, for a publish): export
@@ -303,7 +319,7 @@ impl<'a> Run<'a> {
         let engine = self.engine;
         let (index, stage, previous) = (at.index, at.stage, at.previous);
         let Some(st) = state.as_mut() else {
-            let detail = run_root(engine, op, state, index).await?;
+            let detail = run_root(engine, &self.registry, op, state, index).await?;
             let key = state
                 .as_ref()
                 .expect("a root step sets the state")
@@ -312,10 +328,20 @@ impl<'a> Run<'a> {
             return Ok((detail, CacheStatus::Config, (key, Vec::new())));
         };
         let mut inputs = StepInputs::new(&st.key, cache::operation(op));
+        if let (false, Some(source)) = (makes_layer(op), source) {
+            // A mounted directory's content is an input of the steps after it.
+            inputs = inputs.with("source", source.key.clone());
+        }
+        if let Op::MountHostDirectory { .. } = op
+            && let HostInput::Files(fp) = host_fingerprint(op, &engine.store).await?
+        {
+            inputs = inputs.with("files", fp.digest);
+            inputs.files = Some(fp.entries);
+        }
         if !makes_layer(op) {
             let detail = apply_op(engine, op, st, &op.history(), index, source).await?;
             let key = inputs.key();
-            st.key = cache::state_after(&key, None);
+            finish_step(&engine.store, st, &key, &inputs, None)?;
             return Ok((detail, CacheStatus::Config, (key, inputs.parts)));
         }
 
@@ -380,8 +406,10 @@ impl<'a> Run<'a> {
         if let (Op::Exec { .. }, Some(cache)) = (op, &self.registry_cache) {
             // A command is about to run: its cache volumes come from the registry cache
             // when they are missing here.
-            for (_, volume) in &st.mounts {
-                registry_cache::import_volume(engine, cache, volume.name()).await;
+            for (_, mounted) in &st.mounts {
+                if let Mounted::Cache(volume) = mounted {
+                    registry_cache::import_volume(engine, cache, volume.name()).await;
+                }
             }
         }
         let reason = if !cacheable {
@@ -494,7 +522,10 @@ async fn host_fingerprint(op: &Op, store: &Store) -> Result<HostInput, Error> {
     tokio::task::spawn_blocking(move || {
         if matches!(
             op,
-            Op::HostFile { .. } | Op::HostDirectory { .. } | Op::HostArchive { .. }
+            Op::HostFile { .. }
+                | Op::HostDirectory { .. }
+                | Op::HostArchive { .. }
+                | Op::MountHostDirectory { .. }
         ) {
             // In the docker executor's engine, the context may still be on its way.
             crate::executor::docker::serve::wait_for_context();
@@ -506,6 +537,19 @@ async fn host_fingerprint(op: &Op, store: &Store) -> Result<HostInput, Error> {
                     builder.add_host_file(path, src, opts)?;
                 } else {
                     builder.add_host_dir(path, src, opts)?;
+                }
+                let table = store.file_digest_table(src);
+                let fingerprint = builder.fingerprint_with(Some(&table))?;
+                table.save(&store);
+                Ok(HostInput::Files(fingerprint))
+            }
+            Op::MountHostDirectory { path, src, .. } => {
+                let mut builder = LayerBuilder::new();
+                // A Dockerfile's bind mount may name a single file.
+                if src.is_file() {
+                    builder.add_host_file(path, src, &crate::layer::HostCopy::default())?;
+                } else {
+                    builder.add_host_dir(path, src, &crate::layer::HostCopy::default())?;
                 }
                 let table = store.file_digest_table(src);
                 let fingerprint = builder.fingerprint_with(Some(&table))?;

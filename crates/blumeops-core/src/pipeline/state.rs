@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::engine::{BuiltImage, Engine};
-use super::exec::{CacheVolume, SecretVariable};
+use super::exec::{CacheVolume, MountOptions, SecretFileOptions, SecretVariable};
 use crate::epoch;
 use crate::error::Error;
 use crate::image::{
@@ -21,8 +21,8 @@ pub(super) struct State {
     pub(super) annotations: BTreeMap<String, String>,
     /// Secret variables for later `with_exec` steps (never written to the image).
     pub(super) secrets: Vec<SecretVariable>,
-    /// Cache volumes mounted into later `with_exec` steps: (path in container, volume).
-    pub(super) mounts: Vec<(String, CacheVolume)>,
+    /// What is mounted into later `with_exec` steps: (path in container, mount).
+    pub(super) mounts: Vec<(String, Mounted)>,
     /// Where the last `with_exec` step's stdout was saved.
     pub(super) last_stdout: Option<PathBuf>,
     /// The step cache's key for this state: what produced it, and the layers it has.
@@ -41,6 +41,29 @@ impl State {
             key,
         }
     }
+}
+
+/// Something mounted into `with_exec` steps, outside the layers.
+#[derive(Clone)]
+pub(super) enum Mounted {
+    Cache(CacheVolume),
+    Secret {
+        secret: crate::secret::Secret,
+        opts: SecretFileOptions,
+    },
+    HostDirectory {
+        src: PathBuf,
+        opts: MountOptions,
+    },
+    /// A directory of another container's evaluated state.
+    DirectoryFrom {
+        source: Box<State>,
+        src_path: String,
+        opts: MountOptions,
+    },
+    Temp {
+        size: Option<u64>,
+    },
 }
 
 /// Add a finished layer to the image, with its history entry.

@@ -9,8 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::engine::{Engine, Event};
 use super::exec::Network;
+use super::exec::SecretFileOptions;
 use super::exec::{CopyOptions, ExecOptions};
-use super::state::State;
+use super::state::{Mounted, State};
 use crate::error::Error;
 use crate::layer::{self, Entry, EntryKind, FileData, LayerBuilder, Owner, RootfsView};
 use crate::limits;
@@ -62,6 +63,79 @@ impl Scrubber {
         out.flush()?;
         std::fs::rename(tmp, path)
     }
+}
+
+/// A private directory for one step's mount sources: for a secret, in memory (/dev/shm)
+/// when this system has it, so the value is never written to disk.
+fn scratch_dir(tmp: PathBuf, in_memory: bool) -> Result<tempfile::TempDir, Error> {
+    let shm = Path::new("/dev/shm");
+    if in_memory
+        && shm.is_dir()
+        && let Ok(dir) = tempfile::Builder::new().prefix("blumeops-").tempdir_in(shm)
+    {
+        return Ok(dir);
+    }
+    tempfile::Builder::new()
+        .prefix("mount-")
+        .tempdir_in(&tmp)
+        .map_err(|source| Error::Io {
+            action: "create directory in",
+            path: tmp,
+            source,
+        })
+}
+
+/// Write a secret's file with its mode and owner (the directory is private meanwhile).
+fn write_secret_file(
+    path: &Path,
+    secret: &crate::secret::Secret,
+    opts: &SecretFileOptions,
+) -> Result<(), Error> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |action| {
+        move |source| Error::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io("create secret file"))?;
+    file.write_all(secret.expose().as_bytes())
+        .map_err(io("write secret file"))?;
+    drop(file);
+    std::os::unix::fs::chown(path, Some(opts.uid), Some(opts.gid))
+        .map_err(io("set owner of secret file"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(opts.mode & 0o7777))
+        .map_err(io("set mode of secret file"))
+}
+
+/// Copy the host directory `from` to `to` (files, directories, symlinks; modes kept).
+fn copy_host_tree(from: &Path, to: &Path) -> Result<(), Error> {
+    let meta = std::fs::metadata(from).map_err(host_io("read", from))?;
+    if meta.is_file() {
+        std::fs::copy(from, to).map_err(host_io("copy to", to))?;
+        return Ok(());
+    }
+    std::fs::create_dir(to).map_err(host_io("create directory", to))?;
+    for entry in std::fs::read_dir(from).map_err(host_io("read directory", from))? {
+        let entry = entry.map_err(host_io("read directory", from))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type().map_err(host_io("read", &src))?;
+        if kind.is_dir() {
+            copy_host_tree(&src, &dst)?;
+        } else if kind.is_symlink() {
+            let link = std::fs::read_link(&src).map_err(host_io("read link", &src))?;
+            std::os::unix::fs::symlink(link, &dst).map_err(host_io("create symlink", &dst))?;
+        } else if kind.is_file() {
+            std::fs::copy(&src, &dst).map_err(host_io("copy to", &dst))?;
+        }
+    }
+    std::fs::set_permissions(to, meta.permissions()).map_err(host_io("set mode of", to))
 }
 
 /// Cancels the sandbox if the step's future is dropped (Ctrl-C, another step failing).
@@ -209,18 +283,68 @@ pub(super) async fn exec(
         env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned());
     }
     let mut mounts = Vec::new();
-    for (target, volume) in &state.mounts {
-        let source = store.root().join("volumes").join(volume.name());
-        std::fs::create_dir_all(&source).map_err(|source_err| Error::Io {
-            action: "create cache volume",
-            path: source.clone(),
-            source: source_err,
-        })?;
-        store.touch(&source);
+    let mut tmpfs = Vec::new();
+    // Secret files and directory copies, removed when the step is over.
+    let mut scratch: Vec<tempfile::TempDir> = Vec::new();
+    for (target, mounted) in &state.mounts {
+        let (source, read_only) = match mounted {
+            Mounted::Cache(volume) => {
+                let source = store.root().join("volumes").join(volume.name());
+                std::fs::create_dir_all(&source).map_err(|source_err| Error::Io {
+                    action: "create cache volume",
+                    path: source.clone(),
+                    source: source_err,
+                })?;
+                store.touch(&source);
+                (source, false)
+            }
+            Mounted::Secret { secret, opts } => {
+                let dir = scratch_dir(store.tmp_dir(), true)?;
+                let file = dir.path().join("secret");
+                write_secret_file(&file, secret, opts)?;
+                scratch.push(dir);
+                (file, true)
+            }
+            Mounted::HostDirectory { src, opts } if !opts.writable => (src.clone(), true),
+            Mounted::HostDirectory { src, .. } => {
+                // Writes go to a copy, thrown away with it.
+                let dir = scratch_dir(store.tmp_dir(), false)?;
+                let (from, to) = (src.clone(), dir.path().join("copy"));
+                tokio::task::spawn_blocking(move || copy_host_tree(&from, &to))
+                    .await
+                    .map_err(|_| Error::TaskPanicked)??;
+                let copy = dir.path().join("copy");
+                scratch.push(dir);
+                (copy, false)
+            }
+            Mounted::DirectoryFrom {
+                source,
+                src_path,
+                opts,
+            } => {
+                // The other container's directory, merged from its layers into a copy.
+                let view = RootfsView::new(self::lowers(engine, source).await?);
+                let dir = scratch_dir(store.tmp_dir(), false)?;
+                let (path, to) = (src_path.clone(), dir.path().join("copy"));
+                tokio::task::spawn_blocking(move || export_path(&view, &path, &to))
+                    .await
+                    .map_err(|_| Error::TaskPanicked)??;
+                let copy = dir.path().join("copy");
+                scratch.push(dir);
+                (copy, !opts.writable)
+            }
+            Mounted::Temp { size } => {
+                tmpfs.push(sandbox::TmpfsMount {
+                    target: target.clone(),
+                    size: *size,
+                });
+                continue;
+            }
+        };
         mounts.push(BindMount {
             source,
             target: target.clone(),
-            read_only: false,
+            read_only,
         });
     }
     // Isolated is the default; say so whenever a step gets the host's network instead.
@@ -261,6 +385,7 @@ pub(super) async fn exec(
         hostname: "blumeops".to_owned(),
         network,
         mounts,
+        tmpfs,
         stdin: opts.stdin.clone(),
         log_path: log_path.clone(),
         stdout_path: stdout_path.clone(),
@@ -271,6 +396,10 @@ pub(super) async fn exec(
             .secrets
             .iter()
             .map(|s| s.secret.expose().to_owned())
+            .chain(state.mounts.iter().filter_map(|(_, m)| match m {
+                Mounted::Secret { secret, .. } => Some(secret.expose().to_owned()),
+                _ => None,
+            }))
             .collect(),
     );
     let cancel = CancelToken::new();
@@ -302,6 +431,7 @@ pub(super) async fn exec(
     .await
     .map_err(|_| Error::TaskPanicked)?;
     drop(guard);
+    drop(scratch);
     for p in [&log_path, &stdout_path] {
         scrubber.scrub_file(p).map_err(|source| Error::Io {
             action: "scrub secrets from",
@@ -983,6 +1113,17 @@ pub(super) fn export_directory(view: &RootfsView, path: &str, dest: &Path) -> Re
             path: path.to_owned(),
         })?;
     export_tree(view, &entry.path, dest)
+}
+
+/// Copy `path` of `view`, a directory or a file, to `dest`.
+fn export_path(view: &RootfsView, path: &str, dest: &Path) -> Result<(), Error> {
+    match view.resolve(path, true)? {
+        Some(e) if e.meta.is_file() => {
+            std::fs::copy(&e.host_path, dest).map_err(host_io("copy to", dest))?;
+            Ok(())
+        }
+        _ => export_directory(view, path, dest),
+    }
 }
 
 fn host_io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {

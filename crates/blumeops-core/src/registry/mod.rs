@@ -285,6 +285,24 @@ impl RegistryClient {
         })
     }
 
+    /// This client with `credentials` (registry address, credential) in front of its own
+    /// for those registries. Tokens are not shared with this client: they were granted
+    /// to other credentials.
+    pub fn with_credentials(&self, credentials: &[(String, Credential)]) -> Self {
+        let mut options = self.options.clone();
+        for (address, credential) in credentials {
+            options.credentials = options
+                .credentials
+                .with_registry(address, credential.clone());
+        }
+        Self {
+            options,
+            http: self.http.clone(),
+            auth: Arc::default(),
+            unreachable_mirrors: self.unreachable_mirrors.clone(),
+        }
+    }
+
     /// Resolve `reference` (an index is narrowed to `platform`), and fetch the manifest,
     /// config and every layer into `store`, each verified against its digest; through the
     /// first of its mirrors that serves it, if it has any.

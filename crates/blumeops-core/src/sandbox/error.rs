@@ -240,7 +240,7 @@ pub enum SetupStep {
     CreateSymlink,
     /// Bind-mounting /etc/hosts or /etc/resolv.conf.
     BindEtcFile,
-    /// Bind-mounting a cache volume.
+    /// Bind-mounting a cache volume, a secret or a directory.
     BindCache,
     /// Making a mount nodev (and read-only when asked).
     RestrictMount,
@@ -292,7 +292,7 @@ impl fmt::Display for SetupStep {
             Self::CreateDevice => "create device node",
             Self::CreateSymlink => "create symbolic link",
             Self::BindEtcFile => "bind-mount",
-            Self::BindCache => "bind-mount cache volume at",
+            Self::BindCache => "bind-mount (cache volume, secret or directory) at",
             Self::RestrictMount => "restrict (nodev, read-only) the mount at",
             Self::SetHostname => "set hostname",
             Self::LoopbackUp => "bring up the loopback interface in",

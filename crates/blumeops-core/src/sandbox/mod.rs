@@ -87,15 +87,25 @@ pub const DEFAULT_PIDS_MAX: u64 = 4096;
 /// Lines of output kept in [`RunOutcome::output_tail`].
 pub const TAIL_LINES: usize = 200;
 
-/// A host directory mounted into the sandbox (a cache volume).
+/// A host directory (a cache volume, a mounted directory) or file (a secret) mounted into
+/// the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindMount {
-    /// Host directory.
+    /// Host directory or file; the target is made the same kind.
     pub source: PathBuf,
     /// Absolute path in the container; created (outside the layer) if missing.
     pub target: String,
     /// Mount read-only.
     pub read_only: bool,
+}
+
+/// An empty tmpfs mounted into the sandbox; its contents go when the step ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TmpfsMount {
+    /// Absolute path in the container; created (outside the layer) if missing.
+    pub target: String,
+    /// Size limit in bytes (the kernel's default, half the memory, when unset).
+    pub size: Option<u64>,
 }
 
 /// What to run and on which layers.
@@ -124,8 +134,10 @@ pub struct RunSpec {
     pub hostname: String,
     /// Network access.
     pub network: Network,
-    /// Cache volumes, mounted in this order.
+    /// Bind mounts, in this order.
     pub mounts: Vec<BindMount>,
+    /// Empty tmpfs mounts, after the bind mounts.
+    pub tmpfs: Vec<TmpfsMount>,
     /// Bytes fed to stdin; `None` means /dev/null.
     pub stdin: Option<Vec<u8>>,
     /// Combined stdout and stderr, line by line.

@@ -595,17 +595,41 @@ impl Plan {
         }
         let mut caches = Vec::with_capacity(spec.mounts.len());
         for m in &spec.mounts {
-            let comps = container_components("cache mount target", &m.target)?;
+            let comps = container_components("mount target", &m.target)?;
             if comps.is_empty() {
                 return Err(Error::InvalidSpec {
-                    field: "cache mount target",
+                    field: "mount target",
                     value: m.target.clone(),
                     reason: "cannot be the root directory",
                 });
             }
-            let source = canonical_dir("use cache directory", &m.source)?;
-            scaffold.provide(&m.target, &comps, Kind::Dir)?;
+            // A file (a secret) is mounted on a file, made in the scaffold when missing.
+            let source =
+                fs::canonicalize(&m.source).map_err(io_err("use mount source", &m.source))?;
+            let kind = if source.is_dir() {
+                Kind::Dir
+            } else {
+                Kind::File
+            };
+            scaffold.provide(&m.target, &comps, kind)?;
             caches.push((source, comps, m.read_only));
+        }
+        let mut tmpfs = Vec::with_capacity(spec.tmpfs.len());
+        for m in &spec.tmpfs {
+            let comps = container_components("tmpfs mount target", &m.target)?;
+            if comps.is_empty() {
+                return Err(Error::InvalidSpec {
+                    field: "tmpfs mount target",
+                    value: m.target.clone(),
+                    reason: "cannot be the root directory",
+                });
+            }
+            scaffold.provide(&m.target, &comps, Kind::Dir)?;
+            let data = match m.size {
+                Some(size) => format!("mode=1777,size={size}"),
+                None => "mode=1777".to_owned(),
+            };
+            tmpfs.push((comps, data));
         }
 
         let mapping = crate::executor::current_mapping();
@@ -897,6 +921,20 @@ impl Plan {
                 *read_only,
                 SetupStep::BindCache,
             )?;
+        }
+        for (comps, data) in &tmpfs {
+            let target = in_merged(&comps.join("/"));
+            push(
+                mount_op(
+                    Some("tmpfs"),
+                    &target,
+                    Some("tmpfs"),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    Some(data),
+                )?,
+                SetupStep::MountTmpfs,
+                target,
+            );
         }
 
         // The command.

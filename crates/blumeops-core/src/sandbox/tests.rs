@@ -111,6 +111,7 @@ impl Fixture {
             hostname: "sandbox-test".into(),
             network: Network::None,
             mounts: Vec::new(),
+            tmpfs: Vec::new(),
             stdin: None,
             log_path: step.join("log"),
             stdout_path: step.join("stdout"),

@@ -582,11 +582,43 @@ fn run_flags_cache_mounts_and_network() {
     };
     assert_eq!(opts.network, Network::None);
     for (flag, want) in [
-        ("--mount=type=secret,id=x", "type=secret is not supported"),
+        ("--mount=type=ssh", "type=ssh is not supported"),
+        ("--mount=type=ssh,id=default", "type=ssh is not supported"),
+        (
+            "--mount=type=npipe,target=/x",
+            "type=npipe is not supported",
+        ),
         ("--mount=type=cache", "needs target="),
+        ("--mount=type=tmpfs", "needs target="),
+        (
+            "--mount=type=tmpfs,target=/t,size=lots",
+            "`size=lots` is not a size",
+        ),
+        ("--mount=type=secret", "needs id="),
+        (
+            "--mount=type=secret,id=tok,required=true",
+            "required secret `tok` was not given",
+        ),
+        ("--mount=type=secret,id=tok,mode=9", "`mode=9` is not valid"),
+        (
+            "--mount=type=bind,source=x,target=/x",
+            "`x` not found in the build context",
+        ),
+        (
+            "--mount=type=bind,source=../x,target=/x",
+            "leads outside the build context",
+        ),
+        (
+            "--mount=type=bind,target=/x,rw=maybe",
+            "expected true or false",
+        ),
         (
             "--mount=type=cache,target=/x,uid=1000",
-            "option `uid` is not supported",
+            "option `uid` is not supported with type=cache",
+        ),
+        (
+            "--mount=type=tmpfs,target=/x,source=/y",
+            "option `source` is not supported with type=tmpfs",
         ),
         ("--network=bridge", "--network=bridge is not supported"),
         (
@@ -1452,4 +1484,127 @@ async fn git_repositories_are_checked_out_and_only_commit_ids_are_cached() {
     );
     let e = format!("{:?}", gone.unwrap_err());
     assert!(e.contains("git fetch failed"), "{e}");
+}
+
+fn tr_with(text: &str, dir: &Path, args: &BuildArgs) -> Result<Container, Error> {
+    translate(text, "Dockerfile", dir, args, None)
+}
+
+#[test]
+fn run_secret_mounts_translate_into_secret_steps_for_that_command_only() {
+    use crate::secret::Secret;
+    let args = BuildArgs::new().with_secret("tok", Secret::new("zak_s3cr3t_value"));
+    let text = "FROM alpine\nWORKDIR /w\n\
+        RUN --mount=type=secret,id=tok cat /run/secrets/tok\n\
+        RUN --mount=type=secret,id=tok,env=TOK,target=t,mode=0440,uid=1000,gid=100 true\n\
+        RUN --mount=type=secret,id=tok,env=TOK printenv TOK\n\
+        RUN --mount=type=secret,target=/etc/tok true\n\
+        RUN --mount=type=secret,id=missing --mount=type=secret,id=missing2,env=M true\n";
+    let c = tr_with(text, Path::new("/nonexistent"), &args).unwrap();
+    assert_eq!(
+        c.steps()[2..],
+        [
+            "with_mounted_secret /run/secrets/tok (secret tok)",
+            "with_exec /bin/sh -c 'cat /run/secrets/tok'",
+            "without_mount /run/secrets/tok",
+            "with_mounted_secret /w/t (secret tok)",
+            "with_secret_variable TOK",
+            "with_exec /bin/sh -c true",
+            "without_mount /w/t",
+            "without_secret_variable TOK",
+            // env= alone: a variable, no file.
+            "with_secret_variable TOK",
+            "with_exec /bin/sh -c 'printenv TOK'",
+            "without_secret_variable TOK",
+            // The id defaults to the target's name.
+            "with_mounted_secret /etc/tok (secret tok)",
+            "with_exec /bin/sh -c true",
+            "without_mount /etc/tok",
+            // Not required and not given: the command runs without it.
+            "with_exec /bin/sh -c true",
+        ]
+    );
+    let Op::MountSecret { opts, .. } = c.ops()[5] else {
+        panic!("{:?}", c.ops()[5])
+    };
+    assert_eq!((opts.mode, opts.uid, opts.gid), (0o440, 1000, 100));
+    // The value is nowhere in what describes or keys the steps.
+    let shown = format!("{:?} {:?}", c.steps(), c);
+    assert!(!shown.contains("zak_s3cr3t_value"), "{shown}");
+    let other = BuildArgs::new().with_secret("tok", Secret::new("another value"));
+    let c2 = tr_with(text, Path::new("/nonexistent"), &other).unwrap();
+    let keys = |c: &Container| -> Vec<_> {
+        c.ops()
+            .into_iter()
+            .map(crate::pipeline::operation_for_tests)
+            .collect()
+    };
+    assert_eq!(keys(&c), keys(&c2), "a step's key depends on the value");
+    let e = tr_with(
+        "FROM alpine\nRUN true\nRUN --mount=type=secret,id=gone,required true\n",
+        Path::new("/nonexistent"),
+        &args,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("Dockerfile:3: ") && e.contains("`gone`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn run_bind_and_tmpfs_mounts() {
+    let dir = ctx(&[("src/main.c", "int main;\n"), ("Makefile", "all:\n")]);
+    let text = "FROM alpine AS tools\nRUN mkdir /opt/tools\n\
+        FROM alpine\nWORKDIR /w\n\
+        RUN --mount=type=bind,target=/ctx make -C /ctx\n\
+        RUN --mount=type=bind,source=src,target=s,rw true\n\
+        RUN --mount=type=bind,from=tools,source=/opt/tools,target=/t \
+            --mount=type=tmpfs,target=/scratch,size=64m true\n\
+        RUN --mount=type=bind,from=busybox:1.37,target=/bb --mount=type=tmpfs,dst=/tmp2 true\n";
+    let c = tr_with(text, dir.path(), &BuildArgs::new()).unwrap();
+    let ctx_path = dir.path().display();
+    assert_eq!(
+        c.steps()[2..],
+        [
+            format!("with_mounted_directory /ctx from {ctx_path}"),
+            "with_exec /bin/sh -c 'make -C /ctx'".to_owned(),
+            "without_mount /ctx".to_owned(),
+            format!("with_mounted_directory /w/s from {ctx_path}/src (writable, writes discarded)"),
+            "with_exec /bin/sh -c true".to_owned(),
+            "without_mount /w/s".to_owned(),
+            "with_mounted_directory /t from another container's /opt/tools".to_owned(),
+            "with_mounted_temp /scratch".to_owned(),
+            "with_exec /bin/sh -c true".to_owned(),
+            "without_mount /t".to_owned(),
+            "without_mount /scratch".to_owned(),
+            "with_mounted_directory /bb from another container's /".to_owned(),
+            "with_mounted_temp /tmp2".to_owned(),
+            "with_exec /bin/sh -c true".to_owned(),
+            "without_mount /bb".to_owned(),
+            "without_mount /tmp2".to_owned(),
+        ]
+    );
+    let Op::MountTemp { size, .. } = c.ops()[9] else {
+        panic!("{:?}", c.ops()[9])
+    };
+    assert_eq!(*size, Some(64 << 20));
+    let Op::MountDirectoryFrom { source, .. } = c.ops()[8] else {
+        panic!("{:?}", c.ops()[8])
+    };
+    assert_eq!(
+        source.steps(),
+        ["from alpine", "with_exec /bin/sh -c 'mkdir /opt/tools'"]
+    );
+    let Op::MountDirectoryFrom { source, .. } = c.ops()[13] else {
+        panic!("{:?}", c.ops()[13])
+    };
+    assert_eq!(source.steps(), ["from busybox:1.37"]);
+    // The mounted host directory is sent to the docker executor's engine.
+    assert!(
+        c.host_inputs()
+            .iter()
+            .any(|(p, _)| p == &dir.path().join("src"))
+    );
 }

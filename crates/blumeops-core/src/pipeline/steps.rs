@@ -237,14 +237,7 @@ pub(super) async fn exec(
 ) -> Result<layer::Layer, Error> {
     let lowers = lowers(engine, state).await?;
     let store = engine.store().clone();
-    let step_dir = tempfile::Builder::new()
-        .prefix("step-")
-        .tempdir_in(store.tmp_dir())
-        .map_err(|source| Error::Io {
-            action: "create step directory in",
-            path: store.tmp_dir(),
-            source,
-        })?;
+    let step_dir = store_temp_dir(&store, "step-", "create step directory in")?;
     let (upper, work) = (step_dir.path().join("upper"), step_dir.path().join("work"));
     for d in [&upper, &work] {
         std::fs::create_dir(d).map_err(|source| Error::Io {
@@ -578,6 +571,23 @@ impl ImageBelow {
     }
 }
 
+/// A temporary directory under the store's `tmp/` (removed when dropped; one a killed build
+/// leaves is cleaned by the next), named `PREFIX…`.
+fn store_temp_dir(
+    store: &crate::store::Store,
+    prefix: &str,
+    action: &'static str,
+) -> Result<tempfile::TempDir, Error> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(store.tmp_dir())
+        .map_err(|source| Error::Io {
+            action,
+            path: store.tmp_dir(),
+            source,
+        })
+}
+
 /// Resolve a `user[:group]` owner (names or ids) in the image of `state`.
 pub(super) async fn resolve_owner(
     engine: &Engine,
@@ -774,14 +784,7 @@ pub(super) async fn host_archive(
     let (path, src) = (path.to_owned(), src.to_owned());
     let (compression, epoch) = (engine.compression(), engine.epoch());
     tokio::task::spawn_blocking(move || {
-        let dir = tempfile::Builder::new()
-            .prefix("archive-")
-            .tempdir_in(store.tmp_dir())
-            .map_err(|source| Error::Io {
-                action: "create directory in",
-                path: store.tmp_dir(),
-                source,
-            })?;
+        let dir = store_temp_dir(&store, "archive-", "create directory in")?;
         let io = |source| Error::Io {
             action: "extract archive",
             path: src.clone(),
@@ -873,14 +876,7 @@ pub(super) async fn git_repository(
     );
     let (compression, epoch) = (engine.compression(), engine.epoch());
     tokio::task::spawn_blocking(move || {
-        let dir = tempfile::Builder::new()
-            .prefix("git-")
-            .tempdir_in(store.tmp_dir())
-            .map_err(|source| Error::Io {
-                action: "create directory in",
-                path: store.tmp_dir(),
-                source,
-            })?;
+        let dir = store_temp_dir(&store, "git-", "create directory in")?;
         let tree = dir.path().join("tree");
         git_checkout(&url, reference.as_deref(), &tree)?;
         if !keep_git_dir {

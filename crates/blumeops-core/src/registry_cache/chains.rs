@@ -223,11 +223,12 @@ fn start_fetch(
         client
             .fetch_blob_into(&reference, &blob, &store)
             .await
-            .map_err(|e| match e {
-                e @ (RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. }) => {
+            .map_err(|e| {
+                if super::damaged(&e) {
                     FetchFailed::Bad(e.to_string())
+                } else {
+                    FetchFailed::Registry(e.to_string())
                 }
-                e => FetchFailed::Registry(e.to_string()),
             })?;
         tokio::task::spawn_blocking(move || super::steps::layer_diff_id(&store, &blob))
             .await

@@ -159,6 +159,12 @@ impl RegistryCache {
     }
 }
 
+/// Whether a failed read means the entry is damaged (a blob that fails its digest or size),
+/// rather than that the repository cannot be used.
+fn damaged(e: &crate::registry::Error) -> bool {
+    e.kind() == crate::registry::ErrorKind::Integrity
+}
+
 /// After a successful build (and for a publish, after the push): export the steps and
 /// volumes the cache lacks, within [`EXPORT_TIME_LIMIT`]. Never fails: problems are
 /// warnings, since the image is built (or pushed) whatever happens here.

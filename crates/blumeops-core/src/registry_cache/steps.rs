@@ -38,12 +38,11 @@ pub(super) enum Miss {
 
 impl From<RegistryError> for Miss {
     fn from(e: RegistryError) -> Self {
-        match e {
-            // A blob that fails its digest is a damaged entry, not an unreachable cache.
-            e @ (RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. }) => {
-                Miss::Bad(e.to_string())
-            }
-            e => Miss::Registry(e),
+        // A blob that fails its digest is a damaged entry, not an unreachable cache.
+        if super::damaged(&e) {
+            Miss::Bad(e.to_string())
+        } else {
+            Miss::Registry(e)
         }
     }
 }

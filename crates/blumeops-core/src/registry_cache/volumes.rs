@@ -128,11 +128,12 @@ async fn fetch_volume(
         )));
     }
     let store = engine.store();
-    let bad = |e: RegistryError| match e {
-        e @ (RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. }) => {
+    let bad = |e: RegistryError| {
+        if super::damaged(&e) {
             VolumeMiss::Bad(e.to_string())
+        } else {
+            VolumeMiss::Registry(e)
         }
-        e => VolumeMiss::Registry(e),
     };
     futures_util::future::try_join(
         cache.client.fetch_blob_into(&reference, &config, store),

@@ -45,6 +45,7 @@ mod tests {
             .container(&DefinitionInput {
                 args: BuildArgs::new(),
                 src: ".".into(),
+                platform: blumeops_core::Platform::host(),
             })
             .unwrap();
         let steps = c.steps();

@@ -63,6 +63,7 @@ mod tests {
         DefinitionInput {
             args,
             src: ".".into(),
+            platform: blumeops_core::Platform::host(),
         }
     }
 

@@ -2,7 +2,9 @@
 //! in three stages, as blumeops' Dockerfile did:
 //!
 //! 1. **ui** on Node ([`DEFAULT_NODE_IMAGE`]): shallow clone of the source at the version
-//!    tag, `npm ci` and `npm run build` in `ui/`, npm's cache in a cache volume;
+//!    tag, `npm ci` and `npm run build` in `ui/`, npm's cache in a cache volume; on the
+//!    build machine's platform whatever the target (the bundle is the same everywhere), so
+//!    a multi-platform build runs it once, natively;
 //! 2. **backend** on Go ([`DEFAULT_GO_IMAGE`]): the same clone, the UI build copied into
 //!    `ui/build` (Go embeds it), a cgo build with taglib and the `netgo,sqlite_fts5` tags
 //!    (v0.61 fails with `undefined: buildtags.SQLITE_FTS5` without the latter), the Go module
@@ -20,7 +22,7 @@
 
 use blumeops_core::{
     BuildArgs, CacheVolume, Container, ContainerDefinition, CopyOptions, DefinitionError,
-    DefinitionInput,
+    DefinitionInput, Platform,
 };
 
 /// The navidrome release built (also the git tag cloned and the image version).
@@ -113,15 +115,24 @@ pub fn ldflags() -> String {
     format!("-w -s -X github.com/navidrome/navidrome/consts.gitTag={VERSION}")
 }
 
-/// Stage 1: the web UI, built into `/src/ui/build`.
-pub fn ui_stage(settings: &Settings) -> Container {
-    Container::from(settings.node_image.as_str())
-        .with_exec(["apk", "add", "--no-cache", "git"])
-        .with_exec(clone(&settings.source))
-        .with_workdir(format!("{SRC_DIR}/ui"))
-        .with_mounted_cache("/root/.npm", CacheVolume::new(NPM_CACHE))
-        .with_exec(["npm", "ci"])
-        .with_exec(["npm", "run", "build"])
+/// Stage 1: the web UI, built into `/src/ui/build`. The bundle is the same on every
+/// platform, so for a `target` other than the build machine's it is built on the build
+/// machine's platform (natively, once for all targets) and copied into each target's
+/// backend.
+pub fn ui_stage(settings: &Settings, target: &Platform) -> Container {
+    let image = settings.node_image.as_str();
+    let build = Platform::host();
+    if *target == build {
+        Container::from(image)
+    } else {
+        Container::from_platform(image, build)
+    }
+    .with_exec(["apk", "add", "--no-cache", "git"])
+    .with_exec(clone(&settings.source))
+    .with_workdir(format!("{SRC_DIR}/ui"))
+    .with_mounted_cache("/root/.npm", CacheVolume::new(NPM_CACHE))
+    .with_exec(["npm", "ci"])
+    .with_exec(["npm", "run", "build"])
 }
 
 /// Stage 2: the server binary at `/navidrome`, with the UI from `ui` embedded.
@@ -212,7 +223,7 @@ impl ContainerDefinition for Navidrome {
 
     fn container(&self, input: &DefinitionInput) -> Result<Container, DefinitionError> {
         let settings = Settings::from_args(&input.args)?;
-        let ui = ui_stage(&settings);
+        let ui = ui_stage(&settings, &input.platform);
         let backend = backend_stage(&settings, &ui);
         Ok(runtime_stage(&settings, &backend))
     }
@@ -228,6 +239,7 @@ mod tests {
             .container(&DefinitionInput {
                 args,
                 src: ".".into(),
+                platform: blumeops_core::Platform::host(),
             })
             .unwrap()
     }
@@ -263,8 +275,36 @@ mod tests {
     }
 
     #[test]
+    fn only_the_ui_runs_on_the_build_platform() {
+        // A target other than this machine's.
+        let other = if Platform::host().architecture() == "arm64" {
+            "linux/amd64"
+        } else {
+            "linux/arm64"
+        };
+        let c = Navidrome
+            .container(&DefinitionInput {
+                args: BuildArgs::new(),
+                src: ".".into(),
+                platform: other.parse().unwrap(),
+            })
+            .unwrap();
+        let plan = c.plan();
+        let firsts: Vec<&str> = plan
+            .stages
+            .iter()
+            .map(|s| s.steps[0].description.as_str())
+            .collect();
+        let host = Platform::host().to_string();
+        assert!(firsts[0].contains(&host), "{firsts:?}");
+        assert!(!firsts[1].contains("linux/"), "{firsts:?}");
+        assert!(!firsts[2].contains("linux/"), "{firsts:?}");
+    }
+
+    #[test]
     fn ui_stage_clones_the_tag_and_builds_with_npm() {
-        let steps = ui_stage(&Settings::from_args(&BuildArgs::new()).unwrap()).steps();
+        let settings = Settings::from_args(&BuildArgs::new()).unwrap();
+        let steps = ui_stage(&settings, &Platform::host()).steps();
         let expected = [
             "from docker.io/library/node:22-alpine".to_owned(),
             "with_exec apk add --no-cache git".to_owned(),
@@ -377,6 +417,7 @@ mod tests {
             .container(&DefinitionInput {
                 args: BuildArgs::new().with(GO_IMAGE_ARG, ""),
                 src: ".".into(),
+                platform: blumeops_core::Platform::host(),
             })
             .unwrap_err()
             .to_string();

@@ -154,9 +154,16 @@ pub struct BuildFlags {
     /// NAME=file:PATH, NAME=cmd:COMMAND. Its value reaches no layer, log or cache key.
     #[arg(long = "secret", value_name = "SECRET")]
     pub secrets: Vec<String>,
-    /// Platform to build for, e.g. linux/arm64 [default: the host's linux platform].
-    #[arg(long)]
-    pub platform: Option<String>,
+    /// Platforms to build for, comma-separated, e.g. `linux/amd64,linux/arm64` (variants
+    /// such as `linux/arm/v7` too). Several give one image per platform under one OCI
+    /// index [default: the host's linux platform].
+    #[arg(
+        long = "platform",
+        value_name = "PLATFORMS",
+        env = "BLUMEOPS_PLATFORMS",
+        value_delimiter = ','
+    )]
+    pub platforms: Vec<String>,
     /// Target registry (also used, with the credentials below, to pull base images from it).
     #[arg(long, default_value = DEFAULT_REGISTRY)]
     pub registry: String,
@@ -317,6 +324,15 @@ pub struct PlanArgs {
     /// Build argument passed to the definition, KEY=VALUE (repeatable).
     #[arg(long = "build-arg", value_name = "KEY=VALUE")]
     pub build_args: Vec<String>,
+    /// Platforms to plan for, comma-separated (as `build --platform`): a plan per platform
+    /// [default: the host's linux platform].
+    #[arg(
+        long = "platform",
+        value_name = "PLATFORMS",
+        env = "BLUMEOPS_PLATFORMS",
+        value_delimiter = ','
+    )]
+    pub platforms: Vec<String>,
     /// Print the plan as JSON (the same as `--format json`).
     #[arg(long, conflicts_with = "format")]
     pub json: bool,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::pipeline::Container;
+use crate::reference::Platform;
 
 /// Errors from definitions and build arguments.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +126,11 @@ pub struct DefinitionInput {
     pub args: BuildArgs,
     /// The source checkout (`--src`), for host files.
     pub src: PathBuf,
+    /// The platform this container is for (one of `--platform`'s; the host's by default).
+    /// A definition builds one container per platform; a stage whose output does not
+    /// depend on it (a web UI's bundle) can run on the build machine's platform instead,
+    /// [`Platform::host`], with [`Container::from_platform`](crate::Container::from_platform).
+    pub platform: Platform,
 }
 
 /// A natively defined container (one crate under `containers/`).

@@ -62,6 +62,18 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// A set of target platforms that cannot be built (none, or one twice).
+    #[error("invalid platforms: {0}")]
+    InvalidPlatforms(String),
+    /// The build for one platform of several failed.
+    #[error("the build for {platform} failed")]
+    ForPlatform {
+        /// The platform, e.g. `linux/arm64`.
+        platform: String,
+        /// Cause.
+        #[source]
+        source: Box<Error>,
+    },
     /// Serializing a document failed.
     #[error("failed to serialize image document")]
     Serialize(#[source] serde_json::Error),
@@ -152,13 +164,15 @@ impl Error {
     /// The class of this failure (looking through step wrappers).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Step { source, .. } => source.kind(),
+            Self::Step { source, .. } | Self::ForPlatform { source, .. } => source.kind(),
             Self::Reference(_) | Self::Secret(_) | Self::Epoch(_) | Self::Definition(_) => {
                 ErrorKind::InvalidInput
             }
-            Self::Export(export::Error::InvalidTarget(_)) => ErrorKind::InvalidInput,
+            Self::Export(
+                export::Error::InvalidTarget(_) | export::Error::ArchiveOfSeveralPlatforms { .. },
+            ) => ErrorKind::InvalidInput,
             Self::Store(store::Error::ForeignOwner { .. }) => ErrorKind::InvalidInput,
-            Self::Dockerfile(_) => ErrorKind::InvalidInput,
+            Self::Dockerfile(_) | Self::InvalidPlatforms(_) => ErrorKind::InvalidInput,
             // What this machine can run is its setup, not a registry's or the build's.
             Self::Emulation(_) => ErrorKind::InvalidInput,
             Self::Import(e) => e.kind(),
@@ -197,7 +211,7 @@ impl Error {
     /// A hint for the user, when there is one.
     pub fn hint(&self) -> Option<String> {
         match self {
-            Self::Step { source, .. } => source.hint(),
+            Self::Step { source, .. } | Self::ForPlatform { source, .. } => source.hint(),
             Self::Registry(e) => e.hint(),
             Self::Import(e) => e.hint(),
             // No executor: every one that was tried, with why it cannot run and its fix.

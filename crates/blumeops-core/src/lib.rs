@@ -58,8 +58,8 @@ pub use error::{Error, ErrorKind};
 pub use export::Error as ExportError;
 pub use export::{ExportTarget, REF_NAME_ANNOTATION};
 pub use image::{
-    BlobRef, Descriptor, History, ImageConfig, ImageIndex, ImageManifest, ManifestBlob, RootFs,
-    RuntimeConfig, StoredImage, media_types,
+    BlobRef, Descriptor, DescriptorPlatform, History, ImageConfig, ImageIndex, ImageManifest,
+    ManifestBlob, RootFs, RuntimeConfig, StoredImage, media_types,
 };
 pub use import::Error as ImportError;
 pub use import::{
@@ -78,9 +78,10 @@ pub use layer::{
 pub use layer::{FileDigestCache, Fingerprint};
 pub use pipeline::Healthcheck;
 pub use pipeline::{
-    BuiltImage, CacheOptions, CacheStatus, CacheVolume, Container, CopyOptions, Engine,
-    EngineOptions, Event, ExecOptions, Expect, MountOptions, Network, Plan, PlanBase, PlanStage,
-    PlanStep, ProgressFn, Published, SecretFileOptions, SecretVariable, default_jobs,
+    BuiltImage, BuiltIndex, CacheOptions, CacheStatus, CacheVolume, Container, CopyOptions, Engine,
+    EngineOptions, Event, ExecOptions, Expect, MountOptions, MultiPlatform, Network, Plan,
+    PlanBase, PlanStage, PlanStep, ProgressFn, Published, SecretFileOptions, SecretVariable,
+    default_jobs,
 };
 pub use reference::Error as ReferenceError;
 pub use reference::{Digest, DigestWriter, ImageRef, Platform, is_loopback_host};

@@ -16,18 +16,26 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use blumeops_core::{
     BuildArgs, BuildSecret, CacheOptions, ClientOptions, Compression, Container, Credential,
-    Credentials, DefinitionInput, Engine, EngineOptions, ImageRef, MirrorFlag, Mirrors, Platform,
-    RegistriesConf, RegistryCacheOptions, Secret, SecretSource, Store, default_jobs,
-    file_container_version, resolve_epoch_for,
+    Credentials, DefinitionInput, Engine, EngineOptions, ImageRef, MirrorFlag, Mirrors,
+    MultiPlatform, Platform, RegistriesConf, RegistryCacheOptions, Secret, SecretSource, Store,
+    default_jobs, file_container_version, resolve_epoch_for,
 };
 
 use crate::cli::{BuildFlags, CompressionArg, NAMESPACE};
 use crate::{containers, progress};
 
+/// What a build makes: one image, or one per platform under an index.
+pub enum Targets {
+    /// One platform (the engine's).
+    One(Container),
+    /// Several platforms.
+    Several(MultiPlatform),
+}
+
 /// Everything a build needs, checked and typed.
 pub struct Prepared {
     pub engine: Engine,
-    pub container: Container,
+    pub targets: Targets,
     /// `REGISTRY/blumeops/NAME`, without tag.
     pub repository: String,
     pub version: String,
@@ -112,18 +120,31 @@ pub fn resolve_version(
 /// Turn raw build flags into an engine and a container.
 pub fn prepare(flags: &BuildFlags, purpose: Purpose) -> Result<Prepared> {
     let secrets = resolve_secrets(&flags.secrets)?;
-    let (container, declared) = load_container(
-        &flags.src,
-        &flags.container_name,
-        &flags.build_args,
-        &secrets,
-        flags.version.is_none(),
-    )?;
+    let platforms = parse_platforms(&flags.platforms)?;
+    let mut loaded = Vec::with_capacity(platforms.len());
+    let mut declared = None;
+    for (i, platform) in platforms.iter().enumerate() {
+        let load = Load {
+            src: &flags.src,
+            name: &flags.container_name,
+            build_args: &flags.build_args,
+            secrets: &secrets,
+            platform,
+            notes: i == 0,
+        };
+        // The version once, from the first platform's container.
+        let (container, version) = load_container(&load, i == 0 && flags.version.is_none())?;
+        if i == 0 {
+            declared = version;
+        }
+        loaded.push((platform.clone(), container));
+    }
     let version = resolve_version(flags, declared, purpose)?;
-
-    let platform: Platform = match &flags.platform {
-        Some(p) => p.parse().map_err(blumeops_core::Error::from)?,
-        None => Platform::host(),
+    let platform = platforms[0].clone();
+    let targets = if loaded.len() == 1 {
+        Targets::One(loaded.pop().expect("one container").1)
+    } else {
+        Targets::Several(MultiPlatform::new(loaded)?)
     };
     // The last change to the container's own directory, so commits elsewhere in the
     // checkout leave its timestamps, and its step cache, as they were.
@@ -188,7 +209,7 @@ pub fn prepare(flags: &BuildFlags, purpose: Purpose) -> Result<Prepared> {
     };
     Ok(Prepared {
         engine,
-        container,
+        targets,
         repository: format!(
             "{}/{NAMESPACE}/{}",
             flags.registry.trim_end_matches('/'),
@@ -270,19 +291,47 @@ pub fn mirrors(flags: &BuildFlags) -> Result<Mirrors> {
     Ok(Mirrors::new(given, conf))
 }
 
+/// The `--platform` values, parsed: the host's platform when there are none; one given
+/// twice is refused.
+pub fn parse_platforms(given: &[String]) -> Result<Vec<Platform>> {
+    let mut platforms: Vec<Platform> = Vec::new();
+    for text in given.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
+        let platform: Platform = text.parse().map_err(blumeops_core::Error::from)?;
+        if platforms.contains(&platform) {
+            return Err(InvalidInput::new(format!("--platform: {platform} is given twice")).into());
+        }
+        platforms.push(platform);
+    }
+    if platforms.is_empty() {
+        platforms.push(Platform::host());
+    }
+    Ok(platforms)
+}
+
+/// What [`load_container`] loads.
+pub struct Load<'a> {
+    /// The source checkout.
+    pub src: &'a Path,
+    /// The container's name.
+    pub name: &'a str,
+    /// `--build-arg` values.
+    pub build_args: &'a [String],
+    /// `--secret` values (their names reach the Dockerfile's build args).
+    pub secrets: &'a [(BuildSecret, Secret)],
+    /// The platform the container is for.
+    pub platform: &'a Platform,
+    /// Print the Dockerfile's notes (once per command, not once per platform).
+    pub notes: bool,
+}
+
 /// The container called `name` (a native definition, else `SRC/containers/NAME/Dockerfile`
-/// with its directory as the build context) and the version it declares (`None` for a
-/// Dockerfile without `ARG CONTAINER_APP_VERSION=...`). The Dockerfile's version is only
-/// looked up when `want_version` is set.
-pub fn load_container(
-    src: &Path,
-    name: &str,
-    build_args: &[String],
-    secrets: &[(BuildSecret, Secret)],
-    want_version: bool,
-) -> Result<(Container, Option<String>)> {
-    let mut args = BuildArgs::parse(build_args).map_err(blumeops_core::Error::from)?;
-    for (spec, value) in secrets {
+/// with its directory as the build context) for the platform, and the version it declares
+/// (`None` for a Dockerfile without `ARG CONTAINER_APP_VERSION=...`). The Dockerfile's
+/// version is only looked up when `want_version` is set.
+pub fn load_container(load: &Load<'_>, want_version: bool) -> Result<(Container, Option<String>)> {
+    let (src, name) = (load.src, load.name);
+    let mut args = BuildArgs::parse(load.build_args).map_err(blumeops_core::Error::from)?;
+    for (spec, value) in load.secrets {
         args = args.with_secret(&spec.id, value.clone());
     }
     if let Some(definition) = containers::find(name) {
@@ -290,6 +339,7 @@ pub fn load_container(
             .container(&DefinitionInput {
                 args,
                 src: src.to_path_buf(),
+                platform: load.platform.clone(),
             })
             .map_err(blumeops_core::Error::from)?;
         return Ok((container, Some(definition.version().to_owned())));
@@ -299,10 +349,13 @@ pub fn load_container(
     if !dockerfile.is_file() {
         return Err(unknown_container(name, src).into());
     }
-    let loaded = blumeops_core::load_dockerfile(&dockerfile, &dir, &args, None)
-        .map_err(blumeops_core::Error::from)?;
-    for note in &loaded.notes {
-        eprintln!("note: {note}");
+    let loaded =
+        blumeops_core::load_dockerfile_for_platform(&dockerfile, &dir, &args, None, load.platform)
+            .map_err(blumeops_core::Error::from)?;
+    if load.notes {
+        for note in &loaded.notes {
+            eprintln!("note: {note}");
+        }
     }
     let container = loaded.container;
     let version = if want_version {

@@ -3,43 +3,88 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use blumeops_core::{Plan, Platform};
 
-use super::load_container;
+use super::{InvalidInput, Load, load_container, parse_platforms};
 use crate::cli::{PlanArgs, PlanFormat};
 
 pub fn run(args: PlanArgs) -> Result<ExitCode> {
-    // No secrets: a RUN whose secret is not required plans without it.
-    let (container, _) = load_container(
-        &args.src,
-        &args.container_name,
-        &args.build_args,
-        &[],
-        false,
-    )?;
-    let plan = container.plan();
+    let platforms = parse_platforms(&args.platforms)?;
+    let mut plans: Vec<(Platform, Plan)> = Vec::with_capacity(platforms.len());
+    for (i, platform) in platforms.iter().enumerate() {
+        // No secrets: a RUN whose secret is not required plans without it.
+        let load = Load {
+            src: &args.src,
+            name: &args.container_name,
+            build_args: &args.build_args,
+            secrets: &[],
+            platform,
+            notes: i == 0,
+        };
+        let (container, _) = load_container(&load, false)?;
+        plans.push((platform.clone(), container.plan()));
+    }
     let format = if args.json {
         PlanFormat::Json
     } else {
         args.format
     };
-    if format == PlanFormat::Json {
-        let json = serde_json::to_string_pretty(&plan).context("failed to serialize the plan")?;
-        println!("{json}");
-    } else if format == PlanFormat::Mermaid {
-        print!("{}", plan.to_mermaid(&args.container_name));
-    } else if format == PlanFormat::Dot {
-        print!("{}", plan.to_dot(&args.container_name));
-    } else {
-        let stages = plan.stages.len();
-        println!(
-            "{}: {} step{} in {stages} stage{}",
-            args.container_name,
-            plan.total_steps,
-            if plan.total_steps == 1 { "" } else { "s" },
-            if stages == 1 { "" } else { "s" },
-        );
-        println!();
-        print!("{plan}");
+    // Without --platform, the plan alone (for the host's platform), as before platforms.
+    let named = !args.platforms.is_empty();
+    let name = &args.container_name;
+    match format {
+        PlanFormat::Json if named => {
+            let list: Vec<_> = plans
+                .iter()
+                .map(|(platform, plan)| {
+                    serde_json::json!({ "platform": platform.to_string(), "plan": plan })
+                })
+                .collect();
+            let json = serde_json::to_string_pretty(&serde_json::json!({ "platforms": list }))
+                .context("failed to serialize the plan")?;
+            println!("{json}");
+        }
+        PlanFormat::Json => {
+            let json = serde_json::to_string_pretty(&plans[0].1)
+                .context("failed to serialize the plan")?;
+            println!("{json}");
+        }
+        PlanFormat::Mermaid | PlanFormat::Dot if plans.len() > 1 => {
+            return Err(InvalidInput::new(format!(
+                "--format {}: a picture shows one platform's plan, and {} were given",
+                if format == PlanFormat::Mermaid {
+                    "mermaid"
+                } else {
+                    "dot"
+                },
+                plans.len()
+            ))
+            .with_hint("give one --platform, or use --format text or json")
+            .into());
+        }
+        PlanFormat::Mermaid => print!("{}", plans[0].1.to_mermaid(name)),
+        PlanFormat::Dot => print!("{}", plans[0].1.to_dot(name)),
+        PlanFormat::Text => {
+            for (i, (platform, plan)) in plans.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                let stages = plan.stages.len();
+                let title = if named {
+                    format!("{name} for {platform}")
+                } else {
+                    name.clone()
+                };
+                println!(
+                    "{title}: {} step{} in {stages} stage{}",
+                    plan.total_steps,
+                    if plan.total_steps == 1 { "" } else { "s" },
+                    if stages == 1 { "" } else { "s" },
+                );
+                println!();
+                print!("{plan}");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

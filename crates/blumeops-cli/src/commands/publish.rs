@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use blumeops_core::TagPolicy;
 
-use super::{Purpose, prepare};
+use super::{Purpose, Targets, prepare};
 use crate::cli::PublishArgs;
 use crate::outputs;
 
@@ -18,11 +18,11 @@ pub async fn run(args: PublishArgs) -> Result<ExitCode> {
     } else {
         TagPolicy::CreateOnly
     };
-    let published = match prepared
-        .container
-        .publish(&prepared.engine, &target, policy)
-        .await
-    {
+    let published = match &prepared.targets {
+        Targets::One(container) => container.publish(&prepared.engine, &target, policy).await,
+        Targets::Several(platforms) => platforms.publish(&prepared.engine, &target, policy).await,
+    };
+    let published = match published {
         Ok(published) => published,
         Err(err) => {
             prepared.progress.fail(&format!("{err:#}"));

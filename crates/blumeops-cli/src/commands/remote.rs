@@ -100,13 +100,17 @@ impl Remote {
     ) -> Result<Self> {
         let name = &flags.container_name;
         let secrets = super::resolve_secrets(&flags.secrets)?;
-        let (container, declared) = load_container(
-            &flags.src,
+        // The first platform's container: its host files are every platform's.
+        let platforms = super::parse_platforms(&flags.platforms)?;
+        let load = super::Load {
+            src: &flags.src,
             name,
-            &flags.build_args,
-            &secrets,
-            flags.version.is_none(),
-        )?;
+            build_args: &flags.build_args,
+            secrets: &secrets,
+            platform: &platforms[0],
+            notes: true,
+        };
+        let (container, declared) = load_container(&load, flags.version.is_none())?;
         // Resolved here, so the engine gets an explicit --version (or publish stops here).
         let purpose = if command == "publish" {
             Purpose::Publish
@@ -196,8 +200,9 @@ impl Remote {
         for (spec, _) in &secrets {
             flag("secret", &spec.to_string());
         }
-        if let Some(p) = &flags.platform {
-            flag("platform", p);
+        // Only as given: without it the engine builds for its own machine's platform.
+        if !flags.platforms.is_empty() {
+            flag("platform", &flags.platforms.join(","));
         }
         flag("registry", &flags.registry);
         flag("registry-username", &flags.registry_username);

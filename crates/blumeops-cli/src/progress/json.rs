@@ -30,6 +30,9 @@ pub enum JsonEvent {
         stage: usize,
         stage_name: String,
         description: String,
+        /// The step's platform, when one build makes several.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        platform: Option<String>,
     },
     StepOutput {
         step: usize,
@@ -136,12 +139,14 @@ pub fn from_event(event: &Event) -> Option<JsonEvent> {
             stage,
             stage_name,
             description,
+            platform,
         } => JsonEvent::StepStarted {
             step: *index,
             total: *total,
             stage: *stage,
             stage_name: stage_name.clone(),
             description: description.clone(),
+            platform: platform.clone(),
         },
         Event::StepOutput {
             index,
@@ -259,12 +264,14 @@ pub fn to_event(event: &JsonEvent) -> Option<Event> {
             stage,
             stage_name,
             description,
+            platform,
         } => Event::StepStarted {
             index: step,
             total,
             stage,
             stage_name,
             description,
+            platform,
         },
         JsonEvent::StepOutput { step, stream, line } => Event::StepOutput {
             index: step,
@@ -407,6 +414,15 @@ mod tests {
                 stage: 1,
                 stage_name: "stage 1 (from busybox)".into(),
                 description: "with_exec make".into(),
+                platform: None,
+            },
+            Event::StepStarted {
+                index: 9,
+                total: 10,
+                stage: 4,
+                stage_name: "linux/arm64 stage 1 (from busybox)".into(),
+                description: "with_exec uname -m".into(),
+                platform: Some("linux/arm64".into()),
             },
             Event::StepOutput {
                 index: 2,
@@ -478,15 +494,20 @@ mod tests {
             started,
             r#"{"v":1,"t":0.0,"event":"step-started","step":2,"total":5,"stage":1,"stage_name":"stage 1 (from busybox)","description":"with_exec make"}"#
         );
-        let finished = render(Duration::ZERO, from_event(&events[2]).unwrap());
+        let arm = render(Duration::ZERO, from_event(&events[1]).unwrap());
+        assert!(
+            arm.ends_with(r#""description":"with_exec uname -m","platform":"linux/arm64"}"#),
+            "{arm}"
+        );
+        let finished = render(Duration::ZERO, from_event(&events[3]).unwrap());
         assert!(
             finished.contains(r#""event":"step-finished","step":2,"seconds":1.25,"cache":"ran","reason":"new step""#),
             "{finished}"
         );
         // `mirror` is left out when the image's own registry served it.
-        let direct = render(Duration::ZERO, from_event(&events[3]).unwrap());
+        let direct = render(Duration::ZERO, from_event(&events[4]).unwrap());
         assert!(!direct.contains("mirror"), "{direct}");
-        let via = render(Duration::ZERO, from_event(&events[5]).unwrap());
+        let via = render(Duration::ZERO, from_event(&events[6]).unwrap());
         assert!(
             via.ends_with(r#""blobs":0,"bytes":0,"mirror":"registry.ops.eblu.me/docker.io"}"#),
             "{via}"

@@ -430,6 +430,7 @@ impl State {
                 stage,
                 stage_name,
                 description,
+                ..
             } => {
                 self.running.insert(
                     *index,
@@ -614,8 +615,12 @@ pub fn plain_line(event: &Event) -> Option<String> {
             index,
             total,
             description,
+            platform,
             ..
-        } => format!("[{index}/{total}] {description}"),
+        } => match platform {
+            Some(platform) => format!("[{index}/{total}] {platform}: {description}"),
+            None => format!("[{index}/{total}] {description}"),
+        },
         Event::StepFinished {
             index,
             elapsed,
@@ -837,6 +842,7 @@ mod tests {
                 stage: 1,
                 stage_name: "stage 1 (from busybox)".into(),
                 description: "from busybox".into(),
+                platform: None,
             },
             Event::StepFinished {
                 index: 1,
@@ -850,6 +856,7 @@ mod tests {
                 stage: 1,
                 stage_name: "stage 1 (from busybox)".into(),
                 description: "with_exec sh -c 'printf \"\\033[31mred\"'".into(),
+                platform: None,
             },
             Event::StepOutput {
                 index: 2,
@@ -900,6 +907,22 @@ mod tests {
         assert_eq!(lines[4], "[2]! warning?");
         assert!(lines[5].starts_with("pushing 127.0.0.1:5000/blumeops/hello:v1"));
         assert!(lines[6].starts_with("pushed sha256:aaaa"));
+    }
+
+    #[test]
+    fn a_step_of_one_platform_among_several_names_it() {
+        let started = Event::StepStarted {
+            index: 7,
+            total: 12,
+            stage: 3,
+            stage_name: "linux/arm64 stage 1 (from busybox)".into(),
+            description: "with_exec uname -m".into(),
+            platform: Some("linux/arm64".into()),
+        };
+        assert_eq!(
+            plain_line(&started).unwrap(),
+            "[7/12] linux/arm64: with_exec uname -m"
+        );
     }
 
     #[test]

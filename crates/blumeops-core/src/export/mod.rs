@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use crate::image::{Descriptor, ImageIndex, StoredImage, media_types};
+use crate::image::{Descriptor, ImageIndex, ManifestBlob, StoredImage, media_types};
 use crate::reference::Digest;
 use crate::store::{self, Store};
 
@@ -43,6 +43,15 @@ pub enum Error {
     /// A blob was missing from the store.
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// A docker archive was asked for several platforms.
+    #[error(
+        "a docker archive holds one image, and {platforms} platforms were asked for \
+         (write them to an OCI layout, `oci:DIR`, or build one --platform)"
+    )]
+    ArchiveOfSeveralPlatforms {
+        /// How many platforms.
+        platforms: usize,
+    },
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
@@ -89,6 +98,19 @@ impl ExportTarget {
     }
 }
 
+impl ExportTarget {
+    /// Whether this output can hold an image for `platforms` platforms (a docker archive
+    /// holds one): checked before a build, so a long build does not end in this error.
+    pub fn check_platforms(&self, platforms: usize) -> Result<(), Error> {
+        match self {
+            Self::DockerArchive { .. } if platforms > 1 => {
+                Err(Error::ArchiveOfSeveralPlatforms { platforms })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 impl FromStr for ExportTarget {
     type Err = Error;
 
@@ -115,10 +137,34 @@ impl FromStr for ExportTarget {
 /// Write `image` (blobs in `store`) to `target`. Blocking.
 pub fn write(store: &Store, image: &StoredImage, target: &ExportTarget) -> Result<(), Error> {
     match target {
-        ExportTarget::OciLayout { dir, tag } => write_oci_layout(store, image, dir, tag.as_deref()),
+        ExportTarget::OciLayout { dir, tag } => write_oci_layout(
+            store,
+            std::slice::from_ref(image),
+            &image.manifest,
+            dir,
+            tag.as_deref(),
+        ),
         ExportTarget::DockerArchive { path, repo_tag } => {
             write_docker_archive(store, image, path, repo_tag.as_deref())
         }
+    }
+}
+
+/// Write the images of several platforms and their `index` to `target`: an OCI layout
+/// whose `index.json` names the index (a docker archive holds one image: refused).
+/// Blocking.
+pub fn write_index(
+    store: &Store,
+    index: &ManifestBlob,
+    images: &[StoredImage],
+    target: &ExportTarget,
+) -> Result<(), Error> {
+    target.check_platforms(images.len())?;
+    match target {
+        ExportTarget::OciLayout { dir, tag } => {
+            write_oci_layout(store, images, index, dir, tag.as_deref())
+        }
+        ExportTarget::DockerArchive { .. } => unreachable!("checked above"),
     }
 }
 
@@ -153,20 +199,29 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Write `images` (blobs, then manifests) and `root` (one of their manifests, or their
+/// index), and name `root` in `index.json`.
 fn write_oci_layout(
     store: &Store,
-    image: &StoredImage,
+    images: &[StoredImage],
+    root: &ManifestBlob,
     dir: &Path,
     tag: Option<&str>,
 ) -> Result<(), Error> {
     let blobs = dir.join("blobs").join("sha256");
     fs::create_dir_all(&blobs).map_err(io_err("create directory", &blobs))?;
-    for blob in image.blobs() {
-        copy_blob(store, &blob.digest, &blobs)?;
+    for image in images {
+        for blob in image.blobs() {
+            copy_blob(store, &blob.digest, &blobs)?;
+        }
     }
-    let manifest_path = blobs.join(image.manifest.digest.hex());
-    if !manifest_path.is_file() {
-        write_atomic(&manifest_path, &image.manifest.bytes)?;
+    // The manifests before the index that names them, as a registry push orders them.
+    let manifests = images.iter().map(|i| &i.manifest);
+    for manifest in manifests.chain([root]) {
+        let path = blobs.join(manifest.digest.hex());
+        if !path.is_file() {
+            write_atomic(&path, &manifest.bytes)?;
+        }
     }
     write_atomic(
         &dir.join("oci-layout"),
@@ -188,12 +243,7 @@ fn write_oci_layout(
         },
         Err(e) => return Err(io_err("read", &index_path)(e)),
     };
-    let mut desc = Descriptor {
-        media_type: image.manifest.media_type.clone(),
-        digest: image.manifest.digest.clone(),
-        size: image.manifest.bytes.len() as u64,
-        annotations: Default::default(),
-    };
+    let mut desc = Descriptor::from(root);
     if let Some(tag) = tag {
         desc.annotations
             .insert(REF_NAME_ANNOTATION.to_owned(), tag.to_owned());
@@ -304,5 +354,16 @@ mod tests {
             let err = bad.parse::<ExportTarget>().unwrap_err().to_string();
             assert!(err.contains("oci:DIR or docker-archive:FILE"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_docker_archive_refuses_several_platforms() {
+        let archive: ExportTarget = "docker-archive:/tmp/x.tar".parse().unwrap();
+        assert!(archive.check_platforms(1).is_ok());
+        let err = archive.check_platforms(2).unwrap_err().to_string();
+        assert!(err.contains("2 platforms"), "{err}");
+        assert!(err.contains("oci:DIR"), "{err}");
+        let layout: ExportTarget = "oci:/tmp/x".parse().unwrap();
+        assert!(layout.check_platforms(2).is_ok());
     }
 }

@@ -108,7 +108,7 @@ mod config;
 mod manifest;
 
 pub use config::{History, ImageConfig, RootFs, RuntimeConfig};
-pub use manifest::{Descriptor, ImageIndex, ImageManifest};
+pub use manifest::{Descriptor, DescriptorPlatform, ImageIndex, ImageManifest};
 
 use crate::limits::{self, LimitExceeded};
 

@@ -34,6 +34,9 @@ pub enum Event {
         stage_name: String,
         /// What the step does.
         description: String,
+        /// The platform the step builds for, when one build makes several (`None` for a
+        /// build of one platform).
+        platform: Option<String>,
     },
     /// A step finished.
     StepFinished {
@@ -202,13 +205,57 @@ pub struct Engine {
     pub(super) compression: Compression,
     pub(super) progress: Option<ProgressFn>,
     pub(super) cache: CacheOptions,
-    pub(super) jobs: usize,
     /// Runs the steps that run commands.
     pub(super) executor: Arc<dyn StepExecutor>,
     pub(super) step_pids_max: Option<u64>,
     pub(super) container_name: String,
     /// The registry cache's settings and its client (short timeouts, few retries).
     pub(super) registry_cache: Option<(RegistryCacheOptions, RegistryClient)>,
+    /// Job slots: shared by every build of this engine and its per-platform copies, so
+    /// platforms built together still run at most `jobs` steps at once.
+    pub(super) job_slots: Arc<tokio::sync::Semaphore>,
+    /// How the events of one platform's build among several are numbered.
+    pub(super) numbering: Option<Numbering>,
+}
+
+/// Where one platform's steps sit among all the platforms' steps in progress events: its
+/// steps and stages come after those of the platforms before it, and its steps name it.
+#[derive(Debug, Clone)]
+pub(super) struct Numbering {
+    pub(super) platform: String,
+    pub(super) step_offset: usize,
+    pub(super) stage_offset: usize,
+    /// Steps of every platform.
+    pub(super) total: usize,
+}
+
+impl Numbering {
+    fn apply(&self, event: &Event) -> Event {
+        let mut event = event.clone();
+        let offset = self.step_offset;
+        match &mut event {
+            Event::StepStarted {
+                index,
+                total,
+                stage,
+                stage_name,
+                platform,
+                ..
+            } => {
+                *index += offset;
+                *total = self.total;
+                *stage += self.stage_offset;
+                *stage_name = format!("{} {stage_name}", self.platform);
+                *platform = Some(self.platform.clone());
+            }
+            Event::StepFinished { index, .. }
+            | Event::StepOutput { index, .. }
+            | Event::Pulled { index, .. }
+            | Event::MirrorFailed { index, .. } => *index += offset,
+            _ => {}
+        }
+        event
+    }
 }
 
 impl fmt::Debug for Engine {
@@ -238,11 +285,25 @@ impl Engine {
             compression: options.compression,
             progress: options.progress,
             cache: options.cache,
-            jobs: options.jobs.max(1),
             executor: options.executor,
             step_pids_max: options.step_pids_max,
             container_name: options.container_name,
+            job_slots: Arc::new(tokio::sync::Semaphore::new(options.jobs.max(1))),
+            numbering: None,
         })
+    }
+
+    /// This engine building for `platform` (the platform of bases without their own, and
+    /// of scratch). It shares the store, clients and job slots; a platform other than
+    /// the host's keeps its own step history, so reasons compare like with like.
+    #[must_use]
+    pub fn for_platform(&self, platform: &Platform) -> Engine {
+        let mut engine = self.clone();
+        if *platform != Platform::host() {
+            engine.container_name = format!("{} {platform}", self.container_name);
+        }
+        engine.platform = platform.clone();
+        engine
     }
 
     /// The store.
@@ -284,7 +345,10 @@ impl Engine {
 
     pub(crate) fn emit(&self, event: Event) {
         if let Some(p) = &self.progress {
-            p(&event);
+            match &self.numbering {
+                Some(numbering) => p(&numbering.apply(&event)),
+                None => p(&event),
+            }
         }
     }
 }

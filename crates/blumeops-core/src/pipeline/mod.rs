@@ -23,6 +23,7 @@ mod engine;
 mod eval_tests;
 mod exec;
 mod plan;
+mod platforms;
 mod publish;
 mod solver;
 mod state;
@@ -38,6 +39,7 @@ pub use exec::{
     SecretVariable,
 };
 pub use plan::{Plan, PlanBase, PlanStage, PlanStep};
+pub use platforms::{BuiltIndex, MultiPlatform};
 
 use crate::layer::{HostCopy, Owner};
 use crate::reference::Platform;

@@ -35,7 +35,7 @@ pub(super) struct Run<'a> {
     /// One lock per step key: two stages that reach the same step at once run it once, the
     /// second finds the first's result in the cache.
     key_locks: std::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
-    jobs: tokio::sync::Semaphore,
+    jobs: Arc<tokio::sync::Semaphore>,
     /// The registry cache, when the engine has one.
     registry_cache: Option<RegistryCache>,
     /// Every cached step of this build, for the registry cache's export.
@@ -99,13 +99,18 @@ impl<'a> Run<'a> {
             stages,
             stage_of,
             key_locks: std::sync::Mutex::new(HashMap::new()),
-            jobs: tokio::sync::Semaphore::new(engine.jobs),
+            jobs: engine.job_slots.clone(),
             registry_cache: engine
                 .registry_cache
                 .as_ref()
                 .map(|(options, client)| RegistryCache::new(options, client.clone())),
             exports: std::sync::Mutex::default(),
         }
+    }
+
+    /// The engine this run builds with.
+    pub(super) fn engine(&self) -> &'a Engine {
+        self.engine
     }
 
     /// The registry client for this container's pulls and publish.
@@ -289,6 +294,7 @@ impl<'a> Run<'a> {
             stage: at.stage,
             stage_name: at.stage_name.to_owned(),
             description: description.clone(),
+            platform: None,
         });
         let started = Instant::now();
         let (detail, cache, record) = self

@@ -41,7 +41,7 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
 use url::Url;
 
-use crate::image::StoredImage;
+use crate::image::{ManifestBlob, StoredImage};
 use crate::reference::{Digest, ImageRef, Platform};
 use crate::store::Store;
 
@@ -350,6 +350,22 @@ impl RegistryClient {
         progress: &(dyn Fn(&BlobProgress) + Sync),
     ) -> Result<PushReport, Error> {
         self.push_image_impl(target, image, store, policy, None, progress)
+            .await
+    }
+
+    /// Push the images of several platforms and their `index` (made from their manifests)
+    /// to `target` under the tag policy: every blob, each manifest by digest, then the
+    /// index under the tag, last. `progress` is called as each blob is confirmed present.
+    pub async fn push_index_with_progress(
+        &self,
+        target: &ImageRef,
+        index: &ManifestBlob,
+        images: &[StoredImage],
+        store: &Store,
+        policy: TagPolicy,
+        progress: &(dyn Fn(&BlobProgress) + Sync),
+    ) -> Result<PushReport, Error> {
+        self.push_manifests(target, images, index, store, policy, None, progress)
             .await
     }
 

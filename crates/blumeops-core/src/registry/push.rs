@@ -18,7 +18,7 @@ use super::{
     TagPolicy, UPLOAD_BASE_TIMEOUT, UPLOAD_BUFFER, UPLOAD_MIN_BYTES_PER_SEC, gave_up,
     header_digest, retry, status_error, timeout_error,
 };
-use crate::image::{BlobRef, StoredImage, media_types};
+use crate::image::{BlobRef, ManifestBlob, StoredImage, media_types};
 use crate::reference::{Digest, ImageRef};
 use crate::store::{Error as StoreError, Store};
 
@@ -32,6 +32,33 @@ impl RegistryClient {
         mount_from: Option<&ImageRef>,
         progress: &(dyn Fn(&BlobProgress) + Sync),
     ) -> Result<PushReport, Error> {
+        let images = std::slice::from_ref(image);
+        self.push_manifests(
+            target,
+            images,
+            &image.manifest,
+            store,
+            policy,
+            mount_from,
+            progress,
+        )
+        .await
+    }
+
+    /// Push `images` and `root` (one of their manifests, or their index) to `target`:
+    /// the tag check, every blob, each manifest other than `root` by digest, then `root`
+    /// under the tag, last, so a tag never points at anything missing.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn push_manifests(
+        &self,
+        target: &ImageRef,
+        images: &[StoredImage],
+        root: &ManifestBlob,
+        store: &Store,
+        policy: TagPolicy,
+        mount_from: Option<&ImageRef>,
+        progress: &(dyn Fn(&BlobProgress) + Sync),
+    ) -> Result<PushReport, Error> {
         let tag = target.tag().unwrap_or("latest");
         // A mount only works within one registry.
         let mount_from = mount_from
@@ -40,7 +67,7 @@ impl RegistryClient {
         let mount_from = mount_from.as_deref();
         let tag_ref = target.with_tag(tag);
         let repo = self.repo(target, Access::Push)?;
-        let new = image.manifest.digest.clone();
+        let new = root.digest.clone();
 
         match self.head_manifest_in(&repo, &tag_ref).await? {
             Some(existing) if existing == new => {
@@ -64,8 +91,9 @@ impl RegistryClient {
 
         let mut seen = HashSet::new();
         // Owned items keep the future `Send` for callers that box it (see pull.rs).
-        let blobs: Vec<BlobRef> = image
-            .blobs()
+        let blobs: Vec<BlobRef> = images
+            .iter()
+            .flat_map(StoredImage::blobs)
             .filter(|b| seen.insert(b.digest.clone()))
             .cloned()
             .collect();
@@ -91,11 +119,21 @@ impl RegistryClient {
         let blobs_uploaded = uploaded.iter().flatten().count();
         let bytes_uploaded = uploaded.iter().flatten().sum();
 
-        // Every blob the manifest references is now confirmed present: a HEAD found it, or
+        // Every blob the manifests reference is now confirmed present: a HEAD found it, or
         // the closing PUT's 201 named its digest (else a HEAD after it). Any failure above
         // returned early, so a tag never points at a missing blob.
         debug_assert_eq!(uploaded.len(), total);
-        self.put_manifest(&repo, &tag_ref, tag, image).await?;
+        for image in images.iter().filter(|i| i.manifest.digest != new) {
+            let manifest = &image.manifest;
+            let by_digest = target.with_digest(manifest.digest.clone());
+            // A create-only account may not PUT a manifest the registry has.
+            if self.head_manifest_in(&repo, &by_digest).await?.is_none() {
+                let reference = manifest.digest.to_string();
+                self.put_manifest(&repo, &by_digest, &reference, manifest)
+                    .await?;
+            }
+        }
+        self.put_manifest(&repo, &tag_ref, tag, root).await?;
         Ok(PushReport {
             digest: new,
             unchanged: false,
@@ -485,15 +523,15 @@ impl RegistryClient {
         Ok(response)
     }
 
-    /// PUT the manifest under the tag, with its exact bytes and media type. A retry first
-    /// checks the tag: an earlier attempt may have landed with its answer lost (and a
-    /// create-only account may not PUT the same tag twice).
+    /// PUT the manifest under the tag (or its digest), with its exact bytes and media type.
+    /// A retry first checks the tag: an earlier attempt may have landed with its answer
+    /// lost (and a create-only account may not PUT the same tag twice).
     async fn put_manifest(
         &self,
         repo: &Repo,
         tag_ref: &ImageRef,
         tag: &str,
-        image: &StoredImage,
+        manifest: &ManifestBlob,
     ) -> Result<(), Error> {
         let name = tag_ref.to_string();
         let url = repo.url(&format!("v2/{}/manifests/{tag}", repo.repository))?;
@@ -504,7 +542,6 @@ impl RegistryClient {
             url: &url,
             limit: Limit::Total(self.options.request_timeout),
         };
-        let manifest = &image.manifest;
         let attempts = std::cell::Cell::new(0u32);
         self.retrying(&call, Duration::ZERO, || async {
             attempts.set(attempts.get() + 1);

@@ -12,6 +12,11 @@
 # Needs: umoci, busybox-static (/bin/busybox). Unpacking needs root (or runs
 # umoci with --rootless when not root).
 #
+# BUSYBOX=PATH takes another static busybox, and ARCH=arm64 (an OCI architecture) makes
+# the image for another architecture than this machine's, e.g. with the busybox of
+# `apt-get download busybox-static:arm64` (scripts/busybox-index.sh does this). The applet
+# list then comes from this machine's /bin/busybox, which needs no emulator.
+#
 # Push it somewhere with, for example:
 #   skopeo copy --dest-tls-verify=false oci:OUT_DIR:1.37 docker://127.0.0.1:5000/library/busybox:1.37
 set -euo pipefail
@@ -44,15 +49,23 @@ if [[ -e $out ]]; then
 fi
 
 case "$(uname -m)" in
-    x86_64 | amd64) arch=amd64 ;;
-    aarch64 | arm64) arch=arm64 ;;
-    armv7l | armv7*) arch=arm ;;
-    i386 | i686) arch=386 ;;
-    ppc64le) arch=ppc64le ;;
-    s390x) arch=s390x ;;
-    riscv64) arch=riscv64 ;;
+    x86_64 | amd64) host_arch=amd64 ;;
+    aarch64 | arm64) host_arch=arm64 ;;
+    armv7l | armv7*) host_arch=arm ;;
+    i386 | i686) host_arch=386 ;;
+    ppc64le) host_arch=ppc64le ;;
+    s390x) host_arch=s390x ;;
+    riscv64) host_arch=riscv64 ;;
     *) die "unsupported host architecture $(uname -m)" ;;
 esac
+arch=${ARCH:-$host_arch}
+# A foreign busybox cannot list its applets without an emulator; the host's busybox of
+# the same Debian release has the same list.
+lister=$busybox
+if [[ $arch != "$host_arch" ]]; then
+    lister=/bin/busybox
+    [[ -x $lister ]] || die "$lister not found (apt-get install busybox-static): it lists the applets"
+fi
 
 created=$(date -u -d "@$epoch" +%Y-%m-%dT%H:%M:%SZ)
 work=$(mktemp -d "${TMPDIR:-/tmp}/busybox-base.XXXXXX")
@@ -74,7 +87,7 @@ mkdir -p "$rootfs/bin" "$rootfs/etc" "$rootfs/root" "$rootfs/tmp" \
 install -m 0755 "$busybox" "$rootfs/bin/busybox"
 # All applets live in /bin (busybox finds them through PATH); the list is
 # sorted so the layer is stable.
-"$busybox" --list | LC_ALL=C sort -u | while read -r applet; do
+"$lister" --list | LC_ALL=C sort -u | while read -r applet; do
     [[ -z $applet || $applet == busybox ]] && continue
     ln -sf busybox "$rootfs/bin/$applet"
 done

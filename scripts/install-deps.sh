@@ -18,6 +18,7 @@ packages=(
     fuse-overlayfs   # rootless steps where the kernel has no overlayfs in user namespaces
     passwd           # useradd/usermod: the rootless tests' users
     docker.io        # dockerd and docker: the docker executor's tests
+    qemu-user-static # foreign-architecture steps (the multi-platform tests)
     graphviz         # dot: renders `plan --format dot` in the tests
     apache2-utils    # htpasswd, for the registry's users
     ca-certificates  # HTTPS roots; update-ca-certificates makes the TLS tests' private store
@@ -48,6 +49,21 @@ else
     echo "install-deps: installing ${missing[*]}"
     "${sudo[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# The multi-platform tests build a base for the other architecture from its busybox-static
+# package (scripts/busybox-index.sh downloads it), which needs that dpkg architecture.
+case "$(dpkg --print-architecture)" in
+    amd64) other_arch=arm64 ;;
+    arm64) other_arch=amd64 ;;
+    *) other_arch= ;;
+esac
+if [[ -n $other_arch ]] && ! dpkg --print-foreign-architectures | grep -qx "$other_arch"; then
+    sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    echo "install-deps: adding the dpkg architecture $other_arch"
+    "${sudo[@]}" dpkg --add-architecture "$other_arch"
+    "${sudo[@]}" apt-get update -qq
 fi
 
 # The macOS check (scripts/check-macos.sh): the darwin targets of the pinned toolchain, and

@@ -28,6 +28,10 @@ if [[ $(id -u) -eq 0 ]]; then
         [[ ! -c $dev ]] || chmod 0666 "$dev"
     done
 fi
+# The multi-platform tests run arm64 (or amd64) steps through qemu-user-static.
+if [[ $(id -u) -eq 0 ]]; then
+    scripts/enable-emulation.sh
+fi
 echo "== cargo test"
 # Tests that cannot run here record a line in this file (blumeops_core::testing::skip).
 work=$(mktemp -d)

@@ -70,6 +70,58 @@ fn push_layout(registry: &TestRegistry, source: &str, reference: &str) -> Pushed
     }
 }
 
+/// The busybox base for linux/amd64 and linux/arm64 under one OCI index
+/// (`scripts/busybox-index.sh`: the other architecture's busybox-static comes from
+/// `apt-get download`, so its dpkg architecture must be added, as install-deps.sh does).
+#[derive(Debug)]
+pub struct MultiArchBase;
+
+impl MultiArchBase {
+    /// The OCI layout directory (tag [`BASE_TAG`] names the index), built on first use.
+    pub fn layout() -> &'static Path {
+        static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
+        LAYOUT.get_or_init(|| {
+            // The per-platform images are busybox-base.sh's: its changes count too.
+            let mut key = std::fs::read(workspace_root().join("scripts/busybox-base.sh"))
+                .expect("read scripts/busybox-base.sh");
+            key.extend(std::fs::read("/bin/busybox").unwrap_or_default());
+            cached_layout(
+                "scripts/busybox-index.sh",
+                &[BASE_TAG],
+                &key,
+                "busybox-index",
+                BASE_TAG,
+                300,
+            )
+        })
+    }
+
+    /// Push the index and both images to `REPO:1.37` as `admin` (`skopeo copy --all`).
+    pub fn push_to(registry: &TestRegistry, repo: &str) -> PushedImage {
+        let source = format!("oci:{}:{BASE_TAG}", Self::layout().display());
+        let reference = format!("{}/{repo}:{BASE_TAG}", registry.addr());
+        let creds = format!("{ADMIN_USER}:{}", registry.admin_password());
+        let output = crate::tools::skopeo(&[
+            "copy",
+            "--all",
+            "--retry-times=0",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &creds,
+            &source,
+            &crate::tools::with_transport(&reference),
+        ]);
+        assert!(
+            output.status.success(),
+            "skopeo copy --all of {source} to {reference} failed:\n{}\nproxy log:\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            registry.log_summary(),
+        );
+        let digest = sha256_digest(&skopeo_inspect_raw(&reference));
+        PushedImage { reference, digest }
+    }
+}
+
 /// A Debian bookworm base (`scripts/debian-base.sh`: debootstrap minbase, apt included),
 /// for steps that need apt-get and useradd.
 #[derive(Debug)]

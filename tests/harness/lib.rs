@@ -32,7 +32,7 @@ pub mod users;
 mod util;
 pub mod zot_proxy;
 
-pub use base_image::{BASE_TAG, BaseImage, DebianBase, PushedImage};
+pub use base_image::{BASE_TAG, BaseImage, DebianBase, MultiArchBase, PushedImage};
 pub use cli::{
     CliOutput, blumeops_bin, isolated_cache, run_cli, run_cli_as, run_cli_with, run_cli_wrapped,
 };

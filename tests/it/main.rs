@@ -9,6 +9,7 @@ mod harness;
 mod hostile;
 mod live_view;
 mod mirrors;
+mod platforms;
 mod push_archive;
 mod registry_cache;
 mod registry_client;

@@ -216,6 +216,10 @@ pub struct Engine {
     pub(super) job_slots: Arc<tokio::sync::Semaphore>,
     /// How the events of one platform's build among several are numbered.
     pub(super) numbering: Option<Numbering>,
+    /// Step locks shared by the platforms of one multi-platform build, so a step they
+    /// have in common (a stage on the build platform) runs once (`None`: each build has
+    /// its own).
+    pub(super) step_locks: Option<Arc<super::solver::StepLocks>>,
 }
 
 /// Where one platform's steps sit among all the platforms' steps in progress events: its
@@ -290,6 +294,7 @@ impl Engine {
             container_name: options.container_name,
             job_slots: Arc::new(tokio::sync::Semaphore::new(options.jobs.max(1))),
             numbering: None,
+            step_locks: None,
         })
     }
 

@@ -2,6 +2,7 @@
 //! `TARGETARCH` or a definition's input differ per platform), built together within the
 //! engine's job slots, and published or written as one OCI image index.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::Container;
@@ -147,6 +148,7 @@ impl MultiPlatform {
         let plans: Vec<_> = self.targets.iter().map(|(_, c)| c.plan()).collect();
         let total = plans.iter().map(|p| p.total_steps).sum();
         let (mut step_offset, mut stage_offset) = (0, 0);
+        let step_locks = Arc::default();
         self.targets
             .iter()
             .zip(&plans)
@@ -158,6 +160,7 @@ impl MultiPlatform {
                     stage_offset,
                     total,
                 });
+                e.step_locks = Some(Arc::clone(&step_locks));
                 step_offset += plan.total_steps;
                 stage_offset += plan.stages.len();
                 e
@@ -362,5 +365,67 @@ mod tests {
             err.to_string().contains("docker archive holds one image"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_stage_on_the_build_platform_runs_once_for_every_target() {
+        if !crate::pipeline::eval_tests::can_run() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let seen = ran.clone();
+        let mut options = EngineOptions::new(Store::open(dir.path()).unwrap());
+        options.progress = Some(Arc::new(move |e: &Event| {
+            if let Event::StepFinished { index, cache, .. } = e {
+                seen.lock().unwrap().push((*index, cache.clone()));
+            }
+        }));
+        let engine = Engine::new(options).unwrap();
+        // Like `FROM --platform=$BUILDPLATFORM`: the host's, whatever the target.
+        let host = Platform::host();
+        let tools = Container::scratch_platform(host.clone())
+            .with_file(
+                "/bin/busybox",
+                "/bin/busybox",
+                crate::layer::HostCopy::default().with_mode(0o755),
+            )
+            .with_exec(["/bin/busybox", "sh", "-c", "echo built > /out"]);
+        let other = if host.architecture() == "arm64" {
+            "linux/amd64"
+        } else {
+            "linux/arm64"
+        };
+        // The targets only copy (no command, so no emulator).
+        let targets = [host.clone(), platform(other)]
+            .map(|p| {
+                let c = Container::scratch().with_file_from(
+                    "/out",
+                    &tools,
+                    "/out",
+                    crate::pipeline::CopyOptions::default(),
+                );
+                (p, c)
+            })
+            .to_vec();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let built = rt
+            .block_on(MultiPlatform::new(targets).unwrap().build(&engine))
+            .unwrap();
+        assert_eq!(built.images.len(), 2);
+        let ran = ran.lock().unwrap().clone();
+        let execs_ran = ran
+            .iter()
+            .filter(|(_, c)| matches!(c, crate::pipeline::CacheStatus::Ran { .. }))
+            .count();
+        // Per target: scratch, busybox, exec, scratch, copy; the tools stage's file and
+        // command ran for the first, the second took them from the cache, and each target's
+        // own copy ran.
+        let hits = ran
+            .iter()
+            .filter(|(_, c)| matches!(c, crate::pipeline::CacheStatus::Hit))
+            .count();
+        assert_eq!(hits, 2, "{ran:?}");
+        assert_eq!(execs_ran, 4, "{ran:?}");
     }
 }

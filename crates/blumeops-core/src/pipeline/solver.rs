@@ -32,9 +32,9 @@ pub(super) struct Run<'a> {
     /// One cell per stage: a stage needed twice runs once, and a second caller waits for
     /// the first.
     cells: Vec<tokio::sync::OnceCell<State>>,
-    /// One lock per step key: two stages that reach the same step at once run it once, the
-    /// second finds the first's result in the cache.
-    key_locks: std::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// One lock per step key: two stages (or two platforms' builds) that reach the same
+    /// step at once run it once, the second finds the first's result in the cache.
+    key_locks: Arc<StepLocks>,
     jobs: Arc<tokio::sync::Semaphore>,
     /// The registry cache, when the engine has one.
     registry_cache: Option<RegistryCache>,
@@ -43,6 +43,9 @@ pub(super) struct Run<'a> {
     /// The engine's registry client, with the container's own credentials in front.
     registry: RegistryClient,
 }
+
+/// A lock per step key.
+pub(super) type StepLocks = std::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>;
 
 fn copy_source(op: &Op) -> Option<&Container> {
     super::op_source(op)
@@ -98,7 +101,7 @@ impl<'a> Run<'a> {
                 .collect(),
             stages,
             stage_of,
-            key_locks: std::sync::Mutex::new(HashMap::new()),
+            key_locks: engine.step_locks.clone().unwrap_or_default(),
             jobs: engine.job_slots.clone(),
             registry_cache: engine
                 .registry_cache

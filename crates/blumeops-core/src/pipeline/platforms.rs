@@ -228,7 +228,7 @@ mod tests {
     fn two_platforms() -> MultiPlatform {
         let targets = ["linux/amd64", "linux/arm64"]
             .map(|p| {
-                let c = Container::scratch().with_new_file("/arch", p.as_bytes().to_vec(), 0o644);
+                let c = Container::scratch().with_new_file("/arch", p.as_bytes(), 0o644);
                 (platform(p), c)
             })
             .to_vec();

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use blumeops_e2e::dockerd::{self, Dockerd};
 use blumeops_e2e::{
-    BaseImage, CliOutput, PushedImage, TestRegistry, blumeops_bin, isolated_cache, run_cli_with,
-    tools::umoci_unpack,
+    BaseImage, CliOutput, MultiArchBase, PushedImage, TestRegistry, blumeops_bin, isolated_cache,
+    run_cli_with, tools::umoci_unpack,
 };
 
 /// Held by every test that uses the shared daemon (also the TLS tests through it).
@@ -704,5 +704,60 @@ fn the_clients_mirrors_reach_the_engine() {
     ] {
         assert!(built.stderr.contains(&wanted), "{wanted} missing\n{built}");
     }
+    fx.finish(&volume);
+}
+
+/// Two platforms through the engine, as the arm64 runner builds its amd64 image too: the
+/// engine checks and uses the kernel's emulator from its container, and writes the same
+/// index as the host's root build.
+#[test]
+fn two_platforms_through_the_engine_give_the_hosts_index() {
+    require_dockerd!();
+    let handler = Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64");
+    if !std::fs::read_to_string(handler).is_ok_and(|s| s.starts_with("enabled")) {
+        blumeops_core::testing::skip(
+            "qemu-aarch64 is not registered (scripts/enable-emulation.sh)",
+        );
+        return;
+    }
+    let fx = Setup::new(
+        "ARG CONTAINER_APP_VERSION=1.0.0\nARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nARG TARGETARCH\n\
+         RUN uname -m > /uname && echo \"$TARGETARCH\" > /arch\n",
+        false,
+    );
+    let base = MultiArchBase::push_to(&fx.registry, "library/busybox-multi");
+    let volume = format!("blumeops-test-cache-platforms-{}", std::process::id());
+    let out = tempfile::tempdir().unwrap();
+    let build = |dir: &Path, env: &[(&str, &str)]| {
+        let mut args = vec!["build".to_owned()];
+        args.extend(flags(
+            &fx.src.path().display().to_string(),
+            &fx.registry,
+            &base,
+        ));
+        args.extend([
+            "--output".to_owned(),
+            format!("oci:{}", dir.display()),
+            "--platform".to_owned(),
+            "linux/amd64,linux/arm64".to_owned(),
+        ]);
+        let out = run_cli_with(&args, env, Path::new("/"), TIMEOUT);
+        out.assert_success();
+        out
+    };
+    let cache = isolated_cache();
+    let cache_dir = cache.path().display().to_string();
+    let host = build(
+        &out.path().join("host"),
+        &[
+            ("BLUMEOPS_CACHE_DIR", &cache_dir),
+            ("SOURCE_DATE_EPOCH", EPOCH),
+            ("BLUMEOPS_EXECUTOR", "root"),
+        ],
+    );
+    let env = fx.client_env(&volume);
+    let engine = build(&out.path().join("engine"), &pairs(&env));
+    assert_eq!(digest(&engine), digest(&host), "{engine}");
+    assert!(engine.stderr.contains("linux/arm64: "), "{engine}");
     fx.finish(&volume);
 }

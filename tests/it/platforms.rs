@@ -343,6 +343,23 @@ fn build_of_two_platforms_writes_an_index_and_a_docker_archive_refuses_them() {
         assert_eq!(read(&bundle.join("rootfs"), "/note.txt"), "hi");
     }
 
+    // One platform that is not the host's: a single image, told its platform.
+    let arm_layout = work.path().join("arm64-only");
+    let output = format!("oci:{}", arm_layout.display());
+    let arm = fx.run(
+        "build",
+        "multi",
+        &["--output", &output, "--platform", "linux/arm64"],
+        cache.path(),
+    );
+    arm.assert_success();
+    let bundle = work.path().join("bundle-arm64-only");
+    umoci_unpack(&format!("{}:{tag}", arm_layout.display()), &bundle);
+    let rootfs = bundle.join("rootfs");
+    assert_eq!(read(&rootfs, "/uname"), "aarch64");
+    assert_eq!(read(&rootfs, "/targetarch"), "arm64");
+    assert_eq!(read(&rootfs, "/from-build/build-uname"), "x86_64");
+
     // A docker archive holds one image: refused before anything is built.
     let archive = format!("docker-archive:{}", work.path().join("x.tar").display());
     let mut extra = vec!["--output", archive.as_str()];

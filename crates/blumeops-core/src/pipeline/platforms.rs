@@ -3,10 +3,10 @@
 //! engine's job slots, and published or written as one OCI image index.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::Container;
-use super::engine::{BuiltImage, Engine, Event, Numbering, Published};
+use super::engine::{BuiltImage, Engine, Numbering, Published};
+use super::publish::push_images;
 use super::solver::Run;
 use super::state::finish;
 use crate::error::Error;
@@ -83,40 +83,19 @@ impl MultiPlatform {
         let engines = self.engines(engine);
         let runs = self.runs(&engines)?;
         let built = self.evaluate(&runs).await?;
-        engine.emit(Event::PushStarted {
-            target: target.to_string(),
-        });
-        let started = Instant::now();
-        let progress = |p: &crate::registry::BlobProgress| {
-            engine.emit(Event::PushProgress {
-                done: p.done,
-                total: p.total,
-                uploaded: p.uploaded,
-                bytes_sent: p.bytes_sent,
-            });
-        };
         // The first container's credentials (`with_registry_auth`) push; every platform's
         // container comes from one definition.
-        let report = runs[0]
-            .registry()
-            .push_index_with_progress(
-                target,
-                &built.index,
-                &built.stored(),
-                &engine.store,
-                policy,
-                &progress,
-            )
-            .await?;
-        engine.emit(Event::PushFinished {
-            report: report.clone(),
-            elapsed: started.elapsed(),
-        });
+        let published = push_images(
+            engine,
+            runs[0].registry(),
+            target,
+            &built.index,
+            &built.stored(),
+            policy,
+        )
+        .await?;
         export_caches(&runs, Some(target)).await;
-        Ok(Published {
-            reference: target.with_digest(report.digest.clone()),
-            report,
-        })
+        Ok(published)
     }
 
     /// Build, then write every platform's image and the index to `target` (an OCI layout;
@@ -217,7 +196,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::pipeline::EngineOptions;
+    use crate::pipeline::{EngineOptions, Event};
     use crate::store::Store;
 
     fn platform(text: &str) -> Platform {

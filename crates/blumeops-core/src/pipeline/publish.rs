@@ -10,6 +10,7 @@ use super::state::finish;
 use super::steps;
 use crate::error::Error;
 use crate::export::ExportTarget;
+use crate::image::{ManifestBlob, StoredImage};
 use crate::reference::ImageRef;
 use crate::registry::TagPolicy;
 
@@ -112,6 +113,28 @@ pub(crate) async fn push_built(
     target: &ImageRef,
     policy: TagPolicy,
 ) -> Result<Published, Error> {
+    let image = std::slice::from_ref(&built.image);
+    push_images(
+        engine,
+        registry,
+        target,
+        &built.image.manifest,
+        image,
+        policy,
+    )
+    .await
+}
+
+/// Push `images` and `root` (one of their manifests, or their index) to `target`, with
+/// progress events. Returns `target@digest of root`.
+pub(super) async fn push_images(
+    engine: &Engine,
+    registry: &crate::registry::RegistryClient,
+    target: &ImageRef,
+    root: &ManifestBlob,
+    images: &[StoredImage],
+    policy: TagPolicy,
+) -> Result<Published, Error> {
     engine.emit(Event::PushStarted {
         target: target.to_string(),
     });
@@ -125,7 +148,7 @@ pub(crate) async fn push_built(
         });
     };
     let report = registry
-        .push_image_with_progress(target, &built.image, &engine.store, policy, &progress)
+        .push_images_with_progress(target, root, images, &engine.store, policy, &progress)
         .await?;
     engine.emit(Event::PushFinished {
         report: report.clone(),

@@ -353,19 +353,20 @@ impl RegistryClient {
             .await
     }
 
-    /// Push the images of several platforms and their `index` (made from their manifests)
-    /// to `target` under the tag policy: every blob, each manifest by digest, then the
-    /// index under the tag, last. `progress` is called as each blob is confirmed present.
-    pub async fn push_index_with_progress(
+    /// Push `images` and `root` (one of their manifests, or an index of them, such as one
+    /// image per platform) to `target` under the tag policy: every blob, each manifest but
+    /// `root` by digest, then `root` under the tag, last. `progress` is called as each blob
+    /// is confirmed present.
+    pub async fn push_images_with_progress(
         &self,
         target: &ImageRef,
-        index: &ManifestBlob,
+        root: &ManifestBlob,
         images: &[StoredImage],
         store: &Store,
         policy: TagPolicy,
         progress: &(dyn Fn(&BlobProgress) + Sync),
     ) -> Result<PushReport, Error> {
-        self.push_manifests(target, images, index, store, policy, None, progress)
+        self.push_manifests(target, images, root, store, policy, None, progress)
             .await
     }
 

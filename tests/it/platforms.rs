@@ -39,6 +39,10 @@ RUN uname -m > /uname && echo "$TARGETARCH" > /targetarch \
 /// Files only: no command, so no emulator is needed for any platform.
 const FILES_ONLY: &str = "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY note.txt /note.txt\n";
 
+/// A step that fails on arm64 only.
+const AMD64_ONLY: &str =
+    "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN test \"$(uname -m)\" = x86_64 && touch /ok\n";
+
 /// Whether this machine runs arm64 binaries (qemu-aarch64 registered with binfmt_misc);
 /// records a skip when it does not.
 fn can_emulate_arm64() -> bool {
@@ -68,7 +72,11 @@ impl Fixture {
         let registry = TestRegistry::start();
         let base = MultiArchBase::push_to(&registry, "library/busybox");
         let src = tempdir("blumeops-platforms-src-");
-        for (name, text) in [("multi", DOCKERFILE), ("files", FILES_ONLY)] {
+        for (name, text) in [
+            ("multi", DOCKERFILE),
+            ("files", FILES_ONLY),
+            ("amd64only", AMD64_ONLY),
+        ] {
             let dir = src.path().join("containers").join(name);
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("Dockerfile"), text).unwrap();
@@ -382,6 +390,27 @@ fn build_of_two_platforms_writes_an_index_and_a_docker_archive_refuses_them() {
     assert_eq!(read(&rootfs, "/uname"), "aarch64");
     assert_eq!(read(&rootfs, "/targetarch"), "arm64");
     assert_eq!(read(&rootfs, "/from-build/build-uname"), "x86_64");
+
+    // A step that fails for one platform fails the build, naming the platform and the
+    // step's error, and writes nothing.
+    let failed_layout = work.path().join("failed");
+    let output = format!("oci:{}", failed_layout.display());
+    let mut extra = vec!["--output", output.as_str()];
+    extra.extend(platforms_flag());
+    let failed = fx.run("build", "amd64only", &extra, cache.path());
+    assert!(!failed.status.success(), "{failed}");
+    assert!(
+        failed.stderr.contains("the build for linux/arm64 failed")
+            && failed.stderr.contains("step 4 failed"),
+        "{}",
+        failed.stderr
+    );
+    assert!(
+        failed.stderr.contains("command exited with code 1"),
+        "{}",
+        failed.stderr
+    );
+    assert!(!failed_layout.exists(), "{failed}");
 
     // A docker archive holds one image: refused before anything is built.
     let archive = format!("docker-archive:{}", work.path().join("x.tar").display());

@@ -348,6 +348,12 @@ impl Engine {
         self.progress.clone()
     }
 
+    /// A step's number as progress shows it (after the steps of the platforms before this
+    /// one, when a build makes several).
+    pub(crate) fn step_number(&self, index: usize) -> usize {
+        index + self.numbering.as_ref().map_or(0, |n| n.step_offset)
+    }
+
     pub(crate) fn emit(&self, event: Event) {
         if let Some(p) = &self.progress {
             match &self.numbering {

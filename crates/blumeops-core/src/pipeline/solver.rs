@@ -304,7 +304,7 @@ impl<'a> Run<'a> {
             .step_inner(op, state, &description, &at, source)
             .await
             .map_err(|source| Error::Step {
-                index,
+                index: engine.step_number(index),
                 step: description.clone(),
                 source: Box::new(source),
             })?;

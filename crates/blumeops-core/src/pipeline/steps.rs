@@ -256,8 +256,11 @@ pub(super) async fn exec(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or_default();
-    let log_path = logs.join(format!("{stamp}-step{index}.log"));
-    let stdout_path = logs.join(format!("{stamp}-step{index}.stdout"));
+    // Unique: platforms built together, and builds sharing the store, run steps at once.
+    let name =
+        crate::store::Store::unique_name(&format!("{stamp}-step{}", engine.step_number(index)));
+    let log_path = logs.join(format!("{name}.log"));
+    let stdout_path = logs.join(format!("{name}.stdout"));
 
     let rc = &state.config.config;
     let mut env = rc.env.clone();

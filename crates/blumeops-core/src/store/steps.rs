@@ -225,13 +225,18 @@ impl Store {
     }
 
     pub(crate) fn tmp_name(&self, what: &str) -> PathBuf {
+        self.tmp_dir().join(Self::unique_name(what))
+    }
+
+    /// `WHAT-TOKEN-N`: a name no other call, and no other process sharing the store, makes.
+    pub(crate) fn unique_name(what: &str) -> String {
         use std::sync::atomic::{AtomicU64, Ordering};
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        self.tmp_dir().join(format!(
+        format!(
             "{what}-{}-{}",
             process_token(),
             NEXT.fetch_add(1, Ordering::Relaxed)
-        ))
+        )
     }
 }
 

@@ -429,6 +429,24 @@ fn build_of_two_platforms_writes_an_index_and_a_docker_archive_refuses_them() {
         refused.stderr
     );
 
+    // doctor says how each platform's steps run here.
+    let doctor = run_cli(&["doctor", "--json"], &[]);
+    let report: serde_json::Value = serde_json::from_str(&doctor.stdout).unwrap();
+    let runs = |p: &str| {
+        report["platforms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["platform"] == p)
+            .map(|e| (e["runs"].clone(), e["detail"].clone()))
+            .unwrap()
+    };
+    assert_eq!(runs("linux/amd64").0, "native");
+    assert_eq!(
+        runs("linux/arm64"),
+        ("emulated".into(), "qemu-aarch64".into())
+    );
+
     // plan shows each platform's plan.
     let src = fx.src.path().display().to_string();
     let base_arg = format!("BASE_IMAGE={}", fx.base.reference);

@@ -3,20 +3,28 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
+use blumeops_core::executor::emulation::{self, Runs};
 use blumeops_core::executor::{self, DoctorReport};
-use blumeops_core::{MirrorFlag, RegistriesConf};
+use blumeops_core::{MirrorFlag, Platform, RegistriesConf};
 
 use crate::cli::DoctorArgs;
 
 pub fn run(args: &DoctorArgs) -> Result<ExitCode> {
     let report = executor::doctor();
     let registries = Registries::probe();
+    let platforms = platforms();
     if args.json {
         let mut json = serde_json::to_value(&report)?;
         json["registries"] = serde_json::to_value(&registries)?;
+        json["platforms"] = serde_json::to_value(&platforms)?;
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
-        print!("{}{}", text(&report), registries.text());
+        print!(
+            "{}{}{}",
+            text(&report),
+            registries.text(),
+            platforms_text(&platforms)
+        );
     }
     Ok(if report.auto.is_some() {
         ExitCode::SUCCESS
@@ -53,6 +61,65 @@ fn text(r: &DoctorReport) -> String {
         for p in &c.warnings {
             let _ = writeln!(s, "  warning: {}\n    fix: {}", p.what, p.fix);
         }
+    }
+    s
+}
+
+/// Whether steps of a common platform can run here, and how (for `--platform`).
+#[derive(Debug, serde::Serialize)]
+struct PlatformSupport {
+    platform: String,
+    /// `native`, `emulated` or `no`.
+    runs: &'static str,
+    /// The binfmt_misc handler, or why the platform cannot run.
+    detail: Option<String>,
+}
+
+/// The platforms images are commonly built for.
+const COMMON_PLATFORMS: [&str; 7] = [
+    "linux/amd64",
+    "linux/arm64",
+    "linux/arm/v7",
+    "linux/386",
+    "linux/ppc64le",
+    "linux/s390x",
+    "linux/riscv64",
+];
+
+fn platforms() -> Vec<PlatformSupport> {
+    COMMON_PLATFORMS
+        .iter()
+        .map(|text| {
+            let platform: Platform = text.parse().expect("a valid platform");
+            let (runs, detail) = match emulation::runs(&platform) {
+                Ok(Runs::Native) => ("native", None),
+                Ok(Runs::Emulated(handler)) => ("emulated", Some(handler)),
+                Err(e) => ("no", Some(e.why)),
+            };
+            PlatformSupport {
+                platform: (*text).to_owned(),
+                runs,
+                detail,
+            }
+        })
+        .collect()
+}
+
+fn platforms_text(platforms: &[PlatformSupport]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::from(
+        "
+platforms whose steps can run here (--platform):
+",
+    );
+    for p in platforms {
+        let _ = match (&p.detail, p.runs) {
+            (None, _) => writeln!(s, "  {}: {}", p.platform, p.runs),
+            (Some(handler), "emulated") => {
+                writeln!(s, "  {}: emulated ({handler})", p.platform)
+            }
+            (Some(why), _) => writeln!(s, "  {}: no ({why})", p.platform),
+        };
     }
     s
 }

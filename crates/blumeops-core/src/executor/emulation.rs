@@ -115,16 +115,30 @@ impl Handler {
     }
 }
 
+/// How commands for a platform run here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Runs {
+    /// As they are: the machine's own architecture (or one it runs natively).
+    Native,
+    /// Through this binfmt_misc handler (enabled, with the `F` flag).
+    Emulated(String),
+}
+
 /// Check that commands for `platform` can run here: natively, or through an enabled
 /// binfmt_misc handler with the `F` flag.
 pub fn check(platform: &Platform) -> Result<(), EmulationMissing> {
+    runs(platform).map(drop)
+}
+
+/// How commands for `platform` run here, or why they cannot.
+pub fn runs(platform: &Platform) -> Result<Runs, EmulationMissing> {
     check_in(platform, &Platform::host(), Path::new(BINFMT_DIR))
 }
 
-fn check_in(platform: &Platform, host: &Platform, dir: &Path) -> Result<(), EmulationMissing> {
+fn check_in(platform: &Platform, host: &Platform, dir: &Path) -> Result<Runs, EmulationMissing> {
     let arch = platform.architecture();
     if platform.os() == "linux" && native(host.architecture(), arch) {
-        return Ok(());
+        return Ok(Runs::Native);
     }
     let missing = |why: String, fix: String| EmulationMissing {
         platform: platform.to_string(),
@@ -175,7 +189,7 @@ fn check_in(platform: &Platform, host: &Platform, dir: &Path) -> Result<(), Emul
         let handler = parse_handler(&text);
         if handler.handles(machine, little_endian) {
             if handler.enabled && handler.flags.contains('F') {
-                return Ok(());
+                return Ok(Runs::Emulated(name));
             }
             found.push((name, handler));
         }
@@ -271,17 +285,20 @@ mod tests {
     #[test]
     fn native_architectures_need_nothing() {
         let none = binfmt(&[], "enabled");
-        assert_eq!(check_in(&amd64(), &amd64(), none.path()), Ok(()));
+        assert_eq!(check_in(&amd64(), &amd64(), none.path()), Ok(Runs::Native));
         assert_eq!(
             check_in(&"linux/386".parse().unwrap(), &amd64(), none.path()),
-            Ok(())
+            Ok(Runs::Native)
         );
     }
 
     #[test]
     fn an_enabled_handler_with_the_f_flag_is_found_by_its_magic() {
         let dir = binfmt(&[("some-name", QEMU_AARCH64)], "enabled");
-        assert_eq!(check_in(&arm64(), &amd64(), dir.path()), Ok(()));
+        assert_eq!(
+            check_in(&arm64(), &amd64(), dir.path()),
+            Ok(Runs::Emulated("some-name".to_owned()))
+        );
         // Not for another machine type.
         let err = check_in(&"linux/riscv64".parse().unwrap(), &amd64(), dir.path()).unwrap_err();
         assert!(

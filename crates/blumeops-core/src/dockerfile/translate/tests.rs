@@ -1130,6 +1130,58 @@ async fn directories_a_copy_creates_get_its_owner_and_existing_ones_keep_theirs(
     );
 }
 
+/// The destination of a directory copy is no copy of the source directory: as buildah
+/// and BuildKit do, a new one is 0755 and root's (or the --chown owner's) whatever the
+/// source directory's mode and owner, from the context or from a stage; one the image has
+/// keeps its mode and owner.
+#[tokio::test]
+async fn a_directory_copy_settles_its_destination_like_a_parent() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = ctx(&[("tree/exists/keep", "k\n"), ("d/f.txt", "f\n")]);
+    let mode = |p: &str, m: u32| {
+        std::fs::set_permissions(dir.path().join(p), std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    mode("tree/exists", 0o711);
+    mode("d", 0o750);
+    mode("d/f.txt", 0o644);
+    mode("tree/exists/keep", 0o644);
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(store_dir.path()).unwrap();
+    let engine =
+        crate::pipeline::Engine::new(crate::pipeline::EngineOptions::new(store.clone())).unwrap();
+    let c = translate(
+        "FROM scratch AS s\n\
+         COPY --chown=5:6 d /built/\n\
+         FROM scratch\n\
+         COPY tree/ /\n\
+         COPY --from=s /built /kept/\n\
+         COPY --from=s --chmod=0700 /built /exists/\n\
+         COPY --chown=9:9 d /new/\n",
+        "Dockerfile",
+        dir.path(),
+        &BuildArgs::new(),
+        None,
+    )
+    .unwrap();
+    let built = c.build(&engine).await.unwrap();
+    let layers: Vec<_> = built
+        .image
+        .layers
+        .iter()
+        .map(|b| layer_entries(&store, b))
+        .collect();
+    let e = |p: &str, mode: u32, uid: u64, gid: u64| (p.to_owned(), mode, uid, gid);
+    assert_eq!(
+        layers,
+        [
+            vec![e("exists/", 0o711, 0, 0), e("exists/keep", 0o644, 0, 0)],
+            vec![e("kept/", 0o755, 0, 0), e("kept/f.txt", 0o644, 5, 6)],
+            vec![e("exists/", 0o711, 0, 0), e("exists/f.txt", 0o700, 5, 6)],
+            vec![e("new/", 0o755, 9, 9), e("new/f.txt", 0o644, 9, 9)],
+        ]
+    );
+}
+
 #[test]
 fn copy_exclude_and_link() {
     let dir = ctx(&[

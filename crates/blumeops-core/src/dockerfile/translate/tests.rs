@@ -1046,6 +1046,47 @@ async fn deferred_patterns_are_finished_at_evaluation() {
         "{causes:?}"
     );
 }
+/// Deferred ENV values are finished against the environment from before their
+/// instruction, as BuildKit and buildah substitute them: `OLD=$PATH` after
+/// `PATH=/opt/bin:$PATH` in the same instruction is the image's `PATH`.
+#[tokio::test]
+async fn deferred_env_values_see_the_environment_before_their_instruction() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(store_dir.path()).unwrap();
+    let engine = crate::pipeline::Engine::new(crate::pipeline::EngineOptions::new(store)).unwrap();
+    let c = tr("FROM alpine\nENV KNOWN=before\n\
+                ENV PATH=/opt/bin:$PATH OLD=$PATH KNOWN=after WAS=$KNOWN\nENV LAST=$PATH\n")
+    .unwrap();
+    assert_eq!(
+        c.steps()[2..],
+        [
+            "with_env_variables PATH=/opt/bin:${PATH} OLD=${PATH} KNOWN=after WAS=before \
+             (expanded)",
+            "with_env_variable LAST=${PATH} (expanded)",
+        ]
+    );
+    let image = c.ops().iter().fold(
+        Container::scratch().with_env_variable("PATH", "/usr/bin:/bin"),
+        |img, op| match op {
+            Op::Env(k, v) => img.with_env_variable(k, v),
+            Op::EnvExpand(k, t) => img.with_env_variable_expand(k, t),
+            Op::EnvExpandAll(pairs) => img.with_env_variables_expand(pairs.clone()),
+            _ => img,
+        },
+    );
+    let built = image.build(&engine).await.unwrap();
+    assert_eq!(
+        built.config.config.env,
+        [
+            "PATH=/opt/bin:/usr/bin:/bin",
+            "KNOWN=after",
+            "OLD=/usr/bin:/bin",
+            "WAS=before",
+            "LAST=/opt/bin:/usr/bin:/bin",
+        ]
+    );
+}
+
 /// The entries of a gzip layer: (path, mode, uid, gid).
 fn layer_entries(
     store: &crate::store::Store,

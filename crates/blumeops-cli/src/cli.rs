@@ -317,6 +317,10 @@ pub struct PlanArgs {
     /// Build argument passed to the definition, KEY=VALUE (repeatable).
     #[arg(long = "build-arg", value_name = "KEY=VALUE")]
     pub build_args: Vec<String>,
+    /// Secret for `RUN --mount=type=secret`, in `build`'s forms (repeatable): the plan shows
+    /// where it is mounted. Only its id counts; its source is not read.
+    #[arg(long = "secret", value_name = "SECRET")]
+    pub secrets: Vec<String>,
     /// Print the plan as JSON (the same as `--format json`).
     #[arg(long, conflicts_with = "format")]
     pub json: bool,

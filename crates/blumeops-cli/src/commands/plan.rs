@@ -3,17 +3,19 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use blumeops_core::{BuildSecret, Secret};
 
 use super::load_container;
 use crate::cli::{PlanArgs, PlanFormat};
 
 pub fn run(args: PlanArgs) -> Result<ExitCode> {
-    // No secrets: a RUN whose secret is not required plans without it.
+    // A RUN whose secret is not given plans without it (or fails if it is required).
+    let secrets = planned_secrets(&args.secrets)?;
     let (container, _) = load_container(
         &args.src,
         &args.container_name,
         &args.build_args,
-        &[],
+        &secrets,
         false,
     )?;
     let plan = container.plan();
@@ -42,4 +44,16 @@ pub fn run(args: PlanArgs) -> Result<ExitCode> {
         print!("{plan}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `--secret` flags, parsed as `build` parses them, each with a stand-in value: a plan
+/// shows a secret by its id, and reading the source could run a command (`cmd:`).
+fn planned_secrets(flags: &[String]) -> Result<Vec<(BuildSecret, Secret)>> {
+    let mut out: Vec<(BuildSecret, Secret)> = Vec::new();
+    for text in flags {
+        let spec: BuildSecret = text.parse().map_err(blumeops_core::Error::from)?;
+        out.retain(|(s, _)| s.id != spec.id);
+        out.push((spec, Secret::new("not read by plan")));
+    }
+    Ok(out)
 }

@@ -10,6 +10,7 @@
 //! - [`users`]: non-root users (with and without subordinate ids) for rootless tests;
 //! - [`dockerd`]: a Docker daemon (and a Debian job image) for the docker executor's tests;
 //! - [`pty`]: running `blumeops` on a pseudo-terminal and reading its screen;
+//! - [`static_http`]: a loopback HTTP server of fixed files, for `ADD URL`;
 //! - [`cli`]: running the `blumeops` binary (build it first: `cargo build -p blumeops-cli`,
 //!   or point `BLUMEOPS_BIN` at it).
 //!
@@ -25,6 +26,7 @@ mod http_server;
 pub mod parity;
 pub mod pty;
 mod registry;
+pub mod static_http;
 pub mod tls_registry;
 pub mod token_auth;
 pub mod tools;

@@ -153,6 +153,32 @@ impl Buildah {
         extra: &[String],
         tag: &str,
     ) {
+        let mut command = self.bud_command(context, dockerfile, build_args, extra, tag);
+        self.run_ok("bud", &mut command);
+    }
+
+    /// [`Buildah::bud_with`] whatever the outcome: its output, for builds that must fail.
+    pub fn bud_output(
+        &self,
+        context: &Path,
+        dockerfile: &Path,
+        build_args: &[String],
+        extra: &[String],
+        tag: &str,
+    ) -> Output {
+        self.bud_command(context, dockerfile, build_args, extra, tag)
+            .output()
+            .unwrap_or_else(|e| panic!("failed to run buildah (is it installed?): {e}"))
+    }
+
+    fn bud_command(
+        &self,
+        context: &Path,
+        dockerfile: &Path,
+        build_args: &[String],
+        extra: &[String],
+        tag: &str,
+    ) -> Command {
         let mut command = self.command();
         command.args([
             "bud",
@@ -170,7 +196,7 @@ impl Buildah {
         }
         command.args(extra);
         command.arg("-f").arg(dockerfile).arg(context);
-        self.run_ok("bud", &mut command);
+        command
     }
 
     /// `buildah push TAG oci:DIR:LAYOUT_TAG`.
@@ -189,6 +215,24 @@ impl Buildah {
         let info: serde_json::Value =
             serde_json::from_slice(&output.stdout).expect("buildah inspect prints JSON");
         info["Docker"].clone()
+    }
+
+    /// The config of `tag` as pushed to the OCI layout `dir` (see [`Buildah::push_oci`]),
+    /// with the `Healthcheck`, `OnBuild` and `author` that the OCI conversion drops put back
+    /// from [`Buildah::docker_config`]: what [`diff_configs`] compares blumeops' with.
+    pub fn comparable_config(&self, tag: &str, dir: &Path, layout_tag: &str) -> serde_json::Value {
+        let docker = self.docker_config(tag);
+        let mut config = layout_config(dir, layout_tag);
+        for field in ["Healthcheck", "OnBuild"] {
+            let value = &docker["config"][field];
+            if !value.is_null() {
+                config["config"][field] = value.clone();
+            }
+        }
+        if !docker["author"].is_null() {
+            config["author"] = docker["author"].clone();
+        }
+        config
     }
 }
 

@@ -187,6 +187,66 @@ fn plan_dockerfile_shows_stages_and_copy_edges() {
     assert_eq!(plan["stages"][1]["copies_from"], serde_json::json!([1]));
 }
 
+/// `plan --secret` takes `build`'s forms: the plan shows each secret's mount by id, a
+/// required one must be given, and no source is read (no command runs, no value is shown).
+#[test]
+fn plan_takes_secrets_by_id_without_reading_them() {
+    let src = tempdir("blumeops-src-");
+    write_files(
+        src.path(),
+        &[(
+            "containers/sec/Dockerfile",
+            "FROM docker.io/library/busybox:1.37\n\
+             RUN --mount=type=secret,id=tok,required=true \\\n\
+             --mount=type=secret,id=api,env=API_KEY make\n",
+        )],
+    );
+    let src_arg = path_arg(src.path());
+    let base = ["plan", "--container-name", "sec", "--src", src_arg.as_str()];
+
+    let missing = run_cli(&base, &[]);
+    missing.assert_code(2);
+    assert!(
+        missing
+            .stderr
+            .contains("the required secret `tok` was not given"),
+        "{missing}"
+    );
+
+    let marker = src.path().join("cmd-ran");
+    let cmd = format!("api=cmd:touch {}", marker.display());
+    let mut args = base.to_vec();
+    args.extend(["--secret", "tok=env:PLAN_SECRET", "--secret", &cmd]);
+    let value = "zak-plan-secret-value-0815";
+    let out = run_cli(&args, &[("PLAN_SECRET", value)]);
+    out.assert_success().assert_no_secret(value);
+    for step in [
+        "with_mounted_secret /run/secrets/tok (secret tok)",
+        "with_secret_variable API_KEY",
+        "without_mount /run/secrets/tok",
+        "without_secret_variable API_KEY",
+    ] {
+        assert!(out.stdout.contains(step), "{step} missing\n{out}");
+    }
+    assert!(!marker.exists(), "plan ran the secret's command\n{out}");
+    // An unset variable, an absent file: not read, so no error.
+    let mut args = base.to_vec();
+    args.extend([
+        "--secret",
+        "id=tok,env=PLAN_UNSET_VARIABLE",
+        "--secret",
+        "id=api,src=/nonexistent/file",
+    ]);
+    run_cli(&args, &[]).assert_success();
+
+    let mut args = base.to_vec();
+    args.extend(["--secret", "not-a-secret-form"]);
+    let bad = run_cli(&args, &[]);
+    bad.assert_code(2);
+    assert!(bad.stderr.contains("invalid --secret"), "{bad}");
+    assert!(!bad.stderr.contains("not-a-secret-form"), "{bad}");
+}
+
 #[test]
 fn plan_of_an_unknown_container_is_invalid_input() {
     let out = run_cli(&["plan", "--container-name", "nope"], &[]);

@@ -379,29 +379,47 @@ fn publish_from_an_unprivileged_job_container_has_the_host_digest() {
 }
 
 /// While a slow step runs, the registry password (raw, as Basic auth's base64 of
-/// `user:password`, and URL-encoded) is in no container's config (`docker inspect`) or
-/// process list (`docker top`); killing the job container then leaves no container and
-/// no tag. The job reads the password from a mounted file, so that the job container's own
-/// config holds none either.
+/// `user:password`, and URL-encoded) and the build secrets (`--secret`, read by the client
+/// and handed to the engine in the handshake) are in no container's config
+/// (`docker inspect`) or process list (`docker top`), and the step has the secrets (it
+/// prints their digests); killing the job container then leaves no container and no tag.
+/// The job reads every secret from a mounted file, so that the job container's own config
+/// holds none either.
 #[test]
 fn secrets_stay_out_of_the_daemon_and_a_killed_job_leaves_nothing() {
     require_dockerd!();
     let fx = Setup::new(
         "ARG CONTAINER_APP_VERSION=1.0.0\nARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n\
-         RUN echo slow-step-started && sleep 120\n",
+         RUN --mount=type=secret,id=tok,required=true --mount=type=secret,id=api,env=API_KEY \\\n\
+         sha256sum /run/secrets/tok && printf %s \"$API_KEY\" | sha256sum && \\\n\
+         echo slow-step-started && sleep 120\n",
         false,
     );
     let (daemon, registry) = (fx.daemon, &fx.registry);
     let secrets = tempfile::tempdir().unwrap();
     std::fs::write(secrets.path().join("key"), registry.ci_password()).unwrap();
+    let (tok, api) = (
+        "zak-docker-build-secret-tok-7f3a",
+        "zak-docker-build-secret-api-19c2",
+    );
+    std::fs::write(secrets.path().join("tok"), tok).unwrap();
+    std::fs::write(secrets.path().join("api"), format!("{api}\n")).unwrap();
     let volume = format!("blumeops-test-cache-kill-{}", std::process::id());
     let job = Job::new(daemon, fx.src.path(), &volume);
     let mut blumeops = vec!["publish".to_owned()];
     blumeops.extend(flags("/src", registry, &fx.base));
-    blumeops.extend([
-        "--registry-password".to_owned(),
-        "file:/secrets/key".to_owned(),
-    ]);
+    blumeops.extend(
+        [
+            "--registry-password",
+            "file:/secrets/key",
+            // Both forms: buildx's (read as it is) and blumeops' (less a trailing newline).
+            "--secret",
+            "id=tok,src=/secrets/tok",
+            "--secret",
+            "api=file:/secrets/api",
+        ]
+        .map(str::to_owned),
+    );
     let extra = vec![
         "-v".to_owned(),
         format!("{}:/secrets:ro", secrets.path().display()),
@@ -410,12 +428,28 @@ fn secrets_stay_out_of_the_daemon_and_a_killed_job_leaves_nothing() {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     daemon.docker_ok(&refs);
     let started = fx.wait_for_step("sleep 120");
-    let job_logs = daemon.docker(&["logs", &job.name]);
+    let job_logs = || {
+        let out = daemon.docker(&["logs", &job.name]);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    assert!(started, "the slow step did not start:\n{}", job_logs());
+    // The step saw both secrets: their digests come back in the job's output.
+    let digests = [tok, api].map(|v| blumeops_e2e::sha256_digest(v.as_bytes())[7..].to_owned());
+    let seen_secrets = wait_for(30, || {
+        digests.iter().all(|d| job_logs().contains(d.as_str()))
+    });
+    let logs = job_logs();
     assert!(
-        started,
-        "the slow step did not start:\n{}{}",
-        String::from_utf8_lossy(&job_logs.stdout),
-        String::from_utf8_lossy(&job_logs.stderr)
+        seen_secrets,
+        "the step did not print the secrets' digests {digests:?}:\n{logs}"
+    );
+    assert!(
+        !logs.contains(tok) && !logs.contains(api),
+        "a build secret is in the job's output"
     );
 
     let password = registry.ci_password();
@@ -429,6 +463,8 @@ fn secrets_stay_out_of_the_daemon_and_a_killed_job_leaves_nothing() {
             "the URL-encoded password",
             url::form_urlencoded::byte_serialize(password.as_bytes()).collect::<String>(),
         ),
+        ("the build secret tok", tok.to_owned()),
+        ("the build secret api", api.to_owned()),
     ];
     let mut seen = String::new();
     for id in daemon.containers() {

@@ -209,7 +209,9 @@ fn assert_parity_with(
     );
     let buildah_oci = source.path("buildah-oci");
     buildah.push_oci(BUILDAH_TAG, &buildah_oci, BUILDAH_LAYOUT_TAG);
-    let docker_config = buildah.docker_config(BUILDAH_TAG);
+    // The OCI conversion of buildah's push drops the healthcheck, ONBUILD triggers and the
+    // author (MAINTAINER): they come back from its Docker-format config.
+    let theirs_config = buildah.comparable_config(BUILDAH_TAG, &buildah_oci, BUILDAH_LAYOUT_TAG);
     drop(buildah);
 
     let (output, blumeops_oci, _cache) = source.blumeops_build(&base, &build_args, flags);
@@ -227,18 +229,6 @@ fn assert_parity_with(
 
     let mut comparison = Comparison::default();
     comparison.extend(diff_trees(&ours, &theirs));
-    // The OCI conversion of buildah's push drops the healthcheck, ONBUILD triggers and the
-    // author (MAINTAINER): put them back from its Docker-format config.
-    let mut theirs_config = layout_config(&buildah_oci, BUILDAH_LAYOUT_TAG);
-    for field in ["Healthcheck", "OnBuild"] {
-        let value = &docker_config["config"][field];
-        if !value.is_null() {
-            theirs_config["config"][field] = value.clone();
-        }
-    }
-    if !docker_config["author"].is_null() {
-        theirs_config["author"] = docker_config["author"].clone();
-    }
     comparison.extend(diff_configs(
         &layout_config(&blumeops_oci, TAG),
         &theirs_config,

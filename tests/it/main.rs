@@ -3,6 +3,7 @@
 mod bearer;
 mod cli_commands;
 mod cli_publish;
+mod conformance;
 mod docker_executor;
 mod dockerfile_parity;
 mod harness;

@@ -333,6 +333,10 @@ pub struct PlanArgs {
         value_delimiter = ','
     )]
     pub platforms: Vec<String>,
+    /// Secret for `RUN --mount=type=secret`, in `build`'s forms (repeatable): the plan shows
+    /// where it is mounted. Only its id counts; its source is not read.
+    #[arg(long = "secret", value_name = "SECRET")]
+    pub secrets: Vec<String>,
     /// Print the plan as JSON (the same as `--format json`).
     #[arg(long, conflicts_with = "format")]
     pub json: bool,

@@ -3,21 +3,22 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use blumeops_core::{Plan, Platform};
+use blumeops_core::{BuildSecret, Plan, Platform, Secret};
 
 use super::{InvalidInput, Load, load_container, parse_platforms};
 use crate::cli::{PlanArgs, PlanFormat};
 
 pub fn run(args: PlanArgs) -> Result<ExitCode> {
     let platforms = parse_platforms(&args.platforms)?;
+    // A RUN whose secret is not given plans without it (or fails if it is required).
+    let secrets = planned_secrets(&args.secrets)?;
     let mut plans: Vec<(Platform, Plan)> = Vec::with_capacity(platforms.len());
     for (i, platform) in platforms.iter().enumerate() {
-        // No secrets: a RUN whose secret is not required plans without it.
         let load = Load {
             src: &args.src,
             name: &args.container_name,
             build_args: &args.build_args,
-            secrets: &[],
+            secrets: &secrets,
             platform,
             notes: i == 0,
         };
@@ -87,4 +88,16 @@ pub fn run(args: PlanArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `--secret` flags, parsed as `build` parses them, each with a stand-in value: a plan
+/// shows a secret by its id, and reading the source could run a command (`cmd:`).
+fn planned_secrets(flags: &[String]) -> Result<Vec<(BuildSecret, Secret)>> {
+    let mut out: Vec<(BuildSecret, Secret)> = Vec::new();
+    for text in flags {
+        let spec: BuildSecret = text.parse().map_err(blumeops_core::Error::from)?;
+        out.retain(|(s, _)| s.id != spec.id);
+        out.push((spec, Secret::new("not read by plan")));
+    }
+    Ok(out)
 }

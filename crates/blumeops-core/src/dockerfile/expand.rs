@@ -198,6 +198,36 @@ impl Word {
     }
 }
 
+/// The variables a template made by [`Word::template`] refers to: the names after `${`
+/// (a literal `$` is escaped there, and a value carried along is quoted).
+pub(crate) fn template_references(template: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut chars = template.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '$' if chars.peek() == Some(&'{') => {
+                chars.next();
+                let mut name = String::new();
+                while let Some(&n) = chars.peek() {
+                    if !is_name_char(n) {
+                        break;
+                    }
+                    name.push(n);
+                    chars.next();
+                }
+                if !name.is_empty() && !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+            _ => {}
+        }
+    }
+    names
+}
+
 fn escape_template(s: &str, extra: &[char]) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -1004,6 +1034,21 @@ mod tests {
             "/app/bin::/bin:alpha:$x"
         );
         assert!(process("${PATH:?x}", '\\', &vars, &steps()).is_err());
+    }
+
+    #[rstest]
+    #[case("$PATH", &["PATH"])]
+    #[case("/x:${PATH:-$HOME}:\\$LIT:$A", &["PATH", "HOME"])]
+    #[case("${V#$PREFIX}${PATH}$PATH", &["PREFIX", "PATH"])]
+    #[case("${PATH/'${A}'/\\${B}}", &["PATH"])]
+    #[case("'$A' $NOPE", &[])]
+    fn templates_name_the_variables_they_refer_to(#[case] input: &str, #[case] want: &[&str]) {
+        let unknown = |n: &str| match n {
+            "HOME" | "PREFIX" => Var::Unknown,
+            _ => vars(n),
+        };
+        let template = process(input, '\\', &unknown, &steps()).unwrap().template();
+        assert_eq!(template_references(&template), want, "{template}");
     }
 
     #[rstest]

@@ -601,6 +601,27 @@ impl Translator<'_> {
             let k = self.word(st, inst, &k)?;
             processed.push((k, self.process(st, inst, &v)?));
         }
+        // A value finished at evaluation must not see what an earlier pair of this
+        // instruction set (`ENV PATH=/x:$PATH OLD=$PATH`): then all of them at once.
+        let reads_an_earlier_pair = processed.iter().enumerate().any(|(j, (_, w))| {
+            w.plain().is_none()
+                && expand::template_references(&w.template())
+                    .iter()
+                    .any(|name| processed[..j].iter().any(|(k, _)| k == name))
+        });
+        if reads_an_earlier_pair {
+            let mut pairs = Vec::with_capacity(processed.len());
+            for (k, w) in processed {
+                let later = match w.plain() {
+                    Some(v) => EnvVal::Known(v),
+                    None => EnvVal::Later,
+                };
+                st.b.env.insert(k.clone(), later);
+                pairs.push((k, w.template()));
+            }
+            st.c(|c| c.with_env_variables_expand(pairs));
+            return Ok(());
+        }
         for (k, w) in processed {
             match w.plain() {
                 Some(v) => {

@@ -164,7 +164,9 @@ impl LayerBuilder {
     }
 
     /// Add the contents of the host directory `src` under `dest`. Symlinks are copied as
-    /// symlinks; sockets, fifos and devices are refused.
+    /// symlinks; sockets, fifos and devices are refused. `dest` itself is not a copy of
+    /// `src`: it is made up like a parent ([`LayerBuilder::add_implicit_dir`]), for the
+    /// caller to settle against the image below, as Docker does.
     pub fn add_host_dir(&mut self, dest: &str, src: &Path, opts: &HostCopy) -> Result<(), Error> {
         let include = globset("include", &opts.include)?;
         let exclude = globset("exclude", &opts.exclude)?;
@@ -187,16 +189,7 @@ impl LayerBuilder {
             String::new()
         } else {
             let dest_norm = super::normalize_path(dest)?;
-            self.add(
-                &dest_norm,
-                Entry {
-                    kind: EntryKind::Dir,
-                    // `--chmod` applies to what is copied; the destination directory keeps
-                    // the source directory's mode (as buildah and BuildKit do).
-                    mode: meta.permissions().mode() & 0o7777,
-                    owner: walk.owner(&meta),
-                },
-            )?;
+            self.add_implicit_dir(&dest_norm)?;
             dest_norm
         };
         walk.dir(self, src, "", &dest_norm)

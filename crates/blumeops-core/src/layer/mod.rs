@@ -331,6 +331,29 @@ impl LayerBuilder {
         Ok(())
     }
 
+    /// Add the directory `path` the way [`LayerBuilder::add`] makes up a missing parent:
+    /// 0755 and root's, listed in [`LayerBuilder::implicit_parents`] for the caller to settle.
+    /// For the destination of a directory copy, which Docker treats as a parent: a
+    /// directory the image has there keeps its mode and owner, a new one gets the copy's
+    /// owner, whatever the source directory's mode and owner. Nothing changes when `path`
+    /// was added already.
+    pub fn add_implicit_dir(&mut self, path: &str) -> Result<(), Error> {
+        let path = normalize_path(path)?;
+        if self.entries.contains_key(&path) {
+            return Ok(());
+        }
+        self.add(
+            &path,
+            Entry {
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                owner: Owner::ROOT,
+            },
+        )?;
+        self.implicit.insert(path);
+        Ok(())
+    }
+
     /// The parent directories [`LayerBuilder::add`] made up (0755, root) because nothing
     /// was added at their paths, shallowest first.
     pub fn implicit_parents(&self) -> Vec<String> {

@@ -216,6 +216,23 @@ pub(super) async fn apply_op(
             })?;
             rc.set_env(k, &value);
         }
+        Op::EnvExpandAll(pairs) => {
+            let env = |n: &str| rc.env_value(n).map(str::to_owned);
+            let mut values = Vec::with_capacity(pairs.len());
+            for (k, template) in pairs {
+                let value =
+                    crate::dockerfile::expand_env_template(template, &env).map_err(|e| {
+                        crate::dockerfile::Error::EnvTemplate {
+                            name: k.clone(),
+                            message: e.to_string(),
+                        }
+                    })?;
+                values.push((k, value));
+            }
+            for (k, value) in values {
+                rc.set_env(k, &value);
+            }
+        }
         Op::Unmount(path) => state.mounts.retain(|(p, _)| p != path),
         Op::MountCache { .. }
         | Op::MountSecret { .. }

@@ -320,6 +320,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::Author(_) => "author",
         Op::OnBuild(_) => "onbuild",
         Op::EnvExpand(..) => "env-expand",
+        Op::EnvExpandAll(_) => "env-expand-all",
         Op::Unmount(_) => "unmount",
         Op::CopyPathFrom { .. } => "copy-path-from",
         Op::HttpFile { .. } => "http-file",
@@ -380,6 +381,12 @@ pub(crate) fn operation(op: &Op) -> Digest {
         }
         Op::Env(k, v) | Op::Label(k, v) | Op::Annotation(k, v) | Op::EnvExpand(k, v) => {
             h.str(k).str(v);
+        }
+        Op::EnvExpandAll(pairs) => {
+            h.u64(pairs.len() as u64);
+            for (k, v) in pairs {
+                h.str(k).str(v);
+            }
         }
         Op::Workdir(s)
         | Op::User(s)

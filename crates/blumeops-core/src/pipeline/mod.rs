@@ -124,6 +124,9 @@ pub(crate) enum Op {
     Author(String),
     OnBuild(String),
     EnvExpand(String, String),
+    /// Several variables set at once, every value expanded against the environment from
+    /// before any of them (a Dockerfile's `ENV A=... B=...`).
+    EnvExpandAll(Vec<(String, String)>),
     Unmount(String),
     CopyPathFrom {
         path: String,
@@ -268,6 +271,10 @@ impl Op {
             Self::Author(a) => format!("with_author {a}"),
             Self::OnBuild(t) => format!("with_onbuild {t}"),
             Self::EnvExpand(k, v) => format!("with_env_variable {k}={v} (expanded)"),
+            Self::EnvExpandAll(pairs) => {
+                let pairs: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("with_env_variables {} (expanded)", pairs.join(" "))
+            }
             Self::Unmount(p) => format!("without_mount {p}"),
             Self::CopyPathFrom { path, src_path, .. } => {
                 format!("with_path {path} from another container's {src_path}")
@@ -792,6 +799,25 @@ impl Container {
         value: impl Into<String>,
     ) -> Self {
         self.push(Op::EnvExpand(name.into(), value.into()))
+    }
+
+    /// Set several environment variables at once, as [`Container::with_env_variable_expand`]
+    /// sets one, every value expanded against the environment as it is before any of them
+    /// is set (a Dockerfile's `ENV PATH=/app/bin:$PATH OLD_PATH=$PATH` gives `OLD_PATH` the
+    /// image's `PATH`); a name given twice gets its last value.
+    #[must_use]
+    pub fn with_env_variables_expand<I, K, V>(&self, pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.push(Op::EnvExpandAll(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        ))
     }
 
     /// Stop mounting whatever is mounted at `path` (a cache, a secret, a directory, a temp

@@ -663,11 +663,10 @@ pub(super) async fn copy_from(
             let dest = if layer::is_root(&path) {
                 String::new()
             } else {
-                // The destination directory keeps the source directory's mode; `mode`
-                // applies to what is inside (as buildah and BuildKit do).
-                let mut top = walk.entry(&entry.meta, &entry.host_path);
-                top.mode = std::os::unix::fs::MetadataExt::mode(&entry.meta) & 0o7777;
-                builder.add(&path, top)?;
+                // Not a copy of the source directory: settled below like a parent (the
+                // image's directory kept, a new one 0755 with the copy's owner), as
+                // buildah and BuildKit do; `mode` applies to what is inside.
+                builder.add_implicit_dir(&path)?;
                 path.clone()
             };
             walk.dir(&mut builder, &entry.path, "", &dest)?;

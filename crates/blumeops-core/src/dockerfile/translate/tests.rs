@@ -1046,6 +1046,47 @@ async fn deferred_patterns_are_finished_at_evaluation() {
         "{causes:?}"
     );
 }
+/// Deferred ENV values are finished against the environment from before their
+/// instruction, as BuildKit and buildah substitute them: `OLD=$PATH` after
+/// `PATH=/opt/bin:$PATH` in the same instruction is the image's `PATH`.
+#[tokio::test]
+async fn deferred_env_values_see_the_environment_before_their_instruction() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(store_dir.path()).unwrap();
+    let engine = crate::pipeline::Engine::new(crate::pipeline::EngineOptions::new(store)).unwrap();
+    let c = tr("FROM alpine\nENV KNOWN=before\n\
+                ENV PATH=/opt/bin:$PATH OLD=$PATH KNOWN=after WAS=$KNOWN\nENV LAST=$PATH\n")
+    .unwrap();
+    assert_eq!(
+        c.steps()[2..],
+        [
+            "with_env_variables PATH=/opt/bin:${PATH} OLD=${PATH} KNOWN=after WAS=before \
+             (expanded)",
+            "with_env_variable LAST=${PATH} (expanded)",
+        ]
+    );
+    let image = c.ops().iter().fold(
+        Container::scratch().with_env_variable("PATH", "/usr/bin:/bin"),
+        |img, op| match op {
+            Op::Env(k, v) => img.with_env_variable(k, v),
+            Op::EnvExpand(k, t) => img.with_env_variable_expand(k, t),
+            Op::EnvExpandAll(pairs) => img.with_env_variables_expand(pairs.clone()),
+            _ => img,
+        },
+    );
+    let built = image.build(&engine).await.unwrap();
+    assert_eq!(
+        built.config.config.env,
+        [
+            "PATH=/opt/bin:/usr/bin:/bin",
+            "KNOWN=after",
+            "OLD=/usr/bin:/bin",
+            "WAS=before",
+            "LAST=/opt/bin:/usr/bin:/bin",
+        ]
+    );
+}
+
 /// The entries of a gzip layer: (path, mode, uid, gid).
 fn layer_entries(
     store: &crate::store::Store,
@@ -1126,6 +1167,58 @@ async fn directories_a_copy_creates_get_its_owner_and_existing_ones_keep_theirs(
                 e("srv/x/", 0o755, 7, 8),
                 e("srv/x/y/", 0o755, 0, 0),
             ],
+        ]
+    );
+}
+
+/// The destination of a directory copy is no copy of the source directory: as buildah
+/// and BuildKit do, a new one is 0755 and root's (or the --chown owner's) whatever the
+/// source directory's mode and owner, from the context or from a stage; one the image has
+/// keeps its mode and owner.
+#[tokio::test]
+async fn a_directory_copy_settles_its_destination_like_a_parent() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = ctx(&[("tree/exists/keep", "k\n"), ("d/f.txt", "f\n")]);
+    let mode = |p: &str, m: u32| {
+        std::fs::set_permissions(dir.path().join(p), std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    mode("tree/exists", 0o711);
+    mode("d", 0o750);
+    mode("d/f.txt", 0o644);
+    mode("tree/exists/keep", 0o644);
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(store_dir.path()).unwrap();
+    let engine =
+        crate::pipeline::Engine::new(crate::pipeline::EngineOptions::new(store.clone())).unwrap();
+    let c = translate(
+        "FROM scratch AS s\n\
+         COPY --chown=5:6 d /built/\n\
+         FROM scratch\n\
+         COPY tree/ /\n\
+         COPY --from=s /built /kept/\n\
+         COPY --from=s --chmod=0700 /built /exists/\n\
+         COPY --chown=9:9 d /new/\n",
+        "Dockerfile",
+        dir.path(),
+        &BuildArgs::new(),
+        None,
+    )
+    .unwrap();
+    let built = c.build(&engine).await.unwrap();
+    let layers: Vec<_> = built
+        .image
+        .layers
+        .iter()
+        .map(|b| layer_entries(&store, b))
+        .collect();
+    let e = |p: &str, mode: u32, uid: u64, gid: u64| (p.to_owned(), mode, uid, gid);
+    assert_eq!(
+        layers,
+        [
+            vec![e("exists/", 0o711, 0, 0), e("exists/keep", 0o644, 0, 0)],
+            vec![e("kept/", 0o755, 0, 0), e("kept/f.txt", 0o644, 5, 6)],
+            vec![e("exists/", 0o711, 0, 0), e("exists/f.txt", 0o700, 5, 6)],
+            vec![e("new/", 0o755, 9, 9), e("new/f.txt", 0o644, 9, 9)],
         ]
     );
 }

@@ -229,13 +229,13 @@ impl Engine {
         if options.registry.state_dir.is_none() {
             options.registry.state_dir = Some(options.store.root().join("registry"));
         }
-        let registry_cache = match options.registry_cache {
-            Some(cache) => Some((cache, RegistryCache::client(&options.registry)?)),
-            None => None,
-        };
+        let registry = RegistryClient::new(options.registry)?;
+        let registry_cache = options
+            .registry_cache
+            .map(|cache| (cache, RegistryCache::client(&registry)));
         Ok(Self {
             registry_cache,
-            registry: RegistryClient::new(options.registry)?,
+            registry,
             store: options.store,
             platform: options.platform,
             epoch: options.epoch,

@@ -324,6 +324,19 @@ impl RegistryClient {
         }
     }
 
+    /// This client with other time limits and retries, sharing its connections and what it
+    /// learns of auth.
+    pub(crate) fn with_timeouts(&self, request_timeout: Duration, retry: RetryPolicy) -> Self {
+        Self {
+            options: ClientOptions {
+                request_timeout,
+                retry,
+                ..self.options.clone()
+            },
+            ..self.clone()
+        }
+    }
+
     /// Resolve `reference` (an index is narrowed to `platform`), and fetch the manifest,
     /// config and every layer into `store`, each verified against its digest; through the
     /// first of its mirrors that serves it, if it has any.

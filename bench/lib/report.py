@@ -246,6 +246,10 @@ def main():
             continue
         print(f"| {label} | {mib(case, 'blumeops', 2)} | {mib(case, 'blumeops', 3)} | {peer} | "
               f"{mib(case, peer, 2)} | {mib(case, peer, 3)} |")
+    for tool, label in [("rootless", "rootless"), ("docker", "docker executor (its client)")]:
+        for case in ("cold", "warm", "changed"):
+            if ran(case, tool):
+                print(f"| {case}, {label} | {mib(case, tool, 2)} | {mib(case, tool, 3)} | | | |")
     print()
     print("Tree: the sum of PSS over the command and all its descendants, sampled every 20 ms "
           "(the registry is not part of it). Largest process: the largest peak RSS of a single "
@@ -320,7 +324,7 @@ def main():
                               f"(the base's resolution, the tag check, the manifest: ≤ 3)"))
 
     trees = [(r[2], case) for (case, tool), rs in runs.items()
-             if tool in ("blumeops", "rootless") for r in rs]
+             if tool in ("blumeops", "rootless", "docker") for r in rs]
     peak, where = max(trees) if trees else (None, "")
     passed = peak is not None and peak <= GOAL_RSS_MIB * 1024
     goals.append((passed, f"blumeops peak memory ≤ {GOAL_RSS_MIB} MiB throughout: "

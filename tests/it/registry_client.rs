@@ -803,3 +803,150 @@ fn unreachable_registry_fails_fast_naming_the_url() {
         .expect_err("nothing listens there");
     assert_eq!(err.kind(), RegistryErrorKind::Unreachable, "{err}");
 }
+
+/// `zot-ci` with a state directory: what one client learns, a later one knows.
+fn ci_with_state(registry: &TestRegistry, state: &std::path::Path) -> RegistryClient {
+    let credentials = blumeops_core::Credentials::default().with_registry(
+        &registry.addr(),
+        blumeops_core::Credential {
+            username: CI_USER.to_owned(),
+            password: blumeops_core::Secret::new(registry.ci_password()),
+        },
+    );
+    RegistryClient::new(ClientOptions {
+        credentials,
+        state_dir: Some(state.to_owned()),
+        ..ClientOptions::default()
+    })
+    .expect("failed to build a registry client")
+}
+
+#[test]
+fn a_later_push_sends_credentials_first_and_skips_blobs_the_repository_took() {
+    let registry = TestRegistry::start();
+    let (_dir, store) = store();
+    let state = tempdir("blumeops-client-state-");
+    let image = build_image(&store, "a", "amd64");
+    push(
+        &registry,
+        &ci_with_state(&registry, state.path()),
+        &reference(&registry, &format!("{REPO}:v1")),
+        &image,
+        &store,
+        TagPolicy::CreateOnly,
+    )
+    .unwrap_or_else(|e| panic!("push failed: {e}\n{}", registry.log_summary()));
+    assert!(
+        registry.requests().iter().any(|r| r.status == 401),
+        "the first run learns the scheme from a challenge\n{}",
+        registry.log_summary()
+    );
+
+    // Another run (a new client) pushes the same image to a new tag: the tag check and the
+    // manifest, with credentials from the first request, and no blob request at all.
+    registry.clear_log();
+    let report = push(
+        &registry,
+        &ci_with_state(&registry, state.path()),
+        &reference(&registry, &format!("{REPO}:v2")),
+        &image,
+        &store,
+        TagPolicy::CreateOnly,
+    )
+    .unwrap_or_else(|e| panic!("push failed: {e}\n{}", registry.log_summary()));
+    let log_text = registry.log_summary();
+    let steps: Vec<(Method, bool, u16)> = registry
+        .requests()
+        .iter()
+        .map(|r| (r.method.clone(), r.is_manifest(), r.status))
+        .collect();
+    assert_eq!(
+        steps,
+        [(Method::HEAD, true, 404), (Method::PUT, true, 201)],
+        "{log_text}"
+    );
+    assert!(registry.requests().iter().all(|r| r.had_auth), "{log_text}");
+    assert_eq!(
+        (report.blobs_uploaded, report.blobs_skipped),
+        (0, 3),
+        "{log_text}"
+    );
+    assert_eq!(
+        skopeo_digest(&registry, &format!("{REPO}:v2")),
+        image.manifest.digest.to_string()
+    );
+
+    // A client without the state asks as before.
+    registry.clear_log();
+    push(
+        &registry,
+        &ci(&registry),
+        &reference(&registry, &format!("{REPO}:v3")),
+        &image,
+        &store,
+        TagPolicy::CreateOnly,
+    )
+    .unwrap_or_else(|e| panic!("push failed: {e}\n{}", registry.log_summary()));
+    assert_eq!(
+        registry.count(&Method::HEAD, "/blobs/"),
+        3,
+        "{}",
+        registry.log_summary()
+    );
+}
+
+#[test]
+fn a_blob_taken_on_trust_but_gone_is_uploaded_again_before_the_manifest() {
+    let registry = TestRegistry::start();
+    let (_dir, store) = store();
+    let state = tempdir("blumeops-client-state-");
+    let image = build_image(&store, "a", "amd64");
+    push(
+        &registry,
+        &ci_with_state(&registry, state.path()),
+        &reference(&registry, &format!("{REPO}:v1")),
+        &image,
+        &store,
+        TagPolicy::CreateOnly,
+    )
+    .unwrap_or_else(|e| panic!("push failed: {e}\n{}", registry.log_summary()));
+    // The repository loses a layer (deleted behind the client's back).
+    let gone = &image.layers[1].digest;
+    let link = registry
+        .storage_dir()
+        .join("docker/registry/v2/repositories")
+        .join(REPO)
+        .join("_layers/sha256")
+        .join(gone.hex());
+    std::fs::remove_dir_all(&link).expect("remove the layer's link");
+
+    registry.clear_log();
+    let report = push(
+        &registry,
+        &ci_with_state(&registry, state.path()),
+        &reference(&registry, &format!("{REPO}:v2")),
+        &image,
+        &store,
+        TagPolicy::CreateOnly,
+    )
+    .unwrap_or_else(|e| panic!("push failed: {e}\n{}", registry.log_summary()));
+    let log_text = registry.log_summary();
+    // The manifest is refused for the missing blob, every blob is checked, the missing one
+    // uploaded, and the manifest goes again.
+    let puts = registry.manifest_puts();
+    assert_eq!(puts.len(), 2, "{log_text}");
+    assert!(puts[0].status >= 400 && puts[1].status == 201, "{log_text}");
+    assert_eq!(registry.count(&Method::HEAD, "/blobs/"), 3, "{log_text}");
+    let uploaded: Vec<String> = registry
+        .blob_uploads()
+        .iter()
+        .filter(|r| r.status == 201)
+        .filter_map(query_digest)
+        .collect();
+    assert_eq!(uploaded, [gone.to_string()], "{log_text}");
+    assert_eq!(report.blobs_uploaded, 1, "{log_text}");
+    assert_eq!(
+        skopeo_digest(&registry, &format!("{REPO}:v2")),
+        image.manifest.digest.to_string()
+    );
+}

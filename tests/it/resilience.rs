@@ -349,6 +349,40 @@ fn dropped_upload_resumes_from_the_offset_the_registry_reports() {
 }
 
 #[test]
+fn an_upload_cut_before_the_registry_kept_anything_is_sent_again_whole() {
+    let flaky = Flaky::start();
+    let (_dir, store) = store();
+    let image = build_image(&store, "a", "amd64");
+    let big = digest_hex(&image, 0);
+    let size = image.layers[0].size;
+    // The blob's one PUT breaks before a byte reached the registry.
+    flaky
+        .faults
+        .add(Rule::new(Some(Method::PUT), "/blobs/uploads/", Fault::DropAfter(0)).query(&big));
+    flaky
+        .push(&flaky.ci(quick(6)), "v1", &image, &store)
+        .unwrap_or_else(|e| panic!("push failed: {e:#}\n{}", flaky.log()));
+    let session = session_of(&flaky.faults.requests(), &big);
+    let text = flaky.log();
+    let steps: Vec<(Method, Option<u16>)> = session
+        .iter()
+        .map(|r| (r.method.clone(), r.status))
+        .collect();
+    // The registry says it holds nothing: the whole blob again, in the same session.
+    assert_eq!(
+        steps,
+        [
+            (Method::PUT, None),
+            (Method::GET, Some(204)),
+            (Method::PUT, Some(201)),
+        ],
+        "{text}"
+    );
+    assert_eq!(session[2].content_length, Some(size), "{text}");
+    flaky.assert_whole("v1", &image);
+}
+
+#[test]
 fn chunked_upload_resumes_inside_a_chunk() {
     let flaky = Flaky::start();
     let (_dir, store) = store();

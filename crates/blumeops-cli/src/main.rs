@@ -77,7 +77,12 @@ fn run(cli: Cli) -> ExitCode {
         Ok(docker) => docker,
         Err(code) => return code,
     };
+    // Two threads for the async work: it waits on the network and the sandbox, while the
+    // work that uses the cores (steps, compression, hashing) runs on threads of its own. One
+    // per core would add a stack and a malloc arena per core and buy nothing.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores.min(2))
         .enable_all()
         .build()
     {

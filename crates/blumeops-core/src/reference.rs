@@ -265,52 +265,174 @@ impl FromStr for ImageRef {
         if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(invalid("it contains whitespace"));
         }
-        let parsed: oci_client::Reference = s
-            .parse()
-            .map_err(|e: oci_client::ParseError| invalid(&e.to_string().to_lowercase()))?;
+        let parsed = parse_reference(s).map_err(invalid)?;
         // The distribution spec's repository grammar: lowercase components separated by
         // `/`, each made of [a-z0-9] joined by `.`, `_`, `__` or runs of `-`.
-        let repo_ok = parsed.repository().split('/').all(|c| {
-            !c.is_empty()
-                && c.bytes()
-                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
-                && c.as_bytes()[0].is_ascii_alphanumeric()
-                && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
-        });
-        if !repo_ok {
+        if !parsed.repository.split('/').all(is_path_component) {
             return Err(invalid(
                 "repository names must be lowercase letters, digits and separators (. _ -)",
             ));
         }
-        let digest = match parsed.digest() {
+        let digest = match parsed.digest {
             Some(d) => Some(
                 d.parse::<Digest>()
                     .map_err(|_| invalid("only sha256 digests are supported"))?,
             ),
             None => None,
         };
-        // oci-client fills in `latest` when neither tag nor digest is given; keep the tag
-        // only if there is one or the reference has no digest.
-        let tag = parsed.tag().map(str::to_owned);
-        let tag = if digest.is_some() && !has_explicit_tag(s) {
-            None
-        } else {
-            tag.or_else(|| Some("latest".to_owned()))
+        // Without a digest, no tag means `latest`.
+        let tag = match (parsed.tag, &digest) {
+            (Some(tag), _) => Some(tag.to_owned()),
+            (None, Some(_)) => None,
+            (None, None) => Some("latest".to_owned()),
         };
         Ok(Self {
-            registry: parsed.registry().to_owned(),
-            repository: parsed.repository().to_owned(),
+            registry: parsed.registry,
+            repository: parsed.repository,
             tag,
             digest,
         })
     }
 }
 
-/// Whether the reference text carries a `:tag` after its last path component.
-fn has_explicit_tag(s: &str) -> bool {
-    let name = s.split('@').next().unwrap_or(s);
-    let last = name.rsplit('/').next().unwrap_or(name);
-    last.contains(':')
+/// A reference split into its parts, Docker's defaults applied to the name.
+struct ParsedReference<'a> {
+    registry: String,
+    repository: String,
+    tag: Option<&'a str>,
+    digest: Option<&'a str>,
+}
+
+/// Longest repository name accepted (Docker's limit).
+const NAME_MAX: usize = 255;
+
+/// Parse `[domain/]path[:tag][@digest]` by Docker's reference grammar (distribution's
+/// `reference` package), then split the domain as Docker does: a first component with a
+/// `.` or `:`, or `localhost`, is the registry; else the registry is `docker.io`, whose
+/// one-component names are in `library/`. Written out by hand rather than as the grammar's
+/// regular expression, which takes megabytes to compile.
+fn parse_reference(s: &str) -> Result<ParsedReference<'_>, &'static str> {
+    const INVALID: &str = "invalid reference format";
+    let (rest, digest) = match s.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest)),
+        None => (s, None),
+    };
+    if let Some(digest) = digest {
+        let (algorithm, hex) = digest.split_once(':').ok_or(INVALID)?;
+        if !is_digest_algorithm(algorithm)
+            || hex.len() < 32
+            || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(INVALID);
+        }
+        let want = match algorithm {
+            "sha256" => 64,
+            "sha384" => 96,
+            "sha512" => 128,
+            _ => return Err("unsupported digest algorithm"),
+        };
+        if hex.len() != want {
+            return Err("invalid checksum digest length");
+        }
+    }
+    // A `:` after the last `/` starts the tag; one before it is a registry's port.
+    let (name, tag) = match rest.rfind(':') {
+        Some(i) if rest[i..].find('/').is_none() => (&rest[..i], Some(&rest[i + 1..])),
+        _ => (rest, None),
+    };
+    if let Some(tag) = tag
+        && !is_tag(tag)
+    {
+        return Err(INVALID);
+    }
+    let components: Vec<&str> = name.split('/').collect();
+    let (first, others) = components.split_first().ok_or(INVALID)?;
+    let first_ok = is_path_component(first) || (!others.is_empty() && is_domain(first));
+    if !first_ok || !others.iter().all(|c| is_path_component(c)) {
+        return Err(INVALID);
+    }
+    let (mut registry, mut repository) = match name.split_once('/') {
+        Some((left, right)) if left.contains(['.', ':']) || left == "localhost" => {
+            (left.to_owned(), right.to_owned())
+        }
+        _ => ("docker.io".to_owned(), name.to_owned()),
+    };
+    if registry == "index.docker.io" {
+        "docker.io".clone_into(&mut registry);
+    }
+    if registry == "docker.io" && !repository.contains('/') {
+        repository = format!("library/{repository}");
+    }
+    if repository.len() > NAME_MAX {
+        return Err("repository name must not be more than 255 characters");
+    }
+    Ok(ParsedReference {
+        registry,
+        repository,
+        tag,
+        digest,
+    })
+}
+
+/// `[a-z0-9]+` runs joined by `.`, `_`, `__` or any run of `-`.
+fn is_path_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-')) {
+            return false;
+        }
+    }
+    true
+}
+
+/// A registry host: dot-separated labels of letters, digits and inner `-`, then an optional
+/// `:port`.
+fn is_domain(d: &str) -> bool {
+    let (host, port) = match d.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (d, None),
+    };
+    let label_ok = |l: &str| {
+        let b = l.as_bytes();
+        !b.is_empty()
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter().all(|x| x.is_ascii_alphanumeric() || *x == b'-')
+    };
+    host.split('.').all(label_ok)
+        && port.is_none_or(|p| !p.is_empty() && p.bytes().all(|x| x.is_ascii_digit()))
+}
+
+/// `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+fn is_tag(t: &str) -> bool {
+    let word = |x: u8| x.is_ascii_alphanumeric() || x == b'_';
+    let b = t.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && word(b[0])
+        && b.iter().all(|&x| word(x) || x == b'.' || x == b'-')
+}
+
+/// `[A-Za-z][A-Za-z0-9]*` parts joined by `-`, `_`, `+` or `.`.
+fn is_digest_algorithm(a: &str) -> bool {
+    a.split(['-', '_', '+', '.']).all(|part| {
+        let b = part.as_bytes();
+        !b.is_empty() && b[0].is_ascii_alphabetic() && b.iter().all(u8::is_ascii_alphanumeric)
+    })
 }
 
 impl fmt::Display for ImageRef {
@@ -504,8 +626,112 @@ mod tests {
     #[case("a b")]
     #[case("busybox:bad tag")]
     #[case("busybox@sha256:short")]
+    #[case("a/")]
+    #[case("/a")]
+    #[case("a//b")]
+    #[case("a:")]
+    #[case("a@")]
+    #[case("a:-tag")]
+    #[case("a:.tag")]
+    #[case("a..b")]
+    #[case("a___b")]
+    #[case("a-_b")]
+    #[case("-a")]
+    #[case("a-")]
+    #[case("_a")]
+    #[case("a:tag:more")]
+    #[case("a:täg")]
+    #[case("host:port/a")]
+    #[case("-host.com/a")]
+    #[case("host.com:/a")]
+    #[case("[::1]:5000/a")]
+    #[case("a@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde")]
+    #[case("a@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdeg")]
+    #[case("a@md5:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")]
     fn rejects_bad_references(#[case] input: &str) {
         assert!(input.parse::<ImageRef>().is_err(), "{input} accepted");
+    }
+
+    /// Docker's grammar and defaults, as its `reference` package (and oci-spec) parse them.
+    #[rstest]
+    #[case("test.com:tag", "docker.io", "library/test.com", Some("tag"))]
+    #[case("test.com:5000", "docker.io", "library/test.com", Some("5000"))]
+    #[case("test.com/repo:tag", "test.com", "repo", Some("tag"))]
+    #[case("test:5000/repo", "test:5000", "repo", Some("latest"))]
+    #[case("localhost/app", "localhost", "app", Some("latest"))]
+    #[case(
+        "localhost:5000/a/b:v1.2_3-x",
+        "localhost:5000",
+        "a/b",
+        Some("v1.2_3-x")
+    )]
+    #[case(
+        "index.docker.io/busybox",
+        "docker.io",
+        "library/busybox",
+        Some("latest")
+    )]
+    #[case(
+        "docker.io/library/busybox:1",
+        "docker.io",
+        "library/busybox",
+        Some("1")
+    )]
+    #[case(
+        "lowercase:Uppercase",
+        "docker.io",
+        "library/lowercase",
+        Some("Uppercase")
+    )]
+    #[case(
+        "sub-dom1.foo.com/bar/baz/quux:some-long-tag",
+        "sub-dom1.foo.com",
+        "bar/baz/quux",
+        Some("some-long-tag")
+    )]
+    #[case(
+        "b.gcr.io/test.example.com/my-app:test.example.com",
+        "b.gcr.io",
+        "test.example.com/my-app",
+        Some("test.example.com")
+    )]
+    #[case(
+        "xn--n3h.com/myimage:xn--n3h.com",
+        "xn--n3h.com",
+        "myimage",
+        Some("xn--n3h.com")
+    )]
+    #[case("foo_bar.com:8080", "docker.io", "library/foo_bar.com", Some("8080"))]
+    #[case("foo/foo_bar.com:8080", "docker.io", "foo/foo_bar.com", Some("8080"))]
+    #[case("a__b/c---d/e.f_g:_", "docker.io", "a__b/c---d/e.f_g", Some("_"))]
+    #[case("127.0.0.1:5000/x/y", "127.0.0.1:5000", "x/y", Some("latest"))]
+    fn parses_docker_grammar(
+        #[case] input: &str,
+        #[case] registry: &str,
+        #[case] repository: &str,
+        #[case] tag: Option<&str>,
+    ) {
+        let r: ImageRef = input.parse().unwrap_or_else(|e| panic!("{input}: {e}"));
+        assert_eq!(
+            (r.registry(), r.repository(), r.tag()),
+            (registry, repository, tag),
+            "{input}"
+        );
+    }
+
+    #[test]
+    fn tags_and_names_have_length_limits() {
+        let tag = "t".repeat(128);
+        assert!(format!("a:{tag}").parse::<ImageRef>().is_ok());
+        assert!(format!("a:{tag}x").parse::<ImageRef>().is_err());
+        let name = format!("r.io/{}", "n".repeat(255));
+        assert!(name.parse::<ImageRef>().is_ok());
+        assert!(format!("{name}n").parse::<ImageRef>().is_err());
+        // A tag and a digest together keep both.
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let r: ImageRef = format!("r.io/a:v1@{d}").parse().unwrap();
+        assert_eq!(r.tag(), Some("v1"));
+        assert_eq!(r.manifest_reference(), d);
     }
 
     #[rstest]

@@ -15,15 +15,18 @@ pub const GZIP_LEVEL: u32 = 6;
 pub const LAYER_FORMAT: &str =
     "tar-gnu gzip-6 pgzip-1MiB stored-if-incompressible zstd-3-mt parents-from-image";
 
-/// Most threads one layer's gzip uses (each holds about 2 MiB of blocks).
-pub const MAX_GZIP_THREADS: usize = 8;
+/// Most threads one layer's gzip uses: as many as it keeps blocks in flight, a fixed number
+/// (see [`super::pgzip::MAX_IN_FLIGHT`]), so its memory is the same on any machine.
+pub const MAX_GZIP_THREADS: usize = super::pgzip::MAX_IN_FLIGHT;
 
 /// zstd level used for every zstd layer. Changing it changes every digest.
 pub const ZSTD_LEVEL: i32 = 3;
 
 /// Most zstd worker threads per layer. zstd's multi-threaded output does not depend on the
 /// number of workers (as long as there is at least one), so digests are the same anywhere.
-const MAX_ZSTD_WORKERS: u32 = 8;
+/// Each worker holds a job of input and its output (several MiB at level 3): a fixed
+/// number keeps a layer's memory the same on any machine.
+const MAX_ZSTD_WORKERS: u32 = 2;
 
 /// How layers are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -275,14 +275,18 @@ impl fmt::Debug for Engine {
 
 impl Engine {
     /// An engine with these options.
-    pub fn new(options: EngineOptions) -> Result<Self, Error> {
-        let registry_cache = match options.registry_cache {
-            Some(cache) => Some((cache, RegistryCache::client(&options.registry)?)),
-            None => None,
-        };
+    pub fn new(mut options: EngineOptions) -> Result<Self, Error> {
+        // What the client learns of registries is kept with the store, unless told otherwise.
+        if options.registry.state_dir.is_none() {
+            options.registry.state_dir = Some(options.store.root().join("registry"));
+        }
+        let registry = RegistryClient::new(options.registry)?;
+        let registry_cache = options
+            .registry_cache
+            .map(|cache| (cache, RegistryCache::client(&registry)));
         Ok(Self {
             registry_cache,
-            registry: RegistryClient::new(options.registry)?,
+            registry,
             store: options.store,
             platform: options.platform,
             epoch: options.epoch,

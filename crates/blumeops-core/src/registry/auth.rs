@@ -138,6 +138,10 @@ impl AuthCache {
         self.basic_hosts.insert(host.to_owned());
     }
 
+    pub fn unset_basic(&mut self, host: &str) {
+        self.basic_hosts.remove(host);
+    }
+
     pub fn bearer_challenge(&self, host: &str) -> Option<BearerChallenge> {
         self.bearer.get(host).cloned()
     }

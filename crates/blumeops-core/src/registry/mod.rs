@@ -6,13 +6,20 @@
 //! - A refused TLS certificate is reported as [`Error::Certificate`], naming the host and what
 //!   is wrong, and never retried.
 //! - Requests go out anonymously first. A 401 is answered from its `WWW-Authenticate`
-//!   challenge: `Basic` with the configured credentials (sent up front from then on), `Bearer`
-//!   with a token from the challenge's realm, cached per host and scope. A 401 after
-//!   credentials were sent, and any 403, are reported, never retried.
+//!   challenge: `Basic` with the configured credentials (sent up front from then on, and from
+//!   the first request of later runs when [`ClientOptions::state_dir`] is set), `Bearer` with
+//!   a token from the challenge's realm, cached per host and scope. A 401 after credentials
+//!   were sent, and any 403, are reported, never retried (but a host that answers Basic
+//!   credentials with a Bearer challenge alone gets a token instead).
 //! - Blobs stream: downloads are hashed while written to the store and committed only when
 //!   the digest and size match; uploads read the store file with a bounded buffer and a
-//!   known `Content-Length` (one `PUT` up to [`ClientOptions::upload_chunk_size`], `PATCH`
-//!   chunks beyond). The manifest goes last, after every blob is confirmed present.
+//!   known `Content-Length` (one `PUT` up to [`ClientOptions::upload_chunk_size`], by default
+//!   any size; `PATCH` chunks beyond). The manifest goes last, after every blob is confirmed
+//!   present: a HEAD found it, the upload's answer named it, or an earlier push to the same
+//!   repository had the registry take a manifest that references it (kept in
+//!   [`ClientOptions::state_dir`] for a week; when the registry refuses a manifest after such
+//!   a blob was taken on trust, every blob is checked, the missing ones are uploaded and the
+//!   manifest goes again).
 //! - Every request is retried on transient failures (see [`RetryPolicy`]): connection errors,
 //!   timeouts, 408, 429 (`Retry-After` honoured) and 5xx. An interrupted upload asks the
 //!   registry how much it has (`GET` on the session, `Range: 0-N`) and continues from there;
@@ -26,6 +33,7 @@
 mod auth;
 mod credentials;
 mod error;
+mod known;
 mod mirrors;
 mod pull;
 mod push;
@@ -69,11 +77,15 @@ pub const BLOB_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 const UPLOAD_BASE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Slowest upload rate tolerated before an upload is called stuck.
 const UPLOAD_MIN_BYTES_PER_SEC: u64 = 64 * 1024;
-/// Default largest upload request: a blob up to this size goes in one `PUT`, a larger one in
-/// `PATCH` chunks of this size (each a point an interrupted upload can resume from).
-pub const DEFAULT_UPLOAD_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
-/// Read buffer for streamed uploads.
+/// Default largest upload request: no limit, every blob goes in one `PUT` (the registry's
+/// monolithic upload, as fast as it takes a blob). An interrupted upload still resumes from
+/// the offset the registry reports, so chunks are not needed for that; a registry that keeps
+/// nothing of a cut request has the blob sent again.
+pub const DEFAULT_UPLOAD_CHUNK_SIZE: u64 = u64::MAX;
+/// Bytes read from a blob's file at a time for an upload.
 const UPLOAD_BUFFER: usize = 256 * 1024;
+/// Pieces of [`UPLOAD_BUFFER`] bytes read ahead of the socket, per upload.
+const UPLOAD_QUEUE: usize = 4;
 /// Largest manifest or index accepted (zot's own limit is 4 MiB).
 const MAX_MANIFEST_BYTES: u64 = crate::limits::MAX_MANIFEST_BYTES;
 /// Largest error or token body read.
@@ -98,6 +110,9 @@ pub struct ClientOptions {
     pub upload_chunk_size: u64,
     /// Where base images may be pulled from instead (none by default).
     pub mirrors: Mirrors,
+    /// Where the client keeps what it learned of registries for later runs (see
+    /// [`RegistryClient`]); `None`: nothing is kept.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -111,6 +126,7 @@ impl Default for ClientOptions {
             retry: RetryPolicy::default(),
             upload_chunk_size: DEFAULT_UPLOAD_CHUNK_SIZE,
             mirrors: Mirrors::default(),
+            state_dir: None,
         }
     }
 }
@@ -179,6 +195,8 @@ pub struct RegistryClient {
     options: ClientOptions,
     http: reqwest::Client,
     auth: Arc<Mutex<AuthCache>>,
+    /// What earlier runs learned, kept in [`ClientOptions::state_dir`].
+    known: Option<known::Known>,
     /// Hosts of mirrors that could not be reached: their mirrors are skipped from then on
     /// instead of waiting through the retries again.
     unreachable_mirrors: Arc<Mutex<HashSet<String>>>,
@@ -277,10 +295,12 @@ impl RegistryClient {
         let http = builder
             .build()
             .map_err(|source| Error::BuildClient { source })?;
+        let known = options.state_dir.clone().map(known::Known::new);
         Ok(Self {
+            auth: new_auth(known.as_ref()),
+            known,
             options,
             http,
-            auth: Arc::default(),
             unreachable_mirrors: Arc::default(),
         })
     }
@@ -298,8 +318,22 @@ impl RegistryClient {
         Self {
             options,
             http: self.http.clone(),
-            auth: Arc::default(),
+            auth: new_auth(self.known.as_ref()),
+            known: self.known.clone(),
             unreachable_mirrors: self.unreachable_mirrors.clone(),
+        }
+    }
+
+    /// This client with other time limits and retries, sharing its connections and what it
+    /// learns of auth.
+    pub(crate) fn with_timeouts(&self, request_timeout: Duration, retry: RetryPolicy) -> Self {
+        Self {
+            options: ClientOptions {
+                request_timeout,
+                retry,
+                ..self.options.clone()
+            },
+            ..self.clone()
         }
     }
 
@@ -499,7 +533,26 @@ impl RegistryClient {
             let challenges = challenges(response.headers());
             let server = error_body(response).await;
             match sent {
-                Sent::Basic(username) => return Err(self.unauthorized(call, username, server)),
+                Sent::Basic(username) => {
+                    let bearer = challenges.iter().find_map(|c| match c {
+                        Challenge::Bearer(b) => Some(b.clone()),
+                        Challenge::Basic => None,
+                    });
+                    match bearer {
+                        // The host no longer takes Basic (an earlier run's word for it was
+                        // out of date): answer its Bearer challenge instead.
+                        Some(bearer) if !challenges.contains(&Challenge::Basic) => {
+                            let mut cache = self.auth_cache();
+                            cache.unset_basic(&repo.host);
+                            cache.set_bearer_challenge(&repo.host, bearer);
+                            drop(cache);
+                            if let Some(known) = &self.known {
+                                known.set_basic_host(&repo.host, false);
+                            }
+                        }
+                        _ => return Err(self.unauthorized(call, username, server)),
+                    }
+                }
                 Sent::Bearer { fresh: true } => {
                     return Err(match self.credential(repo)? {
                         Some(c) => self.unauthorized(call, c.username, server),
@@ -518,8 +571,12 @@ impl RegistryClient {
                     if let Some(bearer) = bearer {
                         self.auth_cache().set_bearer_challenge(&repo.host, bearer);
                     } else if self.credential(repo)?.is_some() {
-                        // Basic (or no usable challenge): answer with the credentials.
+                        // Basic (or no usable challenge): answer with the credentials, and
+                        // from the first request of later runs on.
                         self.auth_cache().set_basic(&repo.host);
+                        if let Some(known) = &self.known {
+                            known.set_basic_host(&repo.host, true);
+                        }
                     } else {
                         return Err(self.auth_required(call));
                     }
@@ -702,6 +759,15 @@ impl RegistryClient {
         };
         result.map_err(|e| transport_error(call, e))
     }
+}
+
+/// A new auth cache, knowing the hosts that earlier runs found taking Basic credentials.
+fn new_auth(known: Option<&known::Known>) -> Arc<Mutex<AuthCache>> {
+    let mut cache = AuthCache::default();
+    for host in known.map(known::Known::basic_hosts).unwrap_or_default() {
+        cache.set_basic(&host);
+    }
+    Arc::new(Mutex::new(cache))
 }
 
 fn timeout_error(call: &Call<'_>, limit: Duration) -> Error {

@@ -3,19 +3,19 @@
 use std::collections::HashSet;
 use std::io::{Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use reqwest::StatusCode;
 use reqwest::header::{
     ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, LOCATION, RANGE,
 };
-use tokio::io::AsyncReadExt as _;
+use std::io::Read as _;
 use url::Url;
 
 use super::{
     Access, BlobProgress, Call, Error, Limit, Operation, PushReport, RegistryClient, Repo,
-    TagPolicy, UPLOAD_BASE_TIMEOUT, UPLOAD_BUFFER, UPLOAD_MIN_BYTES_PER_SEC, gave_up,
+    TagPolicy, UPLOAD_BASE_TIMEOUT, UPLOAD_BUFFER, UPLOAD_MIN_BYTES_PER_SEC, UPLOAD_QUEUE, gave_up,
     header_digest, retry, status_error, timeout_error,
 };
 use crate::image::{BlobRef, ManifestBlob, StoredImage, media_types};
@@ -69,8 +69,30 @@ impl RegistryClient {
         let repo = self.repo(target, Access::Push)?;
         let new = root.digest.clone();
 
+        let mut seen = HashSet::new();
+        // Owned items keep the future `Send` for callers that box it (see pull.rs).
+        let blobs: Vec<BlobRef> = images
+            .iter()
+            .flat_map(StoredImage::blobs)
+            .filter(|b| seen.insert(b.digest.clone()))
+            .cloned()
+            .collect();
+        let now = SystemTime::now();
+        let remember = || {
+            if let Some(known) = &self.known {
+                known.add_blobs(
+                    &repo.host,
+                    &repo.repository,
+                    blobs.iter().map(|b| &b.digest),
+                    now,
+                );
+            }
+        };
+
         match self.head_manifest_in(&repo, &tag_ref).await? {
             Some(existing) if existing == new => {
+                // The registry took this manifest once, so it holds its blobs.
+                remember();
                 return Ok(PushReport {
                     digest: new,
                     unchanged: true,
@@ -89,21 +111,106 @@ impl RegistryClient {
             _ => {}
         }
 
-        let mut seen = HashSet::new();
-        // Owned items keep the future `Send` for callers that box it (see pull.rs).
-        let blobs: Vec<BlobRef> = images
+        // Blobs an earlier push saw the registry take in a manifest of this repository are
+        // not asked about again.
+        let known = match &self.known {
+            Some(known) => known.blobs(&repo.host, &repo.repository, now),
+            None => HashSet::new(),
+        };
+        let (trusted, to_check): (Vec<BlobRef>, Vec<BlobRef>) = blobs
             .iter()
-            .flat_map(StoredImage::blobs)
-            .filter(|b| seen.insert(b.digest.clone()))
             .cloned()
-            .collect();
+            .partition(|b| known.contains(&b.digest));
         let total = blobs.len();
-        let repo_ref = &repo;
         let done = std::sync::atomic::AtomicUsize::new(0);
-        let done = &done;
+        for blob in &trusted {
+            progress(&BlobProgress {
+                digest: blob.digest.clone(),
+                uploaded: false,
+                bytes_sent: 0,
+                done: done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1,
+                total,
+            });
+        }
+        let sent = self
+            .push_blobs(&repo, to_check, store, mount_from, &done, total, progress)
+            .await?;
+        let (mut blobs_uploaded, mut bytes_uploaded) = sent;
+
+        // Every blob the manifest references is now confirmed present: a HEAD found it, the
+        // closing PUT's 201 named its digest (else a HEAD after it), or the registry took a
+        // manifest referencing it before. Any failure above returned early, so a tag never
+        // points at a missing blob: a registry checks a manifest's blobs when it takes it,
+        // and a refusal after blobs were taken on trust has them checked here.
+        let put_all = || self.put_manifests(&repo, target, images, root, &tag_ref, tag);
+        match put_all().await {
+            Ok(()) => {}
+            Err(Error::Status { status, .. })
+                if !trusted.is_empty() && status.is_client_error() =>
+            {
+                if let Some(known) = &self.known {
+                    known.forget_blobs(&repo.host, &repo.repository);
+                }
+                // Reported once already: no progress for them again.
+                let again = std::sync::atomic::AtomicUsize::new(0);
+                let (n, bytes) = self
+                    .push_blobs(&repo, trusted, store, mount_from, &again, total, &|_| {})
+                    .await?;
+                blobs_uploaded += n;
+                bytes_uploaded += bytes;
+                put_all().await?;
+            }
+            Err(e) => return Err(e),
+        }
+        remember();
+        Ok(PushReport {
+            digest: new,
+            unchanged: false,
+            blobs_uploaded,
+            blobs_skipped: total - blobs_uploaded,
+            bytes_uploaded,
+        })
+    }
+
+    /// PUT each manifest of `images` other than `root` by digest (unless the registry has
+    /// it: a create-only account may not PUT it again), then `root` under the tag, last.
+    async fn put_manifests(
+        &self,
+        repo: &Repo,
+        target: &ImageRef,
+        images: &[StoredImage],
+        root: &ManifestBlob,
+        tag_ref: &ImageRef,
+        tag: &str,
+    ) -> Result<(), Error> {
+        for image in images.iter().filter(|i| i.manifest.digest != root.digest) {
+            let manifest = &image.manifest;
+            let by_digest = target.with_digest(manifest.digest.clone());
+            if self.head_manifest_in(repo, &by_digest).await?.is_none() {
+                let reference = manifest.digest.to_string();
+                self.put_manifest(repo, &by_digest, &reference, manifest)
+                    .await?;
+            }
+        }
+        self.put_manifest(repo, tag_ref, tag, root).await
+    }
+
+    /// [`Self::push_blob`] for each of `blobs`, a few at a time, reporting each as it is
+    /// confirmed; how many were uploaded and their bytes.
+    #[allow(clippy::too_many_arguments)]
+    async fn push_blobs(
+        &self,
+        repo: &Repo,
+        blobs: Vec<BlobRef>,
+        store: &Store,
+        mount_from: Option<&str>,
+        done: &std::sync::atomic::AtomicUsize,
+        total: usize,
+        progress: &(dyn Fn(&BlobProgress) + Sync),
+    ) -> Result<(usize, u64), Error> {
         let uploaded: Vec<Option<u64>> = futures_util::stream::iter(blobs)
             .map(|blob| async move {
-                let sent = self.push_blob(repo_ref, &blob, store, mount_from).await?;
+                let sent = self.push_blob(repo, &blob, store, mount_from).await?;
                 progress(&BlobProgress {
                     digest: blob.digest.clone(),
                     uploaded: sent.is_some(),
@@ -116,31 +223,10 @@ impl RegistryClient {
             .buffer_unordered(self.options.max_parallel_uploads.max(1))
             .try_collect()
             .await?;
-        let blobs_uploaded = uploaded.iter().flatten().count();
-        let bytes_uploaded = uploaded.iter().flatten().sum();
-
-        // Every blob the manifests reference is now confirmed present: a HEAD found it, or
-        // the closing PUT's 201 named its digest (else a HEAD after it). Any failure above
-        // returned early, so a tag never points at a missing blob.
-        debug_assert_eq!(uploaded.len(), total);
-        for image in images.iter().filter(|i| i.manifest.digest != new) {
-            let manifest = &image.manifest;
-            let by_digest = target.with_digest(manifest.digest.clone());
-            // A create-only account may not PUT a manifest the registry has.
-            if self.head_manifest_in(&repo, &by_digest).await?.is_none() {
-                let reference = manifest.digest.to_string();
-                self.put_manifest(&repo, &by_digest, &reference, manifest)
-                    .await?;
-            }
-        }
-        self.put_manifest(&repo, &tag_ref, tag, root).await?;
-        Ok(PushReport {
-            digest: new,
-            unchanged: false,
-            blobs_uploaded,
-            blobs_skipped: total - blobs_uploaded,
-            bytes_uploaded,
-        })
+        Ok((
+            uploaded.iter().flatten().count(),
+            uploaded.iter().flatten().sum(),
+        ))
     }
 
     /// Upload one blob unless the registry has it (or mounts it from the repository
@@ -663,20 +749,21 @@ fn location(headers: &HeaderMap, request: &Url) -> Option<Result<Url, Error>> {
     }))
 }
 
-/// `len` bytes of the file at `path` from `offset`, streamed with a bounded buffer.
+/// `len` bytes of the file at `path` from `offset`, as a request body (see [`file_stream`]).
 fn file_body(path: &Path, offset: u64, len: u64) -> Result<reqwest::Body, Error> {
-    let stream =
-        tokio_util::io::ReaderStream::with_capacity(file_range(path, offset, len)?, UPLOAD_BUFFER);
-    Ok(reqwest::Body::wrap_stream(stream))
+    Ok(reqwest::Body::wrap_stream(file_stream(path, offset, len)?))
 }
 
-/// A reader of `len` bytes of the file at `path` from `offset` (a store blob: seeking is
-/// cheap, so a resumed upload reads only what is left).
-fn file_range(
+/// `len` bytes of the file at `path` from `offset` (a store blob: seeking is cheap, so a
+/// resumed upload reads only what is left), in pieces of [`UPLOAD_BUFFER`] bytes that a
+/// thread of the blocking pool reads straight into the buffers the request sends, at most
+/// [`UPLOAD_QUEUE`] ahead of the socket. Memory per upload stays bounded, and each byte is
+/// copied once on its way from the page cache to the socket.
+fn file_stream(
     path: &Path,
     offset: u64,
     len: u64,
-) -> Result<tokio::io::Take<tokio::fs::File>, Error> {
+) -> Result<impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + use<>, Error> {
     let io = |action: &'static str| {
         move |source| StoreError::Io {
             action,
@@ -688,7 +775,31 @@ fn file_range(
     if offset > 0 {
         file.seek(SeekFrom::Start(offset)).map_err(io("seek in"))?;
     }
-    Ok(tokio::fs::File::from_std(file).take(len))
+    let (tx, rx) = tokio::sync::mpsc::channel(UPLOAD_QUEUE);
+    tokio::task::spawn_blocking(move || {
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(UPLOAD_BUFFER as u64);
+            let mut piece = Vec::with_capacity(n as usize);
+            let piece = match (&mut file).take(n).read_to_end(&mut piece) {
+                Ok(got) if got as u64 == n => Ok(bytes::Bytes::from(piece)),
+                Ok(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the blob file ended early",
+                )),
+                Err(e) => Err(e),
+            };
+            let failed = piece.is_err();
+            // A closed channel: the request is over (done, failed or cut off).
+            if tx.blocking_send(piece).is_err() || failed {
+                return;
+            }
+            left -= n;
+        }
+    });
+    Ok(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|piece| (piece, rx))
+    }))
 }
 
 /// Time allowed for uploading `size` bytes.
@@ -725,25 +836,36 @@ mod tests {
     }
 
     #[test]
-    fn file_range_reads_the_requested_bytes() {
+    fn file_stream_reads_the_requested_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blob");
-        std::fs::write(&path, b"0123456789").unwrap();
+        let data: Vec<u8> = (0..3 * UPLOAD_BUFFER + 17).map(|i| i as u8).collect();
+        std::fs::write(&path, &data).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        for (offset, len, want) in [(0, 10, &b"0123456789"[..]), (3, 4, b"3456"), (8, 5, b"89")] {
+        let len = data.len() as u64;
+        for (offset, n) in [(0, len), (3, 4), (8, 2), (5, len - 5), (len, 0)] {
             let got = rt.block_on(async {
-                let mut out = Vec::new();
-                file_range(&path, offset, len)
+                let pieces: Vec<bytes::Bytes> = file_stream(&path, offset, n)
                     .unwrap()
-                    .read_to_end(&mut out)
+                    .try_collect()
                     .await
                     .unwrap();
-                out
+                assert!(pieces.iter().all(|p| p.len() <= UPLOAD_BUFFER));
+                pieces.concat()
             });
-            assert_eq!(got, want, "{offset}+{len}");
+            let (start, end) = (offset as usize, (offset + n) as usize);
+            assert_eq!(got, &data[start..end], "{offset}+{n}");
         }
+        // A file shorter than asked for ends the stream with an error.
+        let short = rt.block_on(async {
+            file_stream(&path, len - 2, 10)
+                .unwrap()
+                .try_collect::<Vec<bytes::Bytes>>()
+                .await
+        });
+        assert!(short.is_err());
     }
 
     #[test]

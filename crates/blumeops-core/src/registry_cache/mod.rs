@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use crate::pipeline::{Engine, Event};
 use crate::reference::ImageRef;
-use crate::registry::{ClientOptions, RegistryClient, RetryPolicy};
+use crate::registry::{RegistryClient, RetryPolicy};
 
 pub(crate) use steps::{ExportStep, import_step};
 pub use usage::{RemoteUsage, registry_cache_usage};
@@ -84,17 +84,18 @@ impl std::fmt::Debug for RegistryCache {
 impl RegistryCache {
     /// A client for the cache: the build's credentials and TLS settings, but short
     /// timeouts and few retries, so a slow cache does not hold a build up for long.
-    pub(crate) fn client(client: &ClientOptions) -> Result<RegistryClient, crate::registry::Error> {
-        RegistryClient::new(ClientOptions {
-            request_timeout: REQUEST_TIMEOUT,
-            retry: RetryPolicy {
+    /// It shares what `client` learns of auth (and its connections), so a registry's
+    /// challenge is answered once per build, not once per client.
+    pub(crate) fn client(client: &RegistryClient) -> RegistryClient {
+        client.with_timeouts(
+            REQUEST_TIMEOUT,
+            RetryPolicy {
                 max_attempts: 2,
                 base_delay: Duration::from_millis(250),
                 max_delay: Duration::from_secs(1),
                 max_elapsed: Duration::from_secs(30),
             },
-            ..client.clone()
-        })
+        )
     }
 
     /// The cache as one build sees it (its tags are listed once per build).

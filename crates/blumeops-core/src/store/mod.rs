@@ -2,7 +2,9 @@
 //!
 //! Layout (under `BLUMEOPS_CACHE_DIR`, default `$XDG_CACHE_HOME/blumeops`):
 //! - `blobs/sha256/<hex>`: verified blobs (layers, configs, manifests), read-only once written;
-//! - `tmp/`: blobs being written; a crash leaves only files here, which are never read.
+//! - `tmp/`: blobs being written; a crash leaves only files here, which are never read;
+//! - `registry/`: what the registry client learned for later runs (which hosts take Basic
+//!   credentials, which blobs each repository holds), when an engine uses this store.
 //!
 //! A blob is written to `tmp/`, hashed as it is written, and renamed into place only after its
 //! digest is known (and, when an expected digest was given, matches). Readers therefore never

@@ -86,7 +86,7 @@ struct Remote {
     args: Vec<String>,
     env: Vec<String>,
     handshake: session::Handshake,
-    context: bytes::Bytes,
+    context: context::ContextArchive,
     fetch: Option<(String, PathBuf)>,
     commit_sha: Option<String>,
 }
@@ -178,10 +178,9 @@ impl Remote {
                 base64::engine::general_purpose::STANDARD.encode(bytes),
             );
         }
-        let context: bytes::Bytes = context::archive(&container, &flags.src, &early)
+        let context = context::archive(&container, &flags.src, &early)
             .map_err(blumeops_core::executor::Error::from)
-            .map_err(blumeops_core::Error::from)?
-            .into();
+            .map_err(blumeops_core::Error::from)?;
 
         let mut args: Vec<String> = vec!["--executor".into(), "root".into(), command.into()];
         let mut flag = |name: &str, value: &str| {

@@ -5,6 +5,7 @@
 //! `.dockerignore` travel in the handshake, before it.)
 
 use std::collections::BTreeSet;
+use std::io::{Seek as _, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
@@ -14,27 +15,82 @@ use super::Error;
 use crate::layer::HostCopy;
 use crate::pipeline::Container;
 
+/// A build context archive, in an unnamed temporary file: a checkout's files can be many
+/// MiB, and the client only reads it through once, to the engine's stdin.
+#[derive(Debug)]
+pub struct ContextArchive {
+    file: std::fs::File,
+    len: u64,
+}
+
+impl ContextArchive {
+    /// Bytes in the archive.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it is empty (nothing to send).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A reader from its start. Readers share one position: use one at a time.
+    pub fn reader(&self) -> Result<std::fs::File, Error> {
+        let io = |source| Error::Io {
+            action: "read",
+            path: PathBuf::from("the build context archive"),
+            source,
+        };
+        let mut file = self.file.try_clone().map_err(io)?;
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        Ok(file)
+    }
+}
+
 /// The tar of what `container` reads under `src`, paths relative to `src`, without the
-/// files `skip` names (relative to `src`: those the engine has already); empty when there
-/// is nothing to send.
-pub fn archive(container: &Container, src: &Path, skip: &[PathBuf]) -> Result<Vec<u8>, Error> {
+/// files `skip` names (relative to `src`: those the engine has already), written to a
+/// temporary file; empty when there is nothing to send.
+pub fn archive(
+    container: &Container,
+    src: &Path,
+    skip: &[PathBuf],
+) -> Result<ContextArchive, Error> {
+    let io = |source| Error::Io {
+        action: "write",
+        path: PathBuf::from("the build context archive"),
+        source,
+    };
+    let file = tempfile::tempfile().map_err(io)?;
+    let mut file = archive_into(container, src, skip, std::io::BufWriter::new(file))?
+        .into_inner()
+        .map_err(|e| io(e.into_error()))?;
+    let len = file.stream_position().map_err(io)?;
+    Ok(ContextArchive { file, len })
+}
+
+/// [`archive`] into `out`.
+fn archive_into<W: Write>(
+    container: &Container,
+    src: &Path,
+    skip: &[PathBuf],
+    out: W,
+) -> Result<W, Error> {
     let src = src.canonicalize().map_err(|source| Error::Io {
         action: "resolve the source checkout",
         path: src.to_owned(),
         source,
     })?;
-    let mut sent = Sent {
-        src: &src,
-        tar: tar::Builder::new(Vec::new()),
-        done: BTreeSet::new(),
-        skip: BTreeSet::new(),
-    };
-    sent.tar.follow_symlinks(false);
     let inputs = container.host_inputs();
     if inputs.is_empty() {
-        return Ok(Vec::new());
+        return Ok(out);
     }
-    sent.skip = skip.iter().cloned().collect();
+    let mut sent = Sent {
+        src: &src,
+        tar: tar::Builder::new(out),
+        done: BTreeSet::new(),
+        skip: skip.iter().cloned().collect(),
+    };
+    sent.tar.follow_symlinks(false);
     for (path, opts) in inputs {
         let meta = std::fs::metadata(&path).map_err(|source| Error::Io {
             action: "read",
@@ -77,16 +133,16 @@ impl Filters {
     }
 }
 
-struct Sent<'a> {
+struct Sent<'a, W: Write> {
     src: &'a Path,
-    tar: tar::Builder<Vec<u8>>,
+    tar: tar::Builder<W>,
     /// Paths (relative to `src`) already in the archive.
     done: BTreeSet<PathBuf>,
     /// Files (relative to `src`) the engine has already.
     skip: BTreeSet<PathBuf>,
 }
 
-impl Sent<'_> {
+impl<W: Write> Sent<'_, W> {
     /// `path` relative to the checkout; a path outside it cannot be sent.
     fn relative(&self, path: &Path) -> Result<PathBuf, Error> {
         let abs = match path.parent() {
@@ -219,8 +275,8 @@ impl Sent<'_> {
 mod tests {
     use super::*;
 
-    fn names(archive: &[u8]) -> Vec<String> {
-        tar::Archive::new(archive)
+    fn names(archive: &ContextArchive) -> Vec<String> {
+        tar::Archive::new(archive.reader().unwrap())
             .entries()
             .unwrap()
             .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
@@ -263,7 +319,11 @@ mod tests {
             ]
         );
         // Its tree without contents, for the engine to find the sources before they arrive.
-        let tree = super::super::session::skeleton(&sent).unwrap();
+        let tree = super::super::session::skeleton(sent.reader().unwrap()).unwrap();
+        assert_eq!(
+            sent.len(),
+            std::io::copy(&mut sent.reader().unwrap(), &mut std::io::sink()).unwrap()
+        );
         let kinds: Vec<(&str, char)> = tree.iter().map(|e| (e.path.as_str(), e.kind)).collect();
         assert_eq!(
             kinds,

@@ -61,7 +61,7 @@ pub struct SkeletonEntry {
 }
 
 /// The tree of a context archive ([`super::context::archive`]).
-pub fn skeleton(context: &[u8]) -> Result<Vec<SkeletonEntry>, Error> {
+pub fn skeleton(context: impl std::io::Read) -> Result<Vec<SkeletonEntry>, Error> {
     let io = |source| Error::Io {
         action: "read",
         path: PathBuf::from("the build context archive"),
@@ -121,7 +121,7 @@ pub struct RemoteRun<'a> {
     /// Sent on stdin.
     pub handshake: Handshake,
     /// The build context, unpacked at [`ENGINE_SRC_DIR`].
-    pub context: bytes::Bytes,
+    pub context: super::context::ContextArchive,
     /// A path in the helper to copy to this client's filesystem after the build.
     pub fetch: Option<(String, PathBuf)>,
 }
@@ -207,7 +207,7 @@ async fn run_inner(
         ]),
         masked_paths: Some(Vec::new()),
         readonly_paths: Some(Vec::new()),
-        tmpfs: context_tmpfs(req.context.len()),
+        tmpfs: context_tmpfs(usize::try_from(req.context.len()).unwrap_or(usize::MAX)),
         devices: tun.then(|| {
             vec![DeviceMapping {
                 path_on_host: Some("/dev/net/tun".to_owned()),
@@ -282,14 +282,18 @@ async fn run_inner(
     // the engine unpacks it as the build starts, and waits for it only where it reads host
     // files (serve::wait_for_context).
     let mut handshake = req.handshake.clone();
-    handshake.context_size = req.context.len() as u64;
-    handshake.skeleton = skeleton(&req.context)?;
+    handshake.context_size = req.context.len();
+    handshake.skeleton = skeleton(std::io::BufReader::new(req.context.reader()?))?;
     let mut line = serde_json::to_vec(&handshake).expect("JSON");
     line.push(b'\n');
-    let context = req.context.clone();
+    // Read from its file as it goes out, a bounded buffer at a time.
+    let mut context = tokio::io::BufReader::with_capacity(
+        256 * 1024,
+        tokio::fs::File::from_std(req.context.reader()?),
+    );
     let mut sending = Box::pin(async move {
         input.write_all(&line).await?;
-        input.write_all(&context).await?;
+        tokio::io::copy_buf(&mut context, &mut input).await?;
         input.flush().await?;
         Ok::<_, std::io::Error>(input)
     });

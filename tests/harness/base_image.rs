@@ -77,6 +77,19 @@ fn push_layout(registry: &TestRegistry, source: &str, reference: &str) -> Pushed
 pub struct MultiArchBase;
 
 impl MultiArchBase {
+    /// Whether this machine runs arm64 binaries (qemu-aarch64 registered with
+    /// binfmt_misc, as `scripts/enable-emulation.sh` does); records a skip when it does not.
+    pub fn arm64_runs_here() -> bool {
+        let handler = Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64");
+        let enabled = std::fs::read_to_string(handler).is_ok_and(|s| s.starts_with("enabled"));
+        if !enabled {
+            blumeops_core::testing::skip(
+                "qemu-aarch64 is not registered with binfmt_misc (scripts/enable-emulation.sh)",
+            );
+        }
+        enabled
+    }
+
     /// The OCI layout directory (tag [`BASE_TAG`] names the index), built on first use.
     pub fn layout() -> &'static Path {
         static LAYOUT: OnceLock<PathBuf> = OnceLock::new();

@@ -57,7 +57,7 @@ unsafe extern "C" {
 
 /// Whether dockerd can be started here (root, and the program installed).
 pub fn available() -> Result<(), String> {
-    if !is_root() {
+    if !crate::util::is_root() {
         return Err("dockerd needs root".to_owned());
     }
     for program in ["dockerd", "docker"] {
@@ -70,13 +70,6 @@ pub fn available() -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 impl Dockerd {

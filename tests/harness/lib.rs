@@ -39,5 +39,5 @@ pub use cli::{
     CliOutput, blumeops_bin, isolated_cache, run_cli, run_cli_as, run_cli_with, run_cli_wrapped,
 };
 pub use registry::{ADMIN_USER, CI_USER, READER_USER, TestRegistry, UPSTREAM_USER};
-pub use util::{free_port, random_hex, sha256_digest, tempdir, workspace_root};
+pub use util::{free_port, is_root, random_hex, sha256_digest, tempdir, workspace_root};
 pub use zot_proxy::{Action, RequestLog, RequestRecord, ZotProxy};

@@ -76,3 +76,11 @@ pub fn tempdir(prefix: &str) -> tempfile::TempDir {
     }
     dir
 }
+
+/// Whether this test process runs as root (`id -u`).
+pub fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}

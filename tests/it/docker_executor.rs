@@ -749,11 +749,7 @@ fn the_clients_mirrors_reach_the_engine() {
 #[test]
 fn two_platforms_through_the_engine_give_the_hosts_index() {
     require_dockerd!();
-    let handler = Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64");
-    if !std::fs::read_to_string(handler).is_ok_and(|s| s.starts_with("enabled")) {
-        blumeops_core::testing::skip(
-            "qemu-aarch64 is not registered (scripts/enable-emulation.sh)",
-        );
+    if !MultiArchBase::arm64_runs_here() {
         return;
     }
     let fx = Setup::new(

@@ -43,22 +43,13 @@ const FILES_ONLY: &str = "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY note.txt /not
 const AMD64_ONLY: &str =
     "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN test \"$(uname -m)\" = x86_64 && touch /ok\n";
 
-/// Whether this machine runs arm64 binaries (qemu-aarch64 registered with binfmt_misc);
-/// records a skip when it does not.
+/// Whether build steps run here, for arm64 too; records a skip when they do not.
 fn can_emulate_arm64() -> bool {
-    let uid = std::process::Command::new("id").arg("-u").output();
-    if !uid.is_ok_and(|o| o.stdout.trim_ascii() == b"0") {
+    if !blumeops_e2e::is_root() {
         blumeops_core::testing::skip("needs root to run build steps");
         return false;
     }
-    let handler = Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64");
-    let enabled = std::fs::read_to_string(handler).is_ok_and(|s| s.starts_with("enabled"));
-    if !enabled {
-        blumeops_core::testing::skip(
-            "qemu-aarch64 is not registered with binfmt_misc (scripts/enable-emulation.sh)",
-        );
-    }
-    enabled
+    MultiArchBase::arm64_runs_here()
 }
 
 struct Fixture {

@@ -10,6 +10,10 @@
 # API at DOCKER_HOST, a new cache volume per run, removed after it) and OLD on the host:
 # the executor's cost on the same machine, e.g. bench/ab.sh BIN BIN 8.
 #
+# With AB_EXECUTOR=docker, both build through the docker executor (OLD against NEW there).
+# With AB_USER=NAME, both run as that unprivileged user (it needs a subordinate id range,
+# e.g. bench/run.sh's blumeops-bench): the rootless executor, on caches the user owns.
+#
 # With AB_COMMAND=publish, each run is `blumeops publish` of the scenario to a new tag
 # instead (the case of bench/run.sh's cold goal; no image is copied out of an engine).
 #
@@ -30,6 +34,28 @@ runs=${3:-7}
     echo "bench/ab.sh: OLD_BIN and NEW_BIN must be executables, RUNS a positive integer" >&2
     exit 2
 }
+command=${AB_COMMAND:-build}
+[[ $command == build || $command == publish ]] || {
+    echo "bench/ab.sh: AB_COMMAND must be build or publish" >&2
+    exit 2
+}
+executor=${AB_EXECUTOR:-}
+new_executor=${AB_NEW_EXECUTOR:-$executor}
+[[ -z $executor || $executor == docker ]] && [[ -z $new_executor || $new_executor == docker ]] || {
+    echo "bench/ab.sh: AB_EXECUTOR and AB_NEW_EXECUTOR must be docker or unset" >&2
+    exit 2
+}
+as_user=${AB_USER:-}
+if [[ -n $as_user ]]; then
+    id -u "$as_user" >/dev/null 2>&1 && grep -q "^$as_user:" /etc/subuid || {
+        echo "bench/ab.sh: AB_USER=$as_user must be a user with a subordinate id range" >&2
+        exit 2
+    }
+    [[ -z $new_executor ]] || {
+        echo "bench/ab.sh: AB_USER is for the rootless executor; leave AB_EXECUTOR unset" >&2
+        exit 2
+    }
+fi
 
 # shellcheck source=scripts/lib/registry.sh
 source scripts/lib/registry.sh
@@ -47,16 +73,25 @@ mkdir -p "$src/containers/bench"
 cp bench/scenario/Dockerfile "$src/containers/bench/Dockerfile"
 python3 bench/scenario/gen-context.py "$src/containers/bench"
 
-command=${AB_COMMAND:-build}
-[[ $command == build || $command == publish ]] || {
-    echo "bench/ab.sh: AB_COMMAND must be build or publish" >&2
-    exit 2
-}
-
-new_executor=${AB_NEW_EXECUTOR:-}
-[[ -z $new_executor || $new_executor == docker ]] || {
-    echo "bench/ab.sh: AB_NEW_EXECUTOR must be docker or unset" >&2
-    exit 2
+if [[ -n $as_user ]]; then
+    # The user reads the inputs and runs copies of the binaries.
+    chmod 755 "$work"
+    chmod -R a+rX "$src"
+    mkdir -p "$work/bin"
+    cp "$old" "$work/bin/old"
+    cp "$new" "$work/bin/new"
+    chmod 755 "$work/bin" "$work/bin/old" "$work/bin/new"
+    old=$work/bin/old
+    new=$work/bin/new
+fi
+# as_run COMMAND...: run it as AB_USER (with that user's HOME) when set.
+as_run() {
+    if [[ -n $as_user ]]; then
+        setpriv --reuid="$as_user" --regid="$as_user" --init-groups \
+            env HOME="$(getent passwd "$as_user" | cut -d: -f6)" USER="$as_user" "$@"
+    else
+        "$@"
+    fi
 }
 
 one() { # BIN [EXECUTOR] -> wall seconds of one cold build
@@ -64,6 +99,7 @@ one() { # BIN [EXECUTOR] -> wall seconds of one cold build
     local extra=()
     cache=$(mktemp -d "$work/cache.XXXXXX")
     out=$(mktemp -d "$work/out.XXXXXX")
+    [[ -z $as_user ]] || chown "$as_user:" "$cache" "$out"
     if [[ ${2:-} == docker ]]; then
         volume=blumeops-ab-$(basename "$cache")
         extra=(--engine-volume "$volume" --executor docker)
@@ -73,7 +109,7 @@ one() { # BIN [EXECUTOR] -> wall seconds of one cold build
     fi
     sync
     start=$(date +%s.%N)
-    BLUMEOPS_CACHE_DIR=$cache "$1" "$command" "${extra[@]}" --progress plain --src "$src" \
+    as_run env BLUMEOPS_CACHE_DIR="$cache" "$1" "$command" "${extra[@]}" --progress plain --src "$src" \
         --container-name bench --version v1 --commit-sha "$(basename "$cache" | tr -cd 'A-Za-z0-9')" \
         --registry "$REGISTRY_ADDR" --registry-username "$user" \
         --registry-password env:ZOT_CI_API_KEY \
@@ -88,10 +124,9 @@ one() { # BIN [EXECUTOR] -> wall seconds of one cold build
     python3 -c "print(f'{$end - $start:.3f}')"
 }
 
-if [[ -n $new_executor ]]; then
-    # Not measured: the first build through the executor loads its engine image.
-    one "$new" "$new_executor" >/dev/null
-fi
+# Not measured: the first build through the executor loads its engine image.
+[[ -z $executor ]] || one "$old" "$executor" >/dev/null
+[[ -z $new_executor ]] || one "$new" "$new_executor" >/dev/null
 
 old_times=()
 new_times=()
@@ -99,11 +134,11 @@ for i in $(seq "$runs"); do
     # Which goes first alternates, so a machine that speeds up or slows down over the runs
     # does not favour one side.
     if ((i % 2)); then
-        o=$(one "$old")
+        o=$(one "$old" "$executor")
         n=$(one "$new" "$new_executor")
     else
         n=$(one "$new" "$new_executor")
-        o=$(one "$old")
+        o=$(one "$old" "$executor")
     fi
     old_times+=("$o")
     new_times+=("$n")

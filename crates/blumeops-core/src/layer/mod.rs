@@ -10,6 +10,7 @@
 mod compress;
 mod diff;
 mod fingerprint;
+mod headers;
 mod host;
 mod pgzip;
 mod unpack;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 pub use compress::{Compression, GZIP_LEVEL, LAYER_FORMAT, ZSTD_LEVEL};
 pub use diff::layer_from_overlay_upper;
 pub use fingerprint::{FileDigestCache, Fingerprint, host_file_digest};
+pub(crate) use headers::{InImage, LayerStack, scan_layer_paths, with_ancestors};
 pub(crate) use host::globset;
 pub(crate) use host::is_root;
 pub use host::{HostCopy, Owner};

@@ -359,9 +359,12 @@ pub fn leading_dirs(
 /// Hashes and counts the uncompressed stream, failing once it passes the limit, and bounds
 /// what the tar reader reads between two entries (headers, long names, PAX records: it holds
 /// them in memory).
-struct Metered<R> {
+pub(super) struct Metered<R> {
     inner: R,
-    hasher: DigestWriter,
+    /// The diff_id, when the reader wants it.
+    hasher: Option<DigestWriter>,
+    /// Bytes read so far.
+    read: u64,
     limit: u64,
     exceeded: Rc<Cell<bool>>,
     /// Bytes read since the tar reader started looking for the next entry, while it does.
@@ -375,8 +378,11 @@ const BETWEEN_ENTRIES_SLACK: u64 = 64 * 1024;
 impl<R: Read> Read for Metered<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        if self.hasher.len() > self.limit {
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&buf[..n]);
+        }
+        self.read += n as u64;
+        if self.read > self.limit {
             self.exceeded.set(true);
             return Err(io::Error::other(
                 "layer exceeds the uncompressed size limit",
@@ -398,6 +404,128 @@ impl<R: Read> Read for Metered<R> {
     }
 }
 
+/// A layer's uncompressed tar stream behind the guards every reader of a hostile layer needs:
+/// the size cap, the expansion bound against the compressed size, the entry count and the
+/// tar metadata held for one entry.
+pub(super) struct LayerStream<'a> {
+    blob: &'a Path,
+    opts: &'a UnpackOptions,
+    metered: Metered<Box<dyn Read>>,
+    exceeded: Rc<Cell<bool>>,
+    between: Rc<Cell<Option<u64>>>,
+}
+
+impl<'a> LayerStream<'a> {
+    /// Open the layer blob at `blob` (of `media_type`); `hash`: compute the diff_id.
+    pub(super) fn open(
+        blob: &'a Path,
+        media_type: &str,
+        opts: &'a UnpackOptions,
+        hash: bool,
+    ) -> Result<Self, Error> {
+        let file = File::open(blob).map_err(|source| Error::Host {
+            action: "open layer",
+            path: blob.to_owned(),
+            source,
+        })?;
+        let compressed = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+        let reader = decoder(file, media_type, blob)?;
+        // Codec-agnostic bomb guard: whatever the decoder produces is counted.
+        let (bound, by_ratio) = limits::expansion_bound(compressed, opts.max_bytes, opts.max_ratio);
+        let reader: Box<dyn Read> = if by_ratio {
+            Box::new(ExpansionGuard::new(reader, bound, |limit| {
+                LimitExceeded::new(
+                    "the layer's uncompressed size (too many times its compressed size: a decompression bomb?)",
+                    limit,
+                    "bytes",
+                )
+                .with_env(limits::MAX_LAYER_RATIO_ENV)
+            }))
+        } else {
+            reader
+        };
+        let exceeded = Rc::new(Cell::new(false));
+        let between = Rc::new(Cell::new(None));
+        Ok(Self {
+            blob,
+            opts,
+            metered: Metered {
+                inner: reader,
+                hasher: hash.then(DigestWriter::new),
+                read: 0,
+                limit: opts.max_bytes,
+                exceeded: exceeded.clone(),
+                between: between.clone(),
+            },
+            exceeded,
+            between,
+        })
+    }
+
+    /// Call `f` on every entry, with the function that turns a read error into the layer's
+    /// error; then read the stream to its end. Returns the bytes of the uncompressed stream
+    /// and, when asked for, its hash.
+    pub(super) fn for_each_entry(
+        self,
+        mut f: impl FnMut(
+            &mut tar::Entry<'_, Metered<Box<dyn Read>>>,
+            &dyn Fn(io::Error) -> Error,
+        ) -> Result<(), Error>,
+    ) -> Result<(u64, Option<DigestWriter>), Error> {
+        let Self {
+            blob,
+            opts,
+            metered,
+            exceeded,
+            between,
+        } = self;
+        let read_err = |source: io::Error| {
+            if exceeded.get() {
+                Error::LayerTooLarge {
+                    layer: blob.to_owned(),
+                    limit: opts.max_bytes,
+                }
+            } else {
+                Error::ReadLayer {
+                    layer: blob.to_owned(),
+                    source,
+                }
+            }
+        };
+        let mut archive = tar::Archive::new(metered);
+        let mut entries = archive.entries().map_err(read_err)?;
+        let mut count = 0u64;
+        loop {
+            between.set(Some(0));
+            let next = entries.next();
+            between.set(None);
+            let Some(entry) = next else { break };
+            let mut entry = entry.map_err(read_err)?;
+            count += 1;
+            if count > opts.max_entries {
+                return Err(read_err(
+                    LimitExceeded::new(
+                        "the layer's number of tar entries",
+                        opts.max_entries,
+                        "entries",
+                    )
+                    .with_env(limits::MAX_LAYER_ENTRIES_ENV)
+                    .into_io(),
+                ));
+            }
+            f(&mut entry, &read_err)?;
+            // What the entry did not read (a directory's or link's data) is skipped here, so
+            // that the bound between entries only counts headers.
+            io::copy(&mut entry, &mut io::sink()).map_err(read_err)?;
+        }
+        // The diff_id covers the whole stream, including the end-of-archive blocks and any
+        // padding after them that the tar reader did not consume.
+        let mut metered = archive.into_inner();
+        io::copy(&mut metered, &mut io::sink()).map_err(read_err)?;
+        Ok((metered.read, metered.hasher))
+    }
+}
+
 /// Extract the layer blob at `blob` (of `media_type`) into the empty directory `dest`, in the
 /// overlayfs representation (see the module docs). Returns the diff_id computed over the
 /// whole uncompressed stream; the caller compares it with the image config.
@@ -411,27 +539,7 @@ pub fn unpack_layer(
     dest: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackStats, Error> {
-    let file = File::open(blob).map_err(|source| Error::Host {
-        action: "open layer",
-        path: blob.to_owned(),
-        source,
-    })?;
-    let compressed = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
-    let reader = decoder(file, media_type, blob)?;
-    // Codec-agnostic bomb guard: whatever the decoder produces is counted.
-    let (bound, by_ratio) = limits::expansion_bound(compressed, opts.max_bytes, opts.max_ratio);
-    let reader: Box<dyn Read> = if by_ratio {
-        Box::new(ExpansionGuard::new(reader, bound, |limit| {
-            LimitExceeded::new(
-                "the layer's uncompressed size (too many times its compressed size: a decompression bomb?)",
-                limit,
-                "bytes",
-            )
-            .with_env(limits::MAX_LAYER_RATIO_ENV)
-        }))
-    } else {
-        reader
-    };
+    let stream = LayerStream::open(blob, media_type, opts, true)?;
     let mut listing = std::fs::read_dir(dest).map_err(|source| Error::Host {
         action: "read unpack destination",
         path: dest.to_owned(),
@@ -454,15 +562,6 @@ pub fn unpack_layer(
         path: dest.to_owned(),
         source: e.into(),
     })?;
-    let exceeded = Rc::new(Cell::new(false));
-    let between = Rc::new(Cell::new(None));
-    let metered = Metered {
-        inner: reader,
-        hasher: DigestWriter::new(),
-        limit: opts.max_bytes,
-        exceeded: exceeded.clone(),
-        between: between.clone(),
-    };
     let mut unpacker = Unpacker {
         root,
         layer: blob,
@@ -472,58 +571,16 @@ pub fn unpack_layer(
         written: 0,
         stats: Counts::default(),
     };
-    let read_err = |source: io::Error| {
-        if exceeded.get() {
-            Error::LayerTooLarge {
-                layer: blob.to_owned(),
-                limit: opts.max_bytes,
-            }
-        } else {
-            Error::ReadLayer {
-                layer: blob.to_owned(),
-                source,
-            }
-        }
-    };
-    let mut archive = tar::Archive::new(metered);
-    let mut entries = archive.entries().map_err(read_err)?;
-    let mut count = 0u64;
-    loop {
-        between.set(Some(0));
-        let next = entries.next();
-        between.set(None);
-        let Some(entry) = next else { break };
-        let mut entry = entry.map_err(read_err)?;
-        count += 1;
-        if count > opts.max_entries {
-            return Err(read_err(
-                LimitExceeded::new(
-                    "the layer's number of tar entries",
-                    opts.max_entries,
-                    "entries",
-                )
-                .with_env(limits::MAX_LAYER_ENTRIES_ENV)
-                .into_io(),
-            ));
-        }
-        unpacker.entry(&mut entry).map_err(|fail| match fail {
+    let (tar_bytes, hasher) = stream.for_each_entry(|entry, read_err| {
+        unpacker.entry(entry).map_err(|fail| match fail {
             Fail::Read(source) => read_err(source),
             other => unpacker.error(&entry.path_bytes(), other),
-        })?;
-        // What the entry did not read (a directory's or link's data) is skipped here, so
-        // that the bound between entries only counts headers.
-        io::copy(&mut entry, &mut io::sink()).map_err(read_err)?;
-    }
-    // The diff_id covers the whole stream, including the end-of-archive blocks and any
-    // padding after them that the tar reader did not consume.
-    let mut metered = archive.into_inner();
-    io::copy(&mut metered, &mut io::sink()).map_err(read_err)?;
+        })
+    })?;
     unpacker.finish_dirs()?;
-    let Metered { hasher, .. } = metered;
-    let tar_bytes = hasher.len();
     let c = unpacker.stats;
     Ok(UnpackStats {
-        diff_id: hasher.finish(),
+        diff_id: hasher.expect("hashed").finish(),
         tar_bytes,
         entries: c.entries,
         whiteouts: c.whiteouts,

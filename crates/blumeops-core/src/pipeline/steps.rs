@@ -533,6 +533,30 @@ impl ImageBelow {
             }
             return Ok(());
         }
+        // Unpacking the image to look costs more than most copies: ask the layers' headers
+        // first, unless the layers are unpacked already.
+        let opts = layer::UnpackOptions::for_current_user();
+        let unpacked = self
+            .layers
+            .iter()
+            .all(|(_, diff_id)| self.store.unpacked_path(diff_id, &opts).is_dir());
+        if !unpacked && let Some(answers) = self.parents_from_headers(&parents, &opts)? {
+            for (p, answer) in parents.iter().zip(answers) {
+                match answer {
+                    layer::InImage::Dir(meta) => builder.set_implicit_parent(
+                        p,
+                        meta.mode,
+                        Owner {
+                            uid: meta.uid,
+                            gid: meta.gid,
+                        },
+                    ),
+                    layer::InImage::NotDir => {}
+                    layer::InImage::Missing => builder.set_implicit_parent(p, 0o755, owner),
+                }
+            }
+            return Ok(());
+        }
         let mut dirs = Vec::with_capacity(self.layers.len());
         for (blob, diff_id) in &self.layers {
             dirs.push(self.store.unpacked_layer(blob, diff_id)?);
@@ -556,6 +580,35 @@ impl ImageBelow {
 }
 
 impl ImageBelow {
+    /// How each of `parents` stands in the image, from the layers' tar headers (top layer
+    /// first, each read once and only when needed); `None` when the headers cannot tell one
+    /// of them (a symlink on the way).
+    fn parents_from_headers(
+        &self,
+        parents: &[String],
+        opts: &layer::UnpackOptions,
+    ) -> Result<Option<Vec<layer::InImage>>, Error> {
+        let wanted = layer::with_ancestors(parents);
+        let mut stack = layer::LayerStack::new(self.layers.len(), |i| {
+            let (blob, _) = &self.layers[self.layers.len() - 1 - i];
+            layer::scan_layer_paths(
+                &self.store.blob_path(&blob.digest),
+                &blob.media_type,
+                &wanted,
+                opts,
+            )
+        });
+        let mut memo = std::collections::HashMap::new();
+        let mut answers = Vec::with_capacity(parents.len());
+        for p in parents {
+            match stack.resolve(p, &mut memo)? {
+                Some(answer) => answers.push(answer),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(answers))
+    }
+
     /// What the top layer's first entries say of `parents`, when they name every one.
     fn top_layer_dirs(
         &self,

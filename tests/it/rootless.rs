@@ -260,7 +260,16 @@ fn rootless_build_with_a_range_has_the_root_build_digest() {
 
     let out = user.tempdir("blumeops-rl-out-");
     let xdg = user.tempdir("blumeops-rl-xdg-");
-    let rootless = fx.build_as(user, &out.path().join("img"), xdg.path(), &[]);
+    // A temporary directory of its own, to see that the run leaves nothing there (the
+    // overlay probe's work directory is mode 000 once mounted over).
+    let tmp = user.tempdir("blumeops-rl-tmp-");
+    let tmp_env = tmp.path().display().to_string();
+    let rootless = fx.build_as(
+        user,
+        &out.path().join("img"),
+        xdg.path(),
+        &[("TMPDIR", tmp_env.as_str())],
+    );
     rootless.assert_success();
     assert!(
         rootless
@@ -268,6 +277,11 @@ fn rootless_build_with_a_range_has_the_root_build_digest() {
             .contains("executor: rootless (user namespace, blumeops-rl (uid"),
         "{rootless}"
     );
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "the build left {left:?} in TMPDIR");
     assert!(
         rootless.stderr.contains("65535 ids from /etc/subuid"),
         "{rootless}"

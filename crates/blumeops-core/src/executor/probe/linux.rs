@@ -407,5 +407,8 @@ fn probe_overlay(new_userns: Option<(u32, u32)>) -> std::io::Result<Option<(u8, 
             (0, 0)
         }
     })?;
+    // The mount left a mode-000 directory in `work/`, which the temporary directory's own
+    // removal cannot enter without root: every rootless run would leave one behind.
+    let _ = crate::store::force_remove_dir(dir.path());
     Ok((result.0 != 0).then_some(result))
 }

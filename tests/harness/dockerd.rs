@@ -24,7 +24,7 @@ pub struct Dockerd {
 
 static CHILD: Mutex<Option<(Child, PathBuf)>> = Mutex::new(None);
 
-extern "C" fn stop_at_exit() {
+fn stop_at_exit() {
     if let Ok(mut guard) = CHILD.lock()
         && let Some((mut child, dir)) = guard.take()
     {
@@ -48,11 +48,6 @@ fn stop(child: &mut Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
-}
-
-#[allow(unsafe_code)]
-unsafe extern "C" {
-    fn atexit(f: extern "C" fn()) -> i32;
 }
 
 /// Whether dockerd can be started here (root, and the program installed).
@@ -111,11 +106,7 @@ impl Dockerd {
             .spawn()
             .expect("failed to start dockerd");
         *CHILD.lock().unwrap() = Some((child, dir.clone()));
-        // SAFETY: registering a plain function to run at exit.
-        #[allow(unsafe_code)]
-        unsafe {
-            atexit(stop_at_exit);
-        }
+        crate::util::at_exit(stop_at_exit);
         let daemon = Dockerd { dir, socket };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

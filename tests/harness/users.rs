@@ -149,6 +149,14 @@ pub fn shared_bin() -> &'static Path {
     static BIN: OnceLock<(TempDir, PathBuf)> = OnceLock::new();
     let (_, path) = BIN.get_or_init(|| {
         let dir = tempdir("blumeops-bin-");
+        // A static is never dropped: remove the copy (a debug build's few hundred MiB) when
+        // the test process exits.
+        let remove = dir.path().to_owned();
+        if !crate::util::keep_temp() {
+            crate::util::at_exit(move || {
+                let _ = std::fs::remove_dir_all(remove);
+            });
+        }
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = dir.path().join("blumeops");
         std::fs::copy(blumeops_bin(), &path)

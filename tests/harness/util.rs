@@ -64,6 +64,41 @@ pub fn keep_temp() -> bool {
     std::env::var_os("BLUMEOPS_E2E_KEEP").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
+#[allow(unsafe_code)]
+unsafe extern "C" {
+    fn atexit(f: extern "C" fn()) -> i32;
+}
+
+/// What [`at_exit`] runs, in the order given.
+static AT_EXIT: std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>> = std::sync::Mutex::new(Vec::new());
+
+extern "C" fn run_at_exit() {
+    let actions = AT_EXIT
+        .lock()
+        .map(|mut a| std::mem::take(&mut *a))
+        .unwrap_or_default();
+    for action in actions {
+        action();
+    }
+}
+
+/// Run `action` when this test process exits: for what a `static` holds (a shared daemon, a
+/// shared copy of the binary), which is never dropped.
+pub fn at_exit(action: impl FnOnce() + Send + 'static) {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        // SAFETY: registering a plain function to run at exit.
+        #[allow(unsafe_code)]
+        unsafe {
+            atexit(run_at_exit);
+        }
+    });
+    AT_EXIT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(Box::new(action));
+}
+
 /// A temporary directory, kept on disk when `BLUMEOPS_E2E_KEEP=1`.
 pub fn tempdir(prefix: &str) -> tempfile::TempDir {
     let mut dir = tempfile::Builder::new()

@@ -187,7 +187,7 @@ impl Scene {
 
     /// `blumeops build` of a Dockerfile container `FROM reference` that runs a command (so
     /// every layer is unpacked), with `envs` added.
-    fn build_from(&self, reference: &str, envs: &[(&str, &str)]) -> (CliOutput, PathBuf) {
+    fn build_from(&self, reference: &str, envs: &[(&str, &str)]) -> (CliOutput, tempfile::TempDir) {
         let src = tempdir("blumeops-hostile-src-");
         let dir = src.path().join("containers/hostile");
         std::fs::create_dir_all(&dir).unwrap();
@@ -196,15 +196,13 @@ impl Scene {
             format!("FROM {reference}\nRUN true\n"),
         )
         .unwrap();
-        let (out, cache) = build(src.path(), &self.registry.addr(), envs);
-        std::mem::forget(src);
-        (out, cache)
+        build(src.path(), &self.registry.addr(), envs)
     }
 }
 
 /// `blumeops build --src SRC --container-name hostile`; returns the output and the cache
-/// directory used (kept for inspection).
-fn build(src: &Path, registry: &str, envs: &[(&str, &str)]) -> (CliOutput, PathBuf) {
+/// directory used (for inspection; removed when dropped).
+fn build(src: &Path, registry: &str, envs: &[(&str, &str)]) -> (CliOutput, tempfile::TempDir) {
     let cache = isolated_cache();
     let out = cache.path().join("out");
     let cache_path = cache.path().to_owned();
@@ -229,8 +227,7 @@ fn build(src: &Path, registry: &str, envs: &[(&str, &str)]) -> (CliOutput, PathB
         ],
         &all_envs,
     );
-    std::mem::forget(cache);
-    (output, cache_path)
+    (output, cache)
 }
 
 /// A path under /tmp that must never be created.
@@ -276,7 +273,7 @@ fn absolute_entry_stays_inside_the_layer() {
     // The image has no /bin/true, so the step fails, but only after the layer was unpacked.
     assert_ne!(out.code(), Some(0), "{out}");
     assert!(!canary.exists(), "{} was written\n{out}", canary.display());
-    let unpacked: Vec<PathBuf> = std::fs::read_dir(cache.join("unpacked"))
+    let unpacked: Vec<PathBuf> = std::fs::read_dir(cache.path().join("unpacked"))
         .map(|d| d.map(|e| e.unwrap().path()).collect())
         .unwrap_or_default();
     let inside = unpacked
@@ -369,7 +366,7 @@ fn decompression_bomb_is_refused_before_it_fills_the_disk() {
             "failed to read layer",
         ],
     );
-    let kept = walk_size(&cache.join("unpacked"));
+    let kept = walk_size(&cache.path().join("unpacked"));
     assert!(kept < 1 << 20, "{kept} bytes kept after the failure");
 }
 

@@ -150,7 +150,8 @@ fn secrets_reach_the_command_and_no_layer_output_or_cache_record() {
     let fx = Fixture::new(SECRET_DOCKERFILE);
     for form in ["id=tok,env=MYTOK", "tok=env:MYTOK"] {
         let cache = isolated_cache();
-        let out = tempdir("blumeops-oci-").path().join("oci");
+        let out_dir = tempdir("blumeops-oci-");
+        let out = out_dir.path().join("oci");
         let result = fx.build(cache.path(), &out, &["--secret", form]);
         result.assert_success().assert_no_secret(SECRET);
         assert!(
@@ -208,7 +209,8 @@ fn a_required_secret_that_is_missing_fails_naming_the_line() {
          RUN --mount=type=secret,id=tok,required=true cat /run/secrets/tok\n",
     );
     let cache = isolated_cache();
-    let out = tempdir("blumeops-oci-").path().join("oci");
+    let out_dir = tempdir("blumeops-oci-");
+    let out = out_dir.path().join("oci");
     let result = fx.build(cache.path(), &out, &[]);
     assert_ne!(result.code(), Some(0), "{result}");
     assert!(
@@ -242,7 +244,8 @@ RUN --mount=type=tmpfs,target=/scratch,size=1m echo temp > /scratch/f && cat /sc
 "#,
     );
     let cache = isolated_cache();
-    let out = tempdir("blumeops-oci-").path().join("oci");
+    let out_dir = tempdir("blumeops-oci-");
+    let out = out_dir.path().join("oci");
     fx.build(cache.path(), &out, &[]).assert_success();
     let bundle = tempdir("blumeops-bundle-");
     let bundle = bundle.path().join("b");

@@ -89,6 +89,10 @@ def main():
     def verdict(passed):
         return "PASS" if passed else "FAIL"
 
+    def judged(peer, passed):
+        """The verdict of a goal against `peer`, or a dash when the peer's group did not run."""
+        return verdict(passed) if any(t == peer for (_, t) in runs) else "— (not run)"
+
     goals = []  # (passed, text)
 
     if ran("cold", "blumeops") or ran("cold", "buildah"):
@@ -101,7 +105,7 @@ def main():
         passed = ok("cold", "blumeops") and ok("cold", "buildah") and cold is not None and cold <= 0.5
         why = "" if ok("cold", "blumeops") else ": blumeops failed"
         print(f"| cold build + push | {secs('cold', 'blumeops')} | {secs('cold', 'buildah')} | "
-              f"{fmt(cold)} | ≤ 0.50 × buildah | {verdict(passed)}{why} |")
+              f"{fmt(cold)} | ≤ 0.50 × buildah | {judged('buildah', passed)}{why} |")
         if ran("cold", "buildah"):
             goals.append((passed, f"cold build + push ≤ 0.5 × buildah: {fmt(cold)} ×{why}"))
 
@@ -112,7 +116,7 @@ def main():
             why = ": " + "; ".join(reasons.get(("warm", "blumeops"), ["blumeops failed"]))
             warm = None
         print(f"| warm rebuild + push, nothing changed (same tag) | {secs('warm', 'blumeops')} | "
-              f"{secs('warm', 'buildah')} | {fmt(warm)} | ≤ 0.10 × buildah | {verdict(passed)}{why} |")
+              f"{secs('warm', 'buildah')} | {fmt(warm)} | ≤ 0.10 × buildah | {judged('buildah', passed)}{why} |")
         if ran("warm", "buildah"):
             goals.append((passed, f"warm rebuild + push ≤ 0.1 × buildah: "
                                   f"{fmt(warm) + ' ×' if warm is not None else 'no figure'}{why}"))

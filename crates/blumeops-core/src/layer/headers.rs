@@ -138,6 +138,52 @@ pub fn scan_layer_paths(
     Ok(found)
 }
 
+/// [`scan_layer_paths`] for a layer already unpacked at `dir` (in the overlayfs
+/// representation): each of `wanted` looked up on disk. A directory there reads as a
+/// directory entry with its metadata on disk, whether the layer had an entry for it or only
+/// implied it: what the view of the unpacked layers says too. Blocking.
+pub fn unpacked_layer_paths(dir: &Path, wanted: &BTreeSet<String>) -> Result<LayerPaths, Error> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut found = LayerPaths::default();
+    for path in wanted {
+        let host = dir.join(path);
+        let meta = match std::fs::symlink_metadata(&host) {
+            Ok(meta) => meta,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                continue;
+            }
+            Err(source) => {
+                return Err(Error::Host {
+                    action: "read",
+                    path: host,
+                    source,
+                });
+            }
+        };
+        let how = if meta.is_dir() {
+            if super::view::is_opaque(&host) {
+                found.opaque.insert(path.clone());
+            }
+            InLayer::Dir(DirMeta {
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+            })
+        } else if super::view::is_whiteout(&meta) {
+            InLayer::Whiteout
+        } else if meta.file_type().is_symlink() {
+            InLayer::Symlink
+        } else {
+            InLayer::Other
+        };
+        found.paths.insert(path.clone(), how);
+    }
+    Ok(found)
+}
+
 /// How a path stands in an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InImage {
@@ -487,6 +533,36 @@ mod tests {
             )
             .unwrap();
             dirs.push(dest);
+        }
+        // The same answers from the unpacked directories, alone and below a layer read
+        // from its headers.
+        let owned: Vec<String> = paths.iter().map(|p| (*p).to_owned()).collect();
+        let wanted = with_ancestors(&owned);
+        for top_from_disk in [true, false] {
+            let mut stack = LayerStack::new(2, |i| {
+                if i == 0 && !top_from_disk {
+                    scan_layer_paths(
+                        &top,
+                        crate::image::media_types::OCI_LAYER_GZIP,
+                        &wanted,
+                        &opts,
+                    )
+                } else {
+                    unpacked_layer_paths(&dirs[1 - i], &wanted)
+                }
+            });
+            let mut memo = HashMap::new();
+            for (path, headers) in owned.iter().zip(&from_headers) {
+                let mut disk = stack.resolve(path, &mut memo).unwrap();
+                if let Some(InImage::Dir(meta)) = &mut disk {
+                    // Unpacked as whoever runs the test: compare modes.
+                    (meta.uid, meta.gid) = (0, 0);
+                }
+                assert_eq!(
+                    disk, *headers,
+                    "{path}, top layer from disk: {top_from_disk}"
+                );
+            }
         }
         let view = crate::layer::RootfsView::new(dirs);
         for (path, headers) in paths.iter().zip(from_headers) {

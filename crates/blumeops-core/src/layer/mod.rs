@@ -26,7 +26,9 @@ use std::sync::Arc;
 pub use compress::{Compression, GZIP_LEVEL, LAYER_FORMAT, ZSTD_LEVEL};
 pub use diff::layer_from_overlay_upper;
 pub use fingerprint::{FileDigestCache, Fingerprint, host_file_digest};
-pub(crate) use headers::{InImage, LayerStack, scan_layer_paths, with_ancestors};
+pub(crate) use headers::{
+    InImage, LayerStack, scan_layer_paths, unpacked_layer_paths, with_ancestors,
+};
 pub(crate) use host::globset;
 pub(crate) use host::is_root;
 pub use host::{HostCopy, Owner};

@@ -533,14 +533,10 @@ impl ImageBelow {
             }
             return Ok(());
         }
-        // Unpacking the image to look costs more than most copies: ask the layers' headers
-        // first, unless the layers are unpacked already.
+        // Unpacking the image to look costs more than most copies: ask the layers that are
+        // unpacked already on disk, and the others' tar headers.
         let opts = layer::UnpackOptions::for_current_user();
-        let unpacked = self
-            .layers
-            .iter()
-            .all(|(_, diff_id)| self.store.unpacked_path(diff_id, &opts).is_dir());
-        if !unpacked && let Some(answers) = self.parents_from_headers(&parents, &opts)? {
+        if let Some(answers) = self.parents_from_headers(&parents, &opts)? {
             for (p, answer) in parents.iter().zip(answers) {
                 match answer {
                     layer::InImage::Dir(meta) => builder.set_implicit_parent(
@@ -580,9 +576,9 @@ impl ImageBelow {
 }
 
 impl ImageBelow {
-    /// How each of `parents` stands in the image, from the layers' tar headers (top layer
-    /// first, each read once and only when needed); `None` when the headers cannot tell one
-    /// of them (a symlink on the way).
+    /// How each of `parents` stands in the image, from the layers (top layer first, each
+    /// read once and only when needed): an unpacked layer's directory on disk, else the
+    /// layer's tar headers; `None` when that cannot tell one of them (a symlink on the way).
     fn parents_from_headers(
         &self,
         parents: &[String],
@@ -590,7 +586,11 @@ impl ImageBelow {
     ) -> Result<Option<Vec<layer::InImage>>, Error> {
         let wanted = layer::with_ancestors(parents);
         let mut stack = layer::LayerStack::new(self.layers.len(), |i| {
-            let (blob, _) = &self.layers[self.layers.len() - 1 - i];
+            let (blob, diff_id) = &self.layers[self.layers.len() - 1 - i];
+            let unpacked = self.store.unpacked_path(diff_id, opts);
+            if unpacked.is_dir() {
+                return layer::unpacked_layer_paths(&unpacked, &wanted);
+            }
             layer::scan_layer_paths(
                 &self.store.blob_path(&blob.digest),
                 &blob.media_type,

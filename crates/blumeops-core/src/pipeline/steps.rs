@@ -535,8 +535,10 @@ impl ImageBelow {
         }
         // Unpacking the image to look costs more than most copies: ask the layers that are
         // unpacked already on disk, and the others' tar headers.
+        // Whatever they cannot tell, and any error reading them, is left to the unpack
+        // (which reports errors as before).
         let opts = layer::UnpackOptions::for_current_user();
-        if let Some(answers) = self.parents_from_headers(&parents, &opts)? {
+        if let Ok(Some(answers)) = self.parents_from_headers(&parents, &opts) {
             for (p, answer) in parents.iter().zip(answers) {
                 match answer {
                     layer::InImage::Dir(meta) => builder.set_implicit_parent(
@@ -587,13 +589,16 @@ impl ImageBelow {
         let wanted = layer::with_ancestors(parents);
         let mut stack = layer::LayerStack::new(self.layers.len(), |i| {
             let (blob, diff_id) = &self.layers[self.layers.len() - 1 - i];
+            // Owners on disk are the image's only when unpacking kept them.
             let unpacked = self.store.unpacked_path(diff_id, opts);
-            if unpacked.is_dir() {
+            if opts.preserve_owners && unpacked.is_dir() {
+                self.store.touch(&unpacked);
                 return layer::unpacked_layer_paths(&unpacked, &wanted);
             }
             layer::scan_layer_paths(
                 &self.store.blob_path(&blob.digest),
                 &blob.media_type,
+                diff_id,
                 &wanted,
                 opts,
             )

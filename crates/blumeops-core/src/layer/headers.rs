@@ -87,6 +87,24 @@ impl LayerPaths {
         self.imply_ancestors(name, wanted);
         self.record(name, how, wanted);
     }
+
+    /// Note an entry unpacking may skip without making its parents (a device, a fifo, a
+    /// hard link): neither it nor its ancestors can be told.
+    fn note_unknown(&mut self, name: &str, wanted: &BTreeSet<String>) {
+        let mut end = 0;
+        while let Some(slash) = name[end..].find('/') {
+            end += slash;
+            self.record_unknown(&name[..end], wanted);
+            end += 1;
+        }
+        self.record_unknown(name, wanted);
+    }
+
+    fn record_unknown(&mut self, name: &str, wanted: &BTreeSet<String>) {
+        if wanted.contains(name) {
+            self.paths.insert(name.to_owned(), InLayer::Unknown);
+        }
+    }
 }
 
 /// A tar entry name without `./`, leading and trailing `/` and `.` components.
@@ -171,7 +189,11 @@ pub fn scan_layer_paths(
                 // fifo may be skipped; other types are refused.
                 _ => InLayer::Unknown,
             };
-            found.note(&name, how, wanted);
+            if how == InLayer::Unknown {
+                found.note_unknown(&name, wanted);
+            } else {
+                found.note(&name, how, wanted);
+            }
             Ok(())
         })?;
     let actual = hasher.expect("hashed").finish();
@@ -632,6 +654,100 @@ mod tests {
             ),
             [None; 6]
         );
+    }
+
+    #[test]
+    fn entries_unpacking_may_skip_imply_nothing_about_their_parents() {
+        // A fifo or a hard link under `a`, which a lower layer has as a symlink: the view
+        // follows the symlink, so the headers must not take `a` for a directory.
+        let tmp = tempfile::tempdir().unwrap();
+        let base = layer(
+            tmp.path(),
+            "base",
+            &[
+                ("real/", "d", 0o755, 0),
+                ("real/b/", "d", 0o700, 0),
+                ("a", "l:real", 0o777, 0),
+            ],
+        );
+        for entry in [("a/p", "p", 0o644, 0), ("a/n", "h:real", 0o644, 0)] {
+            let top = layer(tmp.path(), "top", &[entry]);
+            assert_eq!(
+                resolve(&[&top, &base], &["/a/b", "/a"]),
+                [None, None],
+                "{entry:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn entry_order_within_a_layer_reads_as_unpacking_writes_it() {
+        // Children before their directory's entry, an opaque marker before its directory.
+        let tmp = tempfile::tempdir().unwrap();
+        let base = layer(
+            tmp.path(),
+            "base",
+            &[
+                ("srv/", "d", 0o755, 0),
+                ("srv/old/", "d", 0o700, 0),
+                ("opt/", "d", 0o755, 0),
+            ],
+        );
+        let top = layer(
+            tmp.path(),
+            "top",
+            &[
+                ("opt/a/b/", "d", 0o701, 0),
+                ("opt/a/", "d", 0o710, 0),
+                ("srv/.wh..wh..opq", "f", 0o644, 0),
+                ("srv/", "d", 0o750, 0),
+            ],
+        );
+        assert_eq!(
+            agreed(
+                tmp.path(),
+                &[&top, &base],
+                &["/opt/a", "/opt/a/b", "/srv", "/srv/old"]
+            ),
+            [
+                dir(0o710, 0),
+                dir(0o701, 0),
+                dir(0o750, 0),
+                Some(InImage::Missing)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_layer_with_a_name_unpacking_refuses_is_left_to_the_unpack() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        for name in [&b"app/"[..], b"../escape"] {
+            let mut h = tar::Header::new_old();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name);
+            h.set_mode(0o755);
+            h.set_size(0);
+            h.set_entry_type(if name.ends_with(b"/") {
+                tar::EntryType::Directory
+            } else {
+                tar::EntryType::Regular
+            });
+            h.set_cksum();
+            b.append(&h, std::io::empty()).unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        let path = tmp.path().join("refused");
+        std::fs::write(&path, &tar).unwrap();
+        let wanted = with_ancestors(&["app".to_owned()]);
+        let found = scan_layer_paths(
+            &path,
+            crate::image::media_types::OCI_LAYER_TAR,
+            &Digest::of(&tar),
+            &wanted,
+            &UnpackOptions::for_current_user(),
+        )
+        .unwrap();
+        assert_eq!(found.get("app"), Some(InLayer::Unknown));
     }
 
     #[test]

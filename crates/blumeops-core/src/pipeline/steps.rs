@@ -537,8 +537,12 @@ impl ImageBelow {
         // unpacked already on disk, and the others' tar headers.
         // Whatever they cannot tell, and any error reading them, is left to the unpack
         // (which reports errors as before).
+        // Only where unpacking keeps the image's owners: elsewhere the view below reports
+        // the owners on disk, and the headers would give other ones.
         let opts = layer::UnpackOptions::for_current_user();
-        if let Ok(Some(answers)) = self.parents_from_headers(&parents, &opts) {
+        if opts.preserve_owners
+            && let Ok(Some(answers)) = self.parents_from_headers(&parents, &opts)
+        {
             for (p, answer) in parents.iter().zip(answers) {
                 match answer {
                     layer::InImage::Dir(meta) => builder.set_implicit_parent(
@@ -589,9 +593,8 @@ impl ImageBelow {
         let wanted = layer::with_ancestors(parents);
         let mut stack = layer::LayerStack::new(self.layers.len(), |i| {
             let (blob, diff_id) = &self.layers[self.layers.len() - 1 - i];
-            // Owners on disk are the image's only when unpacking kept them.
             let unpacked = self.store.unpacked_path(diff_id, opts);
-            if opts.preserve_owners && unpacked.is_dir() {
+            if unpacked.is_dir() {
                 self.store.touch(&unpacked);
                 return layer::unpacked_layer_paths(&unpacked, &wanted);
             }

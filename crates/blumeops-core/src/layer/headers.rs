@@ -75,44 +75,35 @@ impl LayerPaths {
     /// Note that `name` (normalised) lies in this layer: each of its ancestors that was asked
     /// about is (at least) an implied directory.
     fn imply_ancestors(&mut self, name: &str, wanted: &BTreeSet<String>) {
-        let mut end = 0;
-        while let Some(slash) = name[end..].find('/') {
-            end += slash;
-            self.record(&name[..end], InLayer::ImpliedDir, wanted);
-            end += 1;
+        for ancestor in ancestors(name) {
+            self.record(ancestor, InLayer::ImpliedDir, wanted);
         }
     }
 
+    /// Note an entry and what it implies of its ancestors. One whose outcome is unknown (a
+    /// device, a fifo or a hard link, which unpacking may skip without making its parents)
+    /// leaves its ancestors unknown too.
     fn note(&mut self, name: &str, how: InLayer, wanted: &BTreeSet<String>) {
-        self.imply_ancestors(name, wanted);
+        let parent = if how == InLayer::Unknown {
+            InLayer::Unknown
+        } else {
+            InLayer::ImpliedDir
+        };
+        for ancestor in ancestors(name) {
+            self.record(ancestor, parent, wanted);
+        }
         self.record(name, how, wanted);
     }
+}
 
-    /// Note an entry unpacking may skip without making its parents (a device, a fifo, a
-    /// hard link): neither it nor its ancestors can be told.
-    fn note_unknown(&mut self, name: &str, wanted: &BTreeSet<String>) {
-        let mut end = 0;
-        while let Some(slash) = name[end..].find('/') {
-            end += slash;
-            self.record_unknown(&name[..end], wanted);
-            end += 1;
-        }
-        self.record_unknown(name, wanted);
-    }
-
-    fn record_unknown(&mut self, name: &str, wanted: &BTreeSet<String>) {
-        if wanted.contains(name) {
-            self.paths.insert(name.to_owned(), InLayer::Unknown);
-        }
-    }
+/// The proper ancestors of a normalised path, shallowest first: `a`, `a/b` for `a/b/c`.
+fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    path.match_indices('/').map(move |(end, _)| &path[..end])
 }
 
 /// A tar entry name without `./`, leading and trailing `/` and `.` components.
 fn normalise(name: &str) -> String {
-    name.split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .collect::<Vec<_>>()
-        .join("/")
+    super::view::split(name).join("/")
 }
 
 /// Read the layer blob at `blob` (of `media_type`) through its headers and say how each of
@@ -189,11 +180,7 @@ pub fn scan_layer_paths(
                 // fifo may be skipped; other types are refused.
                 _ => InLayer::Unknown,
             };
-            if how == InLayer::Unknown {
-                found.note_unknown(&name, wanted);
-            } else {
-                found.note(&name, how, wanted);
-            }
+            found.note(&name, how, wanted);
             Ok(())
         })?;
     let actual = hasher.expect("hashed").finish();
@@ -347,8 +334,7 @@ impl<F: FnMut(usize) -> Result<LayerPaths, Error>> LayerStack<F> {
         path: &str,
         memo: &mut HashMap<String, Option<InLayer>>,
     ) -> Result<Option<InImage>, Error> {
-        let path = normalise(path);
-        let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+        let comps = super::view::split(path);
         for depth in 1..=comps.len() {
             let key = comps[..depth].join("/");
             let how = match memo.get(&key) {
@@ -381,9 +367,9 @@ pub fn with_ancestors(paths: &[String]) -> BTreeSet<String> {
     let mut all = BTreeSet::new();
     for p in paths {
         let p = normalise(p);
-        let comps: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
-        for depth in 1..=comps.len() {
-            all.insert(comps[..depth].join("/"));
+        all.extend(ancestors(&p).map(str::to_owned));
+        if !p.is_empty() {
+            all.insert(p);
         }
     }
     all

@@ -54,7 +54,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-fn split(path: &str) -> Vec<&str> {
+/// The components of `path`, without empty and `.` ones.
+pub(super) fn split(path: &str) -> Vec<&str> {
     path.split('/')
         .filter(|c| !c.is_empty() && *c != ".")
         .collect()

@@ -506,75 +506,50 @@ impl ImageBelow {
     /// and owner (the layer's entry would replace them when extracted); a missing one is
     /// created 0755 and owned by `owner`, as BuildKit and buildah chown every directory
     /// `COPY --chown` creates. A parent that is not a directory in the image is left as
-    /// it was. Blocking; unpacks the image only when there are such parents.
+    /// it was. Blocking; unpacks the image only when neither the top layer's first entries
+    /// nor the layers' headers can tell.
     pub(super) fn settle_parents(
         &self,
         builder: &mut LayerBuilder,
         owner: Owner,
     ) -> Result<(), Error> {
-        use std::os::unix::fs::MetadataExt as _;
         let parents = builder.implicit_parents();
         if parents.is_empty() {
             return Ok(());
         }
         // The common case (a copy into a directory the step before made) is known from the
-        // start of the top layer, without unpacking the image.
-        if let Some(known) = self.top_layer_dirs(&parents) {
-            for p in parents {
-                let meta = known[p.trim_start_matches('/')];
-                builder.set_implicit_parent(
-                    &p,
+        // start of the top layer. Otherwise unpacking the image to look costs more than
+        // most copies: the layers unpacked already answer from disk, the others from their
+        // tar headers. What those cannot tell, and any error reading them, is left to the
+        // unpack (which reports errors as before); so is everything where unpacking does
+        // not keep the image's owners (the view reports the owners on disk, the headers
+        // would give other ones).
+        let opts = layer::UnpackOptions::for_current_user();
+        let answers = match self.top_layer_dirs(&parents) {
+            Some(known) => parents
+                .iter()
+                .map(|p| layer::InImage::Dir(known[p.trim_start_matches('/')]))
+                .collect(),
+            None => match opts
+                .preserve_owners
+                .then(|| self.parents_from_headers(&parents, &opts))
+            {
+                Some(Ok(Some(answers))) => answers,
+                _ => self.parents_from_view(&parents)?,
+            },
+        };
+        for (p, answer) in parents.iter().zip(answers) {
+            match answer {
+                layer::InImage::Dir(meta) => builder.set_implicit_parent(
+                    p,
                     meta.mode,
                     Owner {
                         uid: meta.uid,
                         gid: meta.gid,
                     },
-                );
-            }
-            return Ok(());
-        }
-        // Unpacking the image to look costs more than most copies: ask the layers that are
-        // unpacked already on disk, and the others' tar headers.
-        // Whatever they cannot tell, and any error reading them, is left to the unpack
-        // (which reports errors as before).
-        // Only where unpacking keeps the image's owners: elsewhere the view below reports
-        // the owners on disk, and the headers would give other ones.
-        let opts = layer::UnpackOptions::for_current_user();
-        if opts.preserve_owners
-            && let Ok(Some(answers)) = self.parents_from_headers(&parents, &opts)
-        {
-            for (p, answer) in parents.iter().zip(answers) {
-                match answer {
-                    layer::InImage::Dir(meta) => builder.set_implicit_parent(
-                        p,
-                        meta.mode,
-                        Owner {
-                            uid: meta.uid,
-                            gid: meta.gid,
-                        },
-                    ),
-                    layer::InImage::NotDir => {}
-                    layer::InImage::Missing => builder.set_implicit_parent(p, 0o755, owner),
-                }
-            }
-            return Ok(());
-        }
-        let mut dirs = Vec::with_capacity(self.layers.len());
-        for (blob, diff_id) in &self.layers {
-            dirs.push(self.store.unpacked_layer(blob, diff_id)?);
-        }
-        let view = RootfsView::new(dirs);
-        for p in parents {
-            match view.resolve(&p, false)? {
-                Some(e) if e.meta.is_dir() => {
-                    let had = Owner {
-                        uid: e.meta.uid(),
-                        gid: e.meta.gid(),
-                    };
-                    builder.set_implicit_parent(&p, e.meta.mode() & 0o7777, had);
-                }
-                Some(_) => {}
-                None => builder.set_implicit_parent(&p, 0o755, owner),
+                ),
+                layer::InImage::NotDir => {}
+                layer::InImage::Missing => builder.set_implicit_parent(p, 0o755, owner),
             }
         }
         Ok(())
@@ -615,6 +590,29 @@ impl ImageBelow {
             }
         }
         Ok(Some(answers))
+    }
+
+    /// How each of `parents` stands in the image, from the image unpacked.
+    fn parents_from_view(&self, parents: &[String]) -> Result<Vec<layer::InImage>, Error> {
+        use std::os::unix::fs::MetadataExt as _;
+        let mut dirs = Vec::with_capacity(self.layers.len());
+        for (blob, diff_id) in &self.layers {
+            dirs.push(self.store.unpacked_layer(blob, diff_id)?);
+        }
+        let view = RootfsView::new(dirs);
+        let mut answers = Vec::with_capacity(parents.len());
+        for p in parents {
+            answers.push(match view.resolve(p, false)? {
+                Some(e) if e.meta.is_dir() => layer::InImage::Dir(layer::DirMeta {
+                    mode: e.meta.mode() & 0o7777,
+                    uid: e.meta.uid(),
+                    gid: e.meta.gid(),
+                }),
+                Some(_) => layer::InImage::NotDir,
+                None => layer::InImage::Missing,
+            });
+        }
+        Ok(answers)
     }
 
     /// What the top layer's first entries say of `parents`, when they name every one.

@@ -146,23 +146,22 @@ impl TestUser {
 
 /// A copy of the `blumeops` binary that any user may run, made once per process.
 pub fn shared_bin() -> &'static Path {
-    static BIN: OnceLock<(TempDir, PathBuf)> = OnceLock::new();
-    let (_, path) = BIN.get_or_init(|| {
-        let dir = tempdir("blumeops-bin-");
-        // A static is never dropped: remove the copy (a debug build's few hundred MiB) when
-        // the test process exits.
-        let remove = dir.path().to_owned();
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // A static is never dropped: the copy (a debug build's few hundred MiB) is removed
+        // when the test process exits.
+        let dir = tempdir("blumeops-bin-").keep();
         if !crate::util::keep_temp() {
+            let remove = dir.clone();
             crate::util::at_exit(move || {
                 let _ = std::fs::remove_dir_all(remove);
             });
         }
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let path = dir.path().join("blumeops");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join("blumeops");
         std::fs::copy(blumeops_bin(), &path)
             .unwrap_or_else(|e| panic!("failed to copy {}: {e}", blumeops_bin().display()));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        (dir, path)
-    });
-    path
+        path
+    })
 }
